@@ -1,0 +1,123 @@
+"""SendOnce: the Flask application factory.
+
+Configuration, lowest to highest priority: the defaults below, instance/config.py,
+then FLASK_* environment variables (FLASK_SMTP_HOST=..., FLASK_TICK_SECONDS=...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+
+import cli
+import scheduler
+from database import configure_engine
+from models import User, db
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: config, database, login, CSRF, pages, CLI and (if enabled) scheduler."""
+    app = Flask(__name__, instance_relative_config=True)
+    instance = Path(app.instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    app.config.from_mapping(_defaults(instance))
+    if test_config is None:
+        app.config.from_pyfile("config.py", silent=True)
+        app.config.from_prefixed_env()
+    else:
+        app.config.from_mapping(test_config)
+    _finish_config(app, instance)
+    logging.basicConfig(level=app.config["LOG_LEVEL"],
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+
+    db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+
+    import auth
+    import unsubscribe
+    import views
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(unsubscribe.bp)
+    csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
+    cli.register(app)
+    scheduler.init_app(app)
+    return app
+
+
+def _defaults(instance: Path) -> dict[str, Any]:
+    return {
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'sendonce.db'}",
+        "MAIL_BACKEND": "outbox",  # or "smtp"
+        "OUTBOX_DIR": str(instance / "outbox"),
+        "SMTP_HOST": "localhost",
+        "SMTP_PORT": 25,
+        "SMTP_USERNAME": "",
+        "SMTP_PASSWORD": "",
+        "SMTP_SECURITY": "none",  # none | starttls | ssl
+        "SMTP_TIMEOUT": 30,
+        "MAIL_FROM": "sendonce@localhost",
+        "BASE_URL": "http://127.0.0.1:5000",
+        "SCHEDULER_ENABLED": True,
+        "TICK_SECONDS": 60,
+        "LEASE_SECONDS": 180,
+        "STALE_SENDING_SECONDS": None,  # default: derived from SMTP_TIMEOUT below
+        "MAX_ATTEMPTS": 5,
+        "RETRY_BASE_SECONDS": 60,
+        "PAUSE_AFTER_FAILURES": 5,
+        "LOG_LEVEL": "INFO",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+    }
+
+
+def _finish_config(app: Flask, instance: Path) -> None:
+    config = app.config
+    if not config.get("SECRET_KEY"):
+        config["SECRET_KEY"] = _instance_secret(instance / "secret_key")
+    if config["STALE_SENDING_SECONDS"] is None:
+        # One send is several socket operations, each bounded by SMTP_TIMEOUT.
+        config["STALE_SENDING_SECONDS"] = 5 * float(config["SMTP_TIMEOUT"]) + 60
+    if float(config["LEASE_SECONDS"]) <= float(config["TICK_SECONDS"]):
+        raise ValueError("LEASE_SECONDS must be longer than TICK_SECONDS, or the lease "
+                         "expires between two ticks of its own holder")
+    if config["SMTP_SECURITY"] not in ("none", "starttls", "ssl"):
+        raise ValueError("SMTP_SECURITY must be none, starttls or ssl")
+
+
+def _instance_secret(path: Path) -> str:
+    """A random secret created once and kept in instance/ (never a constant in code)."""
+    if not path.exists():
+        # Several workers may start at once: write aside, then link, which fails if
+        # another process got there first; everyone then reads the one winner.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+@login_manager.user_loader
+def _load_user(user_id: str) -> User | None:
+    return db.session.get(User, int(user_id))

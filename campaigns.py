@@ -1,0 +1,105 @@
+"""Campaign life cycle: create, add variants, validate, start, pause, resume.
+
+Start validates every variant against every enrolled lead first: an unknown merge field
+or a template error stops the start, so it is reported before the first email, never
+half-way through a campaign.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+
+import templating
+from database import immediate, write_session
+from models import Campaign, CampaignLead, CampaignStatus, Lead, Variant
+
+MAX_PROBLEMS = 20
+
+
+class CampaignError(ValueError):
+    """A campaign cannot do what was asked; the message says why."""
+
+
+def create(engine: Engine, **values: Any) -> int:
+    """Create a draft campaign and return its id."""
+    with write_session(engine) as session:
+        campaign = Campaign(**values)
+        session.add(campaign)
+        session.flush()
+        return campaign.id
+
+
+def add_variant(engine: Engine, campaign_id: int, letter: str, subject: str, body: str,
+                weight: int = 1) -> None:
+    """Add a variant; its templates are checked for syntax right away."""
+    problems = templating.check(letter, subject, body, _sample_context(), "")
+    syntax = [p for p in problems if "undefined" not in p.message]
+    if syntax:
+        raise CampaignError("; ".join(map(str, syntax)))
+    with write_session(engine) as session:
+        session.add(Variant(campaign_id=campaign_id, letter=letter.upper(), subject=subject,
+                            body=body, weight=weight))
+
+
+def _sample_context() -> dict[str, Any]:
+    sample = Lead(email="lead@example.com", first_name="Anna", last_name="Nowak",
+                  company="Firma", fields={}, tags="")
+    return templating.lead_context(sample, templating.SAMPLE_UNSUBSCRIBE_URL)
+
+
+def validate(engine: Engine, campaign_id: int) -> list[templating.TemplateProblem]:
+    """Render each enrolled lead's own variant; the problems found (at most MAX_PROBLEMS)."""
+    problems: list[templating.TemplateProblem] = []
+    with engine.connect() as conn:
+        variants = {v.letter: v for v in conn.execute(
+            select(Variant.__table__).where(Variant.campaign_id == campaign_id))}
+        if not variants:
+            return [templating.TemplateProblem("-", "variants", "the campaign has no variant")]
+        rows = conn.execute(
+            select(Lead.__table__, CampaignLead.variant_letter)
+            .join(CampaignLead, CampaignLead.lead_id == Lead.id)
+            .where(CampaignLead.campaign_id == campaign_id))
+        for lead in rows:
+            v = variants[lead.variant_letter]
+            context = templating.lead_context(lead, templating.SAMPLE_UNSUBSCRIBE_URL)
+            problems += templating.check(v.letter, v.subject, v.body, context, lead.email)
+            if len(problems) >= MAX_PROBLEMS:
+                break
+    return problems[:MAX_PROBLEMS]
+
+
+def start(engine: Engine, campaign_id: int) -> None:
+    """Validate, then make the campaign active; raises CampaignError listing the problems."""
+    problems = validate(engine, campaign_id)
+    if problems:
+        raise CampaignError("; ".join(map(str, problems)))
+    _set_status(engine, campaign_id, CampaignStatus.ACTIVE,
+                [CampaignStatus.DRAFT, CampaignStatus.PAUSED, CampaignStatus.FINISHED])
+
+
+def pause(engine: Engine, campaign_id: int, reason: str = "paused by hand") -> None:
+    """Stop claiming for this campaign; a message already claimed still completes."""
+    _set_status(engine, campaign_id, CampaignStatus.PAUSED, [CampaignStatus.ACTIVE],
+                pause_reason=reason)
+
+
+def resume(engine: Engine, campaign_id: int) -> None:
+    """Resume a paused campaign (validating again: templates or leads may have changed)."""
+    start(engine, campaign_id)
+
+
+def _set_status(engine: Engine, campaign_id: int, status: CampaignStatus,
+                allowed_from: list[CampaignStatus], pause_reason: str | None = None) -> None:
+    table = Campaign.__table__
+    with immediate(engine) as conn:
+        current = conn.execute(select(table.c.status).where(table.c.id == campaign_id)).scalar()
+        if current is None:
+            raise CampaignError(f"no campaign {campaign_id}")
+        if current not in allowed_from:
+            raise CampaignError(f"campaign {campaign_id} is {current}, cannot become {status}")
+        values: dict[str, Any] = {"status": status, "pause_reason": pause_reason}
+        if status == CampaignStatus.ACTIVE:
+            values["consecutive_failures"] = 0
+        conn.execute(update(table).where(table.c.id == campaign_id).values(**values))

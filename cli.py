@@ -1,0 +1,261 @@
+"""The `flask --app app …` commands: enough to run a whole campaign without a browser."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from sqlalchemy import func, select
+
+import campaigns
+import leads
+import scheduler
+from models import Campaign, CampaignLead, Lead, SendLog, SendStatus, Trigger, User, db
+from sender import Settings, recover, resolve_unknown
+from timeutil import utcnow
+
+
+def register(app: Flask) -> None:
+    """Attach every command to the app's CLI."""
+    for command in (init_db, create_user, import_leads, send_due, run_scheduler,
+                    recover_command, resolve_command, demo, first_run):
+        app.cli.add_command(command)
+    app.cli.add_command(campaign_group)
+
+
+def _engine():
+    return db.engine
+
+
+@click.command("init-db")
+def init_db() -> None:
+    """Create the tables (safe to run again: existing data is kept)."""
+    db.create_all()
+    click.echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
+
+
+@click.command("create-user")
+@click.argument("email")
+@click.password_option()
+def create_user(email: str, password: str) -> None:
+    """Create an admin login (the password is prompted for unless --password is given)."""
+    _add_user(email, password)
+    click.echo(f"user {email} created")
+
+
+def _add_user(email: str, password: str) -> None:
+    email = leads.normalize_email(email)
+    if db.session.scalar(select(User).where(User.email == email)):
+        raise click.ClickException(f"user {email} exists already")
+    user = User(email=email)
+    user.set_password(password)
+    db.session.add(user)
+    db.session.commit()
+
+
+@click.command("import-leads")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--campaign", "campaign_id", type=int, help="Also enroll the leads here.")
+def import_leads(path: Path, campaign_id: int | None) -> None:
+    """Import leads from a CSV file (header row with an email column)."""
+    report = leads.import_leads(_engine(), path.read_bytes())
+    for line, reason in report.rejected:
+        click.echo(f"line {line}: {reason}", err=True)
+    click.echo(f"imported {report.imported}, merged {report.merged}, rejected {len(report.rejected)}")
+    if campaign_id is not None:
+        added = leads.enroll(_engine(), campaign_id, report.lead_ids)
+        click.echo(f"enrolled {added} new in campaign {campaign_id}")
+
+
+@click.group("campaign")
+def campaign_group() -> None:
+    """Create, fill, start, pause and inspect campaigns."""
+
+
+@campaign_group.command("create")
+@click.option("--name", required=True)
+@click.option("--from", "from_address", help="Sender address (default MAIL_FROM).")
+@click.option("--from-name", default="")
+@click.option("--interval", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Seconds between two sends of this campaign.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--daily-cap", type=click.IntRange(min=1), default=None)
+@click.option("--weekdays", default="0,1,2,3,4,5,6", show_default=True, help="0=Monday.")
+@click.option("--hours", default="0-24", show_default=True, help="Send window, e.g. 9-17.")
+@click.option("--timezone", default="Europe/Warsaw", show_default=True)
+def campaign_create(name: str, from_address: str | None, from_name: str, interval: int,
+                    batch_size: int, daily_cap: int | None, weekdays: str, hours: str,
+                    timezone: str) -> None:
+    """Create a draft campaign and print its id."""
+    start, _, end = hours.partition("-")
+    campaign_id = campaigns.create(
+        _engine(), name=name, from_address=from_address or current_app.config["MAIL_FROM"],
+        from_name=from_name, interval_seconds=interval, batch_size=batch_size,
+        daily_cap=daily_cap, window_weekdays=weekdays, window_start_hour=int(start),
+        window_end_hour=int(end or 24), timezone=timezone)
+    click.echo(campaign_id)
+
+
+@campaign_group.command("variant")
+@click.argument("campaign_id", type=int)
+@click.argument("letter")
+@click.option("--subject", required=True)
+@click.option("--body", help="Body template text.")
+@click.option("--body-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--weight", type=click.IntRange(min=0), default=1, show_default=True)
+def campaign_variant(campaign_id: int, letter: str, subject: str, body: str | None,
+                     body_file: Path | None, weight: int) -> None:
+    """Add variant LETTER (subject and body are Jinja templates)."""
+    if (body is None) == (body_file is None):
+        raise click.UsageError("give exactly one of --body and --body-file")
+    text = body if body is not None else body_file.read_text(encoding="utf-8")
+    try:
+        campaigns.add_variant(_engine(), campaign_id, letter, subject, text, weight)
+    except campaigns.CampaignError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@campaign_group.command("enroll")
+@click.argument("campaign_id", type=int)
+@click.option("--all", "all_leads", is_flag=True, help="Every lead in the database.")
+@click.option("--tag", help="Leads carrying this tag.")
+def campaign_enroll(campaign_id: int, all_leads: bool, tag: str | None) -> None:
+    """Enroll leads in a campaign (each lead at most once)."""
+    if not all_leads and not tag:
+        raise click.UsageError("give --all or --tag")
+    query = select(Lead.id)
+    if tag:
+        query = query.where((("," + Lead.tags + ",").contains(f",{tag},")))
+    ids = db.session.scalars(query).all()
+    click.echo(f"enrolled {leads.enroll(_engine(), campaign_id, ids)} new")
+
+
+def _status_command(name: str, action, doc: str):
+    @campaign_group.command(name, help=doc)
+    @click.argument("campaign_id", type=int)
+    def command(campaign_id: int) -> None:
+        try:
+            action(_engine(), campaign_id)
+        except campaigns.CampaignError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"campaign {campaign_id}: {name} done")
+
+    return command
+
+
+_status_command("start", campaigns.start, "Validate every template, then start sending.")
+_status_command("pause", campaigns.pause, "Stop claiming new messages.")
+_status_command("resume", campaigns.resume, "Validate again and resume sending.")
+
+
+@campaign_group.command("show")
+@click.argument("campaign_id", type=int)
+def campaign_show(campaign_id: int) -> None:
+    """Print a campaign's settings and its enrollments by state."""
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise click.ClickException(f"no campaign {campaign_id}")
+    click.echo(f"#{campaign.id} {campaign.name} [{campaign.status}]"
+               + (f" — {campaign.pause_reason}" if campaign.pause_reason else ""))
+    click.echo(f"  from {campaign.from_address}, every {campaign.interval_seconds}s, "
+               f"batch {campaign.batch_size}, cap {campaign.daily_cap or '-'}")
+    for v in campaign.variants:
+        click.echo(f"  variant {v.letter} (weight {v.weight}): {v.subject}")
+    states = db.session.execute(
+        select(CampaignLead.state, func.count()).where(CampaignLead.campaign_id == campaign_id)
+        .group_by(CampaignLead.state)).all()
+    click.echo("  " + ", ".join(f"{state}: {n}" for state, n in states) if states else "  no leads")
+
+
+@click.command("send-due")
+@click.option("--campaign", "campaign_id", type=int, help="Only this campaign.")
+def send_due(campaign_id: int | None) -> None:
+    """One tick, for system cron: same lease and pacing rules as the scheduler."""
+    ticker: scheduler.Ticker = current_app.extensions["sendonce_ticker"]
+    try:
+        results = ticker.tick(Trigger.CLI, campaign_id)
+    finally:
+        ticker.release()
+    if results is None:
+        click.echo("another process holds the scheduler lease; nothing sent")
+        return
+    for cid, batch in results.items():
+        click.echo(f"campaign {cid}: sent {batch.sent}"
+                   + (f" ({batch.stopped_by})" if batch.stopped_by else ""))
+
+
+@click.command("scheduler")
+def run_scheduler() -> None:
+    """Run a dedicated foreground scheduler until SIGTERM/Ctrl-C."""
+    click.echo(f"scheduler: ticking every {current_app.config['TICK_SECONDS']}s")
+    scheduler.run_forever(current_app._get_current_object())
+
+
+@click.command("recover")
+def recover_command() -> None:
+    """Mark `sending` rows of dead or silent workers `unknown` (never re-sent)."""
+    settings = Settings.from_config(current_app.config)
+    click.echo(f"{recover(_engine(), settings, utcnow())} marked unknown")
+
+
+@click.command("resolve")
+@click.argument("send_log_id", type=int, required=False)
+@click.option("--mark-sent", "action", flag_value="mark-sent")
+@click.option("--send-again", "action", flag_value="send-again")
+@click.option("--by", "who", default="cli", show_default=True, help="Who decided.")
+def resolve_command(send_log_id: int | None, action: str | None, who: str) -> None:
+    """List `unknown` sends, or decide one: --mark-sent or --send-again."""
+    if send_log_id is None:
+        rows = db.session.scalars(select(SendLog).where(SendLog.status == SendStatus.UNKNOWN)).all()
+        for row in rows:
+            click.echo(f"{row.id}\tcampaign {row.campaign_id}\t{row.lead.email}\t{row.smtp_reply}")
+        click.echo(f"{len(rows)} unknown")
+        return
+    if action is None:
+        raise click.UsageError("give --mark-sent or --send-again")
+    if not resolve_unknown(_engine(), send_log_id, action, who):
+        raise click.ClickException(f"send {send_log_id} is not unknown")
+    click.echo(f"send {send_log_id}: {action}")
+
+
+DEMO_LEADS = b"""email,first_name,last_name,company,city
+anna.nowak@example.com,Anna,Nowak,Kowalski i Syn,Krak\xc3\xb3w
+jan.kowalski@example.com,Jan,Kowalski,Budimex Demo,Warszawa
+zofia.wisniewska@example.com,Zofia,Wi\xc5\x9bniewska,Demo Sp. z o.o.,Gda\xc5\x84sk
+piotr.zielinski@example.com,Piotr,Zieli\xc5\x84ski,Przyk\xc5\x82ad SA,Pozna\xc5\x84
+"""
+
+
+@click.command("demo")
+def demo() -> None:
+    """Create a demo campaign (two variants, a few leads), started, one send a minute."""
+    engine = _engine()
+    report = leads.import_leads(engine, DEMO_LEADS)
+    campaign_id = campaigns.create(
+        engine, name="Demo: SendOnce", from_address=current_app.config["MAIL_FROM"],
+        from_name="SendOnce Demo", interval_seconds=60, batch_size=1)
+    campaigns.add_variant(engine, campaign_id, "A", "Dzień dobry, {{ first_name }}!",
+                          "Cześć {{ first_name }},\n\npiszę do {{ company }} z {{ city }}.\n\n"
+                          "Wypisz się: {{ unsubscribe_url }}\n")
+    campaigns.add_variant(engine, campaign_id, "B", "{{ company }}: krótkie pytanie",
+                          "Dzień dobry {{ first_name }} {{ last_name }},\n\nczy {{ company }} "
+                          "szuka nowych klientów?\n\nWypisz się: {{ unsubscribe_url }}\n")
+    leads.enroll(engine, campaign_id, report.lead_ids)
+    campaigns.start(engine, campaign_id)
+    click.echo(f"demo campaign {campaign_id} started with {len(report.lead_ids)} leads")
+
+
+@click.command("first-run")
+def first_run() -> None:
+    """Create tables; on an empty database add the demo data and an admin login."""
+    db.create_all()
+    if db.session.scalar(select(func.count()).select_from(User)):
+        click.echo("database ready (existing data kept)")
+        return
+    password = secrets.token_urlsafe(12)
+    _add_user("admin@example.com", password)
+    click.get_current_context().invoke(demo)
+    click.echo(f"\n  Log in at {current_app.config['BASE_URL']} as admin@example.com "
+               f"with password: {password}\n  (shown once; change it with create-user)\n")

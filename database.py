@@ -1,0 +1,60 @@
+"""SQLite connection set-up: pragmas and real BEGIN IMMEDIATE transactions.
+
+Python's sqlite3 emits a deferred BEGIN only before a write, so a claim that reads and
+then writes could fail with "database is locked" (or, worse, read a stale snapshot).
+We take transaction control from the driver (isolation_level=None) and emit BEGIN
+ourselves: BEGIN IMMEDIATE for connections marked `immediate=True`, which takes the
+write lock up front so two claimers queue instead of interleaving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def configure_engine(engine: Engine) -> None:
+    """Install the pragma and BEGIN hooks on an SQLite engine (once per engine)."""
+    if getattr(engine, "_sendonce_configured", False):
+        return
+    engine._sendonce_configured = True  # type: ignore[attr-defined]
+    event.listen(engine, "connect", _on_connect)
+    event.listen(engine, "begin", _on_begin)
+
+
+def _on_connect(dbapi_connection, _record) -> None:
+    # Pragmas are per connection. synchronous=FULL: in WAL mode NORMAL may lose a
+    # committed claim on power loss, and the claim is our reservation ledger.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def immediate(engine: Engine) -> Iterator[Connection]:
+    """A BEGIN IMMEDIATE transaction on a fresh connection; commits on success."""
+    with engine.connect().execution_options(immediate=True) as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """An ORM session whose one transaction is BEGIN IMMEDIATE; commits on success."""
+    with immediate(engine) as conn, Session(bind=conn) as session:
+        yield session
+        session.flush()

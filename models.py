@@ -1,0 +1,201 @@
+"""Typed SQLAlchemy models: the whole state of SendOnce lives in these tables.
+
+Duplicate-proofing is declared here, where a reader looks for it:
+- campaign_lead is UNIQUE(campaign_id, lead_id): a lead is enrolled once, with one variant;
+- send_log is UNIQUE(campaign_id, lead_id, variant_letter) (the incident's fix) and also
+  UNIQUE(campaign_id, lead_id), so even a hand-edited variant letter cannot make the
+  database accept a second delivery row. A retry updates its row; it never adds one.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from flask_login import UserMixin
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from timeutil import utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+class CampaignStatus(enum.StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    FINISHED = "finished"
+
+
+class EnrollmentState(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"  # claimed; also while its send_log row waits for a retry
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    SKIPPED = "skipped"  # suppressed before it was claimed
+
+
+class SendStatus(enum.StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class Trigger(enum.StrEnum):
+    SCHEDULER = "scheduler"
+    BUTTON = "button"
+    CLI = "cli"
+
+
+class Campaign(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.DRAFT)
+    from_address: Mapped[str] = mapped_column(String(320))
+    from_name: Mapped[str] = mapped_column(String(200), default="")
+    interval_seconds: Mapped[int] = mapped_column(default=300)
+    batch_size: Mapped[int] = mapped_column(default=1)
+    daily_cap: Mapped[int | None] = mapped_column(default=None)  # None: no cap
+    window_weekdays: Mapped[str] = mapped_column(String(20), default="0,1,2,3,4,5,6")
+    window_start_hour: Mapped[int] = mapped_column(default=0)
+    window_end_hour: Mapped[int] = mapped_column(default=24)  # exclusive
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Warsaw")
+    # The pacing checkpoint: advanced inside the claim transaction, never after sending.
+    last_claim_at: Mapped[datetime | None] = mapped_column(default=None)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    variants: Mapped[list[Variant]] = relationship(
+        back_populates="campaign", order_by="Variant.letter", cascade="all, delete-orphan"
+    )
+
+
+class Variant(db.Model):
+    __table_args__ = (UniqueConstraint("campaign_id", "letter"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
+    letter: Mapped[str] = mapped_column(String(2))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    weight: Mapped[int] = mapped_column(default=1)
+
+    campaign: Mapped[Campaign] = relationship(back_populates="variants")
+
+
+class Lead(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Normalized (trimmed, lower-cased) before insert; see leads.normalize_email.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    first_name: Mapped[str] = mapped_column(String(200), default="")
+    last_name: Mapped[str] = mapped_column(String(200), default="")
+    company: Mapped[str] = mapped_column(String(200), default="")
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tags: Mapped[str] = mapped_column(String(500), default="")  # comma-separated
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CampaignLead(db.Model):
+    __tablename__ = "campaign_lead"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "lead_id", name="uq_campaign_lead"),
+        # The claim's "next pending enrollment" lookup walks this index.
+        Index("ix_campaign_lead_next", "campaign_id", "state", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("lead.id"))
+    # Assigned once at enrollment: the only letter this lead can ever receive.
+    variant_letter: Mapped[str] = mapped_column(String(2))
+    state: Mapped[str] = mapped_column(String(16), default=EnrollmentState.PENDING)
+    enrolled_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    lead: Mapped[Lead] = relationship()
+
+
+class SendLog(db.Model):
+    __tablename__ = "send_log"
+    __table_args__ = (
+        UniqueConstraint(
+            "campaign_id", "lead_id", "variant_letter", name="uq_send_log_campaign_lead_variant"
+        ),
+        UniqueConstraint("campaign_id", "lead_id", name="uq_send_log_campaign_lead"),
+        Index("ix_send_log_status", "status", "next_attempt_at"),
+        Index("ix_send_log_campaign_created", "campaign_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("lead.id"))
+    variant_letter: Mapped[str] = mapped_column(String(2))
+    status: Mapped[str] = mapped_column(String(16), default=SendStatus.SENDING)
+    attempts: Mapped[int] = mapped_column(default=1)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    trigger: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[str] = mapped_column(String(200))  # host:pid of the last claimer
+    lease_epoch: Mapped[int | None] = mapped_column(default=None)
+    message_id: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)  # first claim
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)  # latest claim
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    smtp_reply: Mapped[str | None] = mapped_column(Text, default=None)
+    decided_by: Mapped[str | None] = mapped_column(String(320), default=None)
+
+    lead: Mapped[Lead] = relationship()
+
+
+class SchedulerLease(db.Model):
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), default="")  # host:pid:random, "" = free
+    epoch: Mapped[int] = mapped_column(default=0)  # fencing token; only grows
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ButtonPress(db.Model):
+    """One-time keys of the "Wyślij kampanię" form: a key is consumed by the first claim."""
+
+    __tablename__ = "button_press"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
+    pressed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Suppression(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalized
+    reason: Mapped[str] = mapped_column(String(50))  # unsubscribed, bounce, manual
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(UserMixin, db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    language: Mapped[str] = mapped_column(String(5), default="pl")
+
+    def set_password(self, password: str) -> None:
+        """Store a salted scrypt hash, never the password."""
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        """Compare a candidate password with the stored hash."""
+        return check_password_hash(self.password_hash, password)

@@ -1,0 +1,92 @@
+"""Fixtures: a fresh SQLite *file* per test, a real SMTP server, an app bound to both."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from app import create_app  # noqa: E402
+from models import db  # noqa: E402
+from sender import Settings  # noqa: E402
+from smtp_sink import SmtpSink  # noqa: E402
+
+
+def app_config(db_path: Path, smtp_port: int, **extra) -> dict:
+    """The configuration tests (and their subprocesses) run with."""
+    config = {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-not-for-production",
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}",
+        "MAIL_BACKEND": "smtp",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": smtp_port,
+        "SMTP_TIMEOUT": 5,
+        "SCHEDULER_ENABLED": False,
+        "TICK_SECONDS": 1,
+        "LEASE_SECONDS": 5,
+        "RETRY_BASE_SECONDS": 0,
+        "LOG_LEVEL": "WARNING",
+        "BASE_URL": "http://sendonce.test",
+    }
+    config.update(extra)
+    return config
+
+
+def env_for(config: dict) -> dict[str, str]:
+    """The same configuration as FLASK_* variables, for real subprocesses."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
+    for key, value in config.items():
+        env[f"FLASK_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'tests'}"
+    return env
+
+
+@pytest.fixture
+def smtp():
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def config(tmp_path, smtp) -> dict:
+    return app_config(tmp_path / "sendonce.db", smtp.port)
+
+
+@pytest.fixture
+def app(config):
+    app = create_app(config)
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def engine(app):
+    with app.app_context():
+        yield db.engine
+
+
+@pytest.fixture
+def settings(app) -> Settings:
+    return Settings.from_config(app.config)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()

@@ -1,0 +1,29 @@
+"""Building campaigns for tests through the same functions the CLI uses."""
+
+from __future__ import annotations
+
+import campaigns
+import leads
+
+
+def lead_csv(n: int, domain: str = "example.com") -> bytes:
+    """CSV bytes with n distinct leads lead0000@domain …"""
+    rows = ["email,first_name,last_name,company"]
+    rows += [f"lead{i:04d}@{domain},First{i},Last{i},Company {i}" for i in range(n)]
+    return ("\n".join(rows) + "\n").encode()
+
+
+def make_campaign(engine, n_leads: int, *, interval: int = 0, batch_size: int = 1,
+                  start: bool = True, variants: str = "AB", **values) -> int:
+    """A campaign with `n_leads` enrolled leads and simple variants, started by default."""
+    campaign_id = campaigns.create(engine, name=f"test {n_leads}", from_address="team@sendonce.test",
+                                   from_name="Team", interval_seconds=interval,
+                                   batch_size=batch_size, **values)
+    for letter in variants:
+        campaigns.add_variant(engine, campaign_id, letter, f"{letter}: hello {{{{ first_name }}}}",
+                              "Hi {{ first_name }} from {{ company }}.\n{{ unsubscribe_url }}\n")
+    report = leads.import_leads(engine, lead_csv(n_leads))
+    leads.enroll(engine, campaign_id, report.lead_ids)
+    if start:
+        campaigns.start(engine, campaign_id)
+    return campaign_id

@@ -1,0 +1,159 @@
+"""The claim transaction: BEGIN IMMEDIATE, pacing, caps, windows, suppression, keys."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+
+from sqlalchemy import event, select, update
+
+import campaigns
+import leads
+from database import immediate
+from helpers import make_campaign
+from models import Campaign, CampaignLead, SendLog, Suppression, Trigger
+from sender import Claim, Refusal, claim_next, send_batch
+from suppressions import suppress
+from transport import make_transport
+
+NOW = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 11:00 in Warsaw
+
+
+def test_claims_run_under_begin_immediate(engine, settings):
+    cid = make_campaign(engine, 2)
+    statements = []
+    listener = lambda conn, cursor, stmt, *a: statements.append(stmt)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        claim = claim_next(engine, settings, cid, Trigger.CLI, NOW)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert isinstance(claim, Claim)
+    assert statements[0] == "BEGIN IMMEDIATE"
+
+
+def test_claim_holds_the_write_lock_from_its_first_statement(engine, settings, app):
+    # Behavioural proof: while a claim transaction is open, another connection cannot
+    # even begin a write. Under a deferred BEGIN it could, until the claim's first write.
+    path = app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
+    with immediate(engine) as conn:
+        conn.exec_driver_sql("SELECT 1")
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            locked = False
+        except sqlite3.OperationalError as exc:
+            locked = "locked" in str(exc)
+        finally:
+            other.close()
+    assert locked
+
+
+def test_interval_allows_one_claim_per_interval(engine, settings):
+    cid = make_campaign(engine, 3, interval=300)
+    assert isinstance(claim_next(engine, settings, cid, Trigger.SCHEDULER, NOW), Claim)
+    refusal = claim_next(engine, settings, cid, Trigger.CLI, NOW + timedelta(seconds=299))
+    assert isinstance(refusal, Refusal) and refusal.code == "not_due"
+    assert isinstance(claim_next(engine, settings, cid, Trigger.CLI, NOW + timedelta(seconds=300)), Claim)
+
+
+def test_button_bypasses_interval_and_window_but_not_pause_or_cap(engine, settings):
+    cid = make_campaign(engine, 5, interval=3600, daily_cap=2, window_start_hour=20,
+                        window_end_hour=21)
+    assert claim_next(engine, settings, cid, Trigger.CLI, NOW).code == "outside_window"
+    assert isinstance(claim_next(engine, settings, cid, Trigger.BUTTON, NOW), Claim)
+    assert isinstance(claim_next(engine, settings, cid, Trigger.BUTTON, NOW), Claim)
+    assert claim_next(engine, settings, cid, Trigger.BUTTON, NOW).code == "daily_cap"
+    campaigns.pause(engine, cid)
+    assert claim_next(engine, settings, cid, Trigger.BUTTON, NOW + timedelta(days=1)).code == "not_active"
+
+
+def test_daily_cap_resets_at_local_midnight(engine, settings):
+    cid = make_campaign(engine, 3, daily_cap=1, timezone="Europe/Warsaw")
+    late = datetime(2026, 11, 25, 22, 30)  # 23:30 in Warsaw
+    assert isinstance(claim_next(engine, settings, cid, Trigger.CLI, late), Claim)
+    assert claim_next(engine, settings, cid, Trigger.CLI, late + timedelta(minutes=20)).code == "daily_cap"
+    # 23:00 UTC is 00:00 in Warsaw: a new day there.
+    assert isinstance(claim_next(engine, settings, cid, Trigger.CLI, late + timedelta(minutes=31)), Claim)
+
+
+def test_window_uses_campaign_weekdays_and_hours(engine, settings):
+    cid = make_campaign(engine, 3, window_weekdays="0,1,3", window_start_hour=9, window_end_hour=17)
+    assert claim_next(engine, settings, cid, Trigger.CLI, NOW).code == "outside_window"  # Wednesday
+    thursday = NOW + timedelta(days=1)
+    assert isinstance(claim_next(engine, settings, cid, Trigger.CLI, thursday), Claim)
+    assert claim_next(engine, settings, cid, Trigger.CLI, thursday.replace(hour=16)).code == "outside_window"
+
+
+def test_suppressed_address_is_skipped_and_accounted(engine, settings):
+    cid = make_campaign(engine, 2)
+    with immediate(engine) as conn:
+        suppress(conn, " LEAD0000@example.com ", "manual", "", NOW)
+    claim = claim_next(engine, settings, cid, Trigger.CLI, NOW)
+    with engine.connect() as conn:
+        states = dict(conn.execute(select(CampaignLead.lead_id, CampaignLead.state)).all())
+    assert claim.lead_id == 2
+    assert states == {1: "skipped", 2: "sending"}
+
+
+def test_nothing_left_finishes_the_campaign(engine, settings, app):
+    cid = make_campaign(engine, 1)
+    transport = make_transport(app.config)
+    batch = send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=5)
+    transport.close()
+    assert batch.sent == 1 and batch.stopped_by.code == "finished"
+    with engine.connect() as conn:
+        assert conn.execute(select(Campaign.status)).scalar() == "finished"
+
+
+def test_one_time_key_lets_one_batch_through(engine, settings, app, smtp):
+    cid = make_campaign(engine, 10, batch_size=3)
+    transport = make_transport(app.config)
+    first = send_batch(engine, settings, transport, cid, Trigger.BUTTON, once_key="k1")
+    second = send_batch(engine, settings, transport, cid, Trigger.BUTTON, once_key="k1")
+    transport.close()
+    assert first.sent == 3
+    assert second.outcomes == [] and second.stopped_by.code == "already_pressed"
+    assert sum(smtp.recorder.received.values()) == 3
+
+
+def test_variant_is_assigned_once_and_deterministically(engine):
+    cid = make_campaign(engine, 40, start=False)
+    with engine.connect() as conn:
+        first = dict(conn.execute(select(CampaignLead.lead_id, CampaignLead.variant_letter)).all())
+    assert set(first.values()) == {"A", "B"}
+    assert leads.enroll(engine, cid, list(first)) == 0  # re-enrolling changes nothing
+    again = [leads.pick_variant([("A", 1), ("B", 1)], cid, f"lead{i:04d}@example.com")
+             for i in range(40)]
+    assert again == [first[i + 1] for i in range(40)]
+
+
+def test_weights_steer_the_split():
+    letters = [leads.pick_variant([("A", 9), ("B", 1)], 1, f"x{i}@y.z") for i in range(2000)]
+    assert 0.85 < letters.count("A") / 2000 < 0.95
+    assert leads.pick_variant([("A", 0), ("B", 1)], 1, "a@b.c") == "B"
+
+
+def test_retry_reuses_its_row(engine, settings):
+    cid = make_campaign(engine, 1)
+    claim = claim_next(engine, settings, cid, Trigger.CLI, NOW)
+    with immediate(engine) as conn:
+        conn.execute(update(SendLog.__table__).values(status="retry", next_attempt_at=NOW))
+    again = claim_next(engine, settings, cid, Trigger.CLI, NOW + timedelta(seconds=1))
+    assert (again.send_log_id, again.attempts) == (claim.send_log_id, 2)
+    with engine.connect() as conn:
+        assert conn.execute(select(SendLog.id)).all() == [(claim.send_log_id,)]
+
+
+def test_retry_of_an_address_suppressed_meanwhile_is_not_sent(engine, settings):
+    cid = make_campaign(engine, 1)
+    claim_next(engine, settings, cid, Trigger.CLI, NOW)
+    with immediate(engine) as conn:
+        conn.execute(update(SendLog.__table__).values(status="retry", next_attempt_at=NOW))
+        suppress(conn, "lead0000@example.com", "unsubscribed", "", NOW)
+    refusal = claim_next(engine, settings, cid, Trigger.CLI, NOW + timedelta(seconds=1))
+    assert refusal.code == "finished"
+    with engine.connect() as conn:
+        assert conn.execute(select(SendLog.status)).scalar() == "failed"
+        assert conn.execute(select(CampaignLead.state)).scalar() == "skipped"
+        assert conn.execute(select(Suppression.reason)).scalar() == "unsubscribed"

@@ -1,0 +1,49 @@
+"""The database itself enforces uniqueness, and every connection has our pragmas."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.exc import IntegrityError
+
+from database import immediate
+from helpers import make_campaign
+from models import SendLog
+
+
+def _send_log_row(campaign_id: int, lead_id: int, letter: str) -> dict:
+    return dict(campaign_id=campaign_id, lead_id=lead_id, variant_letter=letter,
+                status="sent", trigger="cli", worker="test:1")
+
+
+def test_db_rejects_second_row_for_same_campaign_lead_variant(engine):
+    cid = make_campaign(engine, 1)
+    with immediate(engine) as conn:
+        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "A")))
+    with pytest.raises(IntegrityError, match="UNIQUE"), immediate(engine) as conn:
+        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "A")))
+
+
+def test_db_rejects_second_row_even_with_another_variant(engine):
+    cid = make_campaign(engine, 1)
+    with immediate(engine) as conn:
+        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "A")))
+    with pytest.raises(IntegrityError, match="UNIQUE"), immediate(engine) as conn:
+        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "B")))
+
+
+def test_unique_index_is_declared_on_the_incidents_key(engine):
+    with engine.connect() as conn:
+        indexes = conn.execute(text("PRAGMA index_list('send_log')")).all()
+        unique = {row.name for row in indexes if row.unique}
+        columns = {name: [c.name for c in conn.execute(text(f"PRAGMA index_info('{name}')"))]
+                   for name in unique}
+    assert ["campaign_id", "lead_id", "variant_letter"] in columns.values()
+
+
+def test_every_connection_has_wal_full_sync_foreign_keys_and_busy_timeout(engine):
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 5000

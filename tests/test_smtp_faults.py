@@ -1,0 +1,132 @@
+"""Faults injected at a real SMTP server: each ends in the right, accounted state."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from app import create_app
+from helpers import make_campaign
+from models import Campaign, CampaignLead, SendLog, Suppression, Trigger, db
+from sender import Settings, send_batch
+from smtp_sink import SmtpSink, free_port
+from transport import make_transport
+
+VICTIM = "lead0000@example.com"
+
+
+def run_batch(app, campaign_id: int, limit: int = 10):
+    with app.app_context():
+        transport = make_transport(app.config)
+        try:
+            return send_batch(db.engine, Settings.from_config(app.config), transport,
+                              campaign_id, Trigger.BUTTON, limit=limit)
+        finally:
+            transport.close()
+
+
+def rows(engine, *columns):
+    with engine.connect() as conn:
+        return conn.execute(select(*columns)).all()
+
+
+def test_transient_421_and_451_are_retried_on_the_same_row_then_sent_once(app, engine, smtp):
+    smtp.recorder.rcpt_replies[VICTIM] = ["421 4.7.0 try again later"]
+    smtp.recorder.data_replies[VICTIM] = ["451 4.3.0 busy"]
+    cid = make_campaign(engine, 1)
+    batch = run_batch(app, cid)
+    assert [r.status for _, r in batch.outcomes] == ["retry", "retry", "sent"]
+    assert smtp.recorder.received[VICTIM] == 1
+    assert rows(engine, SendLog.status, SendLog.attempts) == [("sent", 3)]
+
+
+def test_transient_failures_give_up_after_max_attempts(config, smtp):
+    app = create_app({**config, "MAX_ATTEMPTS": 3, "PAUSE_AFTER_FAILURES": 100})
+    with app.app_context():
+        db.create_all()
+        smtp.recorder.rcpt_replies[VICTIM] = ["450 mailbox busy"] * 10
+        cid = make_campaign(db.engine, 1)
+        run_batch(app, cid)
+        assert rows(db.engine, SendLog.status, SendLog.attempts) == [("failed", 3)]
+        assert rows(db.engine, CampaignLead.state) == [("failed",)]
+    assert smtp.recorder.received[VICTIM] == 0
+
+
+def test_permanent_550_on_recipient_fails_and_suppresses(app, engine, smtp):
+    smtp.recorder.rcpt_replies[VICTIM] = ["550 5.1.1 no such user"]
+    cid = make_campaign(engine, 2)
+    run_batch(app, cid)
+    with engine.connect() as conn:
+        log = dict(conn.execute(select(SendLog.lead_id, SendLog.status)).all())
+        suppressed = conn.execute(select(Suppression.email, Suppression.reason)).all()
+    assert log == {1: "failed", 2: "sent"}
+    assert suppressed == [(VICTIM, "bounce")]
+    # A later campaign skips the address without talking to the server.
+    second = make_campaign(engine, 1)
+    run_batch(app, second)
+    with engine.connect() as conn:
+        state = conn.execute(select(CampaignLead.state).where(CampaignLead.campaign_id == second)).scalar()
+    assert state == "skipped" and smtp.recorder.received[VICTIM] == 0
+
+
+def test_disconnect_after_data_is_unknown_and_never_resent(app, engine, smtp):
+    smtp.recorder.drop_after_data.add(VICTIM)
+    cid = make_campaign(engine, 3)
+    run_batch(app, cid)
+    run_batch(app, cid)
+    with engine.connect() as conn:
+        log = dict(conn.execute(select(SendLog.lead_id, SendLog.status)).all())
+    assert log == {1: "unknown", 2: "sent", 3: "sent"}
+    assert smtp.recorder.received[VICTIM] == 1  # the server got it once; we never retried
+
+
+def test_wrong_credentials_pause_the_campaign_with_the_reason(tmp_path):
+    with SmtpSink(password="right") as sink:
+        from conftest import app_config
+
+        app = create_app(app_config(tmp_path / "db.sqlite", sink.port,
+                                    SMTP_USERNAME="team", SMTP_PASSWORD="wrong"))
+        with app.app_context():
+            db.create_all()
+            cid = make_campaign(db.engine, 3)
+            batch = run_batch(app, cid)
+            campaign = db.session.get(Campaign, cid)
+            assert campaign.status == "paused"
+            assert "535" in campaign.pause_reason
+            assert rows(db.engine, SendLog.status) == [("retry",)]  # certainly not delivered
+            assert batch.stopped_by.code == "not_active"
+            assert "wrong" not in campaign.pause_reason  # the password is never echoed
+        assert sum(sink.recorder.received.values()) == 0
+
+
+def test_consecutive_failures_pause_the_campaign(config, smtp):
+    app = create_app({**config, "PAUSE_AFTER_FAILURES": 3, "RETRY_BASE_SECONDS": 600})
+    for i in range(5):
+        smtp.recorder.data_replies[f"lead{i:04d}@example.com"] = ["451 queue full"]
+    with app.app_context():
+        db.create_all()
+        cid = make_campaign(db.engine, 5)
+        run_batch(app, cid)
+        campaign = db.session.get(Campaign, cid)
+        assert campaign.status == "paused" and "3 failed sends in a row" in campaign.pause_reason
+        assert rows(db.engine, SendLog.status) == [("retry",)] * 3
+
+
+def test_server_down_is_a_retry_not_a_loss(config):
+    app = create_app({**config, "SMTP_PORT": free_port(), "RETRY_BASE_SECONDS": 600})
+    with app.app_context():
+        db.create_all()
+        cid = make_campaign(db.engine, 1)
+        batch = run_batch(app, cid)
+        assert batch.outcomes[0][1].status == "retry"
+        assert rows(db.engine, SendLog.status) == [("retry",)]
+        assert rows(db.engine, CampaignLead.state) == [("sending",)]
+
+
+@pytest.mark.parametrize("reply", ["554 5.6.0 content rejected", "552 too big"])
+def test_permanent_refusal_of_the_message_fails_without_suppressing(app, engine, smtp, reply):
+    smtp.recorder.data_replies[VICTIM] = [reply]
+    cid = make_campaign(engine, 1)
+    run_batch(app, cid)
+    assert rows(engine, SendLog.status) == [("failed",)]
+    assert rows(engine, Suppression.email) == []

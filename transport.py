@@ -1,0 +1,178 @@
+"""Mail transports behind one small interface: real SMTP, or .eml files in an outbox.
+
+SMTP has no exactly-once: a connection lost after the final "." of DATA may or may not
+have delivered (RFC 1047). So the SMTP transport walks MAIL, RCPT and DATA by hand and
+knows which side of that line a failure fell on: before it, the message was certainly
+not delivered (safe to retry); after it, the outcome is `unknown` and no code retries it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Protocol
+
+from messages import MAIL_POLICY
+from models import SendStatus
+
+
+@dataclass(frozen=True)
+class Result:
+    status: SendStatus  # SENT, RETRY, FAILED or UNKNOWN
+    reply: str
+    suppress: bool = False  # the server permanently refused this recipient
+    config_error: bool = False  # e.g. bad credentials: every message would fail alike
+
+
+class Transport(Protocol):
+    def send(self, msg: EmailMessage, sender: str, recipient: str) -> Result: ...
+    def close(self) -> None: ...
+
+
+def _by_code(code: int, reply: str, *, recipient: bool = False) -> Result:
+    """Classify a refusal that happened before delivery: 4xx transient, 5xx permanent."""
+    if 400 <= code < 500:
+        return Result(SendStatus.RETRY, f"{code} {reply}")
+    return Result(SendStatus.FAILED, f"{code} {reply}", suppress=recipient and code >= 500)
+
+
+def _decode(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The DATA payload as smtplib.SMTP.data() would send it, with the final dot."""
+    data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", data)
+    data = re.sub(rb"(?m)^\.", b"..", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+class SmtpTransport:
+    """smtplib with one connection reused for a batch; reconnects after any failure."""
+
+    def __init__(self, host: str, port: int, *, security: str = "none", username: str = "",
+                 password: str = "", timeout: float = 30.0) -> None:
+        self.host, self.port, self.security = host, port, security
+        self.username, self._password, self.timeout = username, password, timeout
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._conn is not None:
+            return self._conn
+        context = ssl.create_default_context()
+        if self.security == "ssl":
+            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.ehlo()
+            if self.security == "starttls":
+                conn.starttls(context=context)
+                conn.ehlo()
+            if self.username:
+                conn.login(self.username, self._password)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Say QUIT if the connection is still up, then drop it."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except (smtplib.SMTPException, OSError):
+            conn.close()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def send(self, msg: EmailMessage, sender: str, recipient: str) -> Result:
+        """Deliver one message; the Result says whether it may be retried."""
+        try:
+            conn = self._connect()
+        except smtplib.SMTPAuthenticationError as exc:
+            return Result(SendStatus.RETRY, f"{exc.smtp_code} {_decode(exc.smtp_error)}", config_error=True)
+        except smtplib.SMTPResponseException as exc:
+            return _by_code(exc.smtp_code, _decode(exc.smtp_error))
+        except (smtplib.SMTPException, OSError) as exc:
+            return Result(SendStatus.RETRY, f"connect: {exc!r}")
+        before_data = self._before_data(conn, sender, recipient)
+        if before_data is not None:
+            return before_data
+        payload = _dot_stuffed(msg.as_bytes(policy=MAIL_POLICY))
+        try:
+            conn.send(payload)
+            code, reply = conn.getreply()
+        except (smtplib.SMTPException, OSError) as exc:
+            # The final dot may have reached the server: delivery is unknowable.
+            self._drop()
+            return Result(SendStatus.UNKNOWN, f"lost after DATA: {exc!r}")
+        if code == 250:
+            return Result(SendStatus.SENT, f"{code} {_decode(reply)}")
+        return _by_code(code, _decode(reply))
+
+    def _before_data(self, conn: smtplib.SMTP, sender: str, recipient: str) -> Result | None:
+        """MAIL, RCPT, DATA; a Result if the server refused or vanished (not delivered)."""
+        try:
+            code, reply = conn.mail(sender)
+            if code != 250:
+                conn.rset()
+                return _by_code(code, _decode(reply))
+            code, reply = conn.rcpt(recipient)
+            if code not in (250, 251):
+                conn.rset()
+                return _by_code(code, _decode(reply), recipient=True)
+            code, reply = conn.docmd("DATA")
+            if code != 354:
+                conn.rset()
+                return _by_code(code, _decode(reply))
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            return Result(SendStatus.RETRY, f"lost before DATA: {exc!r}")
+        return None
+
+
+class OutboxTransport:
+    """Writes each message as an .eml file: the development default, no server needed."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def send(self, msg: EmailMessage, sender: str, recipient: str) -> Result:
+        """Write the message atomically (temp file, then rename)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9.@_-]", "", str(msg["Message-ID"])) + ".eml"
+        tmp = self.folder / f".{name}.tmp"
+        tmp.write_bytes(msg.as_bytes(policy=MAIL_POLICY))
+        os.replace(tmp, self.folder / name)
+        return Result(SendStatus.SENT, f"outbox {name}")
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def make_transport(config: dict) -> Transport:
+    """The transport MAIL_BACKEND names, built from the app's configuration."""
+    backend = config["MAIL_BACKEND"]
+    if backend == "outbox":
+        return OutboxTransport(config["OUTBOX_DIR"])
+    if backend == "smtp":
+        return SmtpTransport(
+            config["SMTP_HOST"], int(config["SMTP_PORT"]), security=config["SMTP_SECURITY"],
+            username=config["SMTP_USERNAME"], password=config["SMTP_PASSWORD"],
+            timeout=float(config["SMTP_TIMEOUT"]),
+        )
+    raise ValueError(f"MAIL_BACKEND must be 'outbox' or 'smtp', not {backend!r}")

@@ -1,0 +1,54 @@
+"""One-click unsubscribe: signed links bound to one address and one campaign.
+
+The token is the only authority here (mail clients POST it without a session or a CSRF
+token, RFC 8058), so it is signed with SECRET_KEY; a tampered token changes nothing.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, render_template, request
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from database import immediate
+from models import db
+from suppressions import suppress
+from timeutil import utcnow
+
+bp = Blueprint("unsubscribe", __name__)
+
+
+def _serializer(secret_key: str) -> URLSafeSerializer:
+    return URLSafeSerializer(secret_key, salt="sendonce-unsubscribe")
+
+
+def make_token(secret_key: str, email: str, campaign_id: int) -> str:
+    """A token that names one address and one campaign, signed with the app secret."""
+    return _serializer(secret_key).dumps([email, campaign_id])
+
+
+def read_token(secret_key: str, token: str) -> tuple[str, int] | None:
+    """The (email, campaign_id) a token was made for, or None if it is not ours."""
+    try:
+        email, campaign_id = _serializer(secret_key).loads(token)
+    except (BadSignature, ValueError, TypeError):
+        return None
+    return str(email), int(campaign_id)
+
+
+def unsubscribe_url(base_url: str, secret_key: str, email: str, campaign_id: int) -> str:
+    """The public link put into every message and its List-Unsubscribe header."""
+    return f"{base_url.rstrip('/')}/u/{make_token(secret_key, email, campaign_id)}"
+
+
+@bp.route("/u/<token>", methods=["GET", "POST"])
+def unsubscribe(token: str):
+    """GET shows a confirmation page; POST (the button or a one-click client) unsubscribes."""
+    found = read_token(current_app.config["SECRET_KEY"], token)
+    if found is None:
+        abort(404)
+    email, campaign_id = found
+    if request.method == "GET":
+        return render_template("unsubscribe.html", email=email, done=False)
+    with immediate(db.engine) as conn:
+        suppress(conn, email, "unsubscribed", f"campaign {campaign_id}", utcnow())
+    return render_template("unsubscribe.html", email=email, done=True)
