@@ -127,7 +127,7 @@ def campaign_enroll(campaign_id: int, all_leads: bool, tag: str | None) -> None:
         raise click.UsageError("give --all or --tag")
     query = select(Lead.id)
     if tag:
-        query = query.where((("," + Lead.tags + ",").contains(f",{tag},")))
+        query = query.where(("," + Lead.tags + ",").contains(f",{tag},"))
     ids = db.session.scalars(query).all()
     click.echo(f"enrolled {leads.enroll(_engine(), campaign_id, ids)} new")
 

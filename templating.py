@@ -50,7 +50,8 @@ def render(source: str, context: dict[str, Any]) -> str:
     return _env.from_string(source).render(context)
 
 
-def check(letter: str, subject: str, body: str, context: dict[str, Any], email: str = "") -> list[TemplateProblem]:
+def check(letter: str, subject: str, body: str, context: dict[str, Any],
+          email: str = "") -> list[TemplateProblem]:
     """Problems rendering one variant's subject and body in one context (empty if fine)."""
     problems = []
     for part, source in (("subject", subject), ("body", body)):

@@ -25,12 +25,20 @@ def spawn_workers(modes: list[str], campaign_id: int, env: dict[str, str],
     return procs
 
 
-def wait_all(procs: list[subprocess.Popen], timeout: float = 120) -> None:
-    """Wait for every worker and insist each exited cleanly."""
+def wait_all(procs: list[subprocess.Popen], timeout: float = 120) -> list[str]:
+    """Wait for every worker, insist each exited cleanly; return what each printed."""
+    outputs = []
     for proc in procs:
-        assert proc.wait(timeout=timeout) == 0, f"worker {proc.pid} exited {proc.returncode}"
-        proc.stdout.close()
-        proc.stdin.close()
+        out = proc.communicate(timeout=timeout)[0]
+        assert proc.returncode == 0, f"worker {proc.pid} exited {proc.returncode}"
+        outputs.append(out)
+    return outputs
+
+
+def reap(proc: subprocess.Popen, timeout: float = 120) -> int:
+    """Wait for a worker (so its pid is really gone) and close its pipes."""
+    proc.communicate(timeout=timeout)
+    return proc.returncode
 
 
 def wait_for(predicate, timeout: float = 30, step: float = 0.05):

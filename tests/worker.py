@@ -43,17 +43,20 @@ def main(mode: str, campaign_id: int) -> None:
         while time.time() < stop and open_work(campaign_id):
             db.session.rollback()  # end the read transaction so the next count is fresh
             if mode == "tick":
-                ticker.tick()
+                batches = list((ticker.tick() or {}).values())
             elif mode == "send-due":
-                ticker.tick(Trigger.CLI, campaign_id)
+                batches = list((ticker.tick(Trigger.CLI, campaign_id) or {}).values())
                 ticker.release()
             else:
                 transport = make_transport(app.config)
                 try:
-                    send_batch(db.engine, settings, transport, campaign_id, Trigger.BUTTON,
-                               once_key=secrets.token_hex(8))
+                    batches = [send_batch(db.engine, settings, transport, campaign_id,
+                                          Trigger.BUTTON, once_key=secrets.token_hex(8))]
                 finally:
                     transport.close()
+            for batch in batches:  # what this process did, for the test to read
+                for claim, result in batch.outcomes:
+                    print(f"outcome {claim.send_log_id} {result.status}", flush=True)
             time.sleep(0.01)
         ticker.release()
 

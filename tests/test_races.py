@@ -1,0 +1,162 @@
+"""Real OS processes against one SQLite file and one real SMTP server.
+
+These are the incident's shapes: many senders at once, two app processes with their
+schedulers on, a frozen lease holder, and a worker killed mid-send.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import UTC
+
+import pytest
+from sqlalchemy import func, select
+
+import lease as leases
+from conftest import ROOT, env_for
+from helpers import make_campaign
+from models import CampaignLead, SchedulerLease, SendLog
+from procs import reap, spawn_workers, wait_all, wait_for
+from sender import recover
+from smtp_sink import free_port
+from timeutil import utcnow
+
+pytestmark = pytest.mark.slow
+
+
+def emails(n: int) -> list[str]:
+    return [f"lead{i:04d}@example.com" for i in range(n)]
+
+
+def log_rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(select(SendLog).order_by(SendLog.claimed_at)).all()
+
+
+def test_eight_processes_mixing_ticks_cron_and_button_send_each_lead_once(engine, smtp, config):
+    cid = make_campaign(engine, 500, interval=0, batch_size=5)
+    modes = ["tick", "tick", "tick", "send-due", "send-due", "button", "button", "button"]
+    wait_all(spawn_workers(modes, cid, env_for(config)))
+
+    assert smtp.recorder.received == Counter({e: 1 for e in emails(500)})
+    rows = log_rows(engine)
+    assert len(rows) == 500 and {r.status for r in rows} == {"sent"}
+    with engine.connect() as conn:
+        states = conn.execute(select(CampaignLead.state, func.count()).group_by(CampaignLead.state)).all()
+    assert states == [("sent", 500)]
+    # The race was real: several processes and more than one trigger really sent.
+    assert len({r.worker for r in rows}) >= 3
+    assert {r.trigger for r in rows} >= {"button"} and len({r.trigger for r in rows}) >= 2
+
+
+def test_incident_replayed_two_gunicorn_workers_with_schedulers(engine, smtp, config):
+    # The incident: two app processes, each with a scheduler ticking at the same second.
+    make_campaign(engine, 6, interval=2)
+    env = env_for({**config, "SCHEDULER_ENABLED": True, "TICK_SECONDS": 0.5, "LEASE_SECONDS": 5})
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
+                               "app:create_app()"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(log_rows(engine)) >= 4, timeout=30)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+    rows = log_rows(engine)
+    assert max(smtp.recorder.received.values()) == 1
+    assert len({r.worker for r in rows}) == 1, "only the lease holder may send"
+    gaps = [(b.claimed_at - a.claimed_at).total_seconds() for a, b in zip(rows, rows[1:], strict=False)]
+    assert min(gaps) >= 2, f"pacing broken: {gaps}"
+    assert "Booting worker" in stderr and stderr.count("Booting worker") == 2
+    with engine.connect() as conn:  # released on clean shutdown: the next one need not wait
+        assert conn.execute(select(SchedulerLease.holder)).scalar() == ""
+
+
+def test_reloader_watcher_never_ticks(engine, smtp, config, tmp_path):
+    make_campaign(engine, 3, interval=1)
+    env = env_for({**config, "SCHEDULER_ENABLED": True, "TICK_SECONDS": 0.5, "LEASE_SECONDS": 5})
+    watcher = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "run", "--reload",
+                                "--port", str(free_port())], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(log_rows(engine)) >= 2, timeout=30)
+        with engine.connect() as conn:
+            holder = conn.execute(select(SchedulerLease.holder)).scalar()
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(timeout=30)
+    pids = {r.worker.split(":")[1] for r in log_rows(engine)}
+    assert pids == {holder.split(":")[1]}
+    assert str(watcher.pid) not in pids, "the reloader's watcher process sent mail"
+    assert max(smtp.recorder.received.values()) == 1
+
+
+def test_frozen_lease_holder_sends_nothing_after_takeover(engine, smtp, config):
+    victim = "lead0003@example.com"
+    arrived, release = threading.Event(), threading.Event()
+    smtp.recorder.hold[victim] = (arrived, release)
+    cid = make_campaign(engine, 150, interval=0, batch_size=50)
+    env = env_for({**config, "TICK_SECONDS": 0.2, "LEASE_SECONDS": 2, "STALE_SENDING_SECONDS": 1.5})
+    (old,) = spawn_workers(["tick"], cid, env, delay=0)
+    assert arrived.wait(30), "the holder never reached the victim's DATA"
+    os.kill(old.pid, signal.SIGSTOP)  # frozen mid-batch, inside SMTP, holding the lease
+    stopped_at = time.time()
+    release.set()
+    with engine.connect() as conn:
+        old_epoch = conn.execute(select(SchedulerLease.epoch)).scalar()
+    (new,) = spawn_workers(["tick"], cid, env, delay=0)
+    wait_for(lambda: _epoch(engine) > old_epoch, timeout=30)
+    os.kill(old.pid, signal.SIGCONT)  # wakes while the new holder is still sending
+    _, old_output = wait_all([new, old])
+
+    assert smtp.recorder.received == Counter({e: 1 for e in emails(150)})
+    old_worker = f"{leases.HOST}:{old.pid}"
+    late = [r for r in log_rows(engine) if r.worker == old_worker
+            and r.claimed_at.replace(tzinfo=UTC).timestamp() > stopped_at + 0.5]
+    assert late == [], "the fenced-off holder claimed after it was replaced"
+    # Everything the old holder did: its first four sends, the last of them in flight
+    # while it was frozen. After waking it claimed nothing more (fencing).
+    assert old_output.split("\n")[:-1] == [f"outcome {i} sent" for i in (1, 2, 3, 4)]
+    rows = {r.lead_id: r for r in log_rows(engine)}
+    assert rows[4].status == "sent"  # its in-flight send completed and was recorded truthfully
+    assert {r.status for r in rows.values()} == {"sent"}
+
+
+def _epoch(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(SchedulerLease.epoch)).scalar() or 0
+
+
+def test_worker_killed_after_claim_leaves_unknown_and_is_not_resent(engine, smtp, config, settings):
+    victim = "lead0002@example.com"
+    arrived, release = threading.Event(), threading.Event()
+    smtp.recorder.hold[victim] = (arrived, release)
+    cid = make_campaign(engine, 40, interval=0, batch_size=10)
+    env = env_for(config)
+    (doomed,) = spawn_workers(["button"], cid, env, delay=0)
+    assert arrived.wait(30)
+    doomed.kill()  # SIGKILL: claim committed, outcome never recorded
+    assert reap(doomed) == -signal.SIGKILL
+    # The server drops the half-done transaction when the connection dies; from now on
+    # it would accept the victim at once, so any re-send would be counted.
+    del smtp.recorder.hold[victim]
+    assert recover(engine, settings, utcnow()) == 1
+    wait_all(spawn_workers(["button", "button"], cid, env))
+
+    rows = {r.lead_id: r for r in log_rows(engine)}
+    assert rows[3].status == "unknown" and "worker gone" in rows[3].smtp_reply
+    assert {r.status for k, r in rows.items() if k != 3} == {"sent"} and len(rows) == 40
+    counts = smtp.recorder.received
+    assert counts[victim] == 0, "the unknown send was re-sent"
+    assert all(counts[e] == 1 for e in emails(40) if e != victim), "a lead was lost or mailed twice"
+    with engine.connect() as conn:
+        state = conn.execute(select(CampaignLead.state).where(CampaignLead.lead_id == 3)).scalar()
+    assert state == "unknown"
+
+
