@@ -33,9 +33,9 @@ def create(engine: Engine, **values: Any) -> int:
 
 def add_variant(engine: Engine, campaign_id: int, letter: str, subject: str, body: str,
                 weight: int = 1) -> None:
-    """Add a variant; its templates are checked for syntax right away."""
+    """Add a variant; its templates are checked for syntax (and the sandbox) right away."""
     problems = templating.check(letter, subject, body, _sample_context(), "")
-    syntax = [p for p in problems if "undefined" not in p.message]
+    syntax = [p for p in problems if not p.undefined]  # fields are checked per lead at start
     if syntax:
         raise CampaignError("; ".join(map(str, syntax)))
     with write_session(engine) as session:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
 import campaigns
@@ -30,6 +31,7 @@ def _engine():
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db() -> None:
     """Create the tables (safe to run again: existing data is kept)."""
     db.create_all()
@@ -37,6 +39,7 @@ def init_db() -> None:
 
 
 @click.command("create-user")
+@with_appcontext
 @click.argument("email")
 @click.password_option()
 def create_user(email: str, password: str) -> None:
@@ -56,6 +59,7 @@ def _add_user(email: str, password: str) -> None:
 
 
 @click.command("import-leads")
+@with_appcontext
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--campaign", "campaign_id", type=int, help="Also enroll the leads here.")
 def import_leads(path: Path, campaign_id: int | None) -> None:
@@ -75,6 +79,7 @@ def campaign_group() -> None:
 
 
 @campaign_group.command("create")
+@with_appcontext
 @click.option("--name", required=True)
 @click.option("--from", "from_address", help="Sender address (default MAIL_FROM).")
 @click.option("--from-name", default="")
@@ -99,6 +104,7 @@ def campaign_create(name: str, from_address: str | None, from_name: str, interva
 
 
 @campaign_group.command("variant")
+@with_appcontext
 @click.argument("campaign_id", type=int)
 @click.argument("letter")
 @click.option("--subject", required=True)
@@ -118,6 +124,7 @@ def campaign_variant(campaign_id: int, letter: str, subject: str, body: str | No
 
 
 @campaign_group.command("enroll")
+@with_appcontext
 @click.argument("campaign_id", type=int)
 @click.option("--all", "all_leads", is_flag=True, help="Every lead in the database.")
 @click.option("--tag", help="Leads carrying this tag.")
@@ -134,6 +141,7 @@ def campaign_enroll(campaign_id: int, all_leads: bool, tag: str | None) -> None:
 
 def _status_command(name: str, action, doc: str):
     @campaign_group.command(name, help=doc)
+    @with_appcontext
     @click.argument("campaign_id", type=int)
     def command(campaign_id: int) -> None:
         try:
@@ -151,6 +159,7 @@ _status_command("resume", campaigns.resume, "Validate again and resume sending."
 
 
 @campaign_group.command("show")
+@with_appcontext
 @click.argument("campaign_id", type=int)
 def campaign_show(campaign_id: int) -> None:
     """Print a campaign's settings and its enrollments by state."""
@@ -170,6 +179,7 @@ def campaign_show(campaign_id: int) -> None:
 
 
 @click.command("send-due")
+@with_appcontext
 @click.option("--campaign", "campaign_id", type=int, help="Only this campaign.")
 def send_due(campaign_id: int | None) -> None:
     """One tick, for system cron: same lease and pacing rules as the scheduler."""
@@ -187,6 +197,7 @@ def send_due(campaign_id: int | None) -> None:
 
 
 @click.command("scheduler")
+@with_appcontext
 def run_scheduler() -> None:
     """Run a dedicated foreground scheduler until SIGTERM/Ctrl-C."""
     click.echo(f"scheduler: ticking every {current_app.config['TICK_SECONDS']}s")
@@ -194,6 +205,7 @@ def run_scheduler() -> None:
 
 
 @click.command("recover")
+@with_appcontext
 def recover_command() -> None:
     """Mark `sending` rows of dead or silent workers `unknown` (never re-sent)."""
     settings = Settings.from_config(current_app.config)
@@ -201,6 +213,7 @@ def recover_command() -> None:
 
 
 @click.command("resolve")
+@with_appcontext
 @click.argument("send_log_id", type=int, required=False)
 @click.option("--mark-sent", "action", flag_value="mark-sent")
 @click.option("--send-again", "action", flag_value="send-again")
@@ -229,6 +242,7 @@ piotr.zielinski@example.com,Piotr,Zieli\xc5\x84ski,Przyk\xc5\x82ad SA,Pozna\xc5\
 
 
 @click.command("demo")
+@with_appcontext
 def demo() -> None:
     """Create a demo campaign (two variants, a few leads), started, one send a minute."""
     engine = _engine()
@@ -248,6 +262,7 @@ def demo() -> None:
 
 
 @click.command("first-run")
+@with_appcontext
 def first_run() -> None:
     """Create tables; on an empty database add the demo data and an admin login."""
     db.create_all()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 _env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -23,6 +23,7 @@ class TemplateProblem:
     part: str  # "subject" or "body"
     message: str
     email: str = ""
+    undefined: bool = False  # an unknown merge field (depends on the lead), not bad syntax
 
     def __str__(self) -> str:
         who = f" ({self.email})" if self.email else ""
@@ -58,5 +59,6 @@ def check(letter: str, subject: str, body: str, context: dict[str, Any],
         try:
             render(source, context)
         except TemplateError as exc:
-            problems.append(TemplateProblem(letter, part, str(exc), email))
+            problems.append(TemplateProblem(letter, part, str(exc), email,
+                                            isinstance(exc, UndefinedError)))
     return problems

@@ -13,15 +13,19 @@ def lead_csv(n: int, domain: str = "example.com") -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
+DEFAULT_BODY = "Hi {{ first_name }} from {{ company }}.\n{{ unsubscribe_url }}\n"
+
+
 def make_campaign(engine, n_leads: int, *, interval: int = 0, batch_size: int = 1,
-                  start: bool = True, variants: str = "AB", **values) -> int:
+                  start: bool = True, variants: str = "AB", subject: str | None = None,
+                  body: str = DEFAULT_BODY, **values) -> int:
     """A campaign with `n_leads` enrolled leads and simple variants, started by default."""
-    campaign_id = campaigns.create(engine, name=f"test {n_leads}", from_address="team@sendonce.test",
-                                   from_name="Team", interval_seconds=interval,
-                                   batch_size=batch_size, **values)
+    values = {"name": f"test {n_leads}", "from_address": "team@sendonce.test", "from_name": "Team",
+              **values}
+    campaign_id = campaigns.create(engine, interval_seconds=interval, batch_size=batch_size, **values)
     for letter in variants:
-        campaigns.add_variant(engine, campaign_id, letter, f"{letter}: hello {{{{ first_name }}}}",
-                              "Hi {{ first_name }} from {{ company }}.\n{{ unsubscribe_url }}\n")
+        campaigns.add_variant(engine, campaign_id, letter,
+                              subject or f"{letter}: hello {{{{ first_name }}}}", body)
     report = leads.import_leads(engine, lead_csv(n_leads))
     leads.enroll(engine, campaign_id, report.lead_ids)
     if start:

@@ -1,0 +1,127 @@
+"""Messages: no header injection, stable Message-ID, one-click unsubscribe, strict templates."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select, update
+
+import campaigns
+import leads
+from database import immediate
+from helpers import make_campaign
+from models import Lead, SendLog, Suppression, Trigger
+from sender import send_batch
+from transport import make_transport
+from unsubscribe import make_token, read_token, unsubscribe_url
+
+
+def send_all(app, engine, settings, cid, limit=10):
+    transport = make_transport(app.config)
+    try:
+        return send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=limit)
+    finally:
+        transport.close()
+
+
+def test_crlf_in_merge_fields_never_makes_a_header(app, engine, settings, smtp):
+    cid = make_campaign(engine, 1, start=False, variants="A", subject="Hi {{ first_name }}",
+                        body="Body {{ company }}")
+    with immediate(engine) as conn:
+        conn.execute(update(Lead.__table__).values(
+            first_name="Eve\r\nBcc: victim@example.org", last_name="X\nX-Evil: 1",
+            company="ACME\r\n\r\n<b>body</b>"))
+    campaigns.start(engine, cid)
+    send_all(app, engine, settings, cid)
+    (msg,) = smtp.recorder.messages
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert msg["Subject"] == "Hi Eve Bcc: victim@example.org"
+    assert "ACME" in msg.get_payload(decode=True).decode()
+
+
+def test_polish_characters_are_encoded_headers(app, engine, settings, smtp):
+    cid = make_campaign(engine, 1, start=False, variants="A", from_name="Zażółć Gęślą",
+                        subject="Cześć {{ first_name }}, pytanie o Łódź", body="Treść: źdźbło")
+    with immediate(engine) as conn:
+        conn.execute(update(Lead.__table__).values(first_name="Łucja"))
+    campaigns.start(engine, cid)
+    send_all(app, engine, settings, cid)
+    (msg,) = smtp.recorder.messages
+    raw_subject = msg.get("Subject")
+    from email.header import decode_header, make_header
+
+    assert str(make_header(decode_header(raw_subject))) == "Cześć Łucja, pytanie o Łódź"
+    assert "Zażółć Gęślą" in str(make_header(decode_header(msg["From"])))
+    assert msg.get_payload(decode=True).decode("utf-8").startswith("Treść: źdźbło")
+
+
+def test_message_id_is_per_row_and_unsubscribe_headers_follow_rfc8058(app, engine, settings, smtp):
+    cid = make_campaign(engine, 2)
+    send_all(app, engine, settings, cid)
+    with engine.connect() as conn:
+        ids = dict(conn.execute(select(SendLog.lead_id, SendLog.message_id)).all())
+    first, second = smtp.recorder.messages
+    assert first["Message-ID"] == ids[1] == f"<sendonce.{cid}.1@sendonce.test>"
+    assert second["Message-ID"] == ids[2] != ids[1]
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = unsubscribe_url("http://sendonce.test", app.config["SECRET_KEY"], "lead0000@example.com", cid)
+    assert first["List-Unsubscribe"] == f"<{url}>"
+    assert url in first.get_payload(decode=True).decode()
+
+
+def test_unknown_merge_field_is_caught_at_start_before_any_email(app, engine, settings, smtp):
+    cid = make_campaign(engine, 3, start=False, variants="A", body="Your {{ frist_name }}")
+    with pytest.raises(campaigns.CampaignError, match="frist_name"):
+        campaigns.start(engine, cid)
+    assert smtp.recorder.messages == []
+
+
+def test_custom_field_missing_on_one_lead_is_reported_with_its_address(engine):
+    cid = make_campaign(engine, 0, start=False, variants="A", body="From {{ city }}")
+    report = leads.import_leads(engine, b"email,city\na@x.pl,Krak\xc3\xb3w\nb@x.pl,\nc@x.pl\n")
+    leads.enroll(engine, cid, report.lead_ids)
+    problems = campaigns.validate(engine, cid)
+    assert [p.email for p in problems] == ["c@x.pl"]
+
+
+def test_template_syntax_error_is_refused_when_the_variant_is_added(engine):
+    cid = make_campaign(engine, 0, start=False, variants="")
+    with pytest.raises(campaigns.CampaignError, match="body"):
+        campaigns.add_variant(engine, cid, "A", "Hi", "Hello {{ first_name ")
+
+
+def test_sandbox_blocks_python_internals(engine):
+    cid = make_campaign(engine, 0, start=False, variants="")
+    with pytest.raises(campaigns.CampaignError, match="unsafe"):
+        campaigns.add_variant(engine, cid, "A", "Hi",
+                              "{{ first_name.__class__.__mro__[1].__subclasses__() }}")
+
+
+def test_unsubscribe_get_confirms_and_post_suppresses(client, app, engine):
+    token = make_token(app.config["SECRET_KEY"], "lead@example.com", 7)
+    page = client.get(f"/u/{token}")
+    assert page.status_code == 200 and b"lead@example.com" in page.data
+    with engine.connect() as conn:
+        assert conn.execute(select(Suppression)).all() == []  # GET changes nothing
+    assert client.post(f"/u/{token}").status_code == 200  # one-click: no session, no CSRF token
+    with engine.connect() as conn:
+        assert conn.execute(select(Suppression.email, Suppression.reason)).all() == [
+            ("lead@example.com", "unsubscribed")]
+
+
+def test_tampered_or_foreign_token_changes_nothing(client, app, engine):
+    token = make_token(app.config["SECRET_KEY"], "lead@example.com", 7)
+    forged = make_token("another-secret", "boss@example.com", 7)
+    email, _, signature = token.partition(".")
+    for bad in (forged, token[:-2] + "xx", email + "." + signature[::-1], "garbage"):
+        assert client.post(f"/u/{bad}").status_code == 404
+    with engine.connect() as conn:
+        assert conn.execute(select(Suppression)).all() == []
+    assert read_token(app.config["SECRET_KEY"], token) == ("lead@example.com", 7)
+
+
+def test_unsubscribed_lead_is_never_sent(app, engine, settings, client, smtp):
+    cid = make_campaign(engine, 2)
+    url = unsubscribe_url("", app.config["SECRET_KEY"], "lead0000@example.com", cid)
+    client.post(url)
+    send_all(app, engine, settings, cid)
+    assert list(smtp.recorder.received) == ["lead0001@example.com"]

@@ -1,0 +1,135 @@
+"""Admin pages: login everywhere, CSRF on every POST, the idempotent send button, healthz."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+import campaigns
+from app import create_app
+from helpers import make_campaign
+from models import Campaign, User, db
+
+PUBLIC = {"static", "auth.login", "unsubscribe.unsubscribe", "views.healthz"}
+
+
+def csrf_token(html: bytes) -> str:
+    return re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1).decode()
+
+
+@pytest.fixture
+def login(app, client):
+    with app.app_context():
+        user = User(email="admin@example.com")
+        user.set_password("correct horse")
+        db.session.add(user)
+        db.session.commit()
+
+    def do(password: str = "correct horse"):
+        token = csrf_token(client.get("/login").data)
+        return client.post("/login", data={"email": "admin@example.com", "password": password,
+                                           "csrf_token": token})
+    return do
+
+
+def admin_urls(app):
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in PUBLIC:
+            continue
+        values = {arg: 1 for arg in rule.arguments}
+        if "action" in rule.arguments:
+            values["action"] = "pause"
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            yield method, rule.build(values)[1]
+
+
+def test_every_admin_route_requires_login(app, client):
+    urls = list(admin_urls(app))
+    assert len(urls) >= 5
+    token = csrf_token(client.get("/login").data)  # a valid token: only the login is missing
+    for method, url in urls:
+        response = client.open(url, method=method, data={"csrf_token": token, "key": "k"})
+        assert response.status_code == 302 and "/login" in response.location, (method, url)
+
+
+def test_every_post_without_csrf_token_is_rejected(app, client, login, engine):
+    make_campaign(engine, 1)
+    login()
+    posts = [url for method, url in admin_urls(app) if method == "POST"]
+    assert posts
+    for url in posts:
+        assert client.post(url).status_code == 400, url
+
+
+def test_wrong_password_says_so_without_saying_which_half(client, login):
+    page = login("wrong")
+    assert "Nieprawidłowy e-mail lub hasło." in page.get_data(as_text=True)
+    assert login().status_code == 302
+
+
+def test_login_next_cannot_leave_the_site(client, login, app):
+    token = csrf_token(client.get("/login").data)
+    response = client.post("/login?next=https://evil.example/x", data={
+        "email": "admin@example.com", "password": "correct horse", "csrf_token": token})
+    assert response.location == "/"
+
+
+def test_double_submit_of_the_send_button_sends_one_batch(client, login, engine, smtp):
+    cid = make_campaign(engine, 10, batch_size=3, interval=3600)
+    login()
+    page = client.get(f"/campaigns/{cid}").data
+    form = {"csrf_token": csrf_token(page),
+            "key": re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()}
+    first = client.post(f"/campaigns/{cid}/send", data=form, follow_redirects=True)
+    second = client.post(f"/campaigns/{cid}/send", data=form, follow_redirects=True)
+    assert "Wysłano 3 z 3 wiadomości." in first.get_data(as_text=True)
+    assert "to kliknięcie zostało już obsłużone" in second.get_data(as_text=True)
+    assert sum(smtp.recorder.received.values()) == 3
+
+
+def test_paused_campaign_shows_the_button_disabled(client, login, engine):
+    cid = make_campaign(engine, 2)
+    campaigns.pause(engine, cid)
+    login()
+    html = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert re.search(r"<button type=\"submit\" disabled>Wyślij kampanię</button>", html)
+    assert "Wznów kampanię, aby wysyłać." in html
+
+
+def test_lead_and_campaign_data_are_escaped(client, login, engine, app, smtp):
+    cid = make_campaign(engine, 1, name='<script>alert("x")</script>', from_name="\"'><img src=x>")
+    login()
+    token = csrf_token(client.get(f"/campaigns/{cid}").data)
+    del token
+    for url in ("/", f"/campaigns/{cid}"):
+        html = client.get(url).get_data(as_text=True)
+        assert "<script>alert" not in html and "<img src=x>" not in html
+        assert "&lt;script&gt;" in html
+
+
+def test_healthz_reports_database_and_lease_without_login(client):
+    data = client.get("/healthz").get_json()
+    assert data == {"database": "ok", "scheduler": {"holder": None, "epoch": 0, "fresh": False,
+                                                      "heartbeat_at": None}}
+
+
+def test_healthz_is_503_when_the_database_is_unreachable(config, tmp_path):
+    app = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/missing/dir/x.db"})
+    assert app.test_client().get("/healthz").status_code == 503
+
+
+def test_session_cookie_is_httponly_and_samesite(client, login):
+    response = login()
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_dashboard_shows_a_missing_scheduler_in_red(client, login, engine):
+    make_campaign(engine, 1)
+    login()
+    html = client.get("/").get_data(as_text=True)
+    assert 'class="scheduler bad"' in html
+    with engine.connect() as conn:
+        assert conn.execute(select(Campaign.name)).scalar() in html
