@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 FLASK  := $(VENV)/bin/flask --app app
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean translations extract
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,15 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 
 ## make run: install, create the database (demo data + a login the first time), serve
 ## http://127.0.0.1:5000 with the scheduler on; mail goes to instance/outbox/*.eml.
-run: $(VENV)/.runtime
+translations: $(VENV)/.runtime
+	$(VENV)/bin/pybabel -q compile -d translations
+
+run: $(VENV)/.runtime translations
 	$(FLASK) first-run
 	FLASK_MAIL_BACKEND=outbox FLASK_TICK_SECONDS=10 $(FLASK) run --reload --host 127.0.0.1 --port 5000
 
 ## make test: install what the tests need, run the whole suite (slow group included).
-test: $(VENV)/.dev
+test: $(VENV)/.dev translations
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev
@@ -33,6 +36,11 @@ bench: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
+
+## After changing UI strings: re-extract and merge into the catalogs, then translate.
+extract: $(VENV)/.runtime
+	$(VENV)/bin/pybabel -q extract -F babel.cfg -k _l -k lazy_gettext -o translations/messages.pot .
+	$(VENV)/bin/pybabel -q update -i translations/messages.pot -d translations
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -12,13 +12,17 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import flask_babel
+import flask_sqlalchemy.session
 from flask import Flask
+from flask_babel import lazy_gettext
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 
 import cli
+import i18n
 import scheduler
-from database import configure_engine
+from database import configure_engine, forbid_writes
 from models import User, db
 
 csrf = CSRFProtect()
@@ -43,21 +47,32 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)
+    forbid_writes(flask_sqlalchemy.session.Session)
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
+    login_manager.login_message = lazy_gettext("Please log in to see this page.")
 
-    import auth
-    import unsubscribe
-    import views
-
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(views.bp)
-    app.register_blueprint(unsubscribe.bp)
-    csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
+    i18n.babel.init_app(app, locale_selector=i18n.select_locale)
+    app.jinja_env.globals.update(language_form=i18n.language_form, get_locale=flask_babel.get_locale)
+    _register_pages(app)
     cli.register(app)
     scheduler.init_app(app)
     return app
+
+
+def _register_pages(app: Flask) -> None:
+    import auth
+    import editor
+    import lead_pages
+    import sendlog_pages
+    import suppression_pages
+    import unsubscribe
+    import views
+
+    for module in (auth, views, editor, lead_pages, sendlog_pages, suppression_pages, i18n, unsubscribe):
+        app.register_blueprint(module.bp)
+    csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 
 
 def _defaults(instance: Path) -> dict[str, Any]:
@@ -83,6 +98,9 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "LOG_LEVEL": "INFO",
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
+        "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # uploads (CSV imports)
+        "BABEL_DEFAULT_LOCALE": i18n.DEFAULT,
+        "BABEL_TRANSLATION_DIRECTORIES": str(Path(__file__).parent / "translations"),
     }
 
 

@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
+from database import write_session
 from leads import normalize_email
 from models import User, db
+from timeutil import utcnow
 
 bp = Blueprint("auth", __name__)
+LOCK_AFTER = 5  # failed logins in a row before each further try must wait
 
 
 class LoginForm(FlaskForm):
-    email = EmailField("E-mail", validators=[DataRequired()])
-    password = PasswordField("Hasło", validators=[DataRequired()])
+    email = EmailField(_l("Email"), validators=[DataRequired()])
+    password = PasswordField(_l("Password"), validators=[DataRequired()])
 
 
-def _safe_next(target: str | None) -> str:
-    # Only local paths: `next=https://evil.example` must not turn login into a redirector.
-    if not target or urlsplit(target).netloc or urlsplit(target).scheme or target.startswith("//"):
+def local_path(target: str | None) -> str:
+    """`target` if it is a path on this site, else the dashboard.
+
+    `next=https://evil.example` (or `//evil.example`, or `/\\evil.example`, which browsers
+    read as another host) must not turn our redirects into an open redirector.
+    """
+    if (not target or not target.startswith("/") or target.startswith(("//", "/\\"))
+            or urlsplit(target).netloc or urlsplit(target).scheme):
         return url_for("views.dashboard")
     return target
 
@@ -35,11 +46,30 @@ def login():
     form = LoginForm()
     if form.validate_on_submit():
         user = db.session.scalar(select(User).where(User.email == normalize_email(form.email.data)))
-        if user is not None and user.check_password(form.password.data):
+        if user is not None and _try_password(user.id, form.password.data):
             login_user(user)
-            return redirect(_safe_next(request.args.get("next")))
-        flash("Nieprawidłowy e-mail lub hasło.", "error")
+            session["language"] = user.language
+            return redirect(local_path(request.args.get("next")))
+        # One message for a wrong address, a wrong password and a locked account alike.
+        flash(_("Wrong email or password."), "error")
     return render_template("login.html", form=form)
+
+
+def _try_password(user_id: int, password: str) -> bool:
+    """Check a password, slowing guessers down: after 5 failures the account waits."""
+    now = utcnow()
+    with write_session(db.engine) as session:
+        user = session.get(User, user_id)
+        if user.locked_until is not None and user.locked_until > now:
+            return False
+        if user.check_password(password):
+            user.failed_logins, user.locked_until = 0, None
+            return True
+        user.failed_logins += 1
+        if user.failed_logins >= LOCK_AFTER:
+            seconds = min(30 * 2 ** (user.failed_logins - LOCK_AFTER), 900)
+            user.locked_until = now + timedelta(seconds=seconds)
+        return False
 
 
 @bp.route("/logout", methods=["POST"])

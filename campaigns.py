@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
+import leads
 import templating
 from database import immediate, write_session
 from models import Campaign, CampaignLead, CampaignStatus, Lead, Variant
@@ -68,6 +69,23 @@ def validate(engine: Engine, campaign_id: int) -> list[templating.TemplateProble
             if len(problems) >= MAX_PROBLEMS:
                 break
     return problems[:MAX_PROBLEMS]
+
+
+def enroll_leads(engine: Engine, campaign_id: int, tag: str | None = None) -> int:
+    """Enroll every lead (or those carrying `tag`); returns how many were new."""
+    query = select(Lead.id)
+    if tag:
+        query = query.where(("," + Lead.tags + ",").contains(f",{tag.strip()},"))
+    with engine.connect() as conn:
+        ids = conn.execute(query.order_by(Lead.id)).scalars().all()
+    if not _has_variants(engine, campaign_id):
+        raise CampaignError("add a variant first: each lead is bound to one variant when enrolled")
+    return leads.enroll(engine, campaign_id, ids)
+
+
+def _has_variants(engine: Engine, campaign_id: int) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(Variant.id).where(Variant.campaign_id == campaign_id)).first() is not None
 
 
 def start(engine: Engine, campaign_id: int) -> None:

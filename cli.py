@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 import campaigns
 import leads
 import scheduler
-from models import Campaign, CampaignLead, Lead, SendLog, SendStatus, Trigger, User, db
+from database import write_session
+from models import Campaign, CampaignLead, SendLog, SendStatus, Trigger, User, db
 from sender import Settings, recover, resolve_unknown
 from timeutil import utcnow
 
@@ -50,12 +51,12 @@ def create_user(email: str, password: str) -> None:
 
 def _add_user(email: str, password: str) -> None:
     email = leads.normalize_email(email)
-    if db.session.scalar(select(User).where(User.email == email)):
-        raise click.ClickException(f"user {email} exists already")
-    user = User(email=email)
-    user.set_password(password)
-    db.session.add(user)
-    db.session.commit()
+    with write_session(_engine()) as session:
+        if session.scalar(select(User).where(User.email == email)):
+            raise click.ClickException(f"user {email} exists already")
+        user = User(email=email)
+        user.set_password(password)
+        session.add(user)
 
 
 @click.command("import-leads")
@@ -132,11 +133,10 @@ def campaign_enroll(campaign_id: int, all_leads: bool, tag: str | None) -> None:
     """Enroll leads in a campaign (each lead at most once)."""
     if not all_leads and not tag:
         raise click.UsageError("give --all or --tag")
-    query = select(Lead.id)
-    if tag:
-        query = query.where(("," + Lead.tags + ",").contains(f",{tag},"))
-    ids = db.session.scalars(query).all()
-    click.echo(f"enrolled {leads.enroll(_engine(), campaign_id, ids)} new")
+    try:
+        click.echo(f"enrolled {campaigns.enroll_leads(_engine(), campaign_id, tag)} new")
+    except campaigns.CampaignError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _status_command(name: str, action, doc: str):

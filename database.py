@@ -52,6 +52,21 @@ def immediate(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def forbid_writes(session_class: type[Session]) -> None:
+    """Make a session class read-only: every write must go through write_session.
+
+    A request's session starts with a deferred BEGIN at its first read; if another
+    process commits before this session writes, SQLite refuses the upgrade at once
+    ("database is locked"; busy_timeout cannot help). So db.session only reads, and
+    writes take BEGIN IMMEDIATE up front in a short transaction of their own.
+    """
+
+    @event.listens_for(session_class, "before_flush")
+    def _refuse(session: Session, _context, _instances) -> None:
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("db.session is read-only: write inside database.write_session()")
+
+
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """An ORM session whose one transaction is BEGIN IMMEDIATE; commits on success."""

@@ -7,26 +7,16 @@ ever receive that one variant.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import validate_email
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects.sqlite import insert
 
 from database import immediate
 from models import CampaignLead, Lead, Variant
-
-_HEADER_ALIASES = {
-    "email": {"email", "e-mail", "mail", "adres email", "adres e-mail"},
-    "first_name": {"first_name", "firstname", "first name", "imie", "imię"},
-    "last_name": {"last_name", "lastname", "last name", "nazwisko"},
-    "company": {"company", "firma", "organization"},
-    "tags": {"tags", "tagi"},
-}
 
 
 def normalize_email(raw: str) -> str:
@@ -43,73 +33,28 @@ def check_email(raw: str) -> str:
 
 @dataclass
 class ImportReport:
-    imported: int = 0
-    merged: int = 0
+    """What an import did: every data row is imported, merged or rejected, none dropped."""
+
+    imported: int = 0  # new leads
+    merged: int = 0  # rows that matched an existing lead or an earlier row of the file
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
-    lead_ids: list[int] = field(default_factory=list)
-
-
-def decode(data: bytes) -> str:
-    """UTF-8 (with or without BOM), else Windows-1250 as a Polish Excel writes it."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1250")
-
-
-def _column(header: str) -> str:
-    key = header.strip().lower()
-    for name, aliases in _HEADER_ALIASES.items():
-        if key in aliases:
-            return name
-    return header.strip()
-
-
-def read_rows(text: str, report: ImportReport) -> list[dict]:
-    """Parse CSV text into lead dicts; bad rows go to report.rejected with their line."""
-    sample = text[:4096]
-    delimiter = ";" if sample.count(";") > sample.count(",") else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = [_column(h) for h in next(reader, [])]
-    if "email" not in header:
-        report.rejected.append((1, "no email column in the header"))
-        return []
-    rows = []
-    for values in reader:
-        if not any(v.strip() for v in values):
-            continue
-        row = dict(zip(header, values, strict=False))
-        try:
-            row["email"] = check_email(row.get("email", ""))
-        except EmailNotValidError as exc:
-            report.rejected.append((reader.line_num, f"invalid email {row.get('email', '')!r}: {exc}"))
-            continue
-        rows.append(row)
-    return rows
+    lead_ids: list[int] = field(default_factory=list)  # distinct, in file order
+    enrolled: int = 0  # new enrollments when imported into a campaign
 
 
 def import_leads(engine: Engine, data: bytes) -> ImportReport:
-    """Insert or merge leads from CSV bytes; good rows go in, bad ones are reported."""
-    report = ImportReport()
-    rows = read_rows(decode(data), report)
-    known = ("email", "first_name", "last_name", "company", "tags")
-    with immediate(engine) as conn:
-        for row in rows:
-            values = {k: row.get(k, "").strip() for k in known}
-            values["fields"] = {k: v for k, v in row.items() if k not in known and k}
-            existing = conn.execute(select(Lead.id).where(Lead.email == values["email"])).scalar()
-            if existing is None:
-                lead_id = conn.execute(insert(Lead.__table__).values(**values)).inserted_primary_key[0]
-                report.imported += 1
-            else:
-                # Merge: a later row fills in what is given and keeps what is not.
-                update = {k: v for k, v in values.items() if v and k != "email"}
-                if update:
-                    conn.execute(Lead.__table__.update().where(Lead.id == existing).values(**update))
-                lead_id = existing
-                report.merged += 1
-            report.lead_ids.append(lead_id)
-    return report
+    """Insert or merge leads from CSV bytes (importer.run_import with the suggested mapping).
+
+    A file that cannot be read at all changes nothing and comes back as one rejection,
+    at its line, rather than as an exception: callers print the report either way.
+    """
+    # Imported here, not at the top: importer builds on this module.
+    from importer import CsvImportError, run_import
+
+    try:
+        return run_import(engine, data)
+    except CsvImportError as exc:
+        return ImportReport(rejected=[(exc.line, str(exc))])
 
 
 def pick_variant(weights: list[tuple[str, int]], campaign_id: int, email: str) -> str:

@@ -8,6 +8,7 @@ new header.
 from __future__ import annotations
 
 import re
+import secrets
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -28,6 +29,12 @@ def message_id(send_log_id: int, campaign_id: int, from_address: str) -> str:
     """A Message-ID that is the same on every attempt of one send_log row."""
     domain = from_address.rpartition("@")[2] or "sendonce.invalid"
     return f"<sendonce.{campaign_id}.{send_log_id}@{one_line(domain)}>"
+
+
+def test_message_id(from_address: str) -> str:
+    """A fresh Message-ID for a test send (never stored, never counted)."""
+    domain = from_address.rpartition("@")[2] or "sendonce.invalid"
+    return f"<sendonce.test.{secrets.token_hex(8)}@{one_line(domain)}>"
 
 
 def build_message(

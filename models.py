@@ -191,6 +191,8 @@ class User(UserMixin, db.Model):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(300))
     language: Mapped[str] = mapped_column(String(5), default="pl")
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
 
     def set_password(self, password: str) -> None:
         """Store a salted scrypt hash, never the password."""

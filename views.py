@@ -5,28 +5,36 @@ from __future__ import annotations
 import secrets
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_login import login_required
 from flask_wtf import FlaskForm
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField
 
 import campaigns
-import lease as leases
-from models import Campaign, CampaignLead, CampaignStatus, SendLog, Trigger, db
-from sender import Settings, send_batch
-from timeutil import utcnow
+import stats
+from models import Campaign, CampaignStatus, Lead, SendLog, SendStatus, Trigger, db
+from sender import BatchResult, Refusal, Settings, send_batch
 from transport import make_transport
 
 bp = Blueprint("views", __name__)
 
-REFUSALS = {
-    "not_active": "kampania nie jest aktywna",
-    "daily_cap": "osiągnięto dzienny limit",
-    "nothing_due": "brak leadów do wysłania teraz",
-    "finished": "kampania zakończona — wszyscy leadzi obsłużeni",
-    "already_pressed": "to kliknięcie zostało już obsłużone",
-}
+
+def refusal_text(refusal: Refusal) -> str:
+    """Why nothing was sent, in the UI language."""
+    reasons = {
+        "not_active": _("the campaign is not active"),
+        "daily_cap": _("the daily cap is reached (%(detail)s)", detail=refusal.detail),
+        "nothing_due": _("no lead is due now (%(detail)s)", detail=refusal.detail),
+        "finished": _("the campaign is finished: every lead has been handled"),
+        "already_pressed": _("this click was handled already"),
+        "not_due": _("next send is due at %(detail)s", detail=refusal.detail),
+        "outside_window": _("outside the send window (%(detail)s)", detail=refusal.detail),
+        "lease_lost": _("another process took over sending"),
+    }
+    return reasons.get(refusal.code, str(refusal))
 
 
 class SendForm(FlaskForm):
@@ -34,24 +42,7 @@ class SendForm(FlaskForm):
 
 
 class ActionForm(FlaskForm):
-    pass
-
-
-def _counts(campaign_id: int) -> dict[str, int]:
-    rows = db.session.execute(select(CampaignLead.state, func.count())
-                              .where(CampaignLead.campaign_id == campaign_id)
-                              .group_by(CampaignLead.state)).all()
-    counts = dict(rows)
-    counts["total"] = sum(counts.values())
-    return counts
-
-
-def _lease_state() -> dict:
-    row = leases.current(db.engine)
-    if row is None or not row.holder:
-        return {"holder": None, "epoch": row.epoch if row else 0, "fresh": False, "heartbeat_at": None}
-    return {"holder": row.holder, "epoch": row.epoch, "heartbeat_at": row.heartbeat_at,
-            "fresh": row.expires_at > utcnow()}
+    """A bare form: its CSRF token is all a POST-only button needs."""
 
 
 @bp.route("/")
@@ -60,8 +51,20 @@ def dashboard():
     """Every campaign with its progress, and the scheduler's state in one line."""
     all_campaigns = db.session.scalars(select(Campaign).order_by(Campaign.id.desc())).all()
     return render_template("dashboard.html", campaigns=all_campaigns,
-                           counts={c.id: _counts(c.id) for c in all_campaigns},
-                           lease=_lease_state(), action=ActionForm())
+                           progress=stats.progress(db.session, all_campaigns),
+                           scheduler=stats.scheduler_state(db.engine))
+
+
+@bp.route("/status.json")
+@login_required
+def status_json():
+    """What the dashboard's live refresh polls: progress and the scheduler line."""
+    all_campaigns = db.session.scalars(select(Campaign)).all()
+    progress = stats.progress(db.session, all_campaigns)
+    return jsonify(scheduler=stats.scheduler_state(db.engine).as_json(), campaigns={
+        c.id: {"status": c.status, "percent": progress[c.id].done_percent, **{
+            k: getattr(progress[c.id], k) for k in ("total", "sent", "failed", "unknown", "skipped")}}
+        for c in all_campaigns})
 
 
 @bp.route("/campaigns/<int:campaign_id>")
@@ -70,8 +73,9 @@ def campaign(campaign_id: int):
     """One campaign: settings, progress, recent sends and the send button."""
     found = db.session.get(Campaign, campaign_id) or abort(404)
     recent = db.session.scalars(select(SendLog).where(SendLog.campaign_id == campaign_id)
-                                .order_by(SendLog.id.desc()).limit(50)).all()
-    return render_template("campaign.html", campaign=found, counts=_counts(campaign_id),
+                                .order_by(SendLog.id.desc()).limit(20)).all()
+    return render_template("campaign.html", campaign=found,
+                           progress=stats.progress(db.session, [found])[campaign_id],
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
                            action=ActionForm(), active=found.status == CampaignStatus.ACTIVE)
 
@@ -89,12 +93,25 @@ def send_now(campaign_id: int):
                            campaign_id, Trigger.BUTTON, once_key=form.key.data)
     finally:
         transport.close()
-    if batch.outcomes:
-        flash(f"Wysłano {batch.sent} z {len(batch.outcomes)} wiadomości.", "ok")
-    else:
-        reason = batch.stopped_by
-        flash("Nic do wysłania: " + REFUSALS.get(reason.code, str(reason)), "info")
+    _flash_batch(batch)
     return redirect(url_for("views.campaign", campaign_id=campaign_id))
+
+
+def _flash_batch(batch: BatchResult) -> None:
+    if not batch.outcomes:
+        flash(_("Nothing to send: %(reason)s", reason=refusal_text(batch.stopped_by)), "info")
+        return
+    emails = dict(db.session.execute(select(Lead.id, Lead.email).where(
+        Lead.id.in_([claim.lead_id for claim, _ in batch.outcomes]))).all())
+    sent = [emails[c.lead_id] for c, r in batch.outcomes if r.status == SendStatus.SENT]
+    if sent:
+        detail = ", ".join(sent[:5]) + (" …" if len(sent) > 5 else "")
+        flash(ngettext("Sent %(num)d message: %(detail)s", "Sent %(num)d messages: %(detail)s",
+                       len(sent), detail=detail), "ok")
+    for claim, result in batch.outcomes:
+        if result.status != SendStatus.SENT:
+            flash(_("Not sent to %(email)s (%(status)s): %(reply)s", email=emails[claim.lead_id],
+                    status=result.status, reply=result.reply), "error")
 
 
 @bp.route("/campaigns/<int:campaign_id>/<any(pause, resume):action>", methods=["POST"])
@@ -105,7 +122,7 @@ def change_status(campaign_id: int, action: str):
         abort(400)
     try:
         getattr(campaigns, action)(db.engine, campaign_id)
-        flash("Kampania wstrzymana." if action == "pause" else "Kampania wznowiona.", "ok")
+        flash(_("Campaign paused.") if action == "pause" else _("Campaign resumed."), "ok")
     except campaigns.CampaignError as exc:
         flash(str(exc), "error")
     return redirect(url_for("views.campaign", campaign_id=campaign_id))
@@ -116,9 +133,7 @@ def healthz():
     """No login: database reachable? scheduler lease state? 503 if the database is not."""
     try:
         db.session.execute(text("SELECT 1"))
-        state = _lease_state()
+        state = stats.scheduler_state(db.engine)
     except SQLAlchemyError:
         return jsonify(database="error"), 503
-    return jsonify(database="ok", scheduler={
-        "holder": state["holder"], "epoch": state["epoch"], "fresh": state["fresh"],
-        "heartbeat_at": state["heartbeat_at"].isoformat() if state["heartbeat_at"] else None})
+    return jsonify(database="ok", scheduler=state.as_json())

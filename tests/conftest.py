@@ -18,6 +18,13 @@ from sender import Settings  # noqa: E402
 from smtp_sink import SmtpSink  # noqa: E402
 
 
+def pytest_configure(config):
+    """Compile the translation catalogs, as `make test` does, so a bare pytest agrees."""
+    from babel.messages.frontend import CommandLineInterface
+
+    CommandLineInterface().run(["pybabel", "-q", "compile", "-d", str(ROOT / "translations")])
+
+
 def app_config(db_path: Path, smtp_port: int, **extra) -> dict:
     """The configuration tests (and their subprocesses) run with."""
     config = {
@@ -73,8 +80,10 @@ def app(config):
 
 @pytest.fixture
 def engine(app):
+    # No app context stays pushed during the test: each test-client request gets its own,
+    # and so its own db.session, as in production (a shared one would read stale snapshots).
     with app.app_context():
-        yield db.engine
+        return db.engine
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ from sqlalchemy import select
 
 import campaigns
 from app import create_app
+from database import write_session
 from helpers import make_campaign
 from models import Campaign, User, db
 
-PUBLIC = {"static", "auth.login", "unsubscribe.unsubscribe", "views.healthz"}
+PUBLIC = {"static", "auth.login", "unsubscribe.unsubscribe", "views.healthz", "i18n.set_language"}
 
 
 def csrf_token(html: bytes) -> str:
@@ -21,11 +22,10 @@ def csrf_token(html: bytes) -> str:
 
 @pytest.fixture
 def login(app, client):
-    with app.app_context():
+    with app.app_context(), write_session(db.engine) as session:
         user = User(email="admin@example.com")
         user.set_password("correct horse")
-        db.session.add(user)
-        db.session.commit()
+        session.add(user)
 
     def do(password: str = "correct horse"):
         token = csrf_token(client.get("/login").data)
@@ -84,7 +84,7 @@ def test_double_submit_of_the_send_button_sends_one_batch(client, login, engine,
             "key": re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()}
     first = client.post(f"/campaigns/{cid}/send", data=form, follow_redirects=True)
     second = client.post(f"/campaigns/{cid}/send", data=form, follow_redirects=True)
-    assert "Wysłano 3 z 3 wiadomości." in first.get_data(as_text=True)
+    assert "Wysłano 3 wiadomości: lead0000@example.com" in first.get_data(as_text=True)
     assert "to kliknięcie zostało już obsłużone" in second.get_data(as_text=True)
     assert sum(smtp.recorder.received.values()) == 3
 
@@ -94,7 +94,7 @@ def test_paused_campaign_shows_the_button_disabled(client, login, engine):
     campaigns.pause(engine, cid)
     login()
     html = client.get(f"/campaigns/{cid}").get_data(as_text=True)
-    assert re.search(r"<button type=\"submit\" disabled>Wyślij kampanię</button>", html)
+    assert re.search(r'<button type="submit" id="send-now" disabled>Wyślij kampanię</button>', html)
     assert "Wznów kampanię, aby wysyłać." in html
 
 

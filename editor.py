@@ -1,0 +1,294 @@
+"""The campaign editor: settings, variants with a live preview, test sends, validate-and-start."""
+
+from __future__ import annotations
+
+from zoneinfo import available_timezones
+
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from sqlalchemy import func, select, update
+from wtforms import (
+    EmailField,
+    IntegerField,
+    SelectChoice,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+    ValidationError,
+)
+from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, Optional, Regexp
+from wtforms.widgets import CheckboxInput, ListWidget
+
+import campaigns
+import messages
+import templating
+from database import write_session
+from models import Campaign, CampaignLead, Lead, Variant, db
+from transport import make_transport
+from views import ActionForm
+
+bp = Blueprint("editor", __name__)
+TIMEZONES = sorted(available_timezones())
+WEEKDAYS = [SelectChoice(day, label) for day, label in enumerate(
+    [_l("Mon"), _l("Tue"), _l("Wed"), _l("Thu"), _l("Fri"), _l("Sat"), _l("Sun")])]
+
+
+class CampaignForm(FlaskForm):
+    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=200)])
+    from_address = EmailField(_l("Sender address"), validators=[DataRequired(), Email(), Length(max=320)])
+    from_name = StringField(_l("Sender name"), validators=[Optional(), Length(max=200)])
+    interval_seconds = IntegerField(_l("Seconds between sends"), default=300,
+                                    validators=[InputRequired(), NumberRange(min=0, max=7 * 86400)])
+    batch_size = IntegerField(_l("Batch size"), default=1,
+                              validators=[InputRequired(), NumberRange(min=1, max=1000)])
+    daily_cap = IntegerField(_l("Daily cap (empty: none)"), validators=[Optional(), NumberRange(min=1)])
+    window_weekdays = SelectMultipleField(_l("Send on"), coerce=int, choices=WEEKDAYS,
+                                          default=[0, 1, 2, 3, 4], option_widget=CheckboxInput(),
+                                          widget=ListWidget(prefix_label=False))
+    window_start_hour = IntegerField(_l("From hour"), default=9,
+                                     validators=[InputRequired(), NumberRange(min=0, max=23)])
+    window_end_hour = IntegerField(_l("To hour (exclusive)"), default=17,
+                                   validators=[InputRequired(), NumberRange(min=1, max=24)])
+    timezone = SelectField(_l("Time zone"), choices=[SelectChoice(tz) for tz in TIMEZONES],
+                           default="Europe/Warsaw")
+
+    def validate_window_weekdays(self, field) -> None:
+        if not field.data:
+            raise ValidationError(_("Choose at least one day."))
+
+    def validate_window_end_hour(self, field) -> None:
+        start = self.window_start_hour.data
+        if start is not None and field.data is not None and field.data <= start:
+            raise ValidationError(_("The window must end after it starts."))
+
+
+class VariantForm(FlaskForm):
+    letter = StringField(_l("Letter"), validators=[DataRequired(), Regexp(r"^[A-Za-z]$")])
+    subject = StringField(_l("Subject"), validators=[DataRequired(), Length(max=500)])
+    body = TextAreaField(_l("Body"), validators=[DataRequired()])
+    weight = IntegerField(_l("Weight"), default=1, validators=[InputRequired(), NumberRange(min=0, max=1000)])
+
+    def validate_subject(self, field) -> None:
+        _check_template(field.data)
+
+    def validate_body(self, field) -> None:
+        _check_template(field.data)
+
+
+def _check_template(source: str) -> None:
+    # Syntax and sandbox errors belong to the field; unknown merge fields depend on the
+    # leads and are checked against every enrolled lead when the campaign starts.
+    for problem in templating.check("-", "field", source, _sample_context()):
+        if not problem.undefined:
+            raise ValidationError(problem.message)
+
+
+def _sample_context(lead: Lead | None = None) -> dict:
+    lead = lead or Lead(email="anna.nowak@example.com", first_name="Anna", last_name="Nowak",
+                        company="Firma", fields={}, tags="")
+    return templating.lead_context(lead, templating.SAMPLE_UNSUBSCRIBE_URL)
+
+
+def _campaign_values(form: CampaignForm) -> dict:
+    values = {name: getattr(form, name).data for name in (
+        "name", "from_address", "from_name", "interval_seconds", "batch_size", "daily_cap",
+        "window_start_hour", "window_end_hour", "timezone")}
+    values["from_address"] = values["from_address"].strip().lower()
+    values["window_weekdays"] = ",".join(str(d) for d in sorted(form.window_weekdays.data))
+    return values
+
+
+@bp.route("/campaigns/new", methods=["GET", "POST"])
+@login_required
+def create():
+    """A new draft campaign; its variants and leads come next."""
+    form = CampaignForm(from_address=current_app.config["MAIL_FROM"])
+    if form.validate_on_submit():
+        campaign_id = campaigns.create(db.engine, **_campaign_values(form))
+        flash(_("Campaign created. Add a variant next."), "ok")
+        return redirect(url_for("editor.variant", campaign_id=campaign_id, letter="new"))
+    return render_template("campaign_form.html", form=form, campaign=None)
+
+
+@bp.route("/campaigns/<int:campaign_id>/edit", methods=["GET", "POST"])
+@login_required
+def edit(campaign_id: int):
+    """Change a campaign's settings (they apply from the next claim on)."""
+    campaign = db.session.get(Campaign, campaign_id) or abort(404)
+    form = CampaignForm(obj=campaign)
+    if request.method == "GET":
+        form.window_weekdays.data = [int(d) for d in campaign.window_weekdays.split(",") if d]
+    if form.validate_on_submit():
+        with write_session(db.engine) as session:
+            session.execute(update(Campaign).where(Campaign.id == campaign_id)
+                            .values(**_campaign_values(form)))
+        flash(_("Saved."), "ok")
+        return redirect(url_for("views.campaign", campaign_id=campaign_id))
+    return render_template("campaign_form.html", form=form, campaign=campaign)
+
+
+@bp.route("/campaigns/<int:campaign_id>/variants/<letter>", methods=["GET", "POST"])
+@login_required
+def variant(campaign_id: int, letter: str):
+    """Add (letter "new") or edit a variant, with a preview for a chosen lead."""
+    campaign = db.session.get(Campaign, campaign_id) or abort(404)
+    existing = _variant(campaign_id, letter) if letter != "new" else None
+    if letter != "new" and existing is None:
+        abort(404)
+    form = VariantForm(obj=existing, letter=_next_letter(campaign) if existing is None else letter)
+    if form.validate_on_submit():
+        if _save_variant(campaign, existing, form):
+            flash(_("Variant %(letter)s saved.", letter=form.letter.data.upper()), "ok")
+            return redirect(url_for("views.campaign", campaign_id=campaign_id))
+    lead = _preview_lead(campaign_id)
+    return render_template("variant_form.html", form=form, campaign=campaign, variant=existing,
+                           preview=_preview(form.subject.data or "", form.body.data or "", lead),
+                           preview_lead=lead, leads=_some_leads(campaign_id), action=ActionForm())
+
+
+def _variant(campaign_id: int, letter: str) -> Variant | None:
+    return db.session.scalar(select(Variant).where(Variant.campaign_id == campaign_id,
+                                                   Variant.letter == letter.upper()))
+
+
+def _next_letter(campaign: Campaign) -> str:
+    used = {v.letter for v in campaign.variants}
+    return next((c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used), "")
+
+
+def _save_variant(campaign: Campaign, existing: Variant | None, form: VariantForm) -> bool:
+    letter = form.letter.data.upper()
+    if existing is None and _variant(campaign.id, letter) is not None:
+        form.letter.errors.append(_("Variant %(letter)s exists already.", letter=letter))
+        return False
+    if existing is not None and letter != existing.letter:
+        form.letter.errors.append(_("The letter of a variant cannot change: leads are bound to it."))
+        return False
+    with write_session(db.engine) as session:
+        target = session.get(Variant, existing.id) if existing else Variant(campaign_id=campaign.id,
+                                                                            letter=letter)
+        target.subject, target.body, target.weight = form.subject.data, form.body.data, form.weight.data
+        session.add(target)
+    return True
+
+
+def _some_leads(campaign_id: int) -> list[Lead]:
+    return db.session.scalars(select(Lead).join(CampaignLead, CampaignLead.lead_id == Lead.id)
+                              .where(CampaignLead.campaign_id == campaign_id)
+                              .order_by(CampaignLead.id).limit(50)).all()
+
+
+def _preview_lead(campaign_id: int) -> Lead | None:
+    lead_id = request.values.get("lead", type=int)
+    if lead_id:
+        return db.session.get(Lead, lead_id)
+    leads = _some_leads(campaign_id)
+    return leads[0] if leads else None
+
+
+def _preview(subject: str, body: str, lead: Lead | None) -> dict:
+    """The rendered subject and body for one lead, or the error of each part."""
+    context = _sample_context(lead)
+    result = {}
+    for part, source in (("subject", subject), ("body", body)):
+        try:
+            result[part] = templating.render(source, context)
+        except Exception as exc:  # noqa: BLE001 - any template error is shown, not raised
+            result[part + "_error"] = str(exc)
+    result["subject"] = messages.one_line(result.get("subject", ""))
+    return result
+
+
+@bp.route("/campaigns/<int:campaign_id>/preview", methods=["POST"])
+@login_required
+def preview(campaign_id: int):
+    """JSON preview of unsaved subject/body text, for the editor's live preview."""
+    db.session.get(Campaign, campaign_id) or abort(404)
+    lead = _preview_lead(campaign_id)
+    return jsonify(_preview(request.form.get("subject", ""), request.form.get("body", ""), lead))
+
+
+@bp.route("/campaigns/<int:campaign_id>/variants/<letter>/delete", methods=["POST"])
+@login_required
+def delete_variant(campaign_id: int, letter: str):
+    """Delete a variant no lead is bound to."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    target = _variant(campaign_id, letter) or abort(404)
+    bound = db.session.scalar(select(func.count()).select_from(CampaignLead).where(
+        CampaignLead.campaign_id == campaign_id, CampaignLead.variant_letter == target.letter))
+    if bound:
+        flash(_("Variant %(letter)s has %(n)d leads bound to it and cannot be deleted; set its weight "
+                "to 0 to stop assigning it.", letter=target.letter, n=bound), "error")
+    else:
+        with write_session(db.engine) as session:
+            session.delete(session.get(Variant, target.id))
+        flash(_("Variant %(letter)s deleted.", letter=target.letter), "ok")
+    return redirect(url_for("views.campaign", campaign_id=campaign_id))
+
+
+@bp.route("/campaigns/<int:campaign_id>/variants/<letter>/test", methods=["POST"])
+@login_required
+def send_test(campaign_id: int, letter: str):
+    """Send this variant, rendered for the preview lead, to the logged-in user only."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    campaign = db.session.get(Campaign, campaign_id) or abort(404)
+    target = _variant(campaign_id, letter) or abort(404)
+    rendered = _preview(target.subject, target.body, _preview_lead(campaign_id))
+    if "subject_error" in rendered or "body_error" in rendered:
+        flash(_("The template has an error: %(error)s",
+                error=rendered.get("subject_error") or rendered.get("body_error")), "error")
+        return redirect(url_for("editor.variant", campaign_id=campaign_id, letter=letter))
+    msg = messages.build_message(
+        from_address=campaign.from_address, from_name=campaign.from_name,
+        to_address=current_user.email, to_name="", subject="[TEST] " + rendered["subject"],
+        body=rendered["body"], msg_id=messages.test_message_id(campaign.from_address),
+        unsubscribe_url=templating.SAMPLE_UNSUBSCRIBE_URL)
+    transport = make_transport(current_app.config)
+    try:
+        result = transport.send(msg, campaign.from_address, current_user.email)
+    finally:
+        transport.close()
+    flash(_("Test sent to %(email)s: %(reply)s", email=current_user.email, reply=result.reply),
+          "ok" if result.status == "sent" else "error")
+    return redirect(url_for("editor.variant", campaign_id=campaign_id, letter=letter))
+
+
+@bp.route("/campaigns/<int:campaign_id>/enroll", methods=["POST"])
+@login_required
+def enroll(campaign_id: int):
+    """Enroll existing leads (all, or those with a tag); each lead at most once."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    db.session.get(Campaign, campaign_id) or abort(404)
+    try:
+        added = campaigns.enroll_leads(db.engine, campaign_id, request.form.get("tag") or None)
+        flash(_("%(n)d leads enrolled.", n=added), "ok")
+    except campaigns.CampaignError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.campaign", campaign_id=campaign_id))
+
+
+@bp.route("/campaigns/<int:campaign_id>/start", methods=["POST"])
+@login_required
+def start(campaign_id: int):
+    """Validate every variant against every enrolled lead, then start."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    problems = campaigns.validate(db.engine, campaign_id)
+    if problems:
+        flash(_("Not started: fix these first."), "error")
+        for problem in problems:
+            flash(str(problem), "error")
+    else:
+        try:
+            campaigns.start(db.engine, campaign_id)
+            flash(_("Campaign started."), "ok")
+        except campaigns.CampaignError as exc:
+            flash(str(exc), "error")
+    return redirect(url_for("views.campaign", campaign_id=campaign_id))

@@ -1,0 +1,147 @@
+"""Leads: the searchable list, one lead's history, and the CSV import in three steps."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_babel import gettext as _
+from flask_login import login_required
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
+from sqlalchemy import func, or_, select
+from wtforms import SelectChoice, SelectField
+
+import importer
+from models import Campaign, CampaignLead, Lead, SendLog, db
+
+bp = Blueprint("leads", __name__)
+PAGE_SIZE = 50
+TARGETS = ["email", "first_name", "last_name", "company", "tags"]
+
+
+def _search(q: str) -> tuple:
+    if not q:
+        return ()
+    like = f"%{q.strip()}%"  # a bound parameter: user text never becomes SQL
+    return (or_(Lead.email.like(like), Lead.first_name.like(like), Lead.last_name.like(like),
+                Lead.company.like(like), Lead.tags.like(like)),)
+
+
+@bp.route("/leads")
+@login_required
+def index():
+    """All leads, searchable by email, name, company or tag, 50 a page."""
+    q = request.args.get("q", "")
+    page = max(request.args.get("page", 1, type=int), 1)
+    conditions = _search(q)
+    total = db.session.scalar(select(func.count()).select_from(Lead).where(*conditions))
+    rows = db.session.scalars(select(Lead).where(*conditions).order_by(Lead.id.desc())
+                              .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
+    return render_template("leads.html", leads=rows, total=total, page=page, q=q,
+                           pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1))
+
+
+@bp.route("/leads/<int:lead_id>")
+@login_required
+def detail(lead_id: int):
+    """One lead: its fields, its enrollments and every delivery attempt."""
+    lead = db.session.get(Lead, lead_id) or abort(404)
+    enrollments = db.session.execute(
+        select(CampaignLead, Campaign.name).join(Campaign, Campaign.id == CampaignLead.campaign_id)
+        .where(CampaignLead.lead_id == lead_id).order_by(CampaignLead.id)).all()
+    sends = db.session.scalars(select(SendLog).where(SendLog.lead_id == lead_id)
+                               .order_by(SendLog.id)).all()
+    return render_template("lead.html", lead=lead, enrollments=enrollments, sends=sends)
+
+
+class UploadForm(FlaskForm):
+    file = FileField(validators=[FileRequired()])
+
+
+class MappingForm(FlaskForm):
+    campaign = SelectField(coerce=int)
+
+
+def _uploads() -> Path:
+    folder = Path(current_app.instance_path) / "uploads"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _upload_path(token: str, suffix: str = ".csv") -> Path:
+    if not token.isalnum():
+        abort(404)
+    return _uploads() / f"{token}{suffix}"
+
+
+def _campaign_choices() -> list[SelectChoice]:
+    campaigns = db.session.execute(select(Campaign.id, Campaign.name).order_by(Campaign.id.desc())).all()
+    return [SelectChoice(0, _("— do not enroll —"))] + [SelectChoice(cid, name) for cid, name in campaigns]
+
+
+@bp.route("/leads/import", methods=["GET", "POST"])
+@login_required
+def upload():
+    """Step 1: upload a CSV; it is read (not imported) and its columns shown for mapping."""
+    form = UploadForm()
+    if form.validate_on_submit():
+        data = form.file.data.read()
+        try:
+            importer.sniff(data)  # unreadable files stop here, before anything is stored
+        except importer.CsvImportError as exc:
+            form.file.errors.append(str(exc))
+            return render_template("import_upload.html", form=form), 400
+        token = secrets.token_hex(12)
+        _upload_path(token).write_bytes(data)
+        return redirect(url_for("leads.mapping", token=token,
+                                campaign=request.args.get("campaign", 0, type=int)))
+    return render_template("import_upload.html", form=form)
+
+
+@bp.route("/leads/import/<token>", methods=["GET", "POST"])
+@login_required
+def mapping(token: str):
+    """Step 2: preview and column mapping; POST imports and shows the result (step 3)."""
+    path = _upload_path(token)
+    if not path.exists():
+        abort(404)
+    data = path.read_bytes()
+    sniffed = importer.sniff(data)
+    form = MappingForm(campaign=request.args.get("campaign", 0, type=int))
+    form.campaign.choices = _campaign_choices()
+    targets = TARGETS + [f"field:{name}" for name in sniffed.header if name] + ["skip"]
+    if form.validate_on_submit():
+        chosen = {i: request.form.get(f"column-{i}", "skip") for i in range(len(sniffed.header))}
+        try:
+            report = importer.run_import(db.engine, data, chosen, campaign_id=form.campaign.data or None)
+        except importer.CsvImportError as exc:
+            flash(str(exc), "error")
+        else:
+            _upload_path(token, ".rejected.csv").write_text(importer.rejected_csv(report), encoding="utf-8")
+            path.unlink()
+            return render_template("import_result.html", report=report, token=token)
+    return render_template("import_mapping.html", form=form, sniffed=sniffed, targets=targets,
+                           mapping=sniffed.suggested_mapping)
+
+
+@bp.route("/leads/import/<token>/rejected.csv")
+@login_required
+def rejected(token: str):
+    """The rejected rows of one import, as CSV (line, reason)."""
+    path = _upload_path(token, ".rejected.csv")
+    if not path.exists():
+        abort(404)
+    return Response(path.read_text(encoding="utf-8"), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=rejected.csv"})

@@ -1,0 +1,77 @@
+"""The send log of a campaign, filterable, and the decisions on `unknown` sends."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user, login_required
+from sqlalchemy import func, select
+
+from models import Campaign, SendLog, SendStatus, Trigger, db
+from sender import resolve_unknown
+from views import ActionForm
+
+bp = Blueprint("sendlog", __name__)
+PAGE_SIZE = 50
+ACTIONS = ("mark-sent", "send-again")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _filtered(campaign_id: int, args) -> tuple:
+    conditions = [SendLog.campaign_id == campaign_id]
+    if args.get("status") in set(SendStatus):
+        conditions.append(SendLog.status == args["status"])
+    if args.get("trigger") in set(Trigger):
+        conditions.append(SendLog.trigger == args["trigger"])
+    if args.get("variant"):
+        conditions.append(SendLog.variant_letter == args["variant"].upper())
+    if start := _parse_time(args.get("from")):
+        conditions.append(SendLog.claimed_at >= start)
+    if end := _parse_time(args.get("to")):
+        conditions.append(SendLog.claimed_at < end)
+    return tuple(conditions)
+
+
+@bp.route("/campaigns/<int:campaign_id>/log")
+@login_required
+def index(campaign_id: int):
+    """Every delivery row of a campaign, newest first, filtered by status/variant/trigger/time."""
+    campaign = db.session.get(Campaign, campaign_id) or abort(404)
+    conditions = _filtered(campaign_id, request.args)
+    page = max(request.args.get("page", 1, type=int), 1)
+    total = db.session.scalar(select(func.count()).select_from(SendLog).where(*conditions))
+    rows = db.session.scalars(select(SendLog).where(*conditions).order_by(SendLog.id.desc())
+                              .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
+    return render_template("sendlog.html", campaign=campaign, rows=rows, total=total, page=page,
+                           pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1), args=request.args,
+                           filters={k: v for k, v in request.args.items() if k != "page" and v},
+                           statuses=list(SendStatus), triggers=list(Trigger))
+
+
+@bp.route("/sends/<int:send_log_id>/resolve", methods=["GET", "POST"])
+@login_required
+def resolve(send_log_id: int):
+    """GET asks for confirmation; POST records the decision and who made it."""
+    row = db.session.get(SendLog, send_log_id) or abort(404)
+    action = request.values.get("action")
+    if action not in ACTIONS:
+        abort(400)
+    form = ActionForm()
+    if request.method == "GET" or not form.validate_on_submit():
+        if request.method == "POST":
+            abort(400)
+        return render_template("resolve.html", row=row, action=action, form=form)
+    if resolve_unknown(db.engine, send_log_id, action, current_user.email):
+        flash(_("Marked as sent.") if action == "mark-sent" else
+              _("Queued to be sent again with the next batch."), "ok")
+    else:
+        flash(_("This send is no longer unknown; nothing changed."), "error")
+    return redirect(url_for("sendlog.index", campaign_id=row.campaign_id, status="unknown"))

@@ -1,0 +1,88 @@
+"""The suppression list: view, search, add by hand, remove (confirmed), import a CSV."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_login import login_required
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
+from sqlalchemy import func, select
+from wtforms import EmailField, StringField
+from wtforms.validators import DataRequired, Email, Length
+
+import importer
+from database import immediate, write_session
+from lead_pages import PAGE_SIZE
+from models import Suppression, db
+from suppressions import import_csv, suppress
+from timeutil import utcnow
+from views import ActionForm
+
+bp = Blueprint("suppression", __name__)
+
+
+class AddForm(FlaskForm):
+    email = EmailField(_l("Address"), validators=[DataRequired(), Email()])
+    detail = StringField(_l("Note"), validators=[Length(max=500)])
+
+
+class ImportForm(FlaskForm):
+    file = FileField(_l("CSV file"), validators=[FileRequired()])
+
+
+@bp.route("/suppressions", methods=["GET", "POST"])
+@login_required
+def index():
+    """The list (searchable, 50 a page) with the add and import forms."""
+    form, upload = AddForm(), ImportForm()
+    if form.validate_on_submit():
+        with immediate(db.engine) as conn:
+            added = suppress(conn, form.email.data, "manual", form.detail.data or "", utcnow())
+        flash(_("%(email)s will not be mailed again.", email=form.email.data.strip().lower())
+              if added else _("%(email)s was suppressed already.", email=form.email.data), "ok")
+        return redirect(url_for("suppression.index"))
+    q = request.args.get("q", "").strip()
+    page = max(request.args.get("page", 1, type=int), 1)
+    where = (Suppression.email.like(f"%{q.lower()}%"),) if q else ()
+    total = db.session.scalar(select(func.count()).select_from(Suppression).where(*where))
+    rows = db.session.scalars(select(Suppression).where(*where).order_by(Suppression.id.desc())
+                              .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
+    return render_template("suppressions.html", rows=rows, total=total, page=page, q=q, form=form,
+                           upload=upload, pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1))
+
+
+@bp.route("/suppressions/import", methods=["POST"])
+@login_required
+def import_file():
+    """Suppress every address of an uploaded CSV; bad lines are listed, good ones go in."""
+    upload = ImportForm()
+    if not upload.validate_on_submit():
+        flash(_("Choose a CSV file."), "error")
+        return redirect(url_for("suppression.index"))
+    try:
+        added, rejected = import_csv(db.engine, upload.file.data.read(), utcnow())
+    except importer.CsvImportError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("suppression.index"))
+    flash(_("%(n)d addresses added to the suppression list.", n=added), "ok")
+    for line, reason in rejected:
+        flash(_("Line %(line)d: %(reason)s", line=line, reason=reason), "error")
+    return redirect(url_for("suppression.index"))
+
+
+@bp.route("/suppressions/<int:suppression_id>/remove", methods=["GET", "POST"])
+@login_required
+def remove(suppression_id: int):
+    """GET asks for confirmation; POST removes the address from the list."""
+    row = db.session.get(Suppression, suppression_id) or abort(404)
+    form = ActionForm()
+    if request.method == "GET":
+        return render_template("suppression_remove.html", row=row, form=form)
+    if not form.validate_on_submit():
+        abort(400)
+    with write_session(db.engine) as session:
+        session.delete(session.get(Suppression, suppression_id))
+    flash(_("%(email)s may be mailed again.", email=row.email), "ok")
+    return redirect(url_for("suppression.index"))
