@@ -27,8 +27,15 @@ run: $(VENV)/.runtime translations
 	$(FLASK) first-run
 	FLASK_MAIL_BACKEND=outbox FLASK_TICK_SECONDS=10 $(FLASK) run --reload --host 127.0.0.1 --port 5000
 
+# The browser tests drive Debian's chromium (Playwright's own download cannot work here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 ## make test: install what the tests need, run the whole suite (slow group included).
-test: $(VENV)/.dev translations
+test: $(VENV)/.dev translations $(CHROMIUM)
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev

@@ -20,9 +20,10 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
+from typing import Any
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
-from sqlalchemy import Connection, Engine, Executable, bindparam, insert, select, update
+from sqlalchemy import Column, Connection, Engine, Executable, bindparam, insert, select, update
 
 import leads
 from database import immediate
@@ -123,7 +124,11 @@ def suggest_mapping(header: list[str], preview: list[list[str]]) -> dict[int, st
     mapping: dict[int, str] = {}
     for index, name in enumerate(header):
         target = _ALIAS_TARGET.get(_fold(name))
-        mapping[index] = target if target and target not in mapping.values() else FIELD + name
+        if target is None or target in mapping.values():
+            target = FIELD + name
+        if target in mapping.values():  # a repeated header name: both columns are kept
+            target = f"{FIELD}{name}_{index + 1}"
+        mapping[index] = target
     if "email" not in mapping.values():
         guess = _address_column(preview, len(header))
         if guess is not None:
@@ -411,8 +416,9 @@ def _ids(conn: Connection, emails: list[str]) -> dict[str, int]:
 
 
 def _insert(conn: Connection, emails: list[str], records: dict[str, _Record]) -> None:
-    to_json, now = _json_binder(conn), _datetime_binder(conn)(utcnow())
-    _executemany(conn, insert(Lead.__table__), [
+    lead = Lead.__table__
+    to_json, now = _binder(conn, lead.c.fields), _binder(conn, lead.c.created_at)(utcnow())
+    _executemany(conn, insert(lead), [
         {"email": email, "first_name": record.first_name, "last_name": record.last_name,
          "company": record.company, "tags": ",".join(record.tags), "fields": to_json(record.fields),
          "created_at": now} for email, record in ((email, records[email]) for email in emails)])
@@ -420,7 +426,8 @@ def _insert(conn: Connection, emails: list[str], records: dict[str, _Record]) ->
 
 def _update(conn: Connection, pairs: list[tuple[int, _Record, _Record]]) -> None:
     """Write back each existing lead whose values the file changes."""
-    to_json, changes = _json_binder(conn), []
+    lead = Lead.__table__
+    to_json, changes = _binder(conn, lead.c.fields), []
     for lead_id, before, from_file in pairs:
         after = before.copy()
         after.merge(from_file)
@@ -428,7 +435,6 @@ def _update(conn: Connection, pairs: list[tuple[int, _Record, _Record]]) -> None
             changes.append({"b_id": lead_id, "b_first": after.first_name, "b_last": after.last_name,
                             "b_company": after.company, "b_tags": ",".join(after.tags),
                             "b_fields": to_json(after.fields)})
-    lead = Lead.__table__
     _executemany(conn, update(lead).where(lead.c.id == bindparam("b_id")).values(
         first_name=bindparam("b_first"), last_name=bindparam("b_last"), company=bindparam("b_company"),
         tags=bindparam("b_tags"), fields=bindparam("b_fields")), changes)
@@ -446,13 +452,8 @@ def _executemany(conn: Connection, statement: Executable, rows: list[dict]) -> N
     conn.exec_driver_sql(compiled.string, [tuple(row[key] for key in compiled.positiontup) for row in rows])
 
 
-def _json_binder(conn: Connection):
-    column = Lead.__table__.c.fields
-    return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-
-
-def _datetime_binder(conn: Connection):
-    column = Lead.__table__.c.created_at
+def _binder(conn: Connection, column: Column) -> Callable[[Any], Any]:
+    """The column type's own conversion to database form (JSON text, datetime string)."""
     return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
 
 

@@ -1,0 +1,125 @@
+"""The whole admin flow in real headless Chromium, against a live server and real SMTP."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+from sqlalchemy import func, select
+
+from database import write_session
+from helpers import make_campaign
+from models import SendLog, User, db
+from procs import wait_for
+
+pytestmark = pytest.mark.slow
+
+CSV = ("email;imię;nazwisko;firma;miasto\n"
+       "anna@example.com;Anna;Nowak;ACME;Kraków\n"
+       "JAN@example.com ;Jan;Kowalski;Foo;Łódź\n"
+       "zła-linia;X;Y;Z;Q\n"
+       "ewa@example.com;Ewa;Wiśniewska;Bar;Gdańsk\n")
+
+
+@pytest.fixture
+def admin(app):
+    with app.app_context(), write_session(db.engine) as session:
+        user = User(email="admin@example.com")
+        user.set_password("correct horse")
+        session.add(user)
+
+
+def log_in(page: Page, base: str) -> None:
+    page.goto(f"{base}/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.fill("input[name=email]", "admin@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.click("button[type=submit] >> text=Zaloguj")
+    expect(page.locator("h1")).to_have_text("Kampanie")
+
+
+def add_variant(page: Page, letter: str, subject: str, body: str) -> None:
+    page.fill("input[name=letter]", letter)
+    page.fill("input[name=subject]", subject)
+    page.fill("textarea[name=body]", body)
+    page.click("text=Zapisz wariant")
+
+
+def test_admin_flow_in_a_real_browser(page: Page, live_server, admin, smtp, tmp_path, screenshot):
+    base = live_server
+    log_in(page, base)
+    screenshot("01-dashboard-empty")
+
+    page.click("text=Nowa kampania")
+    page.fill("input[name=name]", "Jesień 2026")
+    page.fill("input[name=from_address]", "zespol@example.com")
+    page.fill("input[name=interval_seconds]", "3600")
+    page.fill("input[name=batch_size]", "2")
+    for day in range(7):
+        page.check(f"input[name=window_weekdays][value='{day}']")
+    page.fill("input[name=window_start_hour]", "0")
+    page.fill("input[name=window_end_hour]", "24")
+    screenshot("02-campaign-form")
+    page.click("button >> text=Zapisz")
+    add_variant(page, "A", "Cześć {{ first_name }}", "Dzień dobry {{ first_name }} z {{ miasto }}!")
+    campaign_url = page.url
+    page.click("text=Dodaj wariant")
+    add_variant(page, "B", "{{ company }}: pytanie", "Witam, {{ company }}.")
+
+    page.click("text=Importuj CSV do tej kampanii")
+    csv = tmp_path / "leady.csv"
+    csv.write_text(CSV, encoding="cp1250")
+    page.set_input_files("input[type=file]", str(csv))
+    page.click("text=Wczytaj plik")
+    expect(page.locator(".preview-table")).to_contain_text("Kraków")
+    screenshot("03-import-mapping")
+    page.click("button >> text=Importuj")
+    expect(page.locator("main")).to_contain_text("Nowe leady: 3")
+    expect(page.locator("main")).to_contain_text("zła-linia")
+    screenshot("04-import-result")
+
+    page.goto(campaign_url)
+    page.locator(".variants a", has_text=re.compile("^A$")).click()
+    expect(page.locator("#preview-body")).to_contain_text("Dzień dobry Anna z Kraków!")
+    page.fill("textarea[name=body]", "Nowa treść dla {{ first_name }}")
+    expect(page.locator("#preview-body")).to_have_text("Nowa treść dla Anna")
+    screenshot("05-variant-preview")
+
+    page.goto(campaign_url)
+    page.click("text=Sprawdź i uruchom")
+    expect(page.locator(".flash.ok")).to_contain_text("Kampania uruchomiona.")
+    page.dblclick("#send-now")
+    expect(page.locator(".flash.ok")).to_contain_text("Wysłano 2 wiadomości")
+    screenshot("06-campaign-sent")
+    assert sum(smtp.recorder.received.values()) == 2  # one batch, though clicked twice
+
+    page.click("button >> text=Wstrzymaj")
+    expect(page.locator("#send-now")).to_be_disabled()
+    expect(page.locator("main")).to_contain_text("Wznów kampanię, aby wysyłać.")
+    screenshot("07-campaign-paused")
+
+    page.select_option("select[name=language]", "en")
+    expect(page.locator("#send-now")).to_have_text("Send campaign")
+    expect(page.locator("main")).to_contain_text("Resume the campaign to send.")
+    page.click("text=Campaigns")
+    screenshot("08-dashboard-en")
+    page.click("text=Leads")
+    screenshot("09-leads-en")
+
+
+def test_double_click_without_javascript_still_sends_one_batch(browser, live_server, admin, smtp, engine):
+    # With JavaScript off nothing disables the button: the one-time key alone must hold.
+    cid = make_campaign(engine, 10, batch_size=2, interval=3600)
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    log_in(page, live_server)
+    page.goto(f"{live_server}/campaigns/{cid}")
+    page.dblclick("#send-now")
+    page.wait_for_load_state()
+    # Both POSTs reach the server; whichever runs second finds the key used.
+    wait_for(lambda: sum(smtp.recorder.received.values()) >= 2, timeout=15)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(SendLog)).scalar() == 2
+    assert sum(smtp.recorder.received.values()) == 2
+    context.close()
