@@ -67,10 +67,12 @@ def _register_pages(app: Flask) -> None:
     import lead_pages
     import sendlog_pages
     import suppression_pages
+    import timeline_pages
     import unsubscribe
     import views
 
-    for module in (auth, views, editor, lead_pages, sendlog_pages, suppression_pages, i18n, unsubscribe):
+    for module in (auth, views, editor, lead_pages, sendlog_pages, suppression_pages, timeline_pages,
+                   i18n, unsubscribe):
         app.register_blueprint(module.bp)
     csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from sqlalchemy import func, select
 
 import campaigns
 import leads
+import legacy_log
 import scheduler
+import timeline
+import timeline_sql
 from database import write_session
 from models import Campaign, CampaignLead, SendLog, SendStatus, Trigger, User, db
 from sender import Settings, recover, resolve_unknown
@@ -22,7 +26,7 @@ from timeutil import utcnow
 def register(app: Flask) -> None:
     """Attach every command to the app's CLI."""
     for command in (init_db, create_user, import_leads, send_due, run_scheduler,
-                    recover_command, resolve_command, demo, first_run):
+                    recover_command, resolve_command, demo, first_run, timeline_command):
         app.cli.add_command(command)
     app.cli.add_command(campaign_group)
 
@@ -274,3 +278,33 @@ def first_run() -> None:
     click.get_current_context().invoke(demo)
     click.echo(f"\n  Log in at {current_app.config['BASE_URL']} as admin@example.com "
                f"with password: {password}\n  (shown once; change it with create-user)\n")
+
+
+@click.command("timeline")
+@click.option("--campaign", "campaign_id", type=int, help="Only this campaign's sends.")
+@click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Analyse a send log exported from another sender instead.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the report.")
+@click.option("--tz", default="UTC", show_default=True, help="Zone for times shown (and naive log times).")
+@click.option("--lang", type=click.Choice(["pl", "en"]), default="pl", show_default=True)
+@with_appcontext
+def timeline_command(campaign_id: int | None, log_file: Path | None, as_json: bool, tz: str,
+                     lang: str) -> None:
+    """Duplicates and timing of sends: SendOnce's own, or a legacy log (--log)."""
+    if campaign_id is not None and log_file is not None:
+        raise click.UsageError("give --campaign or --log, not both")
+    if log_file is not None:
+        try:
+            parsed = legacy_log.parse_log(log_file.read_bytes(), tz)
+        except legacy_log.LegacyLogError as exc:
+            raise click.ClickException(str(exc)) from exc
+        for line, reason in parsed.rejected:
+            click.echo(f"line {line}: {reason}", err=True)
+        analysis = timeline.analyse(parsed.events)
+    else:
+        with _engine().connect() as conn:
+            analysis = timeline_sql.analyse(conn, timeline_sql.Scope(campaign_id))
+    if as_json:
+        click.echo(json.dumps(timeline.to_json(analysis), ensure_ascii=False, indent=2))
+    else:
+        click.echo(timeline.text_report(analysis, lang, tz))

@@ -136,6 +136,9 @@ class SendLog(db.Model):
         UniqueConstraint("campaign_id", "lead_id", name="uq_send_log_campaign_lead"),
         Index("ix_send_log_status", "status", "next_attempt_at"),
         Index("ix_send_log_campaign_created", "campaign_id", "created_at"),
+        # The timeline's range scans and per-bucket GROUP BYs.
+        Index("ix_send_log_campaign_claimed", "campaign_id", "claimed_at"),
+        Index("ix_send_log_claimed", "claimed_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -46,6 +46,17 @@
     }, 5000);
   }
 
+  // Timeline: new sends appear without a reload (the server renders the fragment).
+  var body = document.getElementById("timeline-body");
+  if (body && body.dataset.live) {
+    setInterval(function () {
+      fetch(body.dataset.live, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) { if (html !== null) { body.innerHTML = html; } })
+        .catch(function () { /* keep what is shown */ });
+    }, 10000);
+  }
+
   // Variant editor: live preview of the unsaved subject and body.
   var editor = document.getElementById("variant-form");
   if (editor) {

@@ -123,3 +123,17 @@ def test_double_click_without_javascript_still_sends_one_batch(browser, live_ser
         assert conn.execute(select(func.count()).select_from(SendLog)).scalar() == 2
     assert sum(smtp.recorder.received.values()) == 2
     context.close()
+
+
+def test_timeline_of_the_incident_in_a_real_browser(page: Page, live_server, admin, screenshot):
+    from test_timeline import INCIDENT_CSV
+
+    log_in(page, live_server)
+    page.click("header >> text=Oś czasu")
+    page.click("text=Przeanalizuj dziennik wysyłek z innego systemu")
+    page.set_input_files("input[type=file]", str(INCIDENT_CSV))
+    page.click("button >> text=Analizuj")
+    expect(page.locator(".finding")).to_contain_text("Od 11:40:01 co 5 minut")
+    expect(page.locator("table.totals")).to_contain_text("52")
+    expect(page.locator("rect.dup")).to_have_count(15)  # 16 duplicates in 15 five-minute ticks
+    screenshot("10-timeline-incident")
