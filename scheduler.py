@@ -87,6 +87,7 @@ def init_app(app: Flask) -> None:
     app.extensions["sendonce_ticker"] = ticker = Ticker(app)
     if not app.config["SCHEDULER_ENABLED"] or _is_reloader_watcher() or _is_other_cli_command():
         return
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per tick
     scheduler = APScheduler()
     scheduler.init_app(app)
     scheduler.add_job(id="sendonce-tick", func=ticker.safe_tick, trigger="interval",
