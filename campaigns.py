@@ -50,18 +50,26 @@ def _sample_context() -> dict[str, Any]:
     return templating.lead_context(sample, templating.SAMPLE_UNSUBSCRIBE_URL)
 
 
-def validate(engine: Engine, campaign_id: int) -> list[templating.TemplateProblem]:
-    """Render each enrolled lead's own variant; the problems found (at most MAX_PROBLEMS)."""
+def validate(engine: Engine, campaign_id: int,
+             draft: Variant | None = None) -> list[templating.TemplateProblem]:
+    """Render each enrolled lead's own variant; the problems found (at most MAX_PROBLEMS).
+
+    With `draft`, that unsaved variant stands in for its letter, so an edit of a running
+    campaign is checked against its leads before it is saved.
+    """
     problems: list[templating.TemplateProblem] = []
     with engine.connect() as conn:
         variants = {v.letter: v for v in conn.execute(
             select(Variant.__table__).where(Variant.campaign_id == campaign_id))}
+        if draft is not None:
+            variants[draft.letter] = draft
         if not variants:
             return [templating.TemplateProblem("-", "variants", "the campaign has no variant")]
         rows = conn.execute(
             select(Lead.__table__, CampaignLead.variant_letter)
             .join(CampaignLead, CampaignLead.lead_id == Lead.id)
-            .where(CampaignLead.campaign_id == campaign_id))
+            .where(CampaignLead.campaign_id == campaign_id,
+                   *([CampaignLead.variant_letter == draft.letter] if draft else [])))
         for lead in rows:
             v = variants[lead.variant_letter]
             context = templating.lead_context(lead, templating.SAMPLE_UNSUBSCRIBE_URL)

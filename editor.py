@@ -168,6 +168,12 @@ def _save_variant(campaign: Campaign, existing: Variant | None, form: VariantFor
     if existing is not None and letter != existing.letter:
         form.letter.errors.append(_("The letter of a variant cannot change: leads are bound to it."))
         return False
+    draft = Variant(campaign_id=campaign.id, letter=letter, subject=form.subject.data, body=form.body.data)
+    problems = campaigns.validate(db.engine, campaign.id, draft)
+    for problem in problems:  # e.g. {{ city }} that some enrolled lead does not have
+        getattr(form, problem.part).errors.append(str(problem))
+    if problems:
+        return False
     with write_session(db.engine) as session:
         target = session.get(Variant, existing.id) if existing else Variant(campaign_id=campaign.id,
                                                                             letter=letter)

@@ -271,9 +271,11 @@ def deliver(engine: Engine, settings: Settings, transport: Transport, claim: Cla
     """Render, re-check ownership, talk SMTP and record what happened to one claim."""
     try:
         msg, sender, recipient = _compose(engine, settings, claim)
-    except Exception as exc:  # noqa: BLE001 - any failure to build is this message's failure
+    except Exception as exc:  # noqa: BLE001 - a template or data problem, not the lead's fault
+        # Certainly not sent: keep the lead for a retry and pause the campaign, so one bad
+        # template does not burn through the list while nobody is looking.
         log.exception("cannot build message for send_log %s", claim.send_log_id)
-        result = Result(SendStatus.FAILED, f"message not built: {exc}")
+        result = Result(SendStatus.RETRY, f"message not built: {exc}", config_error=True)
         record(engine, settings, claim, result, clock())
         return result
     if not _still_ours(engine, claim, lease, clock()):
@@ -391,7 +393,8 @@ def _count_failures(conn: Connection, settings: Settings, campaign_id: int,
                             .values(consecutive_failures=_campaign.c.consecutive_failures + 1)
                             .returning(_campaign.c.consecutive_failures)).scalar_one()
     if result.config_error or failures >= settings.pause_after_failures:
-        reason = f"{failures} failed sends in a row; last: {result.reply}"[:1000]
+        reason = (result.reply if result.config_error
+                  else f"{failures} failed sends in a row; last: {result.reply}")[:1000]
         conn.execute(update(_campaign).where(where, _campaign.c.status == CampaignStatus.ACTIVE)
                      .values(status=CampaignStatus.PAUSED, pause_reason=reason))
         log.error("campaign %s paused: %s", campaign_id, reason)

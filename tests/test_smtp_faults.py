@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app import create_app
+from database import immediate
 from helpers import make_campaign
-from models import Campaign, CampaignLead, SendLog, Suppression, Trigger, db
+from models import Campaign, CampaignLead, SendLog, Suppression, Trigger, Variant, db
 from sender import Settings, send_batch
 from smtp_sink import SmtpSink, free_port
 from transport import make_transport
@@ -130,3 +131,16 @@ def test_permanent_refusal_of_the_message_fails_without_suppressing(app, engine,
     run_batch(app, cid)
     assert rows(engine, SendLog.status) == [("failed",)]
     assert rows(engine, Suppression.email) == []
+
+
+def test_a_template_that_breaks_mid_campaign_pauses_it_and_loses_no_lead(app, engine, smtp):
+    cid = make_campaign(engine, 3)
+    with immediate(engine) as conn:  # as if edited behind the validator's back
+        conn.execute(update(Variant.__table__).values(body="Hi {{ nickname }}"))
+    batch = run_batch(app, cid)
+    with app.app_context():
+        campaign = db.session.get(Campaign, cid)
+        assert campaign.status == "paused" and "nickname" in campaign.pause_reason
+    assert [r.status for _, r in batch.outcomes] == ["retry"]
+    assert rows(engine, SendLog.status) == [("retry",)]  # not failed: the lead is kept
+    assert sum(smtp.recorder.received.values()) == 0
