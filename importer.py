@@ -26,6 +26,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
 from sqlalchemy import Column, Connection, Engine, Executable, bindparam, insert, select, update
 
 import leads
+from csvcells import neutralized
 from database import immediate
 from leads import ImportReport
 from models import Campaign, Lead, Variant
@@ -36,8 +37,13 @@ FIELD = "field:"
 SKIP = "skip"
 DELIMITERS = (",", ";", "\t")
 PREVIEW_ROWS = 5
+MAX_CELL = 10_000  # characters; a longer cell (a runaway 10 MB line, say) rejects its row
+# csv's default 128 KiB field limit would refuse the whole file over one such cell, and
+# the file is in memory already: read the cell, then reject just its row (MAX_CELL).
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 _SNIFF_RECORDS = 20
 _CHUNK = 500  # emails per IN (...): well below SQLite's limit on bound parameters
+_ENROLL_CHUNK = 2000  # leads per enroll transaction: ~2 s of write lock at most
 
 # Compared after _fold: lower case, "_" and "-" as spaces, spaces collapsed.
 _HEADER_ALIASES = {
@@ -57,7 +63,6 @@ _SPECIAL_USE_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SEP_LINE = re.compile(r"sep=([,;\t|])\r?(?:\n|\Z)", re.IGNORECASE)
 _ADDRESS_LIKE = re.compile(r"\S+@\S+\.\S+")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class CsvImportError(ValueError):
@@ -75,6 +80,10 @@ class Sniffed:
     header: list[str]
     preview: list[list[str]]  # the first data rows, cells as in the file
     suggested_mapping: dict[int, str]  # column index -> target
+
+    def targets(self) -> list[str]:
+        """What any column may be mapped to: the lead's own fields, a custom field per column, skip."""
+        return [*TARGETS, *_field_targets(self.header), SKIP]
 
 
 @dataclass
@@ -115,20 +124,18 @@ class _Record:
 def sniff(data: bytes) -> Sniffed:
     """Encoding, delimiter, header, the first rows and a suggested mapping of an upload."""
     table = _open(data)
-    return Sniffed(table.encoding, table.delimiter, table.header, table.preview,
+    preview = [[cell if len(cell) <= MAX_CELL else cell[:MAX_CELL] + "…" for cell in row]
+               for row in table.preview]  # shown on a page: a runaway cell is not
+    return Sniffed(table.encoding, table.delimiter, table.header, preview,
                    suggest_mapping(table.header, table.preview))
 
 
 def suggest_mapping(header: list[str], preview: list[list[str]]) -> dict[int, str]:
     """Known headers to their targets (each once), any other column to a custom field."""
     mapping: dict[int, str] = {}
-    for index, name in enumerate(header):
+    for index, (name, custom) in enumerate(zip(header, _field_targets(header), strict=True)):
         target = _ALIAS_TARGET.get(_fold(name))
-        if target is None or target in mapping.values():
-            target = FIELD + name
-        if target in mapping.values():  # a repeated header name: both columns are kept
-            target = f"{FIELD}{name}_{index + 1}"
-        mapping[index] = target
+        mapping[index] = target if target and target not in mapping.values() else custom
     if "email" not in mapping.values():
         guess = _address_column(preview, len(header))
         if guess is not None:
@@ -154,10 +161,18 @@ def run_import(engine: Engine, data: bytes, mapping: dict[int, str] | None = Non
             _check_campaign(conn, campaign_id)
         _store(conn, records, report)
     if campaign_id is not None:
-        # enroll takes its own write transaction, so it cannot share ours; the campaign
-        # was checked above so that it does not fail after the leads are committed.
-        report.enrolled = leads.enroll(engine, campaign_id, report.lead_ids)
+        report.enrolled = _enroll(engine, campaign_id, report.lead_ids)
     return report
+
+
+def _enroll(engine: Engine, campaign_id: int, lead_ids: list[int]) -> int:
+    """Enroll in chunks, each its own transaction; returns how many enrollments are new."""
+    # enroll takes its own write lock, so it cannot share the import's (the campaign was
+    # checked there, so it does not fail after the leads are committed). It spends ~1 ms a
+    # lead: one call for 100,000 would hold the lock far past a claim's busy timeout.
+    # Re-enrolling is a no-op, so a crash between chunks is mended by importing again.
+    return sum(leads.enroll(engine, campaign_id, lead_ids[at:at + _ENROLL_CHUNK])
+               for at in range(0, len(lead_ids), _ENROLL_CHUNK))
 
 
 def rejected_csv(report: ImportReport, header: tuple[str, str] = ("line", "reason")) -> str:
@@ -165,7 +180,7 @@ def rejected_csv(report: ImportReport, header: tuple[str, str] = ("line", "reaso
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
-    writer.writerows((line, _neutralized(reason)) for line, reason in report.rejected)
+    writer.writerows((line, neutralized(reason)) for line, reason in report.rejected)
     return out.getvalue()
 
 
@@ -264,7 +279,7 @@ def _records(text: str, delimiter: str) -> Iterator[tuple[int, int, list[str]]]:
     try:
         for cells in reader:
             start, end = end + 1, reader.line_num
-            if any(cell.strip() for cell in cells):
+            if "".join(cells).strip():
                 yield start, end, cells
     except csv.Error as exc:
         raise CsvImportError(f"line {end + 1}: {exc} (an unclosed quote?)", end + 1) from exc
@@ -282,9 +297,21 @@ def _odd_quotes_from(text: str, line: int) -> bool:
 
 def _header(cells: list[str]) -> list[str]:
     names = [cell.strip() for cell in cells]
+    if any(len(name) > MAX_CELL for name in names):
+        raise CsvImportError(f"line 1: a column name is longer than {MAX_CELL:,} characters; "
+                             "is the first line a header?")
     while names and not names[-1]:
         names.pop()  # Excel writes trailing delimiters when a later row is wider
     return [name or f"column_{index + 1}" for index, name in enumerate(names)]
+
+
+def _field_targets(header: list[str]) -> list[str]:
+    """A custom-field target per column, named after its header; a repeat gets its column number."""
+    targets: list[str] = []
+    for index, name in enumerate(header):
+        target = FIELD + name
+        targets.append(target if target not in targets else f"{target}_{index + 1}")
+    return targets
 
 
 def _fold(name: str) -> str:
@@ -327,7 +354,8 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> di
     email_at = next(index for index, target in mapping.items() if target == "email")
     records: dict[str, _Record] = {}
     for start, end, cells in table.rows:
-        email, reason = _row_email(cells, width, email_at, start, end)
+        reason = _too_long(cells, mapping)
+        email, reason = ("", reason) if reason else _row_email(cells, width, email_at, start, end)
         if reason:
             report.rejected.append((start, reason))
         elif email in records:
@@ -338,10 +366,15 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> di
     return records
 
 
+def _too_long(cells: list[str], mapping: dict[int, str]) -> str:
+    """Why the row is rejected if a cell that would be stored exceeds MAX_CELL, else ""."""
+    longest = max((len(cells[index]) for index in mapping if index < len(cells)), default=0)
+    return f"a cell holds {longest:,} characters; at most {MAX_CELL:,} are accepted" if longest > MAX_CELL else ""
+
+
 def _row_email(cells: list[str], width: int, email_at: int, start: int, end: int) -> tuple[str, str]:
     """The row's normalized address, or "" and the reason the row is rejected."""
-    extra = cells[width:]
-    if len(cells) < width or any(cell.strip() for cell in extra):
+    if len(cells) != width and (len(cells) < width or "".join(cells[width:]).strip()):
         spans = f" (the row spans lines {start}-{end}: an unclosed quote?)" if end > start else ""
         return "", f"expected {width} columns, found {len(cells)}{spans}"
     raw = cells[email_at]
@@ -455,9 +488,3 @@ def _executemany(conn: Connection, statement: Executable, rows: list[dict]) -> N
 def _binder(conn: Connection, column: Column) -> Callable[[Any], Any]:
     """The column type's own conversion to database form (JSON text, datetime string)."""
     return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-
-
-def _neutralized(cell: str) -> str:
-    # A cell starting like a formula runs as one in Excel or LibreOffice; the quote
-    # makes it text (OWASP's "CSV injection" advice).
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell

@@ -1,4 +1,4 @@
-"""Leads: address normalization, a basic CSV import, and enrollment into campaigns.
+"""Leads: address normalization, the import entry point (see importer.py), and enrollment.
 
 A lead's variant is chosen once, at enrollment, from a hash of (campaign, email): the
 same lead always lands on the same letter, and the choice is stored, so it can only
@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from email_validator import validate_email
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects.sqlite import insert
 
 from database import immediate
-from models import CampaignLead, Lead, Variant
+from models import CampaignLead, EnrollmentState, Lead, Variant
+from timeutil import utcnow
 
 
 def normalize_email(raw: str) -> str:
@@ -71,18 +72,34 @@ def pick_variant(weights: list[tuple[str, int]], campaign_id: int, email: str) -
     raise AssertionError("unreachable")
 
 
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 def enroll(engine: Engine, campaign_id: int, lead_ids: Iterable[int]) -> int:
-    """Enroll leads (once each; re-enrolling is a no-op); returns how many were new."""
-    added = 0
-    with immediate(engine) as conn:
+    """Enroll leads (once each; re-enrolling is a no-op); returns how many were new.
+
+    Addresses are read and variants chosen before the write lock is taken; the write is
+    then a few executemany inserts (100,000 leads in seconds, not minutes).
+    """
+    ids = list(dict.fromkeys(lead_ids))
+    with engine.connect() as conn:
         weights = [(v.letter, v.weight) for v in conn.execute(
             select(Variant.letter, Variant.weight).where(Variant.campaign_id == campaign_id)
             .order_by(Variant.letter))]
-        for lead_id in lead_ids:
-            email = conn.execute(select(Lead.email).where(Lead.id == lead_id)).scalar_one()
-            result = conn.execute(insert(CampaignLead.__table__).values(
-                campaign_id=campaign_id, lead_id=lead_id,
-                variant_letter=pick_variant(weights, campaign_id, email),
-            ).on_conflict_do_nothing(index_elements=["campaign_id", "lead_id"]))
-            added += result.rowcount
-    return added
+        emails: dict[int, str] = {}
+        for chunk in _chunks(ids, 500):
+            emails.update(conn.execute(select(Lead.id, Lead.email).where(Lead.id.in_(chunk))).all())
+    now = utcnow()
+    rows = [{"campaign_id": campaign_id, "lead_id": lead_id, "state": EnrollmentState.PENDING,
+             "enrolled_at": now, "variant_letter": pick_variant(weights, campaign_id, emails[lead_id])}
+            for lead_id in ids]
+    table = CampaignLead.__table__
+    count = select(func.count()).select_from(table).where(table.c.campaign_id == campaign_id)
+    with immediate(engine) as conn:
+        before = conn.execute(count).scalar_one()
+        for chunk in _chunks(rows, 5000):
+            conn.execute(insert(table).on_conflict_do_nothing(index_elements=["campaign_id", "lead_id"]),
+                         chunk)
+        return conn.execute(count).scalar_one() - before

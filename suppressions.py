@@ -23,21 +23,26 @@ def suppress(conn: Connection, email: str, reason: str, detail: str, now: dateti
 
 
 def import_csv(engine: Engine, data: bytes, now: datetime) -> tuple[int, list[tuple[int, str]]]:
-    """Suppress every address in a CSV (its email column, else its first); (added, rejected)."""
+    """Suppress every address in a CSV (its email column, else its first); (added, rejected).
+
+    A header row is optional: a first row whose cell is an address is data, not a header.
+    """
     sniffed = importer.sniff(data)  # raises CsvImportError for unreadable files
     folded = [h.strip().lower() for h in sniffed.header]
-    column = next((i for i, h in enumerate(folded) if h in ("email", "e-mail", "mail")), 0)
-    reader = csv.reader(io.StringIO(data.decode(sniffed.encoding)), delimiter=sniffed.delimiter)
-    next(reader, None)
-    added, rejected = 0, []
+    named = next((i for i, h in enumerate(folded) if h in ("email", "e-mail", "mail", "adres email")), None)
+    column = 0 if named is None else named
+    reader = csv.reader(io.StringIO(data.decode(sniffed.encoding), newline=""), delimiter=sniffed.delimiter)
+    added, rejected, line = 0, [], 1
     with immediate(engine) as conn:
-        for cells in reader:
-            if not any(c.strip() for c in cells):
+        for index, cells in enumerate(reader):
+            start, line = line, reader.line_num + 1  # a quoted cell may span lines
+            if (index == 0 and named is not None) or not any(c.strip() for c in cells):
                 continue
             try:
                 email = importer.check_address(cells[column] if column < len(cells) else "")
             except ValueError as exc:
-                rejected.append((reader.line_num, str(exc)))
+                if index > 0:  # an unnamed first row that is not an address was a header
+                    rejected.append((start, str(exc)))
                 continue
             added += suppress(conn, email, "manual", "imported from CSV", now)
     return added, rejected

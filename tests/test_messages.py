@@ -126,3 +126,25 @@ def test_unsubscribed_lead_is_never_sent(app, engine, settings, client, smtp):
     client.post(url)
     send_all(app, engine, settings, cid)
     assert list(smtp.recorder.received) == ["lead0001@example.com"]
+
+
+def test_suppression_csv_with_or_without_header_reports_bad_lines(engine):
+    from suppressions import import_csv
+    from timeutil import utcnow
+
+    with_header = b'name;email\n"Anna\nNowak";anna@example.com\nX;not-an-address\nY;JAN@example.com\n'
+    assert import_csv(engine, with_header, utcnow()) == (2, [(4, import_csv_reason("not-an-address"))])
+    assert import_csv(engine, b"ewa@example.com\nanna@example.com\n", utcnow()) == (1, [])
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(Suppression.email)).scalars()) == [
+            "anna@example.com", "ewa@example.com", "jan@example.com"]
+
+
+def import_csv_reason(raw: str) -> str:
+    import importer
+
+    try:
+        importer.check_address(raw)
+    except ValueError as exc:
+        return str(exc)
+    raise AssertionError("expected an invalid address")
