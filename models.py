@@ -139,6 +139,7 @@ class SendLog(db.Model):
         # The timeline's range scans and per-bucket GROUP BYs.
         Index("ix_send_log_campaign_claimed", "campaign_id", "claimed_at"),
         Index("ix_send_log_claimed", "claimed_at"),
+        Index("ix_send_log_last_sent", "campaign_id", "status", "sent_at"),  # dashboard's last send
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

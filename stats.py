@@ -41,11 +41,10 @@ def progress(session: Session, campaigns: list[Campaign]) -> dict[int, Progress]
             .group_by(CampaignLead.campaign_id, CampaignLead.state)):
         setattr(result[campaign_id], state, count)
         result[campaign_id].total += count
-    for campaign_id, last in session.execute(
-            select(SendLog.campaign_id, func.max(SendLog.sent_at))
-            .where(SendLog.campaign_id.in_(ids), SendLog.status == SendStatus.SENT)
-            .group_by(SendLog.campaign_id)):
-        result[campaign_id].last_sent_at = last
+    for campaign_id in ids:  # one index probe each (ix_send_log_last_sent), not a scan
+        result[campaign_id].last_sent_at = session.scalar(
+            select(func.max(SendLog.sent_at))
+            .where(SendLog.campaign_id == campaign_id, SendLog.status == SendStatus.SENT))
     for c in campaigns:
         if c.status == CampaignStatus.ACTIVE:
             last = c.last_claim_at

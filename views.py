@@ -11,6 +11,7 @@ from flask_login import login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import joinedload
 from wtforms import HiddenField
 
 import campaigns
@@ -72,7 +73,8 @@ def status_json():
 def campaign(campaign_id: int):
     """One campaign: settings, progress, recent sends and the send button."""
     found = db.session.get(Campaign, campaign_id) or abort(404)
-    recent = db.session.scalars(select(SendLog).where(SendLog.campaign_id == campaign_id)
+    recent = db.session.scalars(select(SendLog).options(joinedload(SendLog.lead))
+                                .where(SendLog.campaign_id == campaign_id)
                                 .order_by(SendLog.id.desc()).limit(20)).all()
     return render_template("campaign.html", campaign=found,
                            progress=stats.progress(db.session, [found])[campaign_id],
