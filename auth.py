@@ -11,6 +11,7 @@ from flask_babel import lazy_gettext as _l
 from flask_login import login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
+from werkzeug.security import generate_password_hash
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
@@ -46,7 +47,10 @@ def login():
     form = LoginForm()
     if form.validate_on_submit():
         user = db.session.scalar(select(User).where(User.email == normalize_email(form.email.data)))
-        if user is not None and _try_password(user.id, form.password.data):
+        if user is None:
+            # The same scrypt work as a real check: timing must not tell who has an account.
+            generate_password_hash(form.password.data)
+        elif _try_password(user, form.password.data):
             login_user(user)
             session["language"] = user.language
             return redirect(local_path(request.args.get("next")))
@@ -55,14 +59,17 @@ def login():
     return render_template("login.html", form=form)
 
 
-def _try_password(user_id: int, password: str) -> bool:
+def _try_password(candidate: User, password: str) -> bool:
     """Check a password, slowing guessers down: after 5 failures the account waits."""
+    # scrypt takes 0.1-0.4 s: run it before taking the write lock, which every send
+    # needs, and for a locked account too (same timing); the lock is decided below.
+    matches = candidate.check_password(password)
     now = utcnow()
     with write_session(db.engine) as session:
-        user = session.get(User, user_id)
+        user = session.get(User, candidate.id)
         if user.locked_until is not None and user.locked_until > now:
             return False
-        if user.check_password(password):
+        if matches:
             user.failed_logins, user.locked_until = 0, None
             return True
         user.failed_logins += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from pathlib import Path
@@ -10,8 +11,10 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 import campaigns
+import importer
 import leads
 import legacy_log
 import scheduler
@@ -27,8 +30,44 @@ def register(app: Flask) -> None:
     """Attach every command to the app's CLI."""
     for command in (init_db, create_user, import_leads, send_due, run_scheduler,
                     recover_command, resolve_command, demo, first_run, timeline_command):
-        app.cli.add_command(command)
-    app.cli.add_command(campaign_group)
+        app.cli.add_command(_database_errors_in_one_line(command))
+    app.cli.add_command(_database_errors_in_one_line(campaign_group))
+
+
+def _database_errors_in_one_line(command: click.Command) -> click.Command:
+    """A locked or read-only database ends a command with one line and exit code 1.
+
+    Every write is its own transaction, so what failed was rolled back; a traceback
+    would only hide the one sentence an operator (or cron's mail) needs.
+    """
+    for sub in getattr(command, "commands", {}).values():
+        _database_errors_in_one_line(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, "_one_line_errors", False):
+        return command
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except OperationalError as exc:
+            raise click.ClickException(database_problem(exc)) from exc
+
+    run._one_line_errors = True  # type: ignore[attr-defined]
+    command.callback = run
+    return command
+
+
+def database_problem(exc: OperationalError) -> str:
+    """One line saying why the database refused, and what to do about it."""
+    code = getattr(exc.orig, "sqlite_errorname", "")
+    if code.startswith("SQLITE_BUSY"):
+        return (f"the database is locked by another process ({exc.orig}); "
+                "the write that failed was rolled back; try again")
+    if code.startswith("SQLITE_READONLY"):
+        return (f"the database cannot be written ({exc.orig}): check the permissions of the file "
+                "and its folder")
+    return f"the database cannot be used: {exc.orig}"
 
 
 def _engine():
@@ -69,7 +108,10 @@ def _add_user(email: str, password: str) -> None:
 @click.option("--campaign", "campaign_id", type=int, help="Also enroll the leads here.")
 def import_leads(path: Path, campaign_id: int | None) -> None:
     """Import leads from a CSV file (header row with an email column)."""
-    report = leads.import_leads(_engine(), path.read_bytes())
+    try:
+        report = importer.run_import(_engine(), path.read_bytes())
+    except importer.CsvImportError as exc:  # unreadable as a whole: exit 1, so scripts stop here
+        raise click.ClickException(f"{path}: {exc}; nothing was imported") from exc
     for line, reason in report.rejected:
         click.echo(f"line {line}: {reason}", err=True)
     click.echo(f"imported {report.imported}, merged {report.merged}, rejected {len(report.rejected)}")

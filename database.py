@@ -12,29 +12,36 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from flask import current_app, has_app_context
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_MS = 10_000  # the default of the SQLITE_BUSY_TIMEOUT_MS config key
 
 
 def configure_engine(engine: Engine) -> None:
-    """Install the pragma and BEGIN hooks on an SQLite engine (once per engine)."""
+    """Install the pragma and BEGIN hooks on an SQLite engine (once per engine).
+
+    In an app context, the app's SQLITE_BUSY_TIMEOUT_MS sets how long a connection waits
+    for another process's write lock before failing with "database is locked".
+    """
     if getattr(engine, "_sendonce_configured", False):
         return
     engine._sendonce_configured = True  # type: ignore[attr-defined]
-    event.listen(engine, "connect", _on_connect)
+    busy_ms = int(current_app.config.get("SQLITE_BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS)
+                  if has_app_context() else BUSY_TIMEOUT_MS)
+    event.listen(engine, "connect", lambda dbapi_connection, record: _on_connect(dbapi_connection, busy_ms))
     event.listen(engine, "begin", _on_begin)
 
 
-def _on_connect(dbapi_connection, _record) -> None:
+def _on_connect(dbapi_connection, busy_ms: int) -> None:
     # Pragmas are per connection. synchronous=FULL: in WAL mode NORMAL may lose a
     # committed claim on power loss, and the claim is our reservation ledger.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

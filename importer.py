@@ -369,7 +369,9 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> di
 def _too_long(cells: list[str], mapping: dict[int, str]) -> str:
     """Why the row is rejected if a cell that would be stored exceeds MAX_CELL, else ""."""
     longest = max((len(cells[index]) for index in mapping if index < len(cells)), default=0)
-    return f"a cell holds {longest:,} characters; at most {MAX_CELL:,} are accepted" if longest > MAX_CELL else ""
+    if longest <= MAX_CELL:
+        return ""
+    return f"a cell holds {longest:,} characters; at most {MAX_CELL:,} are accepted"
 
 
 def _row_email(cells: list[str], width: int, email_at: int, start: int, end: int) -> tuple[str, str]:

@@ -28,15 +28,16 @@ from models import Campaign, CampaignLead, Lead, SendLog, db
 
 bp = Blueprint("leads", __name__)
 PAGE_SIZE = 50
-TARGETS = ["email", "first_name", "last_name", "company", "tags"]
 
 
 def _search(q: str) -> tuple:
     if not q:
         return ()
-    like = f"%{q.strip()}%"  # a bound parameter: user text never becomes SQL
-    return (or_(Lead.email.like(like), Lead.first_name.like(like), Lead.last_name.like(like),
-                Lead.company.like(like), Lead.tags.like(like)),)
+    # A bound parameter, so user text never becomes SQL; autoescape makes "%" and "_"
+    # in it literal characters, not LIKE wildcards that would match every lead.
+    text = q.strip()
+    return (or_(*(column.contains(text, autoescape=True) for column in (
+        Lead.email, Lead.first_name, Lead.last_name, Lead.company, Lead.tags))),)
 
 
 @bp.route("/leads")
@@ -121,7 +122,7 @@ def mapping(token: str):
     sniffed = importer.sniff(data)
     form = MappingForm(campaign=request.args.get("campaign", 0, type=int))
     form.campaign.choices = _campaign_choices()
-    targets = TARGETS + [f"field:{name}" for name in sniffed.header if name] + ["skip"]
+    targets = sniffed.targets()  # the importer's own names, e.g. field:Telefon_4 for a repeated header
     if form.validate_on_submit():
         chosen = {i: request.form.get(f"column-{i}", "skip") for i in range(len(sniffed.header))}
         try:
@@ -129,7 +130,9 @@ def mapping(token: str):
         except importer.CsvImportError as exc:
             flash(str(exc), "error")
         else:
-            _upload_path(token, ".rejected.csv").write_text(importer.rejected_csv(report), encoding="utf-8")
+            # utf-8-sig: Excel on Windows reads Polish letters right only with the BOM.
+            _upload_path(token, ".rejected.csv").write_text(importer.rejected_csv(report),
+                                                            encoding="utf-8-sig")
             path.unlink()
             return render_template("import_result.html", report=report, token=token)
     return render_template("import_mapping.html", form=form, sniffed=sniffed, targets=targets,
@@ -143,5 +146,5 @@ def rejected(token: str):
     path = _upload_path(token, ".rejected.csv")
     if not path.exists():
         abort(404)
-    return Response(path.read_text(encoding="utf-8"), mimetype="text/csv",
+    return Response(path.read_bytes(), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=rejected.csv"})

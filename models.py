@@ -140,6 +140,9 @@ class SendLog(db.Model):
         Index("ix_send_log_campaign_claimed", "campaign_id", "claimed_at"),
         Index("ix_send_log_claimed", "claimed_at"),
         Index("ix_send_log_last_sent", "campaign_id", "status", "sent_at"),  # dashboard's last send
+        # A campaign's recent sends and its send log filtered by status, newest first.
+        Index("ix_send_log_campaign", "campaign_id"),
+        Index("ix_send_log_campaign_status", "campaign_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

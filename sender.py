@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
 
@@ -293,22 +293,31 @@ def deliver(engine: Engine, settings: Settings, transport: Transport, claim: Cla
 
 def _compose(engine: Engine, settings: Settings, claim: Claim):
     with engine.connect() as conn:
-        lead = conn.execute(select(_lead).where(_lead.c.id == claim.lead_id)).one()
-        campaign = conn.execute(select(_campaign).where(_campaign.c.id == claim.campaign_id)).one()
-        variant = conn.execute(select(_variant).where(
-            _variant.c.campaign_id == claim.campaign_id,
-            _variant.c.letter == claim.variant_letter)).one()
-    url = unsubscribe_url(settings.base_url, settings.secret_key, lead.email, campaign.id)
-    context = templating.lead_context(lead, url)
+        row = conn.execute(_COMPOSE, {"lead": claim.lead_id, "campaign": claim.campaign_id,
+                                      "letter": claim.variant_letter}).one()
+    url = unsubscribe_url(settings.base_url, settings.secret_key, row.email, claim.campaign_id)
+    context = templating.lead_context(row, url)
     msg = messages.build_message(
-        from_address=campaign.from_address, from_name=campaign.from_name,
-        to_address=lead.email, to_name=f"{lead.first_name} {lead.last_name}".strip(),
-        subject=templating.render(variant.subject, context),
-        body=templating.render(variant.body, context),
-        msg_id=messages.message_id(claim.send_log_id, campaign.id, campaign.from_address),
+        from_address=row.from_address, from_name=row.from_name,
+        to_address=row.email, to_name=f"{row.first_name} {row.last_name}".strip(),
+        subject=templating.render(row.subject, context),
+        body=templating.render(row.body, context),
+        msg_id=messages.message_id(claim.send_log_id, claim.campaign_id, row.from_address),
         unsubscribe_url=url,
     )
-    return msg, campaign.from_address, lead.email
+    return msg, row.from_address, row.email
+
+
+# Everything one message needs, in one query (built once: this is the hot path).
+_COMPOSE = (
+    select(_lead.c.email, _lead.c.first_name, _lead.c.last_name, _lead.c.company, _lead.c.tags,
+           _lead.c.fields, _campaign.c.from_address, _campaign.c.from_name, _variant.c.subject,
+           _variant.c.body)
+    .select_from(_lead.join(_campaign, _campaign.c.id == bindparam("campaign"))
+                 .join(_variant, (_variant.c.campaign_id == _campaign.c.id)
+                       & (_variant.c.letter == bindparam("letter"))))
+    .where(_lead.c.id == bindparam("lead"))
+)
 
 
 def _owned(claim: Claim) -> tuple:

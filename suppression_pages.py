@@ -21,6 +21,7 @@ from timeutil import utcnow
 from views import ActionForm
 
 bp = Blueprint("suppression", __name__)
+SHOWN_REJECTED = 10  # rejected lines listed one by one after an import; the rest are counted
 
 
 class AddForm(FlaskForm):
@@ -45,7 +46,7 @@ def index():
         return redirect(url_for("suppression.index"))
     q = request.args.get("q", "").strip()
     page = max(request.args.get("page", 1, type=int), 1)
-    where = (Suppression.email.like(f"%{q.lower()}%"),) if q else ()
+    where = (Suppression.email.contains(q.lower(), autoescape=True),) if q else ()  # "%", "_" literal
     total = db.session.scalar(select(func.count()).select_from(Suppression).where(*where))
     rows = db.session.scalars(select(Suppression).where(*where).order_by(Suppression.id.desc())
                               .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
@@ -67,8 +68,12 @@ def import_file():
         flash(str(exc), "error")
         return redirect(url_for("suppression.index"))
     flash(_("%(n)d addresses added to the suppression list.", n=added), "ok")
-    for line, reason in rejected:
+    # Flashes live in the session cookie: thousands of them would pass the browsers' 4 KB
+    # limit, and the browser would drop the cookie (and every message with it).
+    for line, reason in rejected[:SHOWN_REJECTED]:
         flash(_("Line %(line)d: %(reason)s", line=line, reason=reason), "error")
+    if len(rejected) > SHOWN_REJECTED:
+        flash(_("… and %(n)d more lines that are not addresses.", n=len(rejected) - SHOWN_REJECTED), "error")
     return redirect(url_for("suppression.index"))
 
 

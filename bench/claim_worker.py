@@ -1,0 +1,141 @@
+"""One competing claimer process: `python bench/claim_worker.py engine|bare DB CAMPAIGN`.
+
+- engine: SendOnce's own path, sender.claim_next + sender.deliver (render, re-check,
+  record the outcome) with a transport that only counts; the app is built by
+  create_app() from FLASK_* variables, as a scheduler or gunicorn process builds it.
+- bare: the SQLite ceiling with nothing but sqlite3: BEGIN IMMEDIATE, select the next
+  pending enrollment, update it, insert its send_log row, COMMIT; then a second BEGIN
+  IMMEDIATE marking the row and its enrollment sent. Same file, same pragmas (WAL,
+  synchronous=FULL, busy_timeout, foreign_keys) as database.py sets.
+Prints "ready" when imported and built, then reads "START STOP" (epoch seconds) from stdin:
+all start in the same instant and claim until nothing is left or STOP passes (0: no stop;
+a claim already taken is always delivered and recorded), then print one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from rss import peak_rss_kb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class NullTransport:
+    """A Transport that sends nothing and counts what it was given."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, msg, sender: str, recipient: str):
+        from models import SendStatus
+        from transport import Result
+
+        self.sent += 1
+        return Result(SendStatus.SENT, "250 null transport")
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _wait_for_start() -> float:
+    """Wait for the common start; returns the stop time (infinity: run until empty)."""
+    print("ready", flush=True)
+    start_at, stop_at = map(float, sys.stdin.readline().split())
+    time.sleep(max(0.0, start_at - time.time()))
+    return stop_at or float("inf")
+
+
+def run_engine(campaign_id: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from app import create_app
+    from models import Trigger, db
+    from sender import Refusal, Settings, claim_next, deliver
+    from timeutil import utcnow
+
+    app = create_app()
+    transport, stopped_by, errors = NullTransport(), "deadline", 0
+    with app.app_context():
+        engine, settings = db.engine, Settings.from_config(app.config)
+        with engine.connect():  # open the pool's first connection before the clock starts
+            pass
+        stop_at = _wait_for_start()
+        began = time.time()
+        while time.time() < stop_at:
+            # BUTTON: the path that skips pacing and the send window (several processes at
+            # once would otherwise refuse each other as `not_due`); claim and record are
+            # exactly the scheduler's.
+            claim = claim_next(engine, settings, campaign_id, Trigger.BUTTON, utcnow())
+            if isinstance(claim, Refusal):
+                stopped_by = claim.code
+                break
+            result = deliver(engine, settings, transport, claim)
+            errors += result.status != "sent"
+        finished = time.time()
+    return {"claims": transport.sent, "errors": errors, "stopped_by": stopped_by,
+            "began": began, "finished": finished}
+
+
+CLAIM = "SELECT id, lead_id, variant_letter FROM campaign_lead WHERE campaign_id = ? AND state = 'pending' " \
+        "ORDER BY id LIMIT 1"
+INSERT = ('INSERT INTO send_log (campaign_id, lead_id, variant_letter, status, attempts, "trigger", worker, '
+          "message_id, created_at, claimed_at) VALUES (?, ?, ?, 'sending', 1, 'button', ?, '', ?, ?)")
+
+
+def run_bare(db_path: str, campaign_id: int) -> dict:
+    from datetime import UTC, datetime
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=FULL", "foreign_keys=ON"):
+        conn.execute(f"PRAGMA {pragma}")
+    worker = f"bench:{os.getpid()}"
+    claims, stopped_by = 0, "deadline"
+    stop_at = _wait_for_start()
+    began = time.time()
+    while time.time() < stop_at:
+        now = datetime.now(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(CLAIM, (campaign_id,)).fetchone()
+        if row is None:
+            conn.execute("COMMIT")
+            stopped_by = "empty"
+            break
+        enrollment_id, lead_id, letter = row
+        conn.execute("UPDATE campaign_lead SET state = 'sending' WHERE id = ? AND state = 'pending'",
+                     (enrollment_id,))
+        log_id = conn.execute(INSERT, (campaign_id, lead_id, letter, worker, now, now)).lastrowid
+        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE send_log SET status = 'sent', sent_at = ?, smtp_reply = '250 bare' "
+                     "WHERE id = ? AND status = 'sending'", (now, log_id))
+        conn.execute("UPDATE campaign_lead SET state = 'sent' WHERE id = ?", (enrollment_id,))
+        conn.execute("COMMIT")
+        claims += 1
+    finished = time.time()
+    conn.close()
+    return {"claims": claims, "errors": 0, "stopped_by": stopped_by, "began": began, "finished": finished}
+
+
+def main(mode: str, db_path: str, campaign_id: int) -> None:
+    run = (lambda: run_engine(campaign_id)) if mode == "engine" else (lambda: run_bare(db_path, campaign_id))
+    profile_to = os.environ.get("BENCH_PROFILE")  # make bench ... --profile: where the stats go
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        report = profiler.runcall(run)
+        profiler.dump_stats(profile_to)
+    else:
+        report = run()
+    report["maxrss_kb"] = peak_rss_kb()
+    report["pid"] = os.getpid()
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

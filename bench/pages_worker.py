@@ -1,0 +1,172 @@
+"""Render the admin pages at scale in a fresh process: `python bench/pages_worker.py SPEC.json`.
+
+The app is built by create_app() from FLASK_* variables, as a gunicorn worker builds it,
+with a logged-in Flask test client (the login form, CSRF token included). Server time is
+the time of client.get() around the WSGI app: no socket, no browser. Each page's "bare"
+figure is its SQL without SQLAlchemy, Flask or Jinja: every distinct statement the page
+executed (captured once, by text, with its first parameters; a lazy load repeated per row
+counts once) re-run with plain sqlite3 on the same file. Page and bare runs alternate,
+so drift on a shared machine hits both. Prints one JSON line; peak RSS included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from rss import peak_rss_kb
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SKIP_SQL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|PRAGMA|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+USER, PASSWORD = "bench@example.com", "bench-password-not-secret"
+
+
+def _login(app, client) -> None:
+    from database import write_session
+    from models import User, db
+
+    with app.app_context():
+        with write_session(db.engine) as session:
+            if session.query(User).filter_by(email=USER).first() is None:
+                user = User(email=USER, language="pl")
+                user.set_password(PASSWORD)
+                session.add(user)
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    reply = client.post("/login", data={"email": USER, "password": PASSWORD,
+                                        "csrf_token": token.group(1) if token else ""})
+    if reply.status_code != 302:
+        raise SystemExit(f"login failed: {reply.status_code}")
+
+
+FLOOR_URL = "/_bench/floor"
+
+
+def _add_floor_page(app) -> None:
+    """An empty admin page (login, base.html, language form, no query of its own): the
+    fixed cost every page pays, so the others can be read against it. Added to this
+    process's app object only (its template from a dict), before its first request."""
+    from flask import render_template
+    from flask_login import login_required
+    from jinja2 import ChoiceLoader, DictLoader
+
+    app.jinja_env.loader = ChoiceLoader([
+        DictLoader({"_bench_floor.html": '{% extends "base.html" %}{% block content %}{% endblock %}'}),
+        app.jinja_env.loader])
+
+    @login_required
+    def floor():
+        return render_template("_bench_floor.html")
+
+    app.add_url_rule(FLOOR_URL, "bench_floor", floor)
+
+
+def _capture(app, client, url: str) -> list[tuple[str, tuple]]:
+    """Every statement one request executes, in order (transaction control left out)."""
+    from sqlalchemy import event
+
+    from models import db
+
+    seen: list[tuple[str, tuple]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if not SKIP_SQL.match(statement):
+            seen.append((statement, tuple(parameters or ())))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        reply = client.get(url)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    if reply.status_code != 200:
+        raise SystemExit(f"{url}: HTTP {reply.status_code}")
+    return seen
+
+
+def _distinct(statements: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+    first: dict[str, tuple] = {}
+    for sql, params in statements:
+        first.setdefault(sql, params)
+    return list(first.items())
+
+
+def _bare(conn: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> float:
+    began = time.perf_counter()
+    for sql, params in statements:
+        conn.execute(sql, params).fetchall()
+    return time.perf_counter() - began
+
+
+def _summary(seconds: list[float]) -> dict:
+    ordered = sorted(seconds)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"median_ms": statistics.median(ordered) * 1e3, "p95_ms": p95 * 1e3, "n": len(ordered)}
+
+
+def _profile(client, url: str, path: Path) -> None:
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(client.get, url)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+    path.write_text(out.getvalue())
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    from app import create_app
+
+    app = create_app()
+    _add_floor_page(app)
+    client = app.test_client()
+    _login(app, client)
+    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    bare = sqlite3.connect(spec["db"], isolation_level=None)
+    for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=FULL", "foreign_keys=ON"):
+        bare.execute(f"PRAGMA {pragma}")
+    results = {}
+    for page in spec["pages"]:
+        if page.get("requires_rule") and page["requires_rule"] not in rules:
+            results[page["name"]] = {"skipped": f"no route {page['requires_rule']} yet"}
+            continue
+        url = page["url"]
+        statements = _capture(app, client, url)
+        distinct = _distinct(statements)
+        client.get(url), _bare(bare, distinct)  # warm the caches: both sides start hot
+        page_s, bare_s = [], []
+        budget = time.perf_counter() + spec["seconds_per_page"]
+        while len(page_s) < spec["repeats"] and (len(page_s) < spec["min_repeats"]
+                                                  or time.perf_counter() < budget):
+            began = time.perf_counter()
+            reply = client.get(url)
+            page_s.append(time.perf_counter() - began)
+            if reply.status_code != 200:
+                raise SystemExit(f"{url}: HTTP {reply.status_code}")
+            bare_s.append(_bare(bare, distinct))
+        results[page["name"]] = {"url": url, "page": _summary(page_s), "bare": _summary(bare_s),
+                                 "statements": len(statements), "distinct": len(distinct),
+                                 "bytes": len(reply.get_data())}
+        if spec.get("profile_dir"):
+            slug = re.sub(r"[^a-z0-9]+", "-", page["name"].lower()).strip("-")
+            _profile(client, url, Path(spec["profile_dir"]) / f"profile-page-{slug}.txt")
+    bare.close()
+    results["_process"] = {"maxrss_kb": peak_rss_kb(),
+                           "pid": os.getpid()}
+    print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,602 @@
+"""`make bench`: SendOnce against its ceilings, each measured beside it in the same run.
+
+Numbers on a shared machine drift, so every figure is a ratio against a ceiling measured
+moments before or after it, on the same file settings (WAL, synchronous=FULL):
+1. claims: claim_next + deliver with a null transport vs a bare-sqlite3 claim loop, for
+   1, 2, 4, 8 processes over 20,000 enrolled leads, 0 duplicates checked after each run;
+2. smtp: the engine sending N messages to a local aiosmtpd sink vs a bare smtplib loop over
+   one reused connection sending the same rendered messages to the same sink;
+3. import: importer.run_import of a 100,000-row CSV vs csv.reader + executemany;
+4. pages: median and p95 server time at 100,000 leads / 1,000,000 send_log rows vs the
+   page's own SQL run bare (see pages_worker.py), the timeline page when it exists;
+5. memory: peak RSS of an engine process in 1 and of the page-rendering process in 4.
+One markdown table is printed and appended to BENCHMARKS.md with the date, nproc, the CPU
+model and the load average (other work on the machine shows up there, not in the ratios).
+
+    make bench                              # default sizes, ~10 minutes on 2 cores
+    .venv/bin/python bench/run.py --quick   # small sizes, a smoke run of every section
+    .venv/bin/python bench/run.py --only claims,pages
+    .venv/bin/python bench/run.py --full    # claims run every lead to the end, bigger N
+    .venv/bin/python bench/run.py --profile # also cProfile the engine and each page
+
+Files go to bench/results/ (git-ignored); the 1,000,000-row pages database is generated
+once per (sizes, schema, generator) fingerprint and reused by later runs (--fresh: anew).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import smtplib
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(BENCH)]
+
+import generate  # noqa: E402
+
+from conftest import app_config, env_for  # noqa: E402
+
+SECTIONS = ("claims", "smtp", "import", "pages", "memory")
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Sizes:
+    claim_leads: int = 20_000
+    procs: tuple[int, ...] = (1, 2, 4, 8)
+    claim_seconds: float = 15.0  # per run; 0 = every lead, to the end
+    smtp_messages: int = 500
+    import_rows: int = 100_000
+    page_leads: int = 100_000
+    page_campaigns: int = 10
+    page_sends: int = 1_000_000
+    page_repeats: int = 25
+    page_min_repeats: int = 7
+    page_seconds: float = 20.0  # per page: stop repeating after this (min_repeats still run)
+
+
+DEFAULT = Sizes()
+QUICK = Sizes(claim_leads=600, procs=(1, 2), claim_seconds=4, smtp_messages=60, import_rows=5_000,
+              page_leads=5_000, page_campaigns=4, page_sends=20_000, page_repeats=5, page_min_repeats=3,
+              page_seconds=5)
+FULL = replace(DEFAULT, claim_seconds=0, smtp_messages=2_000, page_repeats=50, page_min_repeats=20,
+               page_seconds=60)
+
+
+@dataclass
+class Row:
+    section: str
+    measure: str
+    value: str
+    ceiling: str = "—"
+    ratio: float | None = None
+    target: str = "—"
+    met: bool | None = None
+    notes: str = ""
+
+
+@dataclass
+class Context:
+    sizes: Sizes
+    profile: bool
+    fresh: bool
+    rows: list[Row] = field(default_factory=list)
+    rss: dict[str, int] = field(default_factory=dict)  # kB, for the memory section
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def config_for(db: Path, smtp_port: int = 0) -> dict:
+    """The tests' configuration, as a production process would run it (not TESTING)."""
+    return app_config(db, smtp_port, TESTING=False, SCHEDULER_ENABLED=False, LOG_LEVEL="WARNING")
+
+
+def fresh_copy(template: Path, target: Path) -> Path:
+    """A private copy of a checkpointed template database (its -wal/-shm files removed)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(template, target)
+    return target
+
+
+def template_db(name: str, spec: generate.Spec, fresh: bool = False) -> Path:
+    """Generated once per fingerprint (spec + schema + generator), then reused."""
+    path = RESULTS / f"{name}-{generate.fingerprint(spec)}.db"
+    if fresh or not path.exists():
+        for old in RESULTS.glob(f"{name}-*.db*"):
+            old.unlink()
+        log(f"generating {path.name}: {spec.leads} leads, {spec.campaigns} campaigns, {spec.sends} sends")
+        made = generate.generate(path.with_suffix(".tmp"), spec, force=True)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{made.path}{suffix}").unlink(missing_ok=True)
+        made.path.rename(path)
+        log(f"generated in {made.seconds:.0f} s")
+    return path
+
+
+def bare_connect(db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=FULL", "foreign_keys=ON"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+# --- 1. claims ------------------------------------------------------------------------
+
+
+def run_claimers(mode: str, db: Path, n: int, seconds: float, profile_to: Path | None = None,
+                 script: Path = BENCH / "claim_worker.py") -> dict:
+    """Start n claimer processes at one instant; their summed rate and what each reported.
+
+    `script` may be a wrapper that patches a proposed fix in before claim_worker runs.
+    """
+    env = env_for(config_for(db))
+    procs = []
+    try:
+        for i in range(n):
+            worker_env = dict(env, BENCH_PROFILE=str(profile_to)) if profile_to and i == 0 else env
+            procs.append(subprocess.Popen([PY, str(script), mode, str(db), "1"],
+                                          env=worker_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          text=True))
+        for proc in procs:
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{mode} claimer {proc.pid} failed to start")
+        start = time.time() + 0.3
+        stop = start + seconds if seconds else 0
+        for proc in procs:
+            proc.stdin.write(f"{start} {stop}\n")
+            proc.stdin.flush()
+        reports = []
+        for proc in procs:
+            out = proc.communicate(timeout=3600)[0]
+            if proc.returncode != 0:
+                raise RuntimeError(f"{mode} claimer {proc.pid} exited {proc.returncode}")
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    claims = sum(r["claims"] for r in reports)
+    elapsed = max(r["finished"] for r in reports) - min(r["began"] for r in reports)
+    return {"claims": claims, "rate": claims / elapsed, "elapsed": elapsed, "reports": reports,
+            "errors": sum(r["errors"] for r in reports),
+            "maxrss_kb": max(r["maxrss_kb"] for r in reports)}
+
+
+def check_claims(db: Path, leads: int, claimed: int, to_the_end: bool) -> tuple[bool, str]:
+    """Duplicates and losses after a run: the database and the processes must agree."""
+    conn = bare_connect(db)
+    try:
+        rows = conn.execute("SELECT count(*) FROM send_log").fetchone()[0]
+        distinct = conn.execute("SELECT count(*) FROM (SELECT DISTINCT campaign_id, lead_id FROM send_log)"
+                                ).fetchone()[0]
+        states = dict(conn.execute("SELECT state, count(*) FROM campaign_lead GROUP BY state").fetchall())
+        not_sent = conn.execute("SELECT count(*) FROM send_log WHERE status != 'sent'").fetchone()[0]
+    finally:
+        conn.close()
+    duplicates = rows - distinct + max(claimed - rows, 0)
+    ok = (duplicates == 0 and rows == claimed == states.get("sent", 0) and not_sent == 0
+          and states.get("pending", 0) == leads - rows and (rows == leads or not to_the_end))
+    note = f"{rows:,} of {leads:,} leads claimed once each, {duplicates} duplicates"
+    if not ok:
+        note += f" — CHECK FAILED: send_log {rows}, distinct {distinct}, counted {claimed}, states {states}"
+    return ok, note
+
+
+def section_claims(ctx: Context) -> None:
+    sizes = ctx.sizes
+    template = template_db("claims", generate.Spec(leads=sizes.claim_leads, campaigns=1, sends=0),
+                           ctx.fresh)
+    run_db = RESULTS / "claims-run.db"
+    how = "to the end" if not sizes.claim_seconds else f"{sizes.claim_seconds:.0f} s a run"
+    for n in sizes.procs:
+        result = {}
+        for mode in ("bare", "engine"):
+            fresh_copy(template, run_db)
+            profiled = ctx.profile and mode == "engine" and n == 1
+            profile_to = RESULTS / "profile-claims-engine.prof" if profiled else None
+            log(f"claims: {n} {mode} process(es), {how}")
+            result[mode] = run_claimers(mode, run_db, n, sizes.claim_seconds, profile_to)
+            to_the_end = not sizes.claim_seconds
+            ok, note = check_claims(run_db, sizes.claim_leads, result[mode]["claims"], to_the_end)
+            result[mode]["ok"], result[mode]["note"] = ok and result[mode]["errors"] == 0, note
+            if profile_to:
+                write_profile_text(profile_to, RESULTS / "profile-claims-engine.txt")
+        bare, engine = result["bare"], result["engine"]
+        ratio = engine["rate"] / bare["rate"]
+        checked = bare["ok"] and engine["ok"]
+        ctx.rows.append(Row("claims", f"claims/s, {n} process{'es' if n > 1 else ''}",
+                            f"{engine['rate']:,.1f}/s", f"{bare['rate']:,.1f}/s", ratio, "≥ 0.5, 0 dup",
+                            ratio >= 0.5 and checked,
+                            f"engine: {engine['note']}; bare: {bare['note'].split(' leads')[0]} claimed"))
+        ctx.rss[f"engine-{n}"] = engine["maxrss_kb"]
+        ctx.rss[f"bare-{n}"] = bare["maxrss_kb"]
+
+
+def write_profile_text(prof: Path, text: Path, limit: int = 45) -> None:
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(prof), stream=out)
+    stats.sort_stats("cumulative").print_stats(limit)
+    stats.sort_stats("tottime").print_stats(25)
+    text.write_text(out.getvalue())
+    log(f"profile: {text.relative_to(ROOT)}")
+
+
+# --- 2. SMTP --------------------------------------------------------------------------
+
+
+class Sink:
+    """bench/sink.py in its own process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([PY, str(BENCH / "sink.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())
+
+    def count(self) -> int:
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RecordingTransport:
+    """Wraps the app's SmtpTransport; keeps each message it sends (a reference, no copy)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.sent = inner, []
+
+    def send(self, msg, sender: str, recipient: str):
+        result = self.inner.send(msg, sender, recipient)
+        self.sent.append((msg, sender, recipient))
+        return result
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def bare_smtp(port: int, messages: list) -> float:
+    """smtplib over one connection: the same message objects, serialized as the engine does."""
+    from messages import MAIL_POLICY
+
+    began = time.perf_counter()
+    conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    conn.ehlo()
+    for msg, sender, recipient in messages:
+        conn.sendmail(sender, [recipient], msg.as_bytes(policy=MAIL_POLICY))
+    conn.quit()
+    return time.perf_counter() - began
+
+
+def section_smtp(ctx: Context) -> None:
+    from app import create_app
+    from models import Trigger, db
+    from sender import Settings, send_batch
+    from transport import make_transport
+
+    n = ctx.sizes.smtp_messages
+    template = template_db("smtp", generate.Spec(leads=n, campaigns=1, sends=0), ctx.fresh)
+    db_path = fresh_copy(template, RESULTS / "smtp-run.db")
+    sink = Sink()
+    try:
+        warm = [(_warmup_message(i), "warm@sendonce.test", f"warm{i}@example.com") for i in range(10)]
+        bare_smtp(sink.port, warm)
+        app = create_app(config_for(db_path, sink.port))
+        with app.app_context():
+            transport = RecordingTransport(make_transport(app.config))
+            log(f"smtp: engine, {n} messages")
+            before = sink.count()
+            began = time.perf_counter()
+            try:
+                batch = send_batch(db.engine, Settings.from_config(app.config), transport, 1,
+                                   Trigger.BUTTON, limit=n)
+            finally:
+                transport.close()
+            engine_s = time.perf_counter() - began
+            engine_received = sink.count() - before
+            db.engine.dispose()
+        log(f"smtp: bare smtplib, {n} messages")
+        before = sink.count()
+        bare_s = bare_smtp(sink.port, transport.sent)
+        bare_received = sink.count() - before
+    finally:
+        sink.close()
+    ok = batch.sent == n == engine_received == bare_received
+    engine_rate, bare_rate = n / engine_s, n / bare_s
+    ratio = engine_rate / bare_rate
+    note = f"{n} messages each way; the sink received {engine_received} + {bare_received}"
+    if not ok:
+        note += f" — CHECK FAILED: engine reported {batch.sent} sent ({batch.stopped_by})"
+    ctx.rows.append(Row("smtp", "messages/s via SMTP", f"{engine_rate:,.1f}/s", f"{bare_rate:,.1f}/s",
+                        ratio, "≥ 0.8", ratio >= 0.8 and ok, note))
+
+
+def _warmup_message(i: int):
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "warm@sendonce.test", f"warm{i}@example.com", "warm-up"
+    msg.set_content("warm-up")
+    return msg
+
+
+# --- 3. import ------------------------------------------------------------------------
+
+
+def bare_import(db: Path, data: bytes) -> float:
+    """csv.reader + one executemany in one BEGIN IMMEDIATE: parse and insert, nothing else."""
+    conn = bare_connect(db)
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    began = time.perf_counter()
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+    next(reader)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT OR IGNORE INTO lead (email, first_name, last_name, company, tags, fields, "
+                     "created_at) VALUES (?, ?, ?, ?, ?, '{}', ?)",
+                     ((r[0], r[1], r[2], r[3], r[4], now) for r in reader))
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - began
+    conn.close()
+    return seconds
+
+
+def section_import(ctx: Context) -> None:
+    from app import create_app
+    from importer import run_import
+    from models import db
+
+    rows = ctx.sizes.import_rows
+    data = generate.lead_csv(rows)
+    empty = template_db("empty", generate.Spec(leads=0, campaigns=0, sends=0), ctx.fresh)
+    log(f"import: bare csv + executemany, {rows:,} rows")
+    bare_s = bare_import(fresh_copy(empty, RESULTS / "import-bare.db"), data)
+    db_path = fresh_copy(empty, RESULTS / "import-run.db")
+    app = create_app(config_for(db_path))
+    log(f"import: importer.run_import, {rows:,} rows")
+    with app.app_context():
+        if ctx.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            began = time.perf_counter()
+            report = profiler.runcall(run_import, db.engine, data)
+            engine_s = time.perf_counter() - began
+            profiler.dump_stats(RESULTS / "profile-import.prof")
+            write_profile_text(RESULTS / "profile-import.prof", RESULTS / "profile-import.txt")
+        else:
+            began = time.perf_counter()
+            report = run_import(db.engine, data)
+            engine_s = time.perf_counter() - began
+        with db.engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT count(*) FROM lead").scalar_one()
+        db.engine.dispose()
+    accounted = report.imported + report.merged + len(report.rejected) == rows
+    ok = accounted and stored == report.imported
+    ratio = bare_s / engine_s
+    note = (f"{report.imported:,} new, {report.merged:,} merged, {len(report.rejected):,} rejected; "
+            f"bare {bare_s:.1f} s")
+    if not ok:
+        note += f" — CHECK FAILED: {stored} rows stored"
+    ctx.rows.append(Row("import", f"{rows:,}-row CSV, seconds", f"{engine_s:.1f} s", f"{bare_s:.1f} s",
+                        ratio, "≥ 0.3", ratio >= 0.3 and ok, note))
+
+
+# --- 4. pages -------------------------------------------------------------------------
+
+
+def page_list(campaign: int) -> list[dict]:
+    return [
+        {"name": "floor (empty admin page)", "url": "/_bench/floor"},
+        {"name": "dashboard", "url": "/"},
+        {"name": "campaign", "url": f"/campaigns/{campaign}"},
+        {"name": "leads, page 1", "url": "/leads"},
+        {"name": "leads, search", "url": "/leads?q=kowalski"},
+        {"name": "send log, failed", "url": f"/campaigns/{campaign}/log?status=failed"},
+        # The timeline page is being built: measured once its route exists, skipped till then.
+        {"name": "timeline", "url": "/timeline", "requires_rule": "/timeline"},
+    ]
+
+
+def run_pages(ctx: Context, repeats: int | None = None) -> dict:
+    sizes = ctx.sizes
+    spec = generate.Spec(leads=sizes.page_leads, campaigns=sizes.page_campaigns, sends=sizes.page_sends)
+    template = template_db("pages", spec, ctx.fresh)
+    db_path = fresh_copy(template, RESULTS / "pages-run.db")
+    repeats = repeats or sizes.page_repeats
+    job = {"db": str(db_path), "pages": page_list(sizes.page_campaigns), "repeats": repeats,
+           "min_repeats": min(sizes.page_min_repeats, repeats), "seconds_per_page": sizes.page_seconds,
+           "profile_dir": str(RESULTS) if ctx.profile else None}
+    job_path = RESULTS / "pages-job.json"
+    job_path.write_text(json.dumps(job))
+    log(f"pages: {len(job['pages'])} pages, up to {job['repeats']} times each")
+    out = subprocess.run([PY, str(BENCH / "pages_worker.py"), str(job_path)],
+                         env=env_for(config_for(db_path)), stdout=subprocess.PIPE, text=True, check=True,
+                         timeout=3600).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    ctx.rss["pages"] = result.pop("_process")["maxrss_kb"]
+    for suffix in ("", "-wal", "-shm"):  # ~0.5 GB at default sizes; the template stays
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    return result
+
+
+def section_pages(ctx: Context) -> None:
+    sizes = ctx.sizes
+    scale = f"{sizes.page_leads:,} leads, {sizes.page_sends:,} send_log rows"
+    results = run_pages(ctx)
+    floor = results.pop("floor (empty admin page)")
+    ctx.rows.append(Row("pages", "floor: empty admin page, median / p95",
+                        f"{floor['page']['median_ms']:.1f} / {floor['page']['p95_ms']:.1f} ms",
+                        notes="login check, base.html, language form, no query of its own: what every "
+                              "page below pays before its own work (added by the bench, not an app route)"))
+    for name, r in results.items():
+        if "skipped" in r:
+            ctx.rows.append(Row("pages", f"{name}: median / p95", "skipped", notes=r["skipped"]))
+            continue
+        page, bare = r["page"], r["bare"]
+        ratio = page["median_ms"] / bare["median_ms"]
+        met = ratio <= 2 and page["median_ms"] <= 150
+        ctx.rows.append(Row("pages", f"{name}: median / p95",
+                            f"{page['median_ms']:.1f} / {page['p95_ms']:.1f} ms",
+                            f"{bare['median_ms']:.1f} ms", ratio, "≤ 2×, ≤ 150 ms", met,
+                            f"`{r['url']}`: {r['statements']} SQL statements ({r['distinct']} distinct), "
+                            f"{page['n']} runs, {r['bytes'] // 1024} KiB; {scale}"))
+
+
+# --- 5. memory ------------------------------------------------------------------------
+
+
+def section_memory(ctx: Context) -> None:
+    if not any(key.startswith("engine-") for key in ctx.rss):
+        quick = replace(ctx.sizes, procs=(1,), claim_seconds=min(ctx.sizes.claim_seconds or 10, 10))
+        section_claims(replace(ctx, sizes=quick, rows=[]))  # only for its peak RSS (shares ctx.rss)
+    if "pages" not in ctx.rss:
+        run_pages(ctx, repeats=3)
+    engine = max(v for k, v in ctx.rss.items() if k.startswith("engine-"))
+    bare = max(v for k, v in ctx.rss.items() if k.startswith("bare-"))
+    ctx.rows.append(Row("memory", "peak RSS, engine claimer process", f"{engine / 1024:.0f} MiB",
+                        f"{bare / 1024:.0f} MiB", engine / bare, "report",
+                        notes="max over the claim runs' processes; ceiling: a bare-sqlite3 claimer"))
+    ctx.rows.append(Row("memory", "peak RSS, page-rendering process", f"{ctx.rss['pages'] / 1024:.0f} MiB",
+                        notes="create_app + test client rendering every page of section 4 at scale"))
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": str(os.cpu_count()), "cpu": model, "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version, "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+
+
+def git_state() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes' if dirty else ''}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| # | measure | value | ceiling | ratio | target | result | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    numbers = {name: i for i, name in enumerate(SECTIONS, start=1)}
+    for row in rows:
+        ratio = "—" if row.ratio is None else f"{row.ratio:.2f}"
+        result = "—" if row.met is None else ("met" if row.met else "**missed**")
+        lines.append(f"| {numbers[row.section]} | {row.measure} | {row.value} | {row.ceiling} | {ratio} | "
+                     f"{row.target} | {result} | {row.notes} |")
+    return "\n".join(lines)
+
+
+def report(ctx: Context, sections: list[str], started: float, load_before: str, label: str) -> str:
+    info = machine()
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = (f"## {when} · nproc {info['nproc']} · {info['cpu']}\n\n"
+            f"`{label}` · sections: {', '.join(sections)} · code: {git_state()} · Python {info['python']}, "
+            f"SQLite {info['sqlite']} · load average {load_before} at start, {info['load']} at end · "
+            f"{time.perf_counter() - started:.0f} s in all\n")
+    return f"{head}\n{table(ctx.rows)}\n"
+
+
+BENCHMARKS_HEAD = """# Benchmarks
+
+Appended by `make bench` (bench/run.py): every figure beside a ceiling measured in the
+same run on the same machine, as a ratio. Compare ratios across runs, not raw numbers:
+the machine is shared, and the load average says how busy it was.
+"""
+
+
+def append(text: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    existing = path.read_text() if path.exists() else BENCHMARKS_HEAD
+    path.write_text(existing.rstrip("\n") + "\n\n" + text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="SendOnce against its ceilings (make bench).")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
+    size.add_argument("--full", action="store_true",
+                      help="claims run every lead to the end; more SMTP messages and page repeats")
+    parser.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    parser.add_argument("--procs", default="", help="claim process counts, e.g. 1,2,4,8,16")
+    parser.add_argument("--claim-seconds", type=float, help="seconds per claim run (0: to the end)")
+    parser.add_argument("--claim-leads", type=int, help="leads enrolled for the claim runs")
+    parser.add_argument("--smtp-messages", type=int, help="messages per SMTP run")
+    parser.add_argument("--page-sends", type=int, help="send_log rows for the pages (with --page-campaigns)")
+    parser.add_argument("--page-campaigns", type=int)
+    parser.add_argument("--page-leads", type=int)
+    parser.add_argument("--profile", action="store_true", help="cProfile the engine, import and pages "
+                                                               "into bench/results/profile-*.txt")
+    parser.add_argument("--fresh", action="store_true", help="regenerate the cached databases")
+    parser.add_argument("--no-append", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+
+    sizes = QUICK if args.quick else FULL if args.full else DEFAULT
+    overrides = {"procs": tuple(int(p) for p in args.procs.split(",")) if args.procs else None,
+                 "claim_seconds": args.claim_seconds, "claim_leads": args.claim_leads,
+                 "smtp_messages": args.smtp_messages, "page_sends": args.page_sends,
+                 "page_campaigns": args.page_campaigns, "page_leads": args.page_leads}
+    sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    sections = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ctx = Context(sizes, args.profile, args.fresh)
+    started, load_before = time.perf_counter(), machine()["load"]
+    runners = {"claims": section_claims, "smtp": section_smtp, "import": section_import,
+               "pages": section_pages, "memory": section_memory}
+    for name in SECTIONS:
+        if name in sections:
+            runners[name](ctx)
+    label = "make bench" if not argv and len(sys.argv) == 1 else "bench/run.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    text = report(ctx, sections, started, load_before, label)
+    print(text)
+    if not args.no_append:
+        append(text)
+        log("appended to BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
