@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 FLASK  := $(VENV)/bin/flask --app app
 
-.PHONY: run test bench lint clean translations extract
+.PHONY: run test bench lint clean translations extract chaos
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,14 @@ $(CHROMIUM):
 test: $(VENV)/.dev translations $(CHROMIUM)
 	$(PY) -m pytest
 
-bench: $(VENV)/.dev
+## make bench: engine, SMTP, import and pages against bare ceilings; appends BENCHMARKS.md.
+bench: $(VENV)/.dev translations
 	$(PY) bench/run.py
+
+## make chaos: the full chaos run (10 min, 5,000 leads, kills, freezes, SMTP faults) and
+## its reconciliation table; more: make chaos CHAOS_ARGS="--duration 900 --seed 7".
+chaos: $(VENV)/.dev translations
+	$(PY) chaos/run.py $(CHAOS_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

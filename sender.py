@@ -16,6 +16,7 @@ run and a button click racing each other cannot slip past any of them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import OperationalError
 
 import lease as leases
 import messages
@@ -280,7 +282,7 @@ def deliver(engine: Engine, settings: Settings, transport: Transport, claim: Cla
         return result
     if not _still_ours(engine, claim, lease, clock()):
         # We were frozen between claim and send and someone moved on; we sent nothing.
-        _release(engine, claim, clock())
+        _release(engine, settings, claim, clock())
         return Result(SendStatus.RETRY, "released before sending: claim or lease lost")
     try:
         result = transport.send(msg, sender, recipient)
@@ -334,7 +336,11 @@ def _still_ours(engine: Engine, claim: Claim, lease: leases.Lease | None, now: d
         return lease is None or leases.is_current(conn, lease, now)
 
 
-def _release(engine: Engine, claim: Claim, now: datetime) -> None:
+def _release(engine: Engine, settings: Settings, claim: Claim, now: datetime) -> None:
+    _until_stored(settings, claim, lambda: _put_back(engine, claim, now))
+
+
+def _put_back(engine: Engine, claim: Claim, now: datetime) -> None:
     # Certainly not sent (we never reached SMTP), so back to retry, even from `unknown`.
     with immediate(engine) as conn:
         conn.execute(update(_log).where(
@@ -355,6 +361,11 @@ def record(engine: Engine, settings: Settings, claim: Claim, result: Result, now
     if status == SendStatus.RETRY:
         backoff = settings.retry_base_seconds * 2 ** (claim.attempts - 1)
         values["next_attempt_at"] = now + timedelta(seconds=backoff)
+    _until_stored(settings, claim, lambda: _store(engine, settings, claim, result, status, values, now))
+
+
+def _store(engine: Engine, settings: Settings, claim: Claim, result: Result, status: SendStatus,
+           values: dict[str, Any], now: datetime) -> None:
     with immediate(engine) as conn:
         values["message_id"] = messages.message_id(
             claim.send_log_id, claim.campaign_id, _from_address(conn, claim.campaign_id))
@@ -371,6 +382,28 @@ def record(engine: Engine, settings: Settings, claim: Claim, result: Result, now
         if result.suppress:
             suppress(conn, _email_of(conn, claim.lead_id), "bounce", result.reply, now)
         _count_failures(conn, settings, claim.campaign_id, status, result)
+
+
+def _until_stored(settings: Settings, claim: Claim, write: Callable[[], None]) -> None:
+    """Run an outcome write, waiting out other writers for up to the stale limit.
+
+    The server has already answered: giving up on "database is locked" (a process that
+    stalls holding the write lock past busy_timeout) would turn a known outcome into
+    `unknown`. Retrying is safe: the write is guarded by the claim token.
+    """
+    deadline = time.monotonic() + settings.stale_seconds
+    delay = 0.05
+    while True:
+        try:
+            return write()
+        except OperationalError as exc:
+            busy = getattr(exc.orig, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+            if not busy or time.monotonic() + delay > deadline:
+                raise
+            log.warning("send_log %s: database busy, outcome not stored yet; retrying",
+                        claim.send_log_id)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def _from_address(conn: Connection, campaign_id: int) -> str:

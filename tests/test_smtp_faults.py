@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from app import create_app
 from database import immediate
 from helpers import make_campaign
-from models import Campaign, CampaignLead, SendLog, Suppression, Trigger, Variant, db
+from models import Campaign, CampaignLead, SendLog, SendStatus, Suppression, Trigger, Variant, db
 from sender import Settings, send_batch
 from smtp_sink import SmtpSink, free_port
 from transport import make_transport
@@ -144,3 +144,38 @@ def test_a_template_that_breaks_mid_campaign_pauses_it_and_loses_no_lead(app, en
     assert [r.status for _, r in batch.outcomes] == ["retry"]
     assert rows(engine, SendLog.status) == [("retry",)]  # not failed: the lead is kept
     assert sum(smtp.recorder.received.values()) == 0
+
+
+def test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout(config, smtp):
+    # Found by the chaos run: a process frozen while holding the write lock made record()
+    # give up with "database is locked", and a delivered message became `unknown`.
+    import sqlite3
+    import threading
+
+    from sender import Settings, claim_next, record
+    from timeutil import utcnow
+    from transport import Result
+
+    app = create_app({**config, "SQLITE_BUSY_TIMEOUT_MS": 100})
+    with app.app_context():
+        db.create_all()
+        engine, settings = db.engine, Settings.from_config(app.config)
+    cid = make_campaign(engine, 1)
+    claim = claim_next(engine, settings, cid, Trigger.BUTTON, utcnow())
+    held, done = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        other = sqlite3.connect(config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"),
+                                isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        held.set()
+        done.wait(1.0)  # ten times busy_timeout
+        other.execute("COMMIT")
+        other.close()
+
+    thread = threading.Thread(target=stall)
+    thread.start()
+    held.wait()
+    record(engine, settings, claim, Result(SendStatus.SENT, "250 OK"), utcnow())
+    thread.join()
+    assert rows(engine, SendLog.status) == [("sent",)]

@@ -1,0 +1,98 @@
+"""Preparing a chaos run: the database (leads, campaigns, logins) and the SMTP server."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet import PYTHON, ROOT
+
+import campaigns
+import leads
+from database import write_session
+from models import User, db
+
+BODY = ("Dzień dobry {{ first_name }},\n\npiszę do {{ company }} w sprawie współpracy.\n\n"
+        "Wypisz się: {{ unsubscribe_url }}\n")
+
+
+@dataclass(frozen=True)
+class Population:
+    campaign_ids: list[int]
+    enrollments: int
+    batch_size: int
+    emails: list[str]
+    users: list[tuple[str, str]]  # (email, password) of the HTTP admins
+
+
+def lead_email(i: int) -> str:
+    return f"lead{i:05d}@example.com"
+
+
+def populate(app, args, rng: random.Random) -> Population:
+    """Leads, campaigns (interval 0, two variants each), enrollments, admin logins."""
+    emails = [lead_email(i) for i in range(args.leads)]
+    rows = ["email,first_name,last_name,company"]
+    rows += [f"{e},Imię{i},Nazwisko{i},Firma {i % 97}" for i, e in enumerate(emails)]
+    with app.app_context():
+        engine = db.engine
+        db.create_all()
+        report = leads.import_leads(engine, ("\n".join(rows) + "\n").encode())
+        if report.rejected or len(report.lead_ids) != args.leads:
+            raise RuntimeError(f"lead import failed: {report.rejected[:3]}")
+        k = args.campaigns
+        members: list[list[int]] = [[] for _ in range(k)]
+        for i, lead_id in enumerate(report.lead_ids):
+            members[i % k].append(lead_id)
+            if k > 1 and rng.random() < args.overlap:  # in two campaigns: suppression crosses over
+                members[(i + 1) % k].append(lead_id)
+        enrollments = sum(map(len, members))
+        batch = args.batch_size or auto_batch(enrollments, args)
+        ids = []
+        for c in range(k):
+            cid = campaigns.create(engine, name=f"chaos {c + 1}", from_name="SendOnce Chaos",
+                                   from_address=f"campaign{c + 1}@sendonce.test",
+                                   interval_seconds=0, batch_size=batch)
+            for letter in "AB":
+                campaigns.add_variant(engine, cid, letter, f"{letter}: {{{{ first_name }}}}, pytanie", BODY)
+            leads.enroll(engine, cid, members[c])
+            campaigns.start(engine, cid)
+            ids.append(cid)
+        users = [(f"admin{n}@sendonce.test", f"chaos-password-{n}-{rng.getrandbits(32)}")
+                 for n in range(args.clients + 1)]
+        with write_session(engine) as session:
+            for email, password in users:
+                user = User(email=email)
+                user.set_password(password)
+                session.add(user)
+    return Population(ids, enrollments, batch, emails, users)
+
+
+def auto_batch(enrollments: int, args) -> int:
+    """A batch size that keeps work queued for most of the run, not drained in a minute.
+
+    Roughly: the lease holder sends one batch per campaign per tick, and each HTTP
+    client presses about once a second; aim to run dry at ~85% of the duration.
+    """
+    per_second = args.campaigns / args.tick + args.clients * 0.8
+    return max(1, min(50, math.ceil(enrollments / (0.85 * args.duration * per_second))))
+
+
+def start_smtp(workdir: Path, port: int, faults: dict, bounce: list[str], seed: int) -> subprocess.Popen:
+    """Start the fault-injecting SMTP server; return once it listens."""
+    config = {"port": port, "faults": faults, "bounce": bounce, "seed": seed,
+              "events": str(workdir / "smtp-events.jsonl")}
+    path = workdir / "smtp-config.json"
+    path.write_text(json.dumps(config, indent=1))
+    log = (workdir / "smtp.log").open("ab")
+    proc = subprocess.Popen([PYTHON, str(Path(__file__).with_name("smtp_server.py")), str(path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
+    line = proc.stdout.readline().strip()
+    if line != f"ready {port}":
+        proc.kill()
+        raise RuntimeError(f"SMTP server did not start ({line!r}); see {workdir / 'smtp.log'}")
+    return proc

@@ -1,0 +1,357 @@
+"""The reconciliation: what the database says against what the SMTP server accepted.
+
+Every check names the lead (id and address), the campaign and the rows that broke it.
+None depends on timing luck: where an order matters it follows from commits, never from
+a guess about how long something takes. A claim's `claimed_at` is taken before its
+transaction (so before its commit); a snapshot's time after its read (so after every
+commit it shows); ids of inserted rows grow in commit order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FINAL = {"sent", "failed", "skipped", "unknown"}
+ACCEPTED = {"accepted"}
+
+
+@dataclass
+class Check:
+    name: str
+    detail: str = ""
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def ts(value: str | None) -> float | None:
+    """A naive-UTC database timestamp as epoch seconds."""
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+@dataclass
+class Evidence:
+    """Everything the checks read, loaded once after the run."""
+
+    enrollments: list[sqlite3.Row]
+    logs: dict[int, sqlite3.Row]
+    emails: dict[int, str]
+    suppressions: dict[str, sqlite3.Row]
+    campaigns: list[sqlite3.Row]
+    integrity: list[str]
+    events: list[dict]
+    kills: dict[int, list[Any]]  # pid -> incidents (SIGKILL)
+    host: str
+    presses: list[Any]
+    snapshots: list[Any]  # actors.Snapshot, in time order
+    sightings: dict[int, Any]  # suppression id -> actors.Sighting
+    status_changes: list[Any]  # actors.StatusChange by the pauser
+    drain_started: float
+
+    @classmethod
+    def load(cls, db_path: Path, events_path: Path, **rest) -> Evidence:
+        conn = sqlite3.connect(db_path, timeout=60)
+        conn.row_factory = sqlite3.Row
+        try:
+            ev = cls(
+                enrollments=conn.execute("SELECT * FROM campaign_lead ORDER BY id").fetchall(),
+                logs={r["id"]: r for r in conn.execute("SELECT * FROM send_log")},
+                emails=dict(conn.execute("SELECT id, email FROM lead").fetchall()),
+                suppressions={r["email"]: r for r in conn.execute("SELECT * FROM suppression")},
+                campaigns=conn.execute("SELECT * FROM campaign ORDER BY id").fetchall(),
+                integrity=[r[0] for r in conn.execute("PRAGMA integrity_check")],
+                events=[json.loads(line) for line in events_path.read_text().splitlines() if line],
+                **rest,
+            )
+        finally:
+            conn.close()
+        return ev
+
+    def who(self, campaign_id: int, lead_id: int) -> str:
+        return f"lead {lead_id} <{self.emails.get(lead_id, '?')}> in campaign {campaign_id}"
+
+    def accepted(self) -> list[dict]:
+        """Messages the server kept: accepted, or delivered and then cut off."""
+        return [e for e in self.events if e["ev"] == "accepted"
+                or (e["ev"] == "drop_after_data" and e["delivered"])]
+
+    def epochs_seen(self) -> dict[int, float]:
+        """Each lease epoch and when a snapshot first showed it."""
+        seen: dict[int, float] = {}
+        for snap in self.snapshots:
+            seen.setdefault(snap.epoch, snap.t)
+        return seen
+
+    def log_by_enrollment(self) -> dict[tuple[int, int], sqlite3.Row]:
+        return {(r["campaign_id"], r["lead_id"]): r for r in self.logs.values()}
+
+
+def check_final_states(ev: Evidence) -> Check:
+    """Every enrollment ends in exactly one final state, agreeing with its send_log row."""
+    check = Check("every enrollment has exactly one final state")
+    logs = ev.log_by_enrollment()
+    counts: Counter[str] = Counter()
+    for e in ev.enrollments:
+        state, row = e["state"], logs.get((e["campaign_id"], e["lead_id"]))
+        counts[state] += 1
+        expected = _expected_state(row)
+        if state not in FINAL or state not in expected:
+            log_text = (f"send_log {row['id']} {row['status']} ({row['smtp_reply']})" if row
+                        else "no send_log row")
+            check.violations.append(f"{ev.who(e['campaign_id'], e['lead_id'])}: enrollment {state!r}, "
+                                    f"{log_text}; expected one of {sorted(expected)}")
+    check.detail = f"{len(ev.enrollments)} enrollments: " + ", ".join(
+        f"{counts[s]} {s}" for s in ("sent", "failed", "skipped", "unknown") if counts[s])
+    return check
+
+
+def _expected_state(row: sqlite3.Row | None) -> set[str]:
+    if row is None:
+        return {"skipped"}  # suppressed before its first claim: no row is ever written
+    status = row["status"]
+    if status == "failed":
+        return {"failed", "skipped"} if row["smtp_reply"] == "suppressed before retry" else {"failed"}
+    return {status} if status in ("sent", "unknown") else set()
+
+
+def check_no_pending(ev: Evidence) -> Check:
+    """Nothing pending, in flight or waiting for a retry after recover and drain."""
+    check = Check("no pending work left (after recover and drain)")
+    for e in ev.enrollments:
+        if e["state"] in ("pending", "sending"):
+            check.violations.append(f"{ev.who(e['campaign_id'], e['lead_id'])}: still {e['state']}")
+    for r in ev.logs.values():
+        if r["status"] in ("sending", "retry"):
+            check.violations.append(f"{ev.who(r['campaign_id'], r['lead_id'])}: send_log {r['id']} "
+                                    f"still {r['status']} (attempts {r['attempts']}, worker {r['worker']})")
+    check.detail = f"{len(check.violations)} open"
+    return check
+
+
+def check_at_most_once(ev: Evidence) -> Check:
+    """The server accepted at most one message per recipient in each campaign."""
+    check = Check("SMTP server accepted <= 1 message per recipient (per campaign)")
+    per_pair: dict[tuple[int | None, str], list[dict]] = defaultdict(list)
+    accepted = ev.accepted()
+    for e in accepted:
+        per_pair[(e["campaign"], e["rcpt"])].append(e)
+    lead_ids = {email: lead_id for lead_id, email in ev.emails.items()}
+    for (campaign_id, rcpt), got in sorted(per_pair.items(), key=lambda kv: str(kv[0])):
+        if len(got) > 1:
+            times = ", ".join(f"log {g['log_id']} at {_clock(g['t'])}" for g in got)
+            check.violations.append(f"{ev.who(campaign_id, lead_ids.get(rcpt, -1))}: "
+                                    f"received {len(got)} messages ({times})")
+    per_rcpt = Counter(e["rcpt"] for e in accepted)
+    check.detail = (f"{len(accepted)} accepted, {len(per_rcpt)} recipients, max per (campaign, "
+                    f"recipient) {max((len(v) for v in per_pair.values()), default=0)}")
+    return check
+
+
+def check_sent_equals_accepted(ev: Evidence) -> Check:
+    """send_log `sent` rows are exactly the accepted messages, except explained unknowns."""
+    check = Check("send_log sent == accepted by the server (unknown rows aside)")
+    by_log: dict[int, list[dict]] = defaultdict(list)
+    for e in ev.accepted():
+        row = ev.logs.get(e["log_id"])
+        if row is None or row["campaign_id"] != e["campaign"]:
+            check.violations.append(f"server accepted a message for {e['rcpt']} with unknown "
+                                    f"Message-ID campaign {e['campaign']} log {e['log_id']}")
+            continue
+        if ev.emails.get(row["lead_id"]) != e["rcpt"]:
+            check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log "
+                                    f"{row['id']} was delivered to {e['rcpt']}")
+        by_log[e["log_id"]].append(e)
+    unknown_accepted = 0
+    for row in ev.logs.values():
+        got = len(by_log.get(row["id"], []))
+        status = row["status"]
+        if status == "sent" and got != 1:
+            check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} "
+                                    f"is sent but the server accepted it {got} times")
+        elif status == "unknown":
+            unknown_accepted += got
+        elif status != "sent" and got:
+            check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} "
+                                    f"is {status} ({row['smtp_reply']}) but the server accepted it")
+    sent = sum(1 for r in ev.logs.values() if r["status"] == "sent")
+    check.detail = (f"{sent} sent rows, {sum(len(v) for v in by_log.values())} accepted "
+                    f"({unknown_accepted} of them for unknown rows)")
+    return check
+
+
+def check_unknown_explained(ev: Evidence) -> Check:
+    """Each `unknown` row: its process was SIGKILLed after the claim, or DATA was cut off."""
+    check = Check("every unknown explained by a SIGKILL of its process or a drop after DATA")
+    drops = {e["log_id"]: e for e in ev.events if e["ev"] == "drop_after_data"}
+    why: Counter[str] = Counter()
+    for row in ev.logs.values():
+        if row["status"] != "unknown":
+            continue
+        claimed = ts(row["claimed_at"])
+        drop = drops.get(row["id"])
+        host, _, rest = row["worker"].partition(":")
+        pid = int(rest.split(":")[0]) if rest.split(":")[0].isdigit() else -1
+        kills = [k for k in ev.kills.get(pid, []) if host == ev.host and k.t >= claimed]
+        if drop is not None and drop["t"] >= claimed:
+            why["drop after DATA"] += 1
+        elif kills:
+            why[f"SIGKILL of {kills[0].role}"] += 1
+        else:
+            check.violations.append(
+                f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} unknown "
+                f"({row['smtp_reply']}), claimed {row['claimed_at']} by {row['worker']} "
+                f"[{row['trigger']}], attempts {row['attempts']}; no kill of pid {pid} after the "
+                f"claim and no drop after DATA for it")
+    total = sum(why.values()) + len(check.violations)
+    check.detail = f"{total} unknown: " + (", ".join(f"{n} {k}" for k, n in why.most_common()) or "none")
+    return check
+
+
+def check_suppressed(ev: Evidence) -> Check:
+    """No claim, and so no message, for an address after its suppression committed.
+
+    The snapshot that first showed a suppression also read that lead's send_log rows and
+    their attempts. Later, a row with a larger id than the snapshot's newest is a first
+    claim that should have been skipped, and a row with more attempts is a retry that
+    should have been refused. Exact: no time is compared.
+    """
+    check = Check("suppressed addresses got nothing after suppression")
+    lead_ids = {email: lead_id for lead_id, email in ev.emails.items()}
+    rows_by_lead: dict[int, list[sqlite3.Row]] = defaultdict(list)
+    for row in ev.logs.values():
+        rows_by_lead[row["lead_id"]].append(row)
+    in_flight = unseen = 0
+    for email, sup in ev.suppressions.items():
+        lead_id = lead_ids.get(email)
+        sight = ev.sightings.get(sup["id"])
+        if sight is None:
+            unseen += 1
+            continue
+        what = f"suppressed ({sup['reason']}: {sup['detail']}) before {_clock(sight.snapshot.t)}"
+        for row in rows_by_lead.get(lead_id, []):
+            if row["id"] > sight.snapshot.max_log_id:
+                check.violations.append(f"{ev.who(row['campaign_id'], lead_id)}: send_log {row['id']} "
+                                        f"({row['status']}) was claimed after the address was {what}")
+            elif row["attempts"] > sight.attempts.get(row["id"], row["attempts"]):
+                check.violations.append(
+                    f"{ev.who(row['campaign_id'], lead_id)}: send_log {row['id']} ({row['status']}) was "
+                    f"retried (attempt {row['attempts']}) after the address was {what}")
+            elif row["status"] == "sent" and ts(row["sent_at"]) > ts(sup["created_at"]):
+                in_flight += 1
+    bounced = sum(1 for e in ev.events if e["ev"] == "bounce")
+    unchecked = f"; {unseen} not seen by a snapshot, not checked" if unseen else ""
+    check.detail = (f"{len(ev.suppressions)} suppressed ({bounced} 550s given); {in_flight} sends were "
+                    f"already in flight{unchecked}")
+    return check
+
+
+def check_paused(ev: Evidence) -> Check:
+    """No message claimed for a campaign while it was paused.
+
+    Two snapshots that both show the campaign paused, with no resume asked for in
+    between, bracket a stretch in which it was paused throughout; a send_log row of that
+    campaign whose id falls between the two snapshots' newest ids was claimed in it.
+    """
+    check = Check("no first claim while the campaign was paused")
+    resumes: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for change in ev.status_changes:
+        if change.action == "resume":  # may have committed anywhere in [started, ended]
+            resumes[change.campaign_id].append((change.started, change.ended or float("inf")))
+    ids_by_campaign: dict[int, list[int]] = defaultdict(list)  # sorted: bisect finds a range
+    for log_id in sorted(ev.logs):
+        ids_by_campaign[ev.logs[log_id]["campaign_id"]].append(log_id)
+    covered = 0.0
+    for a, b in zip(ev.snapshots, ev.snapshots[1:], strict=False):
+        for campaign_id, status in b.statuses.items():
+            if status != "paused" or a.statuses.get(campaign_id) != "paused":
+                continue
+            if any(start <= b.t and end >= a.t0 for start, end in resumes[campaign_id]):
+                continue  # a resume may have committed in between
+            covered += b.t - a.t
+            if b.max_log_id == a.max_log_id:
+                continue
+            ids = ids_by_campaign[campaign_id]
+            for log_id in ids[bisect_right(ids, a.max_log_id):bisect_right(ids, b.max_log_id)]:
+                row = ev.logs[log_id]
+                check.violations.append(
+                    f"{ev.who(campaign_id, row['lead_id'])}: send_log {log_id} [{row['trigger']}, "
+                    f"{row['worker']}] claimed between {_clock(a.t)} and {_clock(b.t)}, while the "
+                    f"campaign was paused")
+    pauses = sum(1 for c in ev.status_changes if c.action == "pause" and c.ok)
+    check.detail = f"{pauses} pauses by hand; first claims checked over {covered:.0f} campaign-seconds paused"
+    return check
+
+
+def check_integrity(ev: Evidence) -> Check:
+    """PRAGMA integrity_check says ok."""
+    check = Check("PRAGMA integrity_check")
+    if ev.integrity != ["ok"]:
+        check.violations = [f"integrity_check: {line}" for line in ev.integrity]
+    check.detail = "; ".join(ev.integrity)[:200]
+    return check
+
+
+def check_double_submits(ev: Evidence) -> Check:
+    """A one-time key sent at most one batch, however many times it was POSTed."""
+    check = Check("a button key sends at most one batch (double submits)")
+    by_key: dict[str, list[Any]] = defaultdict(list)
+    for press in ev.presses:
+        by_key[press.key].append(press)
+    repeated = 0
+    for key, presses in by_key.items():
+        if len(presses) > 1:
+            repeated += 1
+        batches = [p for p in presses if p.sent_batch]
+        if len(batches) > 1:
+            check.violations.append(f"key {key} of campaign {presses[0].campaign_id} sent "
+                                    f"{len(batches)} batches ({', '.join(p.kind for p in batches)})")
+    answered = sum(1 for p in ev.presses if p.status is not None)
+    check.detail = (f"{len(ev.presses)} POSTs ({answered} answered), {repeated} keys POSTed "
+                    f"twice, {sum(1 for p in ev.presses if p.sent_batch)} sent a batch")
+    return check
+
+
+def check_fencing(ev: Evidence) -> Check:
+    """Scheduler claims: one process per lease epoch, none after a newer epoch was seen."""
+    check = Check("lease fencing: no claim under an epoch after it was taken over")
+    workers: dict[int, set[str]] = defaultdict(set)
+    seen = sorted(ev.epochs_seen().items())
+    for row in ev.logs.values():
+        epoch = row["lease_epoch"]
+        if epoch is None:
+            continue
+        workers[epoch].add(row["worker"])
+        later = [t for e, t in seen if e > epoch]
+        claimed = ts(row["claimed_at"])
+        if later and claimed >= min(later):
+            check.violations.append(
+                f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} claimed at "
+                f"{row['claimed_at']} under epoch {epoch} by {row['worker']}, after a newer epoch "
+                f"was seen at {_clock(min(later))}")
+    for epoch, names in sorted(workers.items()):
+        if len(names) > 1:
+            check.violations.append(f"epoch {epoch} claimed by {len(names)} processes: {sorted(names)}")
+    check.detail = f"{len(seen)} epochs seen, {len(workers)} epochs with claims"
+    return check
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def run_checks(ev: Evidence) -> list[Check]:
+    """All checks, in the order the table prints them."""
+    return [check_final_states(ev), check_at_most_once(ev), check_sent_equals_accepted(ev),
+            check_unknown_explained(ev), check_no_pending(ev), check_suppressed(ev),
+            check_integrity(ev), check_double_submits(ev), check_fencing(ev), check_paused(ev)]
