@@ -128,6 +128,11 @@ class BatchResult:
 # --- the claim -------------------------------------------------------------------
 
 
+_CAMPAIGN = select(_campaign).where(_campaign.c.id == bindparam("campaign"))
+_CHECKPOINT = update(_campaign).where(_campaign.c.id == bindparam("campaign")).values(
+    last_claim_at=bindparam("now"))
+
+
 def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Trigger,
                now: datetime, lease: leases.Lease | None = None,
                once_key: str | None = None) -> Claim | Refusal:
@@ -137,7 +142,7 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
             return Refusal("lease_lost", f"epoch {lease.epoch} is no longer current")
         if once_key is not None and not _consume_key(conn, once_key, campaign_id, now):
             return Refusal("already_pressed", "this button press was handled already")
-        campaign = conn.execute(select(_campaign).where(_campaign.c.id == campaign_id)).first()
+        campaign = conn.execute(_CAMPAIGN, {"campaign": campaign_id}).first()
         refusal = _check_campaign(conn, campaign, trigger, now)
         if refusal is not None:
             return refusal
@@ -149,7 +154,7 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
             return _finish_if_done(conn, campaign_id)
         # The pacing checkpoint advances in the claim itself (listmonk's lesson: never
         # after the send, or a crash in between lets the next tick send early).
-        conn.execute(update(_campaign).where(_campaign.c.id == campaign_id).values(last_claim_at=now))
+        conn.execute(_CHECKPOINT, {"campaign": campaign_id, "now": now})
         return claim
 
 
@@ -220,34 +225,41 @@ def _take_retry(conn: Connection, campaign_id: int, trigger: Trigger, now: datet
     return Claim(row.id, campaign_id, row.lead_id, row.variant_letter, attempts, worker)
 
 
+# The claim's statements are built once, with bind parameters: building SQLAlchemy
+# expressions costs more than running them, and it happens while the write lock is held.
+_NEXT_PENDING = (
+    select(_enrollment.c.id, _enrollment.c.lead_id, _enrollment.c.variant_letter,
+           _suppression.c.id.is_not(None).label("suppressed"))
+    .join(_lead, _lead.c.id == _enrollment.c.lead_id)
+    .outerjoin(_suppression, _suppression.c.email == _lead.c.email)
+    .where(_enrollment.c.campaign_id == bindparam("campaign"),
+           _enrollment.c.state == EnrollmentState.PENDING)
+    .order_by(_enrollment.c.id).limit(1)
+)
+_TAKE_PENDING = (update(_enrollment)
+                 .where(_enrollment.c.id == bindparam("row"), _enrollment.c.state == EnrollmentState.PENDING)
+                 .values(state=bindparam("new_state")))
+_NEW_LOG_ROW = insert(_log).values(
+    campaign_id=bindparam("campaign"), lead_id=bindparam("lead"), variant_letter=bindparam("letter"),
+    status=SendStatus.SENDING, attempts=1, trigger=bindparam("trigger"), worker=bindparam("worker"),
+    lease_epoch=bindparam("epoch"), created_at=bindparam("now"), claimed_at=bindparam("now"))
+
+
 def _take_pending(conn: Connection, campaign_id: int, trigger: Trigger, now: datetime,
                   worker: str, epoch: int | None) -> Claim | None:
     for _ in range(_SKIP_LIMIT):
-        row = conn.execute(
-            select(_enrollment.c.id, _enrollment.c.lead_id, _enrollment.c.variant_letter,
-                   _suppression.c.id.is_not(None).label("suppressed"))
-            .join(_lead, _lead.c.id == _enrollment.c.lead_id)
-            .outerjoin(_suppression, _suppression.c.email == _lead.c.email)
-            .where(_enrollment.c.campaign_id == campaign_id,
-                   _enrollment.c.state == EnrollmentState.PENDING)
-            .order_by(_enrollment.c.id).limit(1)
-        ).first()
+        row = conn.execute(_NEXT_PENDING, {"campaign": campaign_id}).first()
         if row is None:
             return None
         state = EnrollmentState.SKIPPED if row.suppressed else EnrollmentState.SENDING
-        taken = conn.execute(
-            update(_enrollment)
-            .where(_enrollment.c.id == row.id, _enrollment.c.state == EnrollmentState.PENDING)
-            .values(state=state)
-        )
+        taken = conn.execute(_TAKE_PENDING, {"row": row.id, "new_state": state})
         if taken.rowcount != 1 or row.suppressed:
             continue
         # The unique indexes on send_log make the database itself refuse a second row.
-        log_id = conn.execute(insert(_log).values(
-            campaign_id=campaign_id, lead_id=row.lead_id, variant_letter=row.variant_letter,
-            status=SendStatus.SENDING, attempts=1, trigger=trigger, worker=worker,
-            lease_epoch=epoch, created_at=now, claimed_at=now,
-        )).inserted_primary_key[0]
+        log_id = conn.execute(_NEW_LOG_ROW, {
+            "campaign": campaign_id, "lead": row.lead_id, "letter": row.variant_letter,
+            "trigger": trigger, "worker": worker, "epoch": epoch, "now": now,
+        }).inserted_primary_key[0]
         return Claim(log_id, campaign_id, row.lead_id, row.variant_letter, 1, worker)
     return None
 
@@ -322,6 +334,33 @@ _COMPOSE = (
 )
 
 
+# The outcome, stored only while the claim token matches. `unknown` is accepted too: the
+# sweep may have judged us dead while we were merely slow; a definite answer from the
+# server is better than a guess.
+_OUTCOME = (
+    update(_log)
+    .where(_log.c.id == bindparam("log_id"), _log.c.worker == bindparam("token_worker"),
+           _log.c.attempts == bindparam("token_attempts"),
+           _log.c.status.in_([SendStatus.SENDING, SendStatus.UNKNOWN]))
+    .values(status=bindparam("new_status"), smtp_reply=bindparam("reply"), sent_at=bindparam("sent"),
+            next_attempt_at=bindparam("next"), message_id=bindparam("message_id"))
+)
+_STATUS_IF_OURS = select(_log.c.status).where(
+    _log.c.id == bindparam("log_id"), _log.c.worker == bindparam("token_worker"),
+    _log.c.attempts == bindparam("token_attempts"))
+_FROM_ADDRESS = select(_campaign.c.from_address).where(_campaign.c.id == bindparam("campaign"))
+_ENROLLMENT_STATE = update(_enrollment).where(
+    _enrollment.c.campaign_id == bindparam("campaign"), _enrollment.c.lead_id == bindparam("lead")
+).values(state=bindparam("new_state"))
+_NO_FAILURES = update(_campaign).where(
+    _campaign.c.id == bindparam("campaign"), _campaign.c.consecutive_failures != 0
+).values(consecutive_failures=0)
+
+
+def _token(claim: Claim) -> dict[str, Any]:
+    return {"log_id": claim.send_log_id, "token_worker": claim.worker, "token_attempts": claim.attempts}
+
+
 def _owned(claim: Claim) -> tuple:
     """The claim token: this row, claimed by this worker at this attempt."""
     return (_log.c.id == claim.send_log_id, _log.c.worker == claim.worker,
@@ -330,7 +369,7 @@ def _owned(claim: Claim) -> tuple:
 
 def _still_ours(engine: Engine, claim: Claim, lease: leases.Lease | None, now: datetime) -> bool:
     with engine.connect() as conn, conn.begin():
-        status = conn.execute(select(_log.c.status).where(*_owned(claim))).scalar()
+        status = conn.execute(_STATUS_IF_OURS, _token(claim)).scalar()
         if status != SendStatus.SENDING:
             return False
         return lease is None or leases.is_current(conn, lease, now)
@@ -355,12 +394,12 @@ def record(engine: Engine, settings: Settings, claim: Claim, result: Result, now
     status = result.status
     if status == SendStatus.RETRY and claim.attempts >= settings.max_attempts:
         status = SendStatus.FAILED
-    values: dict[str, Any] = {"status": status, "smtp_reply": result.reply[:2000]}
-    if status == SendStatus.SENT:
-        values["sent_at"] = now
-    if status == SendStatus.RETRY:
-        backoff = settings.retry_base_seconds * 2 ** (claim.attempts - 1)
-        values["next_attempt_at"] = now + timedelta(seconds=backoff)
+    backoff = timedelta(seconds=settings.retry_base_seconds * 2 ** (claim.attempts - 1))
+    values: dict[str, Any] = {
+        "new_status": status, "reply": result.reply[:2000],
+        "sent": now if status == SendStatus.SENT else None,
+        "next": now + backoff if status == SendStatus.RETRY else None,
+    }
     _until_stored(settings, claim, lambda: _store(engine, settings, claim, result, status, values, now))
 
 
@@ -369,11 +408,7 @@ def _store(engine: Engine, settings: Settings, claim: Claim, result: Result, sta
     with immediate(engine) as conn:
         values["message_id"] = messages.message_id(
             claim.send_log_id, claim.campaign_id, _from_address(conn, claim.campaign_id))
-        # `unknown` is accepted too: the sweep may have judged us dead while we were
-        # merely slow; a definite answer from the server is better than a guess.
-        changed = conn.execute(update(_log).where(
-            *_owned(claim), _log.c.status.in_([SendStatus.SENDING, SendStatus.UNKNOWN]))
-            .values(**values)).rowcount
+        changed = conn.execute(_OUTCOME, {**values, **_token(claim)}).rowcount
         if changed != 1:
             log.warning("send_log %s was resolved elsewhere; outcome %s not stored",
                         claim.send_log_id, status)
@@ -407,7 +442,7 @@ def _until_stored(settings: Settings, claim: Claim, write: Callable[[], None]) -
 
 
 def _from_address(conn: Connection, campaign_id: int) -> str:
-    return conn.execute(select(_campaign.c.from_address).where(_campaign.c.id == campaign_id)).scalar_one()
+    return conn.execute(_FROM_ADDRESS, {"campaign": campaign_id}).scalar_one()
 
 
 def _email_of(conn: Connection, lead_id: int) -> str:
@@ -415,9 +450,8 @@ def _email_of(conn: Connection, lead_id: int) -> str:
 
 
 def _set_enrollment(conn: Connection, claim: Claim, state: EnrollmentState) -> None:
-    conn.execute(update(_enrollment).where(
-        _enrollment.c.campaign_id == claim.campaign_id, _enrollment.c.lead_id == claim.lead_id)
-        .values(state=state))
+    conn.execute(_ENROLLMENT_STATE, {"campaign": claim.campaign_id, "lead": claim.lead_id,
+                                     "new_state": state})
 
 
 def _count_failures(conn: Connection, settings: Settings, campaign_id: int,
@@ -426,8 +460,7 @@ def _count_failures(conn: Connection, settings: Settings, campaign_id: int,
     # credentials, server down), not the leads. A refused recipient does not count.
     where = _campaign.c.id == campaign_id
     if status == SendStatus.SENT:
-        conn.execute(update(_campaign).where(where, _campaign.c.consecutive_failures != 0)
-                     .values(consecutive_failures=0))
+        conn.execute(_NO_FAILURES, {"campaign": campaign_id})
         return
     if result.suppress:
         return
