@@ -19,6 +19,11 @@ from transport import make_transport
 NOW = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 11:00 in Warsaw
 
 
+def at(offset: int) -> datetime:
+    """A moment `offset` s after NOW: logical time injected into the code, not a clock."""
+    return NOW + timedelta(seconds=offset)
+
+
 def test_claims_run_under_begin_immediate(engine, settings):
     cid = make_campaign(engine, 2)
     statements = []
@@ -52,9 +57,9 @@ def test_claim_holds_the_write_lock_from_its_first_statement(engine, settings, a
 def test_interval_allows_one_claim_per_interval(engine, settings):
     cid = make_campaign(engine, 3, interval=300)
     assert isinstance(claim_next(engine, settings, cid, Trigger.SCHEDULER, NOW), Claim)
-    refusal = claim_next(engine, settings, cid, Trigger.CLI, NOW + timedelta(seconds=299))
+    refusal = claim_next(engine, settings, cid, Trigger.CLI, at(299))
     assert isinstance(refusal, Refusal) and refusal.code == "not_due"
-    assert isinstance(claim_next(engine, settings, cid, Trigger.CLI, NOW + timedelta(seconds=300)), Claim)
+    assert isinstance(claim_next(engine, settings, cid, Trigger.CLI, at(300)), Claim)
 
 
 def test_button_bypasses_interval_and_window_but_not_pause_or_cap(engine, settings):
@@ -139,7 +144,7 @@ def test_retry_reuses_its_row(engine, settings):
     claim = claim_next(engine, settings, cid, Trigger.CLI, NOW)
     with immediate(engine) as conn:
         conn.execute(update(SendLog.__table__).values(status="retry", next_attempt_at=NOW))
-    again = claim_next(engine, settings, cid, Trigger.CLI, NOW + timedelta(seconds=1))
+    again = claim_next(engine, settings, cid, Trigger.CLI, at(1))
     assert (again.send_log_id, again.attempts) == (claim.send_log_id, 2)
     with engine.connect() as conn:
         assert conn.execute(select(SendLog.id)).all() == [(claim.send_log_id,)]
@@ -151,7 +156,7 @@ def test_retry_of_an_address_suppressed_meanwhile_is_not_sent(engine, settings):
     with immediate(engine) as conn:
         conn.execute(update(SendLog.__table__).values(status="retry", next_attempt_at=NOW))
         suppress(conn, "lead0000@example.com", "unsubscribed", "", NOW)
-    refusal = claim_next(engine, settings, cid, Trigger.CLI, NOW + timedelta(seconds=1))
+    refusal = claim_next(engine, settings, cid, Trigger.CLI, at(1))
     assert refusal.code == "finished"
     with engine.connect() as conn:
         assert conn.execute(select(SendLog.status)).scalar() == "failed"

@@ -13,6 +13,11 @@ from lease import HOST, Lease, acquire, fence, release
 NOW = datetime(2026, 11, 25, 10, 0, 0)
 
 
+def at(offset: int) -> datetime:
+    """A moment `offset` s after NOW: logical time injected into the code, not a clock."""
+    return NOW + timedelta(seconds=offset)
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -21,24 +26,24 @@ def dead_pid() -> int:
 
 def test_first_taker_gets_epoch_one_and_renews_without_a_new_epoch(engine):
     assert acquire(engine, "a", NOW, 10) == Lease("a", 1)
-    assert acquire(engine, "a", NOW + timedelta(seconds=5), 10) == Lease("a", 1)
+    assert acquire(engine, "a", at(5), 10) == Lease("a", 1)
 
 
 def test_a_live_holder_keeps_the_lease_until_it_expires(engine):
     holder = f"{HOST}:1:x"  # pid 1 is always alive
     acquire(engine, holder, NOW, 10)
-    assert acquire(engine, "b", NOW + timedelta(seconds=9), 10) is None
-    assert acquire(engine, "b", NOW + timedelta(seconds=10), 10) == Lease("b", 2)
+    assert acquire(engine, "b", at(9), 10) is None
+    assert acquire(engine, "b", at(10), 10) == Lease("b", 2)
 
 
 def test_a_holder_on_this_host_whose_pid_is_gone_is_replaced_at_once(engine):
     acquire(engine, f"{HOST}:{dead_pid()}:x", NOW, 60)
-    assert acquire(engine, "b", NOW + timedelta(seconds=1), 60) == Lease("b", 2)
+    assert acquire(engine, "b", at(1), 60) == Lease("b", 2)
 
 
 def test_a_holder_on_another_host_is_waited_out(engine):
     acquire(engine, f"elsewhere:{dead_pid()}:x", NOW, 60)
-    assert acquire(engine, "b", NOW + timedelta(seconds=1), 60) is None
+    assert acquire(engine, "b", at(1), 60) is None
 
 
 def test_release_lets_the_next_process_in_with_a_new_epoch(engine):
@@ -50,12 +55,12 @@ def test_release_lets_the_next_process_in_with_a_new_epoch(engine):
 def test_fence_rejects_an_old_epoch_and_an_expired_lease(engine):
     old = acquire(engine, "a", NOW, 10)
     with immediate(engine) as conn:
-        assert fence(conn, old, NOW + timedelta(seconds=1), 10)
-    new = acquire(engine, "b", NOW + timedelta(seconds=12), 10)
+        assert fence(conn, old, at(1), 10)
+    new = acquire(engine, "b", at(12), 10)
     with immediate(engine) as conn:
-        assert not fence(conn, old, NOW + timedelta(seconds=12), 10)
-        assert fence(conn, new, NOW + timedelta(seconds=12), 10)
-        assert not fence(conn, new, NOW + timedelta(seconds=30), 10)  # expired
+        assert not fence(conn, old, at(12), 10)
+        assert fence(conn, new, at(12), 10)
+        assert not fence(conn, new, at(30), 10)  # expired
 
 
 def test_only_the_holder_ticks(app, engine, smtp):
