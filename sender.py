@@ -337,17 +337,22 @@ _COMPOSE = (
 # The outcome, stored only while the claim token matches. `unknown` is accepted too: the
 # sweep may have judged us dead while we were merely slow; a definite answer from the
 # server is better than a guess.
+# The claim token: this row, claimed by this worker at this attempt (see _token).
+_OURS = (_log.c.id == bindparam("log_id"), _log.c.worker == bindparam("token_worker"),
+         _log.c.attempts == bindparam("token_attempts"))
 _OUTCOME = (
     update(_log)
-    .where(_log.c.id == bindparam("log_id"), _log.c.worker == bindparam("token_worker"),
-           _log.c.attempts == bindparam("token_attempts"),
-           _log.c.status.in_([SendStatus.SENDING, SendStatus.UNKNOWN]))
+    .where(*_OURS, _log.c.status.in_([SendStatus.SENDING, SendStatus.UNKNOWN]))
     .values(status=bindparam("new_status"), smtp_reply=bindparam("reply"), sent_at=bindparam("sent"),
             next_attempt_at=bindparam("next"), message_id=bindparam("message_id"))
 )
-_STATUS_IF_OURS = select(_log.c.status).where(
-    _log.c.id == bindparam("log_id"), _log.c.worker == bindparam("token_worker"),
-    _log.c.attempts == bindparam("token_attempts"))
+_STATUS_IF_OURS = select(_log.c.status).where(*_OURS)
+# Certainly not sent (we never reached SMTP), so back to retry, even from `unknown`.
+_PUT_BACK = (
+    update(_log).where(*_OURS, _log.c.status.in_([SendStatus.SENDING, SendStatus.UNKNOWN]))
+    .values(status=SendStatus.RETRY, next_attempt_at=bindparam("now"),
+            smtp_reply="released before sending: claim or lease lost")
+)
 _FROM_ADDRESS = select(_campaign.c.from_address).where(_campaign.c.id == bindparam("campaign"))
 _ENROLLMENT_STATE = update(_enrollment).where(
     _enrollment.c.campaign_id == bindparam("campaign"), _enrollment.c.lead_id == bindparam("lead")
@@ -360,11 +365,6 @@ _NO_FAILURES = update(_campaign).where(
 def _token(claim: Claim) -> dict[str, Any]:
     return {"log_id": claim.send_log_id, "token_worker": claim.worker, "token_attempts": claim.attempts}
 
-
-def _owned(claim: Claim) -> tuple:
-    """The claim token: this row, claimed by this worker at this attempt."""
-    return (_log.c.id == claim.send_log_id, _log.c.worker == claim.worker,
-            _log.c.attempts == claim.attempts)
 
 
 def _still_ours(engine: Engine, claim: Claim, lease: leases.Lease | None, now: datetime) -> bool:
@@ -380,12 +380,8 @@ def _release(engine: Engine, settings: Settings, claim: Claim, now: datetime) ->
 
 
 def _put_back(engine: Engine, claim: Claim, now: datetime) -> None:
-    # Certainly not sent (we never reached SMTP), so back to retry, even from `unknown`.
     with immediate(engine) as conn:
-        conn.execute(update(_log).where(
-            *_owned(claim), _log.c.status.in_([SendStatus.SENDING, SendStatus.UNKNOWN]))
-            .values(status=SendStatus.RETRY, next_attempt_at=now,
-                    smtp_reply="released before sending: claim or lease lost"))
+        conn.execute(_PUT_BACK, {**_token(claim), "now": now})
         _set_enrollment(conn, claim, EnrollmentState.SENDING)
 
 

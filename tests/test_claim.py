@@ -162,3 +162,20 @@ def test_retry_of_an_address_suppressed_meanwhile_is_not_sent(engine, settings):
         assert conn.execute(select(SendLog.status)).scalar() == "failed"
         assert conn.execute(select(CampaignLead.state)).scalar() == "skipped"
         assert conn.execute(select(Suppression.reason)).scalar() == "unsubscribed"
+
+
+def test_a_claim_taken_away_before_smtp_is_not_sent_and_goes_back_to_retry(engine, settings, app, smtp):
+    # As when a worker froze after its claim and the sweep judged it dead meanwhile.
+    from sender import deliver
+
+    cid = make_campaign(engine, 1)
+    claim = claim_next(engine, settings, cid, Trigger.BUTTON, NOW)
+    with immediate(engine) as conn:
+        conn.execute(update(SendLog.__table__).values(status="unknown"))
+    transport = make_transport(app.config)
+    result = deliver(engine, settings, transport, claim)
+    transport.close()
+    assert result.status == "retry" and "released" in result.reply
+    assert sum(smtp.recorder.received.values()) == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(SendLog.status, SendLog.attempts)).one() == ("retry", 1)
