@@ -8,6 +8,10 @@ accounted state. How a crash at each step leaves the data:
   nothing re-sends it on its own; a person decides;
 - after SMTP, before the outcome is recorded: the same, `unknown`;
 - during the outcome transaction: rolled back, so again `sending` -> `unknown`.
+In a batch the outcome of message n is written by the transaction that claims message
+n+1 (one commit, one fsync, per message). That changes none of the above: the pair
+commits or rolls back whole, a crash before it leaves n `sending` -> `unknown` and n+1
+unclaimed, and if the claim fails (busy, an error) the batch stores n's outcome alone.
 Pacing, the daily cap, the send window, the campaign's status and (for scheduler
 ticks) the lease are all checked inside the claim transaction, so two ticks, a cron
 run and a button click racing each other cannot slip past any of them.
@@ -15,23 +19,24 @@ run and a button click racing each other cannot slip past any of them.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 import lease as leases
 import messages
 import templating
-from database import immediate
+from database import immediate, run_sql
 from models import (
     ButtonPress,
     Campaign,
@@ -102,6 +107,7 @@ class Claim:
     variant_letter: str
     attempts: int
     worker: str
+    message_id: str  # the same on every attempt of this row; stored with the outcome
 
 
 @dataclass(frozen=True)
@@ -125,37 +131,106 @@ class BatchResult:
         return sum(1 for _, r in self.outcomes if r.status == SendStatus.SENT)
 
 
+# --- the hot path's SQL ---------------------------------------------------------------
+# Every message runs these statements, the claim's under the write lock that all
+# processes queue for. They are SQL text run by database.run_sql on the sqlite3
+# connection beneath the SQLAlchemy one (same transaction): Core costs ~90 us a
+# statement against ~13 us, and that difference, paid under the lock, was most of the
+# engine's cost per claim. Rare paths (retry bookkeeping, fencing, pausing) stay in Core.
+
+
+def _ts(moment: datetime) -> str:
+    # SQLAlchemy's text format for DATETIME on SQLite, so Core and this path compare alike.
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class _CampaignRow(NamedTuple):
+    id: int
+    status: str
+    timezone: str
+    daily_cap: int | None
+    last_claim_at: datetime | None
+    interval_seconds: int
+    window_weekdays: str
+    window_start_hour: int
+    window_end_hour: int
+    from_address: str
+
+
+_CAMPAIGN = ("SELECT id, status, timezone, daily_cap, last_claim_at, interval_seconds, window_weekdays, "
+             "window_start_hour, window_end_hour, from_address FROM campaign WHERE id = ?")
+_SENT_SINCE = "SELECT count(*) FROM send_log WHERE campaign_id = ? AND created_at >= ?"
+_CHECKPOINT = "UPDATE campaign SET last_claim_at = ? WHERE id = ?"
+_NEXT_RETRY = (
+    "SELECT l.id, l.lead_id, l.variant_letter, l.attempts, s.id IS NOT NULL FROM send_log l "
+    "JOIN lead ON lead.id = l.lead_id LEFT JOIN suppression s ON s.email = lead.email "
+    f"WHERE l.campaign_id = ? AND l.status = '{SendStatus.RETRY}' AND l.next_attempt_at <= ? "
+    "ORDER BY l.next_attempt_at LIMIT 1")
+_NEXT_PENDING = (
+    "SELECT e.id, e.lead_id, e.variant_letter, s.id IS NOT NULL FROM campaign_lead e "
+    "JOIN lead ON lead.id = e.lead_id LEFT JOIN suppression s ON s.email = lead.email "
+    f"WHERE e.campaign_id = ? AND e.state = '{EnrollmentState.PENDING}' ORDER BY e.id LIMIT 1")
+_TAKE_PENDING = f"UPDATE campaign_lead SET state = ? WHERE id = ? AND state = '{EnrollmentState.PENDING}'"
+_NEW_LOG_ROW = (
+    'INSERT INTO send_log (campaign_id, lead_id, variant_letter, status, attempts, "trigger", worker, '
+    f"lease_epoch, message_id, created_at, claimed_at) VALUES (?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, ?, "
+    "'', ?, ?)")
+
+
+def _campaign_row(conn: Connection, campaign_id: int) -> _CampaignRow | None:
+    row = run_sql(conn, _CAMPAIGN, (campaign_id,)).fetchone()
+    if row is None:
+        return None
+    last = row[4] and datetime.fromisoformat(row[4])
+    return _CampaignRow(*row[:4], last, *row[5:])
+
+
 # --- the claim -------------------------------------------------------------------
-
-
-_CAMPAIGN = select(_campaign).where(_campaign.c.id == bindparam("campaign"))
-_CHECKPOINT = update(_campaign).where(_campaign.c.id == bindparam("campaign")).values(
-    last_claim_at=bindparam("now"))
 
 
 def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Trigger,
                now: datetime, lease: leases.Lease | None = None,
-               once_key: str | None = None) -> Claim | Refusal:
-    """Take the next message of a campaign for this process, or say why not."""
+               once_key: str | None = None, settle: Outcome | None = None) -> Claim | Refusal:
+    """Take the next message of a campaign for this process, or say why not.
+
+    `settle`: the previous message's outcome, stored first in the same transaction (one
+    commit, one fsync, per message in a batch). It is stored whatever the claim decides,
+    and before the checks, so a pause it causes stops this very claim.
+    """
     with immediate(engine) as conn:
+        if settle is not None:
+            _store_in(conn, settings, settle)
         if lease is not None and not leases.fence(conn, lease, now, settings.lease_seconds):
             return Refusal("lease_lost", f"epoch {lease.epoch} is no longer current")
         if once_key is not None and not _consume_key(conn, once_key, campaign_id, now):
             return Refusal("already_pressed", "this button press was handled already")
-        campaign = conn.execute(_CAMPAIGN, {"campaign": campaign_id}).first()
+        campaign = _campaign_row(conn, campaign_id)
         refusal = _check_campaign(conn, campaign, trigger, now)
         if refusal is not None:
             return refusal
-        worker = leases.worker_id()
-        epoch = lease.epoch if lease else None
-        claim = (_take_retry(conn, campaign_id, trigger, now, worker, epoch)
-                 or _take_pending(conn, campaign_id, trigger, now, worker, epoch))
+        taker = _Taker(campaign, trigger, now, leases.worker_id(), lease.epoch if lease else None)
+        claim = _take_retry(conn, taker) or _take_pending(conn, taker)
         if claim is None:
             return _finish_if_done(conn, campaign_id)
         # The pacing checkpoint advances in the claim itself (listmonk's lesson: never
         # after the send, or a crash in between lets the next tick send early).
-        conn.execute(_CHECKPOINT, {"campaign": campaign_id, "now": now})
+        run_sql(conn, _CHECKPOINT, (_ts(now), campaign_id))
         return claim
+
+
+@dataclass(frozen=True)
+class _Taker:
+    """Who claims, when, for which campaign: what every claimed row records."""
+
+    campaign: _CampaignRow
+    trigger: Trigger
+    now: datetime
+    worker: str
+    epoch: int | None
+
+    def claim(self, log_id: int, lead_id: int, letter: str, attempts: int) -> Claim:
+        msg_id = messages.message_id(log_id, self.campaign.id, self.campaign.from_address)
+        return Claim(log_id, self.campaign.id, lead_id, letter, attempts, self.worker, msg_id)
 
 
 def _consume_key(conn: Connection, key: str, campaign_id: int, now: datetime) -> bool:
@@ -165,7 +240,7 @@ def _consume_key(conn: Connection, key: str, campaign_id: int, now: datetime) ->
                         .on_conflict_do_nothing()).rowcount == 1
 
 
-def _check_campaign(conn: Connection, campaign: Row | None, trigger: Trigger,
+def _check_campaign(conn: Connection, campaign: _CampaignRow | None, trigger: Trigger,
                     now: datetime) -> Refusal | None:
     if campaign is None or campaign.status != CampaignStatus.ACTIVE:
         return Refusal("not_active", campaign.status if campaign else "no such campaign")
@@ -174,8 +249,7 @@ def _check_campaign(conn: Connection, campaign: Row | None, trigger: Trigger,
     if campaign.daily_cap is not None:
         day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
         day_start_utc = day_start.astimezone(UTC).replace(tzinfo=None)
-        today = conn.execute(select(func.count()).select_from(_log).where(
-            _log.c.campaign_id == campaign.id, _log.c.created_at >= day_start_utc)).scalar_one()
+        today = run_sql(conn, _SENT_SINCE, (campaign.id, _ts(day_start_utc))).fetchone()[0]
         if today >= campaign.daily_cap:
             return Refusal("daily_cap", f"{today}/{campaign.daily_cap}")
     if trigger == Trigger.BUTTON:  # a person asked: interval and window do not apply
@@ -195,72 +269,42 @@ def in_window(campaign: Any, local: datetime) -> bool:
     return local.weekday() in days and campaign.window_start_hour <= local.hour < campaign.window_end_hour
 
 
-def _take_retry(conn: Connection, campaign_id: int, trigger: Trigger, now: datetime,
-                worker: str, epoch: int | None) -> Claim | None:
-    row = conn.execute(
-        select(_log.c.id, _log.c.lead_id, _log.c.variant_letter, _log.c.attempts,
-               _suppression.c.id.is_not(None).label("suppressed"))
-        .join(_lead, _lead.c.id == _log.c.lead_id)
-        .outerjoin(_suppression, _suppression.c.email == _lead.c.email)
-        .where(_log.c.campaign_id == campaign_id, _log.c.status == SendStatus.RETRY,
-               _log.c.next_attempt_at <= now)
-        .order_by(_log.c.next_attempt_at).limit(1)
-    ).first()
+def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
+    row = run_sql(conn, _NEXT_RETRY, (taker.campaign.id, _ts(taker.now))).fetchone()
     if row is None:
         return None
-    if row.suppressed:  # unsubscribed or bounced while waiting: never retry it
-        conn.execute(update(_log).where(_log.c.id == row.id)
+    log_id, lead_id, letter, attempts, suppressed = row
+    if suppressed:  # unsubscribed or bounced while waiting: never retry it
+        conn.execute(update(_log).where(_log.c.id == log_id)
                      .values(status=SendStatus.FAILED, smtp_reply="suppressed before retry"))
-        claim = Claim(row.id, campaign_id, row.lead_id, row.variant_letter, row.attempts, worker)
-        _set_enrollment(conn, claim, EnrollmentState.SKIPPED)
+        _set_enrollment(conn, taker.campaign.id, lead_id, EnrollmentState.SKIPPED)
         return None
-    attempts = row.attempts + 1
     taken = conn.execute(
-        update(_log).where(_log.c.id == row.id, _log.c.status == SendStatus.RETRY)
-        .values(status=SendStatus.SENDING, attempts=attempts, worker=worker, trigger=trigger,
-                lease_epoch=epoch, claimed_at=now, next_attempt_at=None)
+        update(_log).where(_log.c.id == log_id, _log.c.status == SendStatus.RETRY)
+        .values(status=SendStatus.SENDING, attempts=attempts + 1, worker=taker.worker,
+                trigger=taker.trigger, lease_epoch=taker.epoch, claimed_at=taker.now, next_attempt_at=None)
     )
     if taken.rowcount != 1:  # impossible under BEGIN IMMEDIATE; refuse rather than guess
         return None
-    return Claim(row.id, campaign_id, row.lead_id, row.variant_letter, attempts, worker)
+    return taker.claim(log_id, lead_id, letter, attempts + 1)
 
 
-# The claim's statements are built once, with bind parameters: building SQLAlchemy
-# expressions costs more than running them, and it happens while the write lock is held.
-_NEXT_PENDING = (
-    select(_enrollment.c.id, _enrollment.c.lead_id, _enrollment.c.variant_letter,
-           _suppression.c.id.is_not(None).label("suppressed"))
-    .join(_lead, _lead.c.id == _enrollment.c.lead_id)
-    .outerjoin(_suppression, _suppression.c.email == _lead.c.email)
-    .where(_enrollment.c.campaign_id == bindparam("campaign"),
-           _enrollment.c.state == EnrollmentState.PENDING)
-    .order_by(_enrollment.c.id).limit(1)
-)
-_TAKE_PENDING = (update(_enrollment)
-                 .where(_enrollment.c.id == bindparam("row"), _enrollment.c.state == EnrollmentState.PENDING)
-                 .values(state=bindparam("new_state")))
-_NEW_LOG_ROW = insert(_log).values(
-    campaign_id=bindparam("campaign"), lead_id=bindparam("lead"), variant_letter=bindparam("letter"),
-    status=SendStatus.SENDING, attempts=1, trigger=bindparam("trigger"), worker=bindparam("worker"),
-    lease_epoch=bindparam("epoch"), created_at=bindparam("now"), claimed_at=bindparam("now"))
-
-
-def _take_pending(conn: Connection, campaign_id: int, trigger: Trigger, now: datetime,
-                  worker: str, epoch: int | None) -> Claim | None:
+def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
+    campaign_id = taker.campaign.id
     for _ in range(_SKIP_LIMIT):
-        row = conn.execute(_NEXT_PENDING, {"campaign": campaign_id}).first()
+        row = run_sql(conn, _NEXT_PENDING, (campaign_id,)).fetchone()
         if row is None:
             return None
-        state = EnrollmentState.SKIPPED if row.suppressed else EnrollmentState.SENDING
-        taken = conn.execute(_TAKE_PENDING, {"row": row.id, "new_state": state})
-        if taken.rowcount != 1 or row.suppressed:
+        enrollment_id, lead_id, letter, suppressed = row
+        state = EnrollmentState.SKIPPED if suppressed else EnrollmentState.SENDING
+        taken = run_sql(conn, _TAKE_PENDING, (state, enrollment_id))
+        if taken.rowcount != 1 or suppressed:
             continue
         # The unique indexes on send_log make the database itself refuse a second row.
-        log_id = conn.execute(_NEW_LOG_ROW, {
-            "campaign": campaign_id, "lead": row.lead_id, "letter": row.variant_letter,
-            "trigger": trigger, "worker": worker, "epoch": epoch, "now": now,
-        }).inserted_primary_key[0]
-        return Claim(log_id, campaign_id, row.lead_id, row.variant_letter, 1, worker)
+        now = _ts(taker.now)
+        log_id = run_sql(conn, _NEW_LOG_ROW, (campaign_id, lead_id, letter, taker.trigger, taker.worker,
+                                              taker.epoch, now, now)).lastrowid
+        return taker.claim(log_id, lead_id, letter, 1)
     return None
 
 
@@ -280,99 +324,130 @@ def _finish_if_done(conn: Connection, campaign_id: int) -> Refusal:
 # --- sending one claim -------------------------------------------------------------
 
 
-def deliver(engine: Engine, settings: Settings, transport: Transport, claim: Claim,
-            lease: leases.Lease | None = None, clock: Callable[[], datetime] = utcnow) -> Result:
-    """Render, re-check ownership, talk SMTP and record what happened to one claim."""
-    try:
-        msg, sender, recipient = _compose(engine, settings, claim)
-    except Exception as exc:  # noqa: BLE001 - a template or data problem, not the lead's fault
-        # Certainly not sent: keep the lead for a retry and pause the campaign, so one bad
-        # template does not burn through the list while nobody is looking.
-        log.exception("cannot build message for send_log %s", claim.send_log_id)
-        result = Result(SendStatus.RETRY, f"message not built: {exc}", config_error=True)
-        record(engine, settings, claim, result, clock())
-        return result
-    if not _still_ours(engine, claim, lease, clock()):
-        # We were frozen between claim and send and someone moved on; we sent nothing.
-        _release(engine, settings, claim, clock())
-        return Result(SendStatus.RETRY, "released before sending: claim or lease lost")
-    try:
-        result = transport.send(msg, sender, recipient)
-    except Exception as exc:  # noqa: BLE001 - an unexpected transport error: cannot know
-        log.exception("transport failed for send_log %s", claim.send_log_id)
-        result = Result(SendStatus.UNKNOWN, f"transport error: {exc!r}")
-    record(engine, settings, claim, result, clock())
-    return result
+class _Draft(NamedTuple):
+    """Everything one message needs, read in one query."""
+
+    email: str
+    first_name: str
+    last_name: str
+    company: str
+    tags: str
+    fields: dict[str, Any]
+    from_address: str
+    from_name: str
+    subject: str
+    body: str
 
 
-def _compose(engine: Engine, settings: Settings, claim: Claim):
-    with engine.connect() as conn:
-        row = conn.execute(_COMPOSE, {"lead": claim.lead_id, "campaign": claim.campaign_id,
-                                      "letter": claim.variant_letter}).one()
-    url = unsubscribe_url(settings.base_url, settings.secret_key, row.email, claim.campaign_id)
-    context = templating.lead_context(row, url)
-    msg = messages.build_message(
-        from_address=row.from_address, from_name=row.from_name,
-        to_address=row.email, to_name=f"{row.first_name} {row.last_name}".strip(),
-        subject=templating.render(row.subject, context),
-        body=templating.render(row.body, context),
-        msg_id=messages.message_id(claim.send_log_id, claim.campaign_id, row.from_address),
-        unsubscribe_url=url,
-    )
-    return msg, row.from_address, row.email
-
-
-# Everything one message needs, in one query (built once: this is the hot path).
-_COMPOSE = (
-    select(_lead.c.email, _lead.c.first_name, _lead.c.last_name, _lead.c.company, _lead.c.tags,
-           _lead.c.fields, _campaign.c.from_address, _campaign.c.from_name, _variant.c.subject,
-           _variant.c.body)
-    .select_from(_lead.join(_campaign, _campaign.c.id == bindparam("campaign"))
-                 .join(_variant, (_variant.c.campaign_id == _campaign.c.id)
-                       & (_variant.c.letter == bindparam("letter"))))
-    .where(_lead.c.id == bindparam("lead"))
-)
-
-
-# The outcome, stored only while the claim token matches. `unknown` is accepted too: the
-# sweep may have judged us dead while we were merely slow; a definite answer from the
-# server is better than a guess.
-# The claim token: this row, claimed by this worker at this attempt (see _token).
-_OURS = (_log.c.id == bindparam("log_id"), _log.c.worker == bindparam("token_worker"),
-         _log.c.attempts == bindparam("token_attempts"))
+_DRAFT = (
+    "SELECT lead.email, lead.first_name, lead.last_name, lead.company, lead.tags, lead.fields, "
+    "campaign.from_address, campaign.from_name, variant.subject, variant.body "
+    "FROM lead JOIN campaign ON campaign.id = :campaign "
+    "JOIN variant ON variant.campaign_id = campaign.id AND variant.letter = :letter WHERE lead.id = :lead")
+# The claim token: this row, claimed by this worker at this attempt. Every write of an
+# outcome or a release is conditional on it, so a process that was frozen past the
+# sweep, or whose row a person re-queued, cannot overwrite what happened since.
+_OURS = "id = :log_id AND worker = :token_worker AND attempts = :token_attempts"
+_STATUS_IF_OURS = f"SELECT status FROM send_log WHERE {_OURS}"
+# `unknown` is accepted too: the sweep may have judged us dead while we were merely
+# slow; a definite answer from the server is better than a guess.
 _OUTCOME = (
-    update(_log)
-    .where(*_OURS, _log.c.status.in_([SendStatus.SENDING, SendStatus.UNKNOWN]))
-    .values(status=bindparam("new_status"), smtp_reply=bindparam("reply"), sent_at=bindparam("sent"),
-            next_attempt_at=bindparam("next"), message_id=bindparam("message_id"))
-)
-_STATUS_IF_OURS = select(_log.c.status).where(*_OURS)
+    "UPDATE send_log SET status = :new_status, smtp_reply = :reply, sent_at = :sent, "
+    f"next_attempt_at = :next, message_id = :message_id WHERE {_OURS} "
+    f"AND status IN ('{SendStatus.SENDING}', '{SendStatus.UNKNOWN}')")
 # Certainly not sent (we never reached SMTP), so back to retry, even from `unknown`.
 _PUT_BACK = (
-    update(_log).where(*_OURS, _log.c.status.in_([SendStatus.SENDING, SendStatus.UNKNOWN]))
-    .values(status=SendStatus.RETRY, next_attempt_at=bindparam("now"),
-            smtp_reply="released before sending: claim or lease lost")
-)
-_FROM_ADDRESS = select(_campaign.c.from_address).where(_campaign.c.id == bindparam("campaign"))
-_ENROLLMENT_STATE = update(_enrollment).where(
-    _enrollment.c.campaign_id == bindparam("campaign"), _enrollment.c.lead_id == bindparam("lead")
-).values(state=bindparam("new_state"))
-_NO_FAILURES = update(_campaign).where(
-    _campaign.c.id == bindparam("campaign"), _campaign.c.consecutive_failures != 0
-).values(consecutive_failures=0)
+    f"UPDATE send_log SET status = '{SendStatus.RETRY}', next_attempt_at = :now, "
+    f"smtp_reply = 'released before sending: claim or lease lost' WHERE {_OURS} "
+    f"AND status IN ('{SendStatus.SENDING}', '{SendStatus.UNKNOWN}')")
+_ENROLLMENT_STATE = "UPDATE campaign_lead SET state = ? WHERE campaign_id = ? AND lead_id = ?"
+_NO_FAILURES = "UPDATE campaign SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures != 0"
 
 
 def _token(claim: Claim) -> dict[str, Any]:
     return {"log_id": claim.send_log_id, "token_worker": claim.worker, "token_attempts": claim.attempts}
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt ended in; `stored` False: the caller must still store it."""
 
-def _still_ours(engine: Engine, claim: Claim, lease: leases.Lease | None, now: datetime) -> bool:
+    claim: Claim
+    result: Result
+    at: datetime
+    stored: bool
+
+
+def deliver(engine: Engine, settings: Settings, transport: Transport, claim: Claim,
+            lease: leases.Lease | None = None, clock: Callable[[], datetime] = utcnow) -> Result:
+    """Render, re-check ownership, talk SMTP and record what happened to one claim."""
+    outcome = attempt(engine, settings, transport, claim, lease, clock)
+    if not outcome.stored:
+        store(engine, settings, outcome)
+    return outcome.result
+
+
+def attempt(engine: Engine, settings: Settings, transport: Transport, claim: Claim,
+            lease: leases.Lease | None = None, clock: Callable[[], datetime] = utcnow) -> Outcome:
+    """Render, re-check ownership and talk SMTP; the server's answer is left to store.
+
+    Until it is stored the row stays `sending`: a crash now leaves it for recover() to
+    mark `unknown`, exactly as a crash during SMTP would.
+    """
+    draft, ours = _read_for_send(engine, claim, lease, clock())
+    if not ours:
+        # We were frozen between claim and send and someone moved on; we sent nothing.
+        _release(engine, settings, claim, clock())
+        return Outcome(claim, Result(SendStatus.RETRY, "released before sending: claim or lease lost"),
+                       clock(), stored=True)
+    try:
+        msg = _compose(settings, claim, draft)
+    except Exception as exc:  # noqa: BLE001 - a template or data problem, not the lead's fault
+        # Certainly not sent: keep the lead for a retry and pause the campaign, so one bad
+        # template does not burn through the list while nobody is looking.
+        log.exception("cannot build message for send_log %s", claim.send_log_id)
+        result = Result(SendStatus.RETRY, f"message not built: {exc}", config_error=True)
+        outcome = Outcome(claim, result, clock(), stored=True)
+        store(engine, settings, outcome)
+        return outcome
+    try:
+        result = transport.send(msg, draft.from_address, draft.email)
+    except Exception as exc:  # noqa: BLE001 - an unexpected transport error: cannot know
+        log.exception("transport failed for send_log %s", claim.send_log_id)
+        result = Result(SendStatus.UNKNOWN, f"transport error: {exc!r}")
+    return Outcome(claim, result, clock(), stored=False)
+
+
+def _read_for_send(engine: Engine, claim: Claim, lease: leases.Lease | None,
+                   now: datetime) -> tuple[_Draft | None, bool]:
+    """The message's data and whether the claim (and lease) is still ours, in one snapshot.
+
+    Checked as late as possible before SMTP: only message building (pure CPU) follows.
+    """
     with engine.connect() as conn, conn.begin():
-        status = conn.execute(_STATUS_IF_OURS, _token(claim)).scalar()
-        if status != SendStatus.SENDING:
-            return False
-        return lease is None or leases.is_current(conn, lease, now)
+        row = run_sql(conn, _DRAFT, {"lead": claim.lead_id, "campaign": claim.campaign_id,
+                                     "letter": claim.variant_letter}).fetchone()
+        status = run_sql(conn, _STATUS_IF_OURS, _token(claim)).fetchone()
+        ours = status is not None and status[0] == SendStatus.SENDING
+        ours = ours and (lease is None or leases.is_current(conn, lease, now))
+    if row is None:
+        return None, ours
+    return _Draft(*row[:5], json.loads(row[5]) if row[5] else {}, *row[6:]), ours
+
+
+def _compose(settings: Settings, claim: Claim, draft: _Draft | None):
+    if draft is None:
+        raise LookupError("the lead, campaign or variant of this send no longer exists")
+    url = unsubscribe_url(settings.base_url, settings.secret_key, draft.email, claim.campaign_id)
+    context = templating.lead_context(draft, url)
+    return messages.build_message(
+        from_address=draft.from_address, from_name=draft.from_name,
+        to_address=draft.email, to_name=f"{draft.first_name} {draft.last_name}".strip(),
+        subject=templating.render(draft.subject, context),
+        body=templating.render(draft.body, context),
+        msg_id=claim.message_id,
+        unsubscribe_url=url,
+    )
 
 
 def _release(engine: Engine, settings: Settings, claim: Claim, now: datetime) -> None:
@@ -381,38 +456,44 @@ def _release(engine: Engine, settings: Settings, claim: Claim, now: datetime) ->
 
 def _put_back(engine: Engine, claim: Claim, now: datetime) -> None:
     with immediate(engine) as conn:
-        conn.execute(_PUT_BACK, {**_token(claim), "now": now})
-        _set_enrollment(conn, claim, EnrollmentState.SENDING)
+        run_sql(conn, _PUT_BACK, {**_token(claim), "now": _ts(now)})
+        _set_enrollment(conn, claim.campaign_id, claim.lead_id, EnrollmentState.SENDING)
 
 
 def record(engine: Engine, settings: Settings, claim: Claim, result: Result, now: datetime) -> None:
     """Store the outcome of one attempt on its own row, if the row is still ours."""
+    store(engine, settings, Outcome(claim, result, now, stored=False))
+
+
+def store(engine: Engine, settings: Settings, outcome: Outcome) -> None:
+    """Store an outcome in a transaction of its own, waiting out busy writers."""
+
+    def write() -> None:
+        with immediate(engine) as conn:
+            _store_in(conn, settings, outcome)
+
+    _until_stored(settings, outcome.claim, write)
+
+
+def _store_in(conn: Connection, settings: Settings, outcome: Outcome) -> None:
+    """Write an outcome inside the caller's transaction, only if the row is still ours."""
+    claim, result, now = outcome.claim, outcome.result, outcome.at
     status = result.status
     if status == SendStatus.RETRY and claim.attempts >= settings.max_attempts:
         status = SendStatus.FAILED
     backoff = timedelta(seconds=settings.retry_base_seconds * 2 ** (claim.attempts - 1))
-    values: dict[str, Any] = {
-        "new_status": status, "reply": result.reply[:2000],
-        "sent": now if status == SendStatus.SENT else None,
-        "next": now + backoff if status == SendStatus.RETRY else None,
+    values = {
+        **_token(claim), "new_status": status, "reply": result.reply[:2000], "message_id": claim.message_id,
+        "sent": _ts(now) if status == SendStatus.SENT else None,
+        "next": _ts(now + backoff) if status == SendStatus.RETRY else None,
     }
-    _until_stored(settings, claim, lambda: _store(engine, settings, claim, result, status, values, now))
-
-
-def _store(engine: Engine, settings: Settings, claim: Claim, result: Result, status: SendStatus,
-           values: dict[str, Any], now: datetime) -> None:
-    with immediate(engine) as conn:
-        values["message_id"] = messages.message_id(
-            claim.send_log_id, claim.campaign_id, _from_address(conn, claim.campaign_id))
-        changed = conn.execute(_OUTCOME, {**values, **_token(claim)}).rowcount
-        if changed != 1:
-            log.warning("send_log %s was resolved elsewhere; outcome %s not stored",
-                        claim.send_log_id, status)
-            return
-        _set_enrollment(conn, claim, _FINAL_STATE[status])
-        if result.suppress:
-            suppress(conn, _email_of(conn, claim.lead_id), "bounce", result.reply, now)
-        _count_failures(conn, settings, claim.campaign_id, status, result)
+    if run_sql(conn, _OUTCOME, values).rowcount != 1:
+        log.warning("send_log %s was resolved elsewhere; outcome %s not stored", claim.send_log_id, status)
+        return
+    _set_enrollment(conn, claim.campaign_id, claim.lead_id, _FINAL_STATE[status])
+    if result.suppress:
+        suppress(conn, _email_of(conn, claim.lead_id), "bounce", result.reply, now)
+    _count_failures(conn, settings, claim.campaign_id, status, result)
 
 
 def _until_stored(settings: Settings, claim: Claim, write: Callable[[], None]) -> None:
@@ -437,29 +518,24 @@ def _until_stored(settings: Settings, claim: Claim, write: Callable[[], None]) -
             delay = min(delay * 2, 2.0)
 
 
-def _from_address(conn: Connection, campaign_id: int) -> str:
-    return conn.execute(_FROM_ADDRESS, {"campaign": campaign_id}).scalar_one()
-
-
 def _email_of(conn: Connection, lead_id: int) -> str:
     return conn.execute(select(_lead.c.email).where(_lead.c.id == lead_id)).scalar_one()
 
 
-def _set_enrollment(conn: Connection, claim: Claim, state: EnrollmentState) -> None:
-    conn.execute(_ENROLLMENT_STATE, {"campaign": claim.campaign_id, "lead": claim.lead_id,
-                                     "new_state": state})
+def _set_enrollment(conn: Connection, campaign_id: int, lead_id: int, state: EnrollmentState) -> None:
+    run_sql(conn, _ENROLLMENT_STATE, (state, campaign_id, lead_id))
 
 
 def _count_failures(conn: Connection, settings: Settings, campaign_id: int,
                     status: SendStatus, result: Result) -> None:
     # Like listmonk's OnError: failures in a row mean the sender is broken (bad
     # credentials, server down), not the leads. A refused recipient does not count.
-    where = _campaign.c.id == campaign_id
     if status == SendStatus.SENT:
-        conn.execute(_NO_FAILURES, {"campaign": campaign_id})
+        run_sql(conn, _NO_FAILURES, (campaign_id,))
         return
     if result.suppress:
         return
+    where = _campaign.c.id == campaign_id
     failures = conn.execute(update(_campaign).where(where)
                             .values(consecutive_failures=_campaign.c.consecutive_failures + 1)
                             .returning(_campaign.c.consecutive_failures)).scalar_one()
@@ -485,14 +561,23 @@ def send_batch(engine: Engine, settings: Settings, transport: Transport, campaig
         with engine.connect() as conn:
             limit = conn.execute(select(_campaign.c.batch_size)
                                  .where(_campaign.c.id == campaign_id)).scalar() or 1
-    batch = BatchResult()
-    for _ in range(limit):
-        claim = claim_next(engine, settings, campaign_id, trigger, clock(), lease, once_key)
-        once_key = None
-        if isinstance(claim, Refusal):
-            batch.stopped_by = claim
-            break
-        batch.outcomes.append((claim, deliver(engine, settings, transport, claim, lease, clock)))
+    batch, unsettled = BatchResult(), None
+    try:
+        for _ in range(limit):
+            # The previous answer is stored by the next claim's transaction: one commit
+            # per message instead of two. If that transaction fails, nothing of it
+            # happened, and `finally` stores the answer on its own.
+            claim = claim_next(engine, settings, campaign_id, trigger, clock(), lease, once_key, unsettled)
+            once_key, unsettled = None, None
+            if isinstance(claim, Refusal):
+                batch.stopped_by = claim
+                break
+            outcome = attempt(engine, settings, transport, claim, lease, clock)
+            batch.outcomes.append((claim, outcome.result))
+            unsettled = None if outcome.stored else outcome
+    finally:
+        if unsettled is not None:
+            store(engine, settings, unsettled)
     return batch
 
 
@@ -531,8 +616,7 @@ def recover(engine: Engine, settings: Settings, now: datetime) -> int:
             conn.execute(update(_log).where(_log.c.id == row.id, _log.c.status == SendStatus.SENDING)
                          .values(status=SendStatus.UNKNOWN,
                                  smtp_reply=f"unknown: {why} ({row.worker}); not re-sent"))
-            claim = Claim(row.id, row.campaign_id, row.lead_id, "", row.attempts, row.worker)
-            _set_enrollment(conn, claim, EnrollmentState.UNKNOWN)
+            _set_enrollment(conn, row.campaign_id, row.lead_id, EnrollmentState.UNKNOWN)
     for row in stale:
         log.warning("send_log %s marked unknown (worker %s)", row.id, row.worker)
     return len(stale)
@@ -553,8 +637,8 @@ def resolve_unknown(engine: Engine, send_log_id: int, action: str, who: str,
         conn.execute(update(_log).where(_log.c.id == send_log_id).values(
             status=SendStatus.SENT if sent else SendStatus.RETRY, decided_by=who,
             next_attempt_at=None if sent else now, sent_at=now if sent else None))
-        claim = Claim(row.id, row.campaign_id, row.lead_id, row.variant_letter, row.attempts, row.worker)
-        _set_enrollment(conn, claim, EnrollmentState.SENT if sent else EnrollmentState.SENDING)
+        state = EnrollmentState.SENT if sent else EnrollmentState.SENDING
+        _set_enrollment(conn, row.campaign_id, row.lead_id, state)
         if not sent:  # a finished campaign must wake up to send it
             conn.execute(update(_campaign).where(_campaign.c.id == row.campaign_id,
                                                  _campaign.c.status == CampaignStatus.FINISHED)

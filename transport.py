@@ -13,7 +13,7 @@ import re
 import smtplib
 import ssl
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from typing import Protocol
 
@@ -30,7 +30,7 @@ class Result:
 
 
 class Transport(Protocol):
-    def send(self, msg: EmailMessage, sender: str, recipient: str) -> Result: ...
+    def send(self, msg: Message, sender: str, recipient: str) -> Result: ...
     def close(self) -> None: ...
 
 
@@ -99,7 +99,7 @@ class SmtpTransport:
         if conn is not None:
             conn.close()
 
-    def send(self, msg: EmailMessage, sender: str, recipient: str) -> Result:
+    def send(self, msg: Message, sender: str, recipient: str) -> Result:
         """Deliver one message; the Result says whether it may be retried."""
         try:
             conn = self._connect()
@@ -151,7 +151,7 @@ class OutboxTransport:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
 
-    def send(self, msg: EmailMessage, sender: str, recipient: str) -> Result:
+    def send(self, msg: Message, sender: str, recipient: str) -> Result:
         """Write the message atomically (temp file, then rename)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9.@_-]", "", str(msg["Message-ID"])) + ".eml"

@@ -6,6 +6,8 @@ token, RFC 8058), so it is signed with SECRET_KEY; a tampered token changes noth
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from flask import Blueprint, abort, current_app, render_template, request
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -17,7 +19,9 @@ from timeutil import utcnow
 bp = Blueprint("unsubscribe", __name__)
 
 
+@lru_cache(maxsize=8)
 def _serializer(secret_key: str) -> URLSafeSerializer:
+    # One per key, reused: every message signs a link (the engine's hot path).
     return URLSafeSerializer(secret_key, salt="sendonce-unsubscribe")
 
 

@@ -1,8 +1,10 @@
 """One competing claimer process: `python bench/claim_worker.py engine|bare DB CAMPAIGN`.
 
-- engine: SendOnce's own path, sender.claim_next + sender.deliver (render, re-check,
-  record the outcome) with a transport that only counts; the app is built by
-  create_app() from FLASK_* variables, as a scheduler or gunicorn process builds it.
+- engine: SendOnce's own path, sender.send_batch (claim, render, re-check, send, record
+  the outcome; one commit per message, the outcome riding on the next claim) in batches
+  of BATCH, as a campaign with that batch size is sent by the button or a scheduler tick,
+  with a transport that only counts; the app is built by create_app() from FLASK_*
+  variables, as a scheduler or gunicorn process builds it.
 - bare: the SQLite ceiling with nothing but sqlite3: BEGIN IMMEDIATE, select the next
   pending enrollment, update it, insert its send_log row, COMMIT; then a second BEGIN
   IMMEDIATE marking the row and its enrollment sent. Same file, same pragmas (WAL,
@@ -24,6 +26,7 @@ from pathlib import Path
 from rss import peak_rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
+BATCH = 20  # messages per send_batch call (a campaign's batch size)
 
 
 class NullTransport:
@@ -55,8 +58,7 @@ def run_engine(campaign_id: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from app import create_app
     from models import Trigger, db
-    from sender import Refusal, Settings, claim_next, deliver
-    from timeutil import utcnow
+    from sender import Settings, send_batch
 
     app = create_app()
     transport, stopped_by, errors = NullTransport(), "deadline", 0
@@ -70,12 +72,11 @@ def run_engine(campaign_id: int) -> dict:
             # BUTTON: the path that skips pacing and the send window (several processes at
             # once would otherwise refuse each other as `not_due`); claim and record are
             # exactly the scheduler's.
-            claim = claim_next(engine, settings, campaign_id, Trigger.BUTTON, utcnow())
-            if isinstance(claim, Refusal):
-                stopped_by = claim.code
+            batch = send_batch(engine, settings, transport, campaign_id, Trigger.BUTTON, limit=BATCH)
+            errors += sum(1 for _, result in batch.outcomes if result.status != "sent")
+            if batch.stopped_by is not None:
+                stopped_by = batch.stopped_by.code
                 break
-            result = deliver(engine, settings, transport, claim)
-            errors += result.status != "sent"
         finished = time.time()
     return {"claims": transport.sent, "errors": errors, "stopped_by": stopped_by,
             "began": began, "finished": finished}

@@ -2,7 +2,7 @@
 
 Numbers on a shared machine drift, so every figure is a ratio against a ceiling measured
 moments before or after it, on the same file settings (WAL, synchronous=FULL):
-1. claims: claim_next + deliver with a null transport vs a bare-sqlite3 claim loop, for
+1. claims: send_batch (claim + deliver) with a null transport vs a bare-sqlite3 claim loop, for
    1, 2, 4, 8 processes over 20,000 enrolled leads, 0 duplicates checked after each run;
 2. smtp: the engine sending N messages to a local aiosmtpd sink vs a bare smtplib loop over
    one reused connection sending the same rendered messages to the same sink;

@@ -25,16 +25,22 @@ def at(offset: int) -> datetime:
 
 
 def test_claims_run_under_begin_immediate(engine, settings):
+    # Traced in the sqlite3 driver itself: the hot path runs SQL text beneath SQLAlchemy,
+    # so only the driver sees every statement, in order.
     cid = make_campaign(engine, 2)
     statements = []
-    listener = lambda conn, cursor, stmt, *a: statements.append(stmt)  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
+    trace = lambda dbapi_connection, record: dbapi_connection.set_trace_callback(statements.append)  # noqa: E731
+    engine.dispose()  # connections made from here on carry the tracer
+    event.listen(engine, "connect", trace)
     try:
         claim = claim_next(engine, settings, cid, Trigger.CLI, NOW)
     finally:
-        event.remove(engine, "before_cursor_execute", listener)
+        event.remove(engine, "connect", trace)
+        engine.dispose()
     assert isinstance(claim, Claim)
-    assert statements[0] == "BEGIN IMMEDIATE"
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+    assert any(s.startswith("INSERT INTO send_log") for s in statements)
+    assert statements.count("BEGIN IMMEDIATE") == 1 and not any(s == "BEGIN" for s in statements)
 
 
 def test_claim_holds_the_write_lock_from_its_first_statement(engine, settings, app):

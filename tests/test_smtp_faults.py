@@ -179,3 +179,71 @@ def test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout(config, sm
     record(engine, settings, claim, Result(SendStatus.SENT, "250 OK"), utcnow())
     thread.join()
     assert rows(engine, SendLog.status) == [("sent",)]
+
+
+def test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails(config, smtp):
+    # In a batch the server's answer is stored by the next claim's transaction (one
+    # commit per message). Here that transaction cannot even begin (another writer
+    # stalls past busy_timeout): the answer must still be stored, not left `sending`.
+    import sqlite3
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    app = create_app({**config, "SQLITE_BUSY_TIMEOUT_MS": 100})
+    with app.app_context():
+        db.create_all()
+        engine, settings = db.engine, Settings.from_config(app.config)
+    cid = make_campaign(engine, 2)
+    held, release = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        other = sqlite3.connect(config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"),
+                                isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        held.set()
+        release.wait(1.0)  # ten times busy_timeout
+        other.execute("COMMIT")
+        other.close()
+
+    class StallAfterFirstSend:
+        def __init__(self, inner) -> None:
+            self.inner, self.thread = inner, threading.Thread(target=stall)
+
+        def send(self, msg, sender, recipient):
+            result = self.inner.send(msg, sender, recipient)
+            self.thread.start()
+            held.wait()
+            return result
+
+        def close(self) -> None:
+            self.inner.close()
+
+    transport = StallAfterFirstSend(make_transport(app.config))
+    with pytest.raises(OperationalError, match="locked"):
+        send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
+    transport.thread.join()
+    transport.close()
+    assert rows(engine, SendLog.status) == [("sent",)]
+    assert sorted(rows(engine, CampaignLead.state)) == [("pending",), ("sent",)]
+    assert sum(smtp.recorder.received.values()) == 1
+
+
+def test_a_batch_commits_once_per_message(app, engine, settings, smtp):
+    # Outcome n and claim n+1 share a transaction: three messages, four write
+    # transactions (the last answer is stored on its own), not six.
+    from sqlalchemy import event
+
+    cid = make_campaign(engine, 3)
+    statements: list[str] = []
+    trace = lambda dbapi_connection, record: dbapi_connection.set_trace_callback(statements.append)  # noqa: E731
+    engine.dispose()
+    event.listen(engine, "connect", trace)
+    try:
+        batch = run_batch(app, cid, limit=3)
+    finally:
+        event.remove(engine, "connect", trace)
+        engine.dispose()
+    assert [r.status for _, r in batch.outcomes] == ["sent"] * 3
+    assert statements.count("BEGIN IMMEDIATE") == 4
+    assert rows(engine, SendLog.status) == [("sent",)] * 3
