@@ -6,24 +6,33 @@ row is reported with the physical line it starts on and never stops the good one
 that cannot be read at all raises CsvImportError before anything is written.
 
 At 100,000 rows the file is parsed and validated before the write lock is taken, and the
-database is then touched in chunks (IN lookups, executemany inserts) inside one BEGIN
-IMMEDIATE transaction: a concurrent claim waits only for that part, and only a committed
-import is ever visible.
+database is then touched by a few statements (one lookup of the file's addresses, one
+executemany insert with ids chosen under the lock, one executemany update) inside one
+BEGIN IMMEDIATE transaction: a concurrent claim waits only for that part, and only a
+committed import is ever visible. The per-row work is kept to what the row needs: see
+check_address and _stored_values.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import functools
+import gc
 import io
+import json
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Any
 
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
-from sqlalchemy import Column, Connection, Engine, Executable, bindparam, insert, select, update
+import email_validator
+from email_validator import EmailNotValidError
+from email_validator.rfc_constants import EMAIL_MAX_LENGTH
+from email_validator.syntax import validate_email_domain_name, validate_email_local_part
+from sqlalchemy import Column, Connection, Engine, Executable, Text, bindparam, func, select, update
 
 import leads
 from csvcells import neutralized
@@ -42,7 +51,6 @@ MAX_CELL = 10_000  # characters; a longer cell (a runaway 10 MB line, say) rejec
 # the file is in memory already: read the cell, then reject just its row (MAX_CELL).
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 _SNIFF_RECORDS = 20
-_CHUNK = 500  # emails per IN (...): well below SQLite's limit on bound parameters
 _ENROLL_CHUNK = 2000  # leads per enroll transaction: ~2 s of write lock at most
 
 # Compared after _fold: lower case, "_" and "-" as spaces, spaces collapsed.
@@ -55,12 +63,10 @@ _HEADER_ALIASES = {
     "tags": {"tags", "tag", "tagi"},
 }
 _ALIAS_TARGET = {alias: target for target, aliases in _HEADER_ALIASES.items() for alias in aliases}
-_ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_PLAIN_ADDRESS = re.compile(rf"(?P<local>{_ATEXT}(?:\.{_ATEXT})*)@(?P<domain>(?:{_LABEL}\.)+[a-z]{{2,63}})")
-_SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)  # .test, .local, ...: email-validator refuses them
-_SPECIAL_USE_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# json.dumps's own string encoder (ASCII escapes): a dict of strings written with it, as
+# '{"key": "value", ...}', is exactly json.dumps's text, without its ~5 µs a call.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 _SEP_LINE = re.compile(r"sep=([,;\t|])\r?(?:\n|\Z)", re.IGNORECASE)
 _ADDRESS_LIKE = re.compile(r"\S+@\S+\.\S+")
 
@@ -121,6 +127,35 @@ class _Record:
                 self.fields[key] = value
 
 
+_Values = tuple[str, str, str, str, str]  # first_name, last_name, company, tags, fields (JSON)
+
+
+@dataclass
+class _Rows:
+    """The file's good rows by normalized address, in file order (of each address's first row)."""
+
+    build: Callable[[list[str]], _Record]
+    fast_values: Callable[[list[str]], _Values]
+    first: dict[str, list[str]] = field(default_factory=dict)  # each address's first row, as read
+    merged: dict[str, _Record] = field(default_factory=dict)  # an address on several rows: all of them
+
+    def repeat(self, address: str, cells: list[str]) -> None:
+        """Merge a later row of an address already in first."""
+        if address not in self.merged:
+            self.merged[address] = self.build(self.first[address])
+        self.merged[address].merge(self.build(cells))
+
+    def record(self, address: str) -> _Record:
+        """The address's values from the file, its rows merged."""
+        record = self.merged.get(address)
+        return self.build(self.first[address]) if record is None else record
+
+    def values(self, address: str) -> _Values:
+        """The address's values from the file, in database form."""
+        record = self.merged.get(address)
+        return self.fast_values(self.first[address]) if record is None else _record_values(record)
+
+
 def sniff(data: bytes) -> Sniffed:
     """Encoding, delimiter, header, the first rows and a suggested mapping of an upload."""
     table = _open(data)
@@ -155,14 +190,32 @@ def run_import(engine: Engine, data: bytes, mapping: dict[int, str] | None = Non
         mapping = suggest_mapping(table.header, table.preview)
     mapping = _checked_mapping(mapping, table.header)
     report = ImportReport()
-    records = _collect(table, mapping, report)
-    with immediate(engine) as conn:
-        if campaign_id is not None:
-            _check_campaign(conn, campaign_id)
-        _store(conn, records, report)
+    with _cycle_collector_paused():
+        rows = _collect(table, mapping, report)
+        with immediate(engine) as conn:
+            if campaign_id is not None:
+                _check_campaign(conn, campaign_id)
+            _store(conn, rows, report)
     if campaign_id is not None:
         report.enrolled = _enroll(engine, campaign_id, report.lead_ids)
     return report
+
+
+@contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """Pause Python's cycle collector while the file's rows are held in memory.
+
+    Each row is a few new containers that stay alive until the end, so the collector keeps
+    walking an ever larger heap of them to find no garbage: ~20% of the import's time. The
+    rows hold no cycles; whatever others leave meanwhile is collected a few seconds later.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _enroll(engine: Engine, campaign_id: int, lead_ids: list[int]) -> int:
@@ -187,23 +240,45 @@ def rejected_csv(report: ImportReport, header: tuple[str, str] = ("line", "reaso
 def check_address(raw: str) -> str:
     """The normalized address, or EmailNotValidError with email-validator's reason."""
     address = leads.normalize_email(raw)
-    # email-validator costs ~80 µs an address (8 s per 100,000 rows), mostly in Unicode
-    # checks of the domain. A plain ASCII address takes this shortcut, which accepts only
-    # what email-validator accepts (a property test holds the two together); anything
-    # unusual, and every reason, comes from email-validator itself.
-    if _plain(address):
-        return address
-    return leads.check_email(raw)
+    # The authority: every rejection, and its reason, comes from email-validator's validate_email.
+    return address if _parts_accepted(address) else leads.check_email(raw)
 
 
-def _plain(address: str) -> bool:
-    match = _PLAIN_ADDRESS.fullmatch(address) if len(address) <= 254 else None
-    if match is None or len(match["local"]) > 64:
+def _parts_accepted(address: str) -> bool:
+    """Whether email-validator's own checks of the local part and the domain accept a plain address.
+
+    validate_email costs ~90 µs an address (9 s per 100,000 rows): ~60 µs checking the domain
+    (Unicode, IDNA), the same verdict for every address at that domain, and ~14 µs splitting
+    the address one character at a time. For an ASCII address with one "@" and no quote or
+    bracket the split is simply at the "@", so the library's checks of the two parts are called
+    directly and the domain's verdict is cached. Such an address is its own normalized and
+    ASCII form, so within EMAIL_MAX_LENGTH it passes validate_email's length checks too. This
+    only ever accepts; anything else goes to validate_email (a property test holds the two
+    together).
+    """
+    if (not address.isascii() or len(address) > EMAIL_MAX_LENGTH or address.count("@") != 1
+            or '"' in address or "<" in address or "[" in address):
+        return False  # quoting, a display name or a domain literal: the full parse decides
+    local, _, domain = address.partition("@")
+    try:
+        validate_email_local_part(local, email_validator.ALLOW_SMTPUTF8, email_validator.ALLOW_EMPTY_LOCAL,
+                                  False, email_validator.STRICT)
+    except EmailNotValidError:
         return False
-    domain = match["domain"]
-    # "--" may be Punycode or an invalid R-LDH label; email-validator decides those.
-    return (len(domain) <= 253 and "--" not in domain
-            and domain not in _SPECIAL_USE and not domain.endswith(_SPECIAL_USE_SUFFIXES))
+    return _domain_accepted(domain, email_validator.TEST_ENVIRONMENT, email_validator.GLOBALLY_DELIVERABLE)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _domain_accepted(domain: str, test_environment: bool, globally_deliverable: bool) -> bool:
+    """email-validator's verdict on a domain, when normalization leaves it as it is."""
+    if not domain:
+        return False
+    try:
+        info = validate_email_domain_name(domain, test_environment, globally_deliverable)
+    except EmailNotValidError:
+        return False
+    # An IDNA domain has a Unicode normal form of another length: validate_email checks that form.
+    return info["domain"] == info["ascii_domain"] == domain
 
 
 def _open(data: bytes) -> _Table:
@@ -279,7 +354,7 @@ def _records(text: str, delimiter: str) -> Iterator[tuple[int, int, list[str]]]:
     try:
         for cells in reader:
             start, end = end + 1, reader.line_num
-            if "".join(cells).strip():
+            if (cells and cells[0].strip()) or "".join(cells).strip():  # the first cell mostly settles it
                 yield start, end, cells
     except csv.Error as exc:
         raise CsvImportError(f"line {end + 1}: {exc} (an unclosed quote?)", end + 1) from exc
@@ -348,22 +423,30 @@ def _checked_mapping(mapping: dict[int, str], header: list[str]) -> dict[int, st
     return {index: target for target, index in used.items()}
 
 
-def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> dict[str, _Record]:
-    """Good rows merged by normalized address, in file order; bad ones go to report.rejected."""
-    width, build = len(table.header), _builder(mapping)
-    email_at = next(index for index, target in mapping.items() if target == "email")
-    records: dict[str, _Record] = {}
+def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> _Rows:
+    """Good rows by normalized address, in file order; bad ones go to report.rejected."""
+    # Runs for every row: a well-formed row costs one length test, one normalization and,
+    # for an address not seen before in the file, one address check; its values are read
+    # at insert time (_stored_values), a _Record is built only for an address on several rows.
+    width, email_at = len(table.header), next(i for i, target in mapping.items() if target == "email")
+    rows = _Rows(_builder(mapping), _stored_values(mapping))
+    first = rows.first
     for start, end, cells in table.rows:
-        reason = _too_long(cells, mapping)
-        email, reason = ("", reason) if reason else _row_email(cells, width, email_at, start, end)
-        if reason:
-            report.rejected.append((start, reason))
-        elif email in records:
-            records[email].merge(build(cells))
+        if len(cells) != width or max(map(len, cells)) > MAX_CELL:
+            reason = _too_long(cells, mapping) or _width_problem(cells, width, start, end)
+            if reason:
+                report.rejected.append((start, reason))
+                continue
+        raw = cells[email_at]
+        address = leads.normalize_email(raw)
+        if address in first:  # valid, as its first row showed: only the values merge
+            rows.repeat(address, cells)
             report.merged += 1
+        elif reason := _address_problem(raw, address):
+            report.rejected.append((start, reason))
         else:
-            records[email] = build(cells)
-    return records
+            first[address] = cells
+    return rows
 
 
 def _too_long(cells: list[str], mapping: dict[int, str]) -> str:
@@ -374,18 +457,25 @@ def _too_long(cells: list[str], mapping: dict[int, str]) -> str:
     return f"a cell holds {longest:,} characters; at most {MAX_CELL:,} are accepted"
 
 
-def _row_email(cells: list[str], width: int, email_at: int, start: int, end: int) -> tuple[str, str]:
-    """The row's normalized address, or "" and the reason the row is rejected."""
-    if len(cells) != width and (len(cells) < width or "".join(cells[width:]).strip()):
-        spans = f" (the row spans lines {start}-{end}: an unclosed quote?)" if end > start else ""
-        return "", f"expected {width} columns, found {len(cells)}{spans}"
-    raw = cells[email_at]
-    if not raw.strip():
-        return "", "no email address"
+def _width_problem(cells: list[str], width: int, start: int, end: int) -> str:
+    """Why the row is rejected if it has too few columns or extra non-empty ones, else ""."""
+    if len(cells) == width or (len(cells) > width and not "".join(cells[width:]).strip()):
+        return ""
+    spans = f" (the row spans lines {start}-{end}: an unclosed quote?)" if end > start else ""
+    return f"expected {width} columns, found {len(cells)}{spans}"
+
+
+def _address_problem(raw: str, address: str) -> str:
+    """Why the row is rejected if its address (raw as in the file, and normalized) is bad, else ""."""
+    if not address:
+        return "no email address"
+    if _parts_accepted(address):  # check_address, without normalizing the address again
+        return ""
     try:
-        return check_address(raw), ""
+        leads.check_email(raw)
     except EmailNotValidError as exc:
-        return "", f"invalid email {raw!r}: {exc}"
+        return f"invalid email {raw!r}: {exc}"
+    return ""
 
 
 def _builder(mapping: dict[int, str]) -> Callable[[list[str]], _Record]:
@@ -401,6 +491,36 @@ def _builder(mapping: dict[int, str]) -> Callable[[list[str]], _Record]:
     return build
 
 
+def _stored_values(mapping: dict[int, str]) -> Callable[[list[str]], _Values]:
+    """A function from a row's cells straight to its stored values, as build + _record_values.
+
+    Most rows are a lead's only row: they skip the _Record and json.dumps (~10 µs a row).
+    """
+    at = {target: index for index, target in mapping.items()}
+    first_at, last_at, company_at, tags_at = (at.get(name) for name in TARGETS[1:])
+    custom = [(_json_string(target[len(FIELD):]) + ": ", index)
+              for index, target in mapping.items() if target.startswith(FIELD)]
+    tag_text: dict[str, str] = {}  # a file repeats a few tag cells on every row: split each once
+
+    def values(cells: list[str]) -> _Values:
+        tags = "" if tags_at is None else cells[tags_at]
+        if tags not in tag_text:
+            tag_text[tags] = ",".join(_split_tags(tags))
+        return ("" if first_at is None else cells[first_at].strip(),
+                "" if last_at is None else cells[last_at].strip(),
+                "" if company_at is None else cells[company_at].strip(),
+                tag_text[tags],
+                "{" + ", ".join([key + _json_string(cells[index].strip()) for key, index in custom]) + "}")
+    return values
+
+
+def _record_values(record: _Record) -> _Values:
+    """A file record's stored values: names, tags as the database keeps them, fields as JSON text."""
+    fields = ", ".join([_json_string(key) + ": " + _json_string(value)
+                        for key, value in record.fields.items()])
+    return record.first_name, record.last_name, record.company, ",".join(record.tags), "{" + fields + "}"
+
+
 def _split_tags(value: str) -> list[str]:
     # Commas are what the database stores; semicolons come from Polish spreadsheets.
     return list(dict.fromkeys(filter(None, map(str.strip, value.replace(";", ",").split(",")))))
@@ -414,49 +534,53 @@ def _check_campaign(conn: Connection, campaign_id: int) -> None:
         raise CsvImportError(f"campaign {campaign_id} has no variant to assign leads to")
 
 
-def _store(conn: Connection, records: dict[str, _Record], report: ImportReport) -> None:
+def _store(conn: Connection, rows: _Rows, report: ImportReport) -> None:
     """Insert new leads and merge into existing ones; fills the report's counts and ids."""
-    existing = _existing(conn, list(records))
-    new = [email for email in records if email not in existing]
-    _insert(conn, new, records)
-    _update(conn, [(lead_id, before, records[email]) for email, (lead_id, before) in existing.items()])
-    ids = {email: lead_id for email, (lead_id, _) in existing.items()} | _ids(conn, new)
+    existing = _existing(conn, list(rows.first))
+    new = [email for email in rows.first if email not in existing]
+    ids = dict(zip(new, _insert(conn, new, rows), strict=True))
+    _update(conn, [(lead_id, before, rows.record(email)) for email, (lead_id, before) in existing.items()])
+    ids.update((email, lead_id) for email, (lead_id, _) in existing.items())
     report.imported = len(new)
     report.merged += len(existing)
-    report.lead_ids = [ids[email] for email in records]
+    report.lead_ids = [ids[email] for email in rows.first]
 
 
 def _existing(conn: Connection, emails: list[str]) -> dict[str, tuple[int, _Record]]:
+    """The leads the file's addresses already belong to: id and values by address."""
+    if not emails:
+        return {}
     lead = Lead.__table__
-    found = {}
-    for at in range(0, len(emails), _CHUNK):
-        rows = conn.execute(select(lead.c.id, lead.c.email, lead.c.first_name, lead.c.last_name,
-                                   lead.c.company, lead.c.tags, lead.c.fields)
-                            .where(lead.c.email.in_(emails[at:at + _CHUNK])))
-        for row in rows:
-            found[row.email] = (row.id, _Record(row.first_name or "", row.last_name or "",
-                                                row.company or "", _split_tags(row.tags or ""),
-                                                dict(row.fields or {})))
-    return found
+    # One statement for the whole file: the addresses go in as one JSON array, and SQLite
+    # walks it, looking each up in lead's email index (0.03 s per 100,000; chunked
+    # IN (...) lists cost a statement compile per 500 addresses, ~1 s, under the write lock).
+    listed = func.json_each(bindparam("emails", type_=Text)).table_valued("value")
+    rows = conn.execute(select(lead.c.id, lead.c.email, lead.c.first_name, lead.c.last_name,
+                               lead.c.company, lead.c.tags, lead.c.fields)
+                        .select_from(listed.join(lead, lead.c.email == listed.c.value)),
+                        {"emails": json.dumps(emails)})
+    return {row.email: (row.id, _Record(row.first_name or "", row.last_name or "", row.company or "",
+                                        _split_tags(row.tags or ""), dict(row.fields or {})))
+            for row in rows}
 
 
-def _ids(conn: Connection, emails: list[str]) -> dict[str, int]:
+def _insert(conn: Connection, emails: list[str], rows: _Rows) -> range:
+    """Insert the new leads; returns their ids, in the order of emails."""
+    if not emails:
+        return range(0)
     lead = Lead.__table__
-    ids: dict[str, int] = {}
-    for at in range(0, len(emails), _CHUNK):
-        chunk = emails[at:at + _CHUNK]
-        ids.update((email, lead_id) for lead_id, email in
-                   conn.execute(select(lead.c.id, lead.c.email).where(lead.c.email.in_(chunk))))
+    # The transaction holds the write lock, so the ids after the highest are free: choosing
+    # them here (as SQLite would) spares reading 100,000 rows back to learn them.
+    first_id = conn.execute(select(func.coalesce(func.max(lead.c.id), 0))).scalar_one() + 1
+    ids = range(first_id, first_id + len(emails))
+    now = _binder(conn, lead.c.created_at)(utcnow())
+    columns = ("id", "email", "first_name", "last_name", "company", "tags", "fields", "created_at")
+    # The driver's executemany with values in database form: SQLAlchemy would bind each
+    # row in Python (~25 µs a row, seconds per 100,000, all of it under the write lock).
+    statement = f"INSERT INTO {lead.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    conn.exec_driver_sql(statement, [(lead_id, email, *rows.values(email), now)
+                                     for lead_id, email in zip(ids, emails, strict=True)])
     return ids
-
-
-def _insert(conn: Connection, emails: list[str], records: dict[str, _Record]) -> None:
-    lead = Lead.__table__
-    to_json, now = _binder(conn, lead.c.fields), _binder(conn, lead.c.created_at)(utcnow())
-    _executemany(conn, insert(lead), [
-        {"email": email, "first_name": record.first_name, "last_name": record.last_name,
-         "company": record.company, "tags": ",".join(record.tags), "fields": to_json(record.fields),
-         "created_at": now} for email, record in ((email, records[email]) for email in emails)])
 
 
 def _update(conn: Connection, pairs: list[tuple[int, _Record, _Record]]) -> None:

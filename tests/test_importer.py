@@ -318,10 +318,13 @@ LABELS = st.one_of(
 
 @settings(max_examples=500, database=None, deadline=None)
 @given(st.one_of(
-    st.text(alphabet="ab.-_@+ ąZ1\"<>(),", max_size=24),
+    st.text(alphabet="ab.-_@+ ąZ1\"<>()[],\\", max_size=24),
     st.builds(lambda local, labels: f"{local}@{'.'.join(labels)}",
-              st.one_of(st.text(alphabet="aZ09._+-'!#= ", max_size=70), st.just("a" * 64)),
+              st.one_of(st.text(alphabet="aZ09._+-'!#=\"<[ ", max_size=70), st.just("a" * 64)),
               st.lists(LABELS, min_size=1, max_size=5)),
+    # Around the 254-character limit, where only the length decides.
+    st.builds(lambda local, size: f"{local}@{'b' * 60}.{'c' * 60}.{'d' * 60}.{'e' * size}.pl",
+              st.sampled_from(["a" * 64, "a" * 65, "A.b"]), st.integers(1, 63)),
 ))
 def test_the_fast_address_check_agrees_with_email_validator(raw):
     expected = outcome(leads.check_email, raw)
