@@ -18,6 +18,7 @@ import importer
 import leads
 import legacy_log
 import scheduler
+import schema
 import timeline
 import timeline_sql
 from database import write_session
@@ -77,8 +78,8 @@ def _engine():
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
-    """Create the tables (safe to run again: existing data is kept)."""
-    db.create_all()
+    """Create the tables and triggers (safe to run again, and after an upgrade: data is kept)."""
+    schema.install(db.engine)
     click.echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
 
 
@@ -311,7 +312,7 @@ def demo() -> None:
 @with_appcontext
 def first_run() -> None:
     """Create tables; on an empty database add the demo data and an admin login."""
-    db.create_all()
+    schema.install(db.engine)
     if db.session.scalar(select(func.count()).select_from(User)):
         click.echo("database ready (existing data kept)")
         return

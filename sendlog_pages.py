@@ -8,8 +8,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
-from sqlalchemy.orm import joinedload
 
+import stats
 from models import Campaign, SendLog, SendStatus, Trigger, db
 from sender import resolve_unknown
 from views import ActionForm
@@ -49,9 +49,7 @@ def index(campaign_id: int):
     conditions = _filtered(campaign_id, request.args)
     page = max(request.args.get("page", 1, type=int), 1)
     total = db.session.scalar(select(func.count()).select_from(SendLog).where(*conditions))
-    rows = db.session.scalars(select(SendLog).options(joinedload(SendLog.lead))  # one query, not 50
-                              .where(*conditions).order_by(SendLog.id.desc())
-                              .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
+    rows = stats.send_rows(db.session, conditions, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     return render_template("sendlog.html", campaign=campaign, rows=rows, total=total, page=page,
                            pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1), args=request.args,
                            filters={k: v for k, v in request.args.items() if k != "page" and v},

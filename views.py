@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from flask_babel import gettext as _
@@ -11,7 +12,6 @@ from flask_login import login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import joinedload
 from wtforms import HiddenField
 
 import campaigns
@@ -38,8 +38,18 @@ def refusal_text(refusal: Refusal) -> str:
     return reasons.get(refusal.code, str(refusal))
 
 
+@bp.app_template_global()
+def utc_time(value: datetime | None) -> str:
+    """A stored (UTC) time as the pages show it, to the second; "—" when there is none."""
+    # isoformat, not strftime: the same text, a third of the cost, 50 times a page.
+    return value.isoformat(" ", "seconds") if value else "—"
+
+
 class SendForm(FlaskForm):
-    key = HiddenField()  # one-time key: a double click sends one batch, not two
+    # One-time key: a double click sends one batch, not two. The label is never shown, but
+    # without one WTForms translates a default, and Flask-WTF re-reads WTForms' catalog
+    # from disk for that on every request (~1 ms of the campaign page).
+    key = HiddenField(label="key")
 
 
 class ActionForm(FlaskForm):
@@ -53,7 +63,7 @@ def dashboard():
     all_campaigns = db.session.scalars(select(Campaign).order_by(Campaign.id.desc())).all()
     return render_template("dashboard.html", campaigns=all_campaigns,
                            progress=stats.progress(db.session, all_campaigns),
-                           scheduler=stats.scheduler_state(db.engine))
+                           scheduler=stats.scheduler_state(db.session))
 
 
 @bp.route("/status.json")
@@ -62,7 +72,7 @@ def status_json():
     """What the dashboard's live refresh polls: progress and the scheduler line."""
     all_campaigns = db.session.scalars(select(Campaign)).all()
     progress = stats.progress(db.session, all_campaigns)
-    return jsonify(scheduler=stats.scheduler_state(db.engine).as_json(), campaigns={
+    return jsonify(scheduler=stats.scheduler_state(db.session).as_json(), campaigns={
         c.id: {"status": c.status, "percent": progress[c.id].done_percent, **{
             k: getattr(progress[c.id], k) for k in ("total", "sent", "failed", "unknown", "skipped")}}
         for c in all_campaigns})
@@ -73,9 +83,7 @@ def status_json():
 def campaign(campaign_id: int):
     """One campaign: settings, progress, recent sends and the send button."""
     found = db.session.get(Campaign, campaign_id) or abort(404)
-    recent = db.session.scalars(select(SendLog).options(joinedload(SendLog.lead))
-                                .where(SendLog.campaign_id == campaign_id)
-                                .order_by(SendLog.id.desc()).limit(20)).all()
+    recent = stats.send_rows(db.session, (SendLog.campaign_id == campaign_id,), 20)
     return render_template("campaign.html", campaign=found,
                            progress=stats.progress(db.session, [found])[campaign_id],
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
@@ -135,7 +143,7 @@ def healthz():
     """No login: database reachable? scheduler lease state? 503 if the database is not."""
     try:
         db.session.execute(text("SELECT 1"))
-        state = stats.scheduler_state(db.engine)
+        state = stats.scheduler_state(db.session)
     except SQLAlchemyError:
         return jsonify(database="error"), 503
     return jsonify(database="ok", scheduler=state.as_json())

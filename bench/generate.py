@@ -2,7 +2,8 @@
 
 `python bench/generate.py out.db --leads 100000 --campaigns 10 --sends 1000000`
 
-The schema comes from models.py (so a new index shows up here by itself); rows are written
+The schema comes from models.py and schema.py (so a new index or trigger shows up here by
+itself; the triggers keep campaign_state_count while the rows go in); rows are written
 with bare sqlite3 executemany in big transactions, synchronous=OFF while generating (the
 bench's own connections use FULL). The data keeps every invariant the engine keeps:
 - send_log is UNIQUE(campaign_id, lead_id): each campaign sends to at most `leads` leads,
@@ -36,6 +37,7 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import create_engine  # noqa: E402
 
+import schema  # noqa: E402
 from leads import pick_variant  # noqa: E402
 from models import Base  # noqa: E402
 
@@ -106,9 +108,9 @@ def _plan(spec: Spec) -> list[tuple[int, int]]:
 
 
 def create_schema(path: Path) -> None:
-    """An empty database with models.py's schema, in WAL mode."""
+    """An empty database with models.py's schema and schema.py's triggers, in WAL mode."""
     engine = create_engine(f"sqlite:///{path}")
-    Base.metadata.create_all(engine)
+    schema.install(engine)
     engine.dispose()
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -371,12 +373,14 @@ def lead_csv(rows: int, seed: int = 1) -> bytes:
 
 
 def fingerprint(spec: Spec) -> str:
-    """A short hash of the spec, models.py's schema and VERSION: same fingerprint, same file."""
+    """A short hash of the spec, the schema (tables, indexes, triggers) and VERSION: same
+    fingerprint, same file."""
     from sqlalchemy.schema import CreateIndex, CreateTable
 
     engine = create_engine("sqlite://")
     ddl = [str(CreateTable(t).compile(engine)) for t in Base.metadata.sorted_tables]
     ddl += sorted(str(CreateIndex(i).compile(engine)) for t in Base.metadata.sorted_tables for i in t.indexes)
+    ddl += sorted(schema.TRIGGERS.values())  # a changed trigger changes the file, too
     text = json.dumps([spec.__dict__, ddl, VERSION], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sqlalchemy import select  # noqa: E402
 
+import schema  # noqa: E402
 from app import create_app  # noqa: E402
 from conftest import app_config  # noqa: E402
 from helpers import make_campaign  # noqa: E402
@@ -44,7 +45,7 @@ def main() -> int:
         db_path = Path(tmp) / "repro.db"
         app = create_app(app_config(db_path, sink.port))
         with app.app_context():
-            db.create_all()
+            schema.install(db.engine)  # tables and triggers, as init-db makes them
             engine = db.engine
         settings = Settings.from_config(app.config)
         campaign_id = make_campaign(engine, 1)

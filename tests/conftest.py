@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import schema  # noqa: E402
 from app import create_app  # noqa: E402
 from models import db  # noqa: E402
 from sender import Settings  # noqa: E402
@@ -72,7 +73,7 @@ def config(tmp_path, smtp) -> dict:
 def app(config):
     app = create_app(config)
     with app.app_context():
-        db.create_all()
+        schema.install(db.engine)  # tables and triggers, as init-db makes them
     yield app
     with app.app_context():
         db.engine.dispose()

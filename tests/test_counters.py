@@ -1,0 +1,165 @@
+"""campaign_state_count equals a live GROUP BY of campaign_lead, whoever changes the rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import delete, select, text, update
+
+import leads
+import schema
+import stats
+from app import create_app
+from database import immediate
+from helpers import lead_csv, make_campaign
+from models import Campaign, CampaignLead, CampaignStateCount, EnrollmentState, Trigger, db
+from sender import Settings, send_batch
+from timeutil import utcnow
+from transport import make_transport
+
+LIVE = "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY campaign_id, state"
+
+
+def live(engine) -> dict[tuple[int, str], int]:
+    with engine.connect() as conn:
+        return {(c, s): n for c, s, n in conn.execute(text(LIVE))}
+
+
+def kept(engine) -> dict[tuple[int, str], int]:
+    """The counter table, zero rows left out (a state a campaign has left keeps its row)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(CampaignStateCount.campaign_id, CampaignStateCount.state,
+                                   CampaignStateCount.n)).all()
+    assert all(n >= 0 for _, _, n in rows), rows
+    return {(c, s): n for c, s, n in rows if n}
+
+
+def run_batch(app, campaign_id: int, limit: int = 10) -> None:
+    with app.app_context():
+        transport = make_transport(app.config)
+        try:
+            send_batch(db.engine, Settings.from_config(app.config), transport, campaign_id,
+                       Trigger.BUTTON, limit=limit)
+        finally:
+            transport.close()
+
+
+def forget_counters(engine) -> None:
+    """What a database made before the counters looks like: no triggers, no table."""
+    with immediate(engine) as conn:
+        for name in schema.TRIGGERS:
+            conn.execute(text(f"DROP TRIGGER {name}"))
+        conn.execute(text(f"DROP TABLE {schema.COUNTS}"))
+
+
+def test_counts_follow_enrollment_sends_failures_skips_and_deletes(app, engine, smtp):
+    smtp.recorder.rcpt_replies["lead0001@example.com"] = ["550 5.1.1 no such user"]
+    smtp.recorder.rcpt_replies["lead0002@example.com"] = ["451 4.3.0 busy"] * 2
+    cid = make_campaign(engine, 8)
+    assert kept(engine) == live(engine) == {(cid, "pending"): 8}
+    other = make_campaign(engine, 3, start=False)  # the same leads, in a second campaign
+    with immediate(engine) as conn:  # suppressed before its turn: the engine skips it
+        conn.execute(text("INSERT INTO suppression (email, reason, detail, created_at) "
+                          "VALUES ('lead0003@example.com', 'manual', '', :now)"), {"now": utcnow()})
+    run_batch(app, cid, limit=3)  # stops with lead0002 claimed, waiting for its retry
+    assert kept(engine) == live(engine)
+    assert live(engine)[(cid, "sending")] == 1
+    run_batch(app, cid, limit=30)
+    states = live(engine)
+    assert {s for c, s in states if c == cid} >= {"sent", "failed", "skipped"}, states
+    assert kept(engine) == states
+    third = make_campaign(engine, 1, start=False)
+    with immediate(engine) as conn:  # writers the engine never uses: raw SQL, other columns
+        conn.execute(update(CampaignLead).where(CampaignLead.campaign_id == other,
+                                                CampaignLead.lead_id == 2).values(campaign_id=third))
+        conn.execute(update(CampaignLead).values(variant_letter=CampaignLead.variant_letter))
+        gone = conn.execute(delete(CampaignLead).where(CampaignLead.campaign_id == other)).rowcount
+    assert gone == 2
+    assert kept(engine) == live(engine)
+    report = leads.import_leads(engine, lead_csv(12))
+    assert leads.enroll(engine, cid, report.lead_ids) > 0  # re-enrolled ones are no-ops
+    assert kept(engine) == live(engine)
+
+
+def test_a_failed_statement_leaves_the_counts_as_they_were(app, engine):
+    cid = make_campaign(engine, 2, start=False)
+    before = kept(engine)
+    try:
+        with immediate(engine) as conn:
+            conn.execute(update(CampaignLead).values(state=EnrollmentState.SENT))
+            raise RuntimeError("the write fails after the update")
+    except RuntimeError:
+        pass
+    assert kept(engine) == before == live(engine) == {(cid, "pending"): 2}
+
+
+def test_install_backfills_a_database_made_before_the_counters(app, engine, smtp):
+    cid = make_campaign(engine, 5)
+    forget_counters(engine)
+    run_batch(app, cid, limit=2)  # the old version keeps sending and enrolling, no counts
+    report = leads.import_leads(engine, lead_csv(9))
+    leads.enroll(engine, cid, report.lead_ids)
+    schema.install(engine)
+    assert kept(engine) == live(engine) == {(cid, "sent"): 2, (cid, "pending"): 7}
+    run_batch(app, cid, limit=1)  # and from now on the triggers keep it
+    assert kept(engine) == live(engine) == {(cid, "sent"): 3, (cid, "pending"): 6}
+
+
+def test_install_replaces_an_outdated_trigger_and_recounts(app, engine):
+    cid = make_campaign(engine, 4, start=False)
+    name = f"{schema.COUNTS}_insert"
+    with immediate(engine) as conn:  # an older definition that counted nothing
+        conn.execute(text(f"DROP TRIGGER {name}"))
+        conn.execute(text(f"CREATE TRIGGER {name} AFTER INSERT ON campaign_lead BEGIN SELECT 1; END"))
+    report = leads.import_leads(engine, lead_csv(6))
+    leads.enroll(engine, cid, report.lead_ids)
+    assert kept(engine) != live(engine)
+    schema.install(engine)
+    assert kept(engine) == live(engine) == {(cid, "pending"): 6}
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                                      f"AND name LIKE '{schema.COUNTS}%'")).all()) == schema.TRIGGERS
+
+
+def test_install_on_an_installed_database_changes_nothing(app, engine):
+    make_campaign(engine, 3, start=False)
+    with immediate(engine) as conn:  # a marker no recount would keep
+        conn.execute(text(f"INSERT INTO {schema.COUNTS} VALUES (999, 'pending', 7)"))
+    schema.install(engine)
+    schema.install(engine)
+    assert kept(engine)[(999, "pending")] == 7
+
+
+def test_plain_create_all_installs_the_triggers_too(config, tmp_path):
+    # Code that calls db.create_all() directly (older tests, scripts) gets them as well.
+    app = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'plain.db'}"})
+    with app.app_context():
+        db.create_all()
+        cid = make_campaign(db.engine, 3, start=False)
+        assert kept(db.engine) == live(db.engine) == {(cid, "pending"): 3}
+        db.engine.dispose()
+
+
+def test_progress_reads_the_counts(app, engine, smtp):
+    cid = make_campaign(engine, 4)
+    run_batch(app, cid, limit=3)
+    with app.app_context():
+        campaign = db.session.get(Campaign, cid)
+        figures = stats.progress(db.session, [campaign])[cid]
+    assert (figures.total, figures.sent, figures.pending) == (4, 3, 1)
+    assert figures.last_sent_at is not None
+
+
+def test_the_bench_generator_leaves_exact_counts(tmp_path):
+    # The bench and chaos databases are bulk-loaded with bare sqlite3: the triggers count them.
+    import sqlite3
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import generate
+
+    made = generate.generate(tmp_path / "bench.db", generate.Spec(leads=300, campaigns=3, sends=500))
+    with sqlite3.connect(made.path) as conn:
+        counts = conn.execute(f"SELECT campaign_id, state, n FROM {schema.COUNTS} WHERE n != 0").fetchall()
+        assert sorted(counts) == sorted(conn.execute(LIVE).fetchall())
+    assert sum(n for _, _, n in counts) == 900
