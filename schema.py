@@ -48,6 +48,7 @@ TRIGGERS = {
 def install(engine: Engine) -> None:
     """Create missing tables and install the triggers (with a backfill when they were not
     there): one BEGIN IMMEDIATE transaction. Safe to run at any time, any number of times."""
+    import timeline_summary  # noqa: F401 - registers timeline_hour and its create_all hook
     from models import Base  # models imports this module for its create_all hook
 
     with immediate(engine) as conn:

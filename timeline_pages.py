@@ -6,6 +6,7 @@ import csv
 import io
 import secrets
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -24,10 +25,12 @@ from flask_babel import get_locale
 from flask_login import login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
+from markupsafe import Markup
 from wtforms import SelectChoice, SelectField
 
 import legacy_log
 import timeline
+import timeline_chart
 import timeline_sql
 from csvcells import neutralized
 from models import Campaign, db
@@ -43,12 +46,33 @@ class LegacyForm(FlaskForm):
     tz = SelectField(choices=[SelectChoice(z) for z in ZONES], default="UTC")
 
 
+@bp.app_template_global()
+@lru_cache(maxsize=64)
+def zone_options(selected: str) -> Markup:
+    """The ~600 <option>s of a time-zone select, built once per selected zone.
+
+    Rendering them per request (a Jinja loop, or WTForms' widget for the upload form)
+    cost more than all of the page's queries over the summary.
+    """
+    return Markup("").join(
+        Markup('<option value="{0}"{1}>{0}</option>').format(z, Markup(" selected") if z == selected else "")
+        for z in ZONES)
+
+
 @bp.app_template_filter("local")
 def local_time(value: datetime | None, tz: str = "UTC") -> str:
     """A naive-UTC time shown in the zone the user picked."""
     if value is None:
         return "—"
-    return value.replace(tzinfo=UTC).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S")
+    if tz != "UTC":  # the default, and the common case: no conversion to make
+        value = value.replace(tzinfo=UTC).astimezone(ZoneInfo(tz))
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@bp.app_template_global()
+def chart_bars(buckets: list[timeline.Bucket], tz: str, duplicates: str) -> Markup:
+    """The chart's bars (see timeline_chart), their times in the user's zone."""
+    return timeline_chart.bars(buckets, lambda at: local_time(at, tz), duplicates)
 
 
 def _zone() -> str:
@@ -78,20 +102,13 @@ def live(campaign_id: int | None = None):
     tz, page = _zone(), max(request.args.get("page", 1, type=int), 1)
     scope = _scope(campaign_id, tz)
     with db.engine.connect() as conn:
-        analysis = timeline_sql.analyse(conn, scope)
-        minutes = timeline_sql.bucket_minutes(analysis.first_send_at, analysis.last_send_at)
-        dups = [e for g in analysis.duplicate_groups for e in _group_events(g)]
-        buckets = timeline_sql.buckets(conn, scope, minutes, dups)
+        analysis, minutes, buckets = timeline_sql.overview(conn, scope)
         rows = [_row(row) for row in timeline_sql.events_page(conn, scope, page, PAGE_SIZE)]
     template = "_timeline_body.html" if request.args.get("fragment") else "timeline.html"
     return render_template(template, analysis=analysis, buckets=buckets, minutes=minutes, rows=rows,
                            page=page, pages=max((analysis.total_sends + PAGE_SIZE - 1) // PAGE_SIZE, 1),
-                           tz=tz, zones=ZONES, campaign=campaign, legacy=None, form=LegacyForm(tz=tz),
+                           tz=tz, campaign=campaign, legacy=None,
                            finding=analysis.finding(str(get_locale()), tz), args=_args())
-
-
-def _group_events(group: timeline.DuplicateGroup) -> list[timeline.SendEvent]:
-    return [timeline.SendEvent(at, group.campaign, group.lead, group.variant) for at in group.times]
 
 
 def _row(row) -> dict:
@@ -160,8 +177,8 @@ def legacy(token: str):
     try:
         parsed = legacy_log.parse_log(path.read_bytes(), tz)
     except legacy_log.LegacyLogError as exc:
-        return render_template("timeline.html", error=str(exc), legacy=token, tz=tz, zones=ZONES,
-                               form=LegacyForm(tz=tz), analysis=None, campaign=None, args=_args()), 400
+        return render_template("timeline.html", error=str(exc), legacy=token, tz=tz,
+                               analysis=None, campaign=None, args=_args()), 400
     analysis = timeline.analyse(parsed.events)
     minutes = timeline_sql.bucket_minutes(analysis.first_send_at, analysis.last_send_at)
     newest = sorted(parsed.events, reverse=True)[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
@@ -169,7 +186,7 @@ def legacy(token: str):
              "trigger": e.trigger, "worker": e.worker} for e in newest]
     buckets = timeline.bucket(parsed.events, minutes)
     return render_template("timeline.html", analysis=analysis, buckets=buckets, minutes=minutes,
-                           rows=rows, page=page, tz=tz, zones=ZONES, campaign=None,
+                           rows=rows, page=page, tz=tz, campaign=None,
                            pages=max((len(parsed.events) + PAGE_SIZE - 1) // PAGE_SIZE, 1),
-                           legacy=token, rejected=parsed.rejected, form=LegacyForm(tz=tz),
+                           legacy=token, rejected=parsed.rejected,
                            finding=analysis.finding(str(get_locale()), tz), args=_args())

@@ -1,8 +1,14 @@
 """The timeline of SendOnce's own send_log, computed in SQL so a million rows stay fast.
 
-Totals, buckets and duplicate groups are GROUP BY queries over indexes; only the events
-of duplicated keys (none, while the unique index holds) and the most recent sends for
-the median interval are read into Python, where timeline.py judges them.
+Two ways to the same Analysis and chart:
+- from the hourly summary (timeline_summary, read by timeline_rollup) when it is
+  installed and send_log's unique index makes duplicates impossible: a few thousand
+  summary rows, plus send_log through its claimed_at indexes for the exact first and
+  last send, partial hours at a range's edges and minute bars;
+- live (below), for a database without the summary or without that index (a legacy
+  or forensic copy): GROUP BY queries over send_log; only the events of duplicated keys
+  and the most recent sends for the median interval are read into Python, where
+  timeline.py judges them.
 
 A "send" here is a send_log row that went out or may have: status `sent` or `unknown`,
 at its latest claim time (when SMTP started).
@@ -10,19 +16,20 @@ at its latest claim time (when SMTP started).
 
 from __future__ import annotations
 
+import operator
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import pairwise
 
-from sqlalchemy import and_, func, literal_column, select
+from sqlalchemy import String, and_, func, literal_column, select, type_coerce
 from sqlalchemy.engine import Connection
 
 import timeline
-from models import Lead, SendLog, SendStatus
+import timeline_summary
+from models import Lead, SendLog
 from timeline import Analysis, Bucket, SendEvent, Totals
+from timeline_summary import SENT
 
-SENT = (SendStatus.SENT, SendStatus.UNKNOWN)
 MEDIAN_SAMPLE = 10_000  # the median interval is taken over the most recent sends
 MAX_DUPLICATE_KEYS = 1_000
 
@@ -33,8 +40,17 @@ class Scope:
     start: datetime | None = None
     end: datetime | None = None
 
-    def where(self) -> list:
-        conditions = [SendLog.status.in_(SENT)]
+    def where(self, by_time: bool = False) -> list:
+        """The scope's conditions on send_log.
+
+        by_time: for a query that should walk a claimed_at index (ORDER BY claimed_at,
+        or a claimed_at range): the status test is written as an expression, which no
+        index can serve. Without ANALYZE statistics -- a database init-db made and the
+        engine grew has none -- SQLite otherwise takes ix_send_log_status for
+        `status IN (...)` and sorts or filters every send, seconds at a million rows.
+        """
+        status = SendLog.status.concat("") if by_time else SendLog.status
+        conditions = [status.in_(SENT)]
         if self.campaign_id is not None:
             conditions.append(SendLog.campaign_id == self.campaign_id)
         if self.start is not None:
@@ -42,6 +58,42 @@ class Scope:
         if self.end is not None:
             conditions.append(SendLog.claimed_at < self.end)
         return conditions
+
+
+def analyse(conn: Connection, scope: Scope) -> Analysis:
+    """The same Analysis timeline.analyse gives, from the summary when it can stand in."""
+    if timeline_summary.usable(conn):
+        import timeline_rollup  # imports this module (Scope, median_interval, ...)
+
+        return timeline_rollup.analyse(conn, scope)
+    return live_analyse(conn, scope)
+
+
+def buckets(conn: Connection, scope: Scope, minutes: int, duplicates: list[SendEvent]) -> list[Bucket]:
+    """The chart's bars; from the summary when it can stand in (then there are no duplicates)."""
+    if not duplicates and timeline_summary.usable(conn):
+        import timeline_rollup
+
+        return timeline_rollup.buckets(conn, scope, minutes)
+    return live_buckets(conn, scope, minutes, duplicates)
+
+
+def overview(conn: Connection, scope: Scope) -> tuple[Analysis, int, list[Bucket]]:
+    """The Analysis, the chart's bucket width in minutes and its bars, for the page.
+
+    Asks once whether the summary can stand in, so both halves come from the same source.
+    """
+    if timeline_summary.usable(conn):
+        import timeline_rollup
+
+        analysis = timeline_rollup.analyse(conn, scope)
+        minutes = bucket_minutes(analysis.first_send_at, analysis.last_send_at)
+        return analysis, minutes, timeline_rollup.buckets(conn, scope, minutes)
+    analysis = live_analyse(conn, scope)
+    minutes = bucket_minutes(analysis.first_send_at, analysis.last_send_at)
+    duplicates = [timeline.SendEvent(at, g.campaign, g.lead, g.variant)
+                  for g in analysis.duplicate_groups for at in g.times]
+    return analysis, minutes, live_buckets(conn, scope, minutes, duplicates)
 
 
 def _count(conn: Connection, *conditions) -> int:
@@ -70,19 +122,36 @@ def _event(row) -> SendEvent:
                      row.trigger, row.worker)
 
 
-def _median_interval(conn: Connection, scope: Scope) -> float | None:
-    recent = conn.execute(select(SendLog.campaign_id, SendLog.claimed_at).where(*scope.where())
-                          .order_by(SendLog.claimed_at.desc()).limit(MEDIAN_SAMPLE)).all()
-    by_campaign: dict[int, list[datetime]] = {}
-    for campaign_id, at in recent:
-        by_campaign.setdefault(campaign_id, []).append(at)
-    gaps = [(newer - older).total_seconds()
-            for times in by_campaign.values() for newer, older in pairwise(times)]
-    return statistics.median(gaps) if gaps else None
+def median_interval(conn: Connection, scope: Scope) -> float | None:
+    """Median gap in seconds between consecutive sends of a campaign, over the most recent sends.
+
+    Ties in claimed_at are broken by id so the sample is the same every time. Each
+    campaign's times cross as one comma-joined text and are parsed and subtracted by
+    C-level map() calls: 10,000 SQLAlchemy rows and a Python loop over them cost more
+    than the query. The result is the float timedelta.total_seconds() and
+    statistics.median give (total_seconds preserves the order, so only the middle
+    one or two gaps need converting).
+    """
+    at_text = type_coerce(SendLog.claimed_at, String).label("at")
+    recent = select(SendLog.campaign_id, at_text).where(*scope.where(by_time=True)) \
+        .order_by(SendLog.claimed_at.desc(), SendLog.id.desc()).limit(MEDIAN_SAMPLE).subquery()
+    # Fed to group_concat in time order, so sorted() below only confirms it (SQLite does
+    # not promise that order, hence the sort; it costs one pass when it holds).
+    in_order = select(recent).order_by(recent.c.campaign_id, recent.c.at).subquery()
+    per_campaign = select(func.group_concat(in_order.c.at, ",")).group_by(in_order.c.campaign_id)
+    gaps: list[timedelta] = []
+    for text in conn.execute(per_campaign).scalars():
+        times = sorted(map(datetime.fromisoformat, text.split(",")))
+        gaps += map(operator.sub, times[1:], times)
+    if not gaps:
+        return None
+    gaps.sort()
+    middle = gaps[(len(gaps) - 1) // 2:len(gaps) // 2 + 1]  # one gap, or the two middle ones
+    return statistics.median([gap.total_seconds() for gap in middle])
 
 
-def analyse(conn: Connection, scope: Scope) -> Analysis:
-    """The same Analysis timeline.analyse gives, from SQL aggregates."""
+def live_analyse(conn: Connection, scope: Scope) -> Analysis:
+    """The Analysis from GROUP BY queries over send_log (any schema shaped like it)."""
     where = scope.where()
     total, first, last = conn.execute(select(func.count(), func.min(SendLog.claimed_at),
                                              func.max(SendLog.claimed_at)).where(*where)).one()
@@ -98,13 +167,13 @@ def analyse(conn: Connection, scope: Scope) -> Analysis:
         before=Totals(before, before, 0),
         after=Totals(total - before, total - before - duplicates, duplicates),
         duplicate_second_histogram=dup_analysis.duplicate_second_histogram,
-        median_interval_seconds=_median_interval(conn, scope),
+        median_interval_seconds=median_interval(conn, scope),
         clusters=dup_analysis.clusters, first_send_at=first, last_send_at=last,
         cluster_seconds=dup_analysis.cluster_seconds,
     )
 
 
-_FORMATS = {1: "%Y-%m-%d %H:%M", 60: "%Y-%m-%d %H:00", 1440: "%Y-%m-%d 00:00"}
+FORMATS = {1: "%Y-%m-%d %H:%M", 60: "%Y-%m-%d %H:00", 1440: "%Y-%m-%d 00:00"}
 
 
 def bucket_minutes(first: datetime | None, last: datetime | None) -> int:
@@ -115,18 +184,32 @@ def bucket_minutes(first: datetime | None, last: datetime | None) -> int:
     return 60 if span <= timedelta(days=21) else 1440
 
 
-def buckets(conn: Connection, scope: Scope, minutes: int, duplicates: list[SendEvent]) -> list[Bucket]:
-    """Sends per bucket and trigger, grouped in SQL; duplicate counts from the few dup events."""
-    label = func.strftime(_FORMATS[minutes], SendLog.claimed_at)
-    rows = conn.execute(select(label, SendLog.trigger, func.count()).where(*scope.where())
+def bucket_rows(conn: Connection, scope: Scope, minutes: int, by_time: bool = False):
+    """(bucket label, trigger, sends) grouped in SQL over send_log, in label order."""
+    label = func.strftime(FORMATS[minutes], SendLog.claimed_at)
+    return conn.execute(select(label, SendLog.trigger, func.count()).where(*scope.where(by_time))
                         .group_by(label, SendLog.trigger).order_by(label)).all()
+
+
+def to_buckets(rows, dup_buckets: dict[datetime, int] | None = None) -> list[Bucket]:
+    """Bars from (label, trigger, sends) rows; labels are 'YYYY-MM-DD HH:MM' (any order)."""
+    dup_buckets = dup_buckets or {}
+    by_start: dict[str, dict[str, int]] = {}
+    for label, trigger, count in rows:
+        triggers = by_start.setdefault(label, {})
+        triggers[trigger] = triggers.get(trigger, 0) + count
+    result = []
+    for label in sorted(by_start):
+        start = datetime.fromisoformat(label)
+        triggers = by_start[label]
+        result.append(Bucket(start, sum(triggers.values()), dup_buckets.get(start, 0), triggers))
+    return result
+
+
+def live_buckets(conn: Connection, scope: Scope, minutes: int, duplicates: list[SendEvent]) -> list[Bucket]:
+    """Sends per bucket and trigger, grouped in SQL; duplicate counts from the few dup events."""
     dup_buckets = {b.start: b.duplicates for b in timeline.bucket(duplicates, minutes) if b.duplicates}
-    result: dict[datetime, Bucket] = {}
-    for start_text, trigger, count in rows:
-        start = datetime.strptime(start_text, "%Y-%m-%d %H:%M")
-        old = result.get(start) or Bucket(start, 0, dup_buckets.get(start, 0), {})
-        result[start] = Bucket(start, old.sends + count, old.duplicates, {**old.by_trigger, trigger: count})
-    return [result[k] for k in sorted(result)]
+    return to_buckets(bucket_rows(conn, scope, minutes), dup_buckets)
 
 
 _EVENT_COLUMNS = (SendLog.claimed_at, SendLog.campaign_id, Lead.email, SendLog.variant_letter,
@@ -136,12 +219,13 @@ _EVENT_COLUMNS = (SendLog.claimed_at, SendLog.campaign_id, Lead.email, SendLog.v
 def events_page(conn: Connection, scope: Scope, page: int, size: int) -> list:
     """One page of the event table, newest first, with each lead's address."""
     return conn.execute(select(*_EVENT_COLUMNS).join(Lead, Lead.id == SendLog.lead_id)
-                        .where(*scope.where()).order_by(SendLog.claimed_at.desc(), SendLog.id.desc())
+                        .where(*scope.where(by_time=True))
+                        .order_by(SendLog.claimed_at.desc(), SendLog.id.desc())
                         .limit(size).offset((page - 1) * size)).all()
 
 
 def all_events(conn: Connection, scope: Scope):
     """Every event in the scope, oldest first, streamed (for the CSV export)."""
     return conn.execution_options(yield_per=2000).execute(
-        select(*_EVENT_COLUMNS).join(Lead, Lead.id == SendLog.lead_id).where(*scope.where())
+        select(*_EVENT_COLUMNS).join(Lead, Lead.id == SendLog.lead_id).where(*scope.where(by_time=True))
         .order_by(SendLog.claimed_at, SendLog.id))
