@@ -50,6 +50,7 @@ class Evidence:
     suppressions: dict[str, sqlite3.Row]
     campaigns: list[sqlite3.Row]
     integrity: list[str]
+    derived: dict[str, tuple[Counter, Counter]]  # table -> (as kept by triggers, recounted)
     events: list[dict]
     kills: dict[int, list[Any]]  # pid -> incidents (SIGKILL)
     host: str
@@ -71,6 +72,7 @@ class Evidence:
                 suppressions={r["email"]: r for r in conn.execute("SELECT * FROM suppression")},
                 campaigns=conn.execute("SELECT * FROM campaign ORDER BY id").fetchall(),
                 integrity=[r[0] for r in conn.execute("PRAGMA integrity_check")],
+                derived=_derived(conn),
                 events=[json.loads(line) for line in events_path.read_text().splitlines() if line],
                 **rest,
             )
@@ -302,6 +304,40 @@ def check_integrity(ev: Evidence) -> Check:
     return check
 
 
+# Tables kept by triggers, each beside the GROUP BY it must equal (zero counts dropped):
+# the dashboard's enrollment counts (schema.py) and the timeline's hourly sends
+# (timeline_summary.py). Written in the same statement as the rows they count, they must
+# match after any number of SIGKILLs mid-transaction.
+_DERIVED = {
+    "campaign_state_count": (
+        "SELECT campaign_id, state, n FROM campaign_state_count WHERE n != 0",
+        "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"),
+    "timeline_hour": (
+        'SELECT campaign_id, hour, "trigger", sends FROM timeline_hour WHERE sends != 0',
+        "SELECT campaign_id, strftime('%Y-%m-%d %H:00', claimed_at), \"trigger\", count(*) FROM send_log "
+        "WHERE status IN ('sent', 'unknown') GROUP BY 1, 2, 3"),
+}
+
+
+def _derived(conn: sqlite3.Connection) -> dict[str, tuple[Counter, Counter]]:
+    def counts(sql: str) -> Counter:
+        return Counter({tuple(row[:-1]): row[-1] for row in conn.execute(sql)})
+
+    return {table: (counts(kept), counts(live)) for table, (kept, live) in _DERIVED.items()}
+
+
+def check_derived_counts(ev: Evidence) -> Check:
+    """The trigger-kept tables equal a recount of the rows they summarize."""
+    check = Check("trigger-kept counts equal a recount (dashboard, timeline)")
+    for table, (kept, live) in ev.derived.items():
+        for key in sorted(set(kept) | set(live), key=str):
+            if kept[key] != live[key]:
+                check.violations.append(f"{table} {key}: kept {kept[key]}, recounted {live[key]}")
+    check.detail = ", ".join(f"{table}: {len(kept)} rows, {sum(kept.values())} counted"
+                             for table, (kept, _) in ev.derived.items())
+    return check
+
+
 def check_double_submits(ev: Evidence) -> Check:
     """A one-time key sent at most one batch, however many times it was POSTed."""
     check = Check("a button key sends at most one batch (double submits)")
@@ -354,4 +390,5 @@ def run_checks(ev: Evidence) -> list[Check]:
     """All checks, in the order the table prints them."""
     return [check_final_states(ev), check_at_most_once(ev), check_sent_equals_accepted(ev),
             check_unknown_explained(ev), check_no_pending(ev), check_suppressed(ev),
-            check_integrity(ev), check_double_submits(ev), check_fencing(ev), check_paused(ev)]
+            check_integrity(ev), check_double_submits(ev), check_fencing(ev), check_paused(ev),
+            check_derived_counts(ev)]

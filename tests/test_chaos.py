@@ -52,7 +52,41 @@ def test_short_chaos_run_keeps_every_promise(tmp_path):
     broken = {c["name"]: c["violations"][:20] for c in report["checks"] if not c["ok"]}
     assert broken == {}, out[-6000:]
     assert code == 0 and "SendOnce chaos run: PASS" in out
-    assert len(report["checks"]) == 10
+    assert len(report["checks"]) == 11
     # The chaos really happened (the killer kills something every round of ~4 s).
     journal = [json.loads(line) for line in (workdir / "journal.jsonl").read_text().splitlines()]
     assert any(item["action"] == "SIGKILL" and item["note"] == "chaos" for item in journal)
+
+
+def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, settings, smtp):
+    # Check 11 of the reconciliation must be able to fail: a trigger-kept count that no
+    # longer matches its rows is reported with its table and key.
+    import sqlite3
+    from types import SimpleNamespace
+
+    from helpers import make_campaign
+    from models import Trigger
+    from sender import send_batch
+    from transport import make_transport
+
+    sys.path.insert(0, str(ROOT / "chaos"))
+    import reconcile
+
+    cid = make_campaign(engine, 3)
+    transport = make_transport(app.config)
+    send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
+    transport.close()
+    conn = sqlite3.connect(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"))
+    try:
+        def check():
+            return reconcile.check_derived_counts(SimpleNamespace(derived=reconcile._derived(conn)))
+
+        assert check().ok, check().violations
+        conn.execute("UPDATE campaign_state_count SET n = n + 1 WHERE state = 'sent'")
+        conn.execute("UPDATE timeline_hour SET sends = sends - 1")
+        conn.commit()
+        found = check().violations
+    finally:
+        conn.close()
+    assert any(v.startswith("campaign_state_count") and "kept 3, recounted 2" in v for v in found), found
+    assert any(v.startswith("timeline_hour") and "kept 1, recounted 2" in v for v in found), found
