@@ -73,15 +73,17 @@ def build_message(
 
 
 def _encoded(text: str) -> str:
-    """A header value: as is when ASCII, else RFC 2047 encoded words of ≤ 75 characters."""
+    """A Subject value: as is when ASCII, else RFC 2047 encoded words of ≤ 75 characters."""
     if text.isascii():
         return text
     word = _UTF8.header_encode(text)  # one encoded word: the common, short case
-    return word if len(word) <= 75 else Header(text, "utf-8").encode()  # folded into several
+    return word if len(word) <= 75 else Header(text, "utf-8", header_name="Subject").encode()
 
 
 @lru_cache(maxsize=256)
 def _address(name: str, address: str) -> str:
-    """`Name <address>`: formataddr quotes ASCII names; others become encoded words."""
-    # Cached: a campaign's From is the same on every message.
-    return formataddr((name, address)) if name.isascii() else f"{_encoded(name)} <{address}>"
+    """`Name <address>`: formataddr quotes ASCII names; others become one encoded word."""
+    # One word even when long: split words inside a display name come back from common
+    # parsers (Python's among them) with spaces inserted mid-word. Cached: a campaign's
+    # From is the same on every message.
+    return formataddr((name, address)) if name.isascii() else f"{_UTF8.header_encode(name)} <{address}>"

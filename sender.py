@@ -162,7 +162,7 @@ _CAMPAIGN = ("SELECT id, status, timezone, daily_cap, last_claim_at, interval_se
 _SENT_SINCE = "SELECT count(*) FROM send_log WHERE campaign_id = ? AND created_at >= ?"
 _CHECKPOINT = "UPDATE campaign SET last_claim_at = ? WHERE id = ?"
 _NEXT_RETRY = (
-    "SELECT l.id, l.lead_id, l.variant_letter, l.attempts, s.id IS NOT NULL FROM send_log l "
+    "SELECT l.id, l.lead_id, l.variant_letter, l.attempts, s.id IS NOT NULL, l.message_id FROM send_log l "
     "JOIN lead ON lead.id = l.lead_id LEFT JOIN suppression s ON s.email = lead.email "
     f"WHERE l.campaign_id = ? AND l.status = '{SendStatus.RETRY}' AND l.next_attempt_at <= ? "
     "ORDER BY l.next_attempt_at LIMIT 1")
@@ -171,10 +171,14 @@ _NEXT_PENDING = (
     "JOIN lead ON lead.id = e.lead_id LEFT JOIN suppression s ON s.email = lead.email "
     f"WHERE e.campaign_id = ? AND e.state = '{EnrollmentState.PENDING}' ORDER BY e.id LIMIT 1")
 _TAKE_PENDING = f"UPDATE campaign_lead SET state = ? WHERE id = ? AND state = '{EnrollmentState.PENDING}'"
+# The new row's id is chosen under the write lock (what SQLite itself would pick, max + 1)
+# so that its Message-ID, made from the id, is stored by the claim: a row that a crash
+# leaves `unknown` names the Message-ID a person can look up in the mail server's log.
+_NEXT_LOG_ID = "SELECT coalesce(max(id), 0) + 1 FROM send_log"
 _NEW_LOG_ROW = (
-    'INSERT INTO send_log (campaign_id, lead_id, variant_letter, status, attempts, "trigger", worker, '
-    f"lease_epoch, message_id, created_at, claimed_at) VALUES (?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, ?, "
-    "'', ?, ?)")
+    'INSERT INTO send_log (id, campaign_id, lead_id, variant_letter, status, attempts, "trigger", worker, '
+    f"lease_epoch, message_id, created_at, claimed_at) VALUES (?, ?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, "
+    "?, ?, ?, ?)")
 
 
 def _campaign_row(conn: Connection, campaign_id: int) -> _CampaignRow | None:
@@ -228,8 +232,9 @@ class _Taker:
     worker: str
     epoch: int | None
 
-    def claim(self, log_id: int, lead_id: int, letter: str, attempts: int) -> Claim:
-        msg_id = messages.message_id(log_id, self.campaign.id, self.campaign.from_address)
+    def claim(self, log_id: int, lead_id: int, letter: str, attempts: int, message_id: str = "") -> Claim:
+        # A retry keeps the Message-ID its row already has: the same on every attempt.
+        msg_id = message_id or messages.message_id(log_id, self.campaign.id, self.campaign.from_address)
         return Claim(log_id, self.campaign.id, lead_id, letter, attempts, self.worker, msg_id)
 
 
@@ -273,7 +278,7 @@ def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
     row = run_sql(conn, _NEXT_RETRY, (taker.campaign.id, _ts(taker.now))).fetchone()
     if row is None:
         return None
-    log_id, lead_id, letter, attempts, suppressed = row
+    log_id, lead_id, letter, attempts, suppressed, message_id = row
     if suppressed:  # unsubscribed or bounced while waiting: never retry it
         conn.execute(update(_log).where(_log.c.id == log_id)
                      .values(status=SendStatus.FAILED, smtp_reply="suppressed before retry"))
@@ -286,7 +291,7 @@ def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
     )
     if taken.rowcount != 1:  # impossible under BEGIN IMMEDIATE; refuse rather than guess
         return None
-    return taker.claim(log_id, lead_id, letter, attempts + 1)
+    return taker.claim(log_id, lead_id, letter, attempts + 1, message_id)
 
 
 def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
@@ -302,9 +307,10 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
             continue
         # The unique indexes on send_log make the database itself refuse a second row.
         now = _ts(taker.now)
-        log_id = run_sql(conn, _NEW_LOG_ROW, (campaign_id, lead_id, letter, taker.trigger, taker.worker,
-                                              taker.epoch, now, now)).lastrowid
-        return taker.claim(log_id, lead_id, letter, 1)
+        claim = taker.claim(run_sql(conn, _NEXT_LOG_ID).fetchone()[0], lead_id, letter, 1)
+        run_sql(conn, _NEW_LOG_ROW, (claim.send_log_id, campaign_id, lead_id, letter, taker.trigger,
+                                     taker.worker, taker.epoch, claim.message_id, now, now))
+        return claim
     return None
 
 
@@ -332,7 +338,7 @@ class _Draft(NamedTuple):
     last_name: str
     company: str
     tags: str
-    fields: dict[str, Any]
+    fields: str  # JSON text; parsed by _compose, where a bad value pauses the campaign
     from_address: str
     from_name: str
     subject: str
@@ -432,12 +438,13 @@ def _read_for_send(engine: Engine, claim: Claim, lease: leases.Lease | None,
         ours = ours and (lease is None or leases.is_current(conn, lease, now))
     if row is None:
         return None, ours
-    return _Draft(*row[:5], json.loads(row[5]) if row[5] else {}, *row[6:]), ours
+    return _Draft(*row), ours
 
 
 def _compose(settings: Settings, claim: Claim, draft: _Draft | None):
     if draft is None:
         raise LookupError("the lead, campaign or variant of this send no longer exists")
+    draft = draft._replace(fields=json.loads(draft.fields) if draft.fields else {})
     url = unsubscribe_url(settings.base_url, settings.secret_key, draft.email, claim.campaign_id)
     context = templating.lead_context(draft, url)
     return messages.build_message(
@@ -456,8 +463,9 @@ def _release(engine: Engine, settings: Settings, claim: Claim, now: datetime) ->
 
 def _put_back(engine: Engine, claim: Claim, now: datetime) -> None:
     with immediate(engine) as conn:
-        run_sql(conn, _PUT_BACK, {**_token(claim), "now": _ts(now)})
-        _set_enrollment(conn, claim.campaign_id, claim.lead_id, EnrollmentState.SENDING)
+        # Only if the row was still ours: a person may have decided it meanwhile.
+        if run_sql(conn, _PUT_BACK, {**_token(claim), "now": _ts(now)}).rowcount == 1:
+            _set_enrollment(conn, claim.campaign_id, claim.lead_id, EnrollmentState.SENDING)
 
 
 def record(engine: Engine, settings: Settings, claim: Claim, result: Result, now: datetime) -> None:
@@ -573,8 +581,8 @@ def send_batch(engine: Engine, settings: Settings, transport: Transport, campaig
                 batch.stopped_by = claim
                 break
             outcome = attempt(engine, settings, transport, claim, lease, clock)
+            unsettled = None if outcome.stored else outcome  # first: nothing may drop it
             batch.outcomes.append((claim, outcome.result))
-            unsettled = None if outcome.stored else outcome
     finally:
         if unsettled is not None:
             store(engine, settings, unsettled)

@@ -101,6 +101,10 @@ class SmtpTransport:
 
     def send(self, msg: Message, sender: str, recipient: str) -> Result:
         """Deliver one message; the Result says whether it may be retried."""
+        if not (sender.isascii() and recipient.isascii()):
+            # An internationalized address needs SMTPUTF8 end to end, which we do not
+            # speak: refused before any command, so the connection stays usable.
+            return Result(SendStatus.FAILED, "not sent: a non-ASCII address needs SMTPUTF8, not supported")
         try:
             conn = self._connect()
         except smtplib.SMTPAuthenticationError as exc:
@@ -139,7 +143,9 @@ class SmtpTransport:
             if code != 354:
                 conn.rset()
                 return _by_code(code, _decode(reply))
-        except (smtplib.SMTPException, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it was, DATA was not reached
+            # Not delivered, but the session is in an unknown state: drop it, so the next
+            # message starts clean instead of meeting "503 nested MAIL command".
             self._drop()
             return Result(SendStatus.RETRY, f"lost before DATA: {exc!r}")
         return None

@@ -1,4 +1,4 @@
-"""One competing claimer process: `python bench/claim_worker.py engine|bare DB CAMPAIGN`.
+"""One competing claimer process: `python bench/claim_worker.py engine|bare|bare-grouped DB CAMPAIGN`.
 
 - engine: SendOnce's own path, sender.send_batch (claim, render, re-check, send, record
   the outcome; one commit per message, the outcome riding on the next claim) in batches
@@ -9,6 +9,8 @@
   pending enrollment, update it, insert its send_log row, COMMIT; then a second BEGIN
   IMMEDIATE marking the row and its enrollment sent. Same file, same pragmas (WAL,
   synchronous=FULL, busy_timeout, foreign_keys) as database.py sets.
+- bare-grouped: the same, but claim n's marking is committed with claim n+1, as the
+  engine's batches do: a second, stricter ceiling, reported beside the first.
 Prints "ready" when imported and built, then reads "START STOP" (epoch seconds) from stdin:
 all start in the same instant and claim until nothing is left or STOP passes (0: no stop;
 a claim already taken is always delivered and recorded), then print one JSON line.
@@ -88,19 +90,24 @@ INSERT = ('INSERT INTO send_log (campaign_id, lead_id, variant_letter, status, a
           "message_id, created_at, claimed_at) VALUES (?, ?, ?, 'sending', 1, 'button', ?, '', ?, ?)")
 
 
-def run_bare(db_path: str, campaign_id: int) -> dict:
+def run_bare(db_path: str, campaign_id: int, grouped: bool = False) -> dict:
+    """The ceiling loop; `grouped`: the marking of claim n rides on claim n+1's commit,
+    as the engine's batches do (one commit per message instead of two)."""
     from datetime import UTC, datetime
 
     conn = sqlite3.connect(db_path, isolation_level=None)
     for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=FULL", "foreign_keys=ON"):
         conn.execute(f"PRAGMA {pragma}")
     worker = f"bench:{os.getpid()}"
-    claims, stopped_by = 0, "deadline"
+    claims, stopped_by, unsettled = 0, "deadline", None
     stop_at = _wait_for_start()
     began = time.time()
     while time.time() < stop_at:
         now = datetime.now(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
         conn.execute("BEGIN IMMEDIATE")
+        if unsettled:
+            _mark_sent(conn, now, *unsettled)
+            unsettled = None
         row = conn.execute(CLAIM, (campaign_id,)).fetchone()
         if row is None:
             conn.execute("COMMIT")
@@ -111,19 +118,32 @@ def run_bare(db_path: str, campaign_id: int) -> dict:
                      (enrollment_id,))
         log_id = conn.execute(INSERT, (campaign_id, lead_id, letter, worker, now, now)).lastrowid
         conn.execute("COMMIT")
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE send_log SET status = 'sent', sent_at = ?, smtp_reply = '250 bare' "
-                     "WHERE id = ? AND status = 'sending'", (now, log_id))
-        conn.execute("UPDATE campaign_lead SET state = 'sent' WHERE id = ?", (enrollment_id,))
-        conn.execute("COMMIT")
+        unsettled = (log_id, enrollment_id)
+        if not grouped:
+            conn.execute("BEGIN IMMEDIATE")
+            _mark_sent(conn, now, *unsettled)
+            conn.execute("COMMIT")
+            unsettled = None
         claims += 1
+    if unsettled:
+        conn.execute("BEGIN IMMEDIATE")
+        _mark_sent(conn, now, *unsettled)
+        conn.execute("COMMIT")
     finished = time.time()
     conn.close()
     return {"claims": claims, "errors": 0, "stopped_by": stopped_by, "began": began, "finished": finished}
 
 
+def _mark_sent(conn: sqlite3.Connection, now: str, log_id: int, enrollment_id: int) -> None:
+    conn.execute("UPDATE send_log SET status = 'sent', sent_at = ?, smtp_reply = '250 bare' "
+                 "WHERE id = ? AND status = 'sending'", (now, log_id))
+    conn.execute("UPDATE campaign_lead SET state = 'sent' WHERE id = ?", (enrollment_id,))
+
+
 def main(mode: str, db_path: str, campaign_id: int) -> None:
-    run = (lambda: run_engine(campaign_id)) if mode == "engine" else (lambda: run_bare(db_path, campaign_id))
+    run = {"engine": lambda: run_engine(campaign_id),
+           "bare": lambda: run_bare(db_path, campaign_id),
+           "bare-grouped": lambda: run_bare(db_path, campaign_id, grouped=True)}[mode]
     profile_to = os.environ.get("BENCH_PROFILE")  # make bench ... --profile: where the stats go
     if profile_to:
         import cProfile

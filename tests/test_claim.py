@@ -185,3 +185,63 @@ def test_a_claim_taken_away_before_smtp_is_not_sent_and_goes_back_to_retry(engin
     assert sum(smtp.recorder.received.values()) == 0
     with engine.connect() as conn:
         assert conn.execute(select(SendLog.status, SendLog.attempts)).one() == ("retry", 1)
+
+
+def test_the_claim_stores_its_message_id(engine, settings):
+    # A row that a crash leaves `unknown` must already name the Message-ID that went out,
+    # so a person can look it up in the mail server's log.
+    cid = make_campaign(engine, 2)
+    first = claim_next(engine, settings, cid, Trigger.BUTTON, NOW)
+    second = claim_next(engine, settings, cid, Trigger.BUTTON, NOW)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(SendLog.id, SendLog.message_id)).all())
+    assert stored == {first.send_log_id: first.message_id, second.send_log_id: second.message_id}
+    assert first.message_id == f"<sendonce.{cid}.{first.send_log_id}@sendonce.test>" != second.message_id
+
+
+def test_an_outcome_written_by_a_claim_that_then_fails_is_still_stored(app, engine, settings, smtp,
+                                                                      monkeypatch):
+    # The claim of message 2 writes message 1's outcome, then raises (any error, after
+    # the write): its transaction rolls back, and the batch must store the outcome alone.
+    import sender
+
+    cid = make_campaign(engine, 2)
+    real, calls = sender._take_pending, []
+
+    def fail_the_second(conn, taker):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected after the outcome was written")
+        return real(conn, taker)
+
+    monkeypatch.setattr(sender, "_take_pending", fail_the_second)
+    transport = make_transport(app.config)
+    try:
+        send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
+        raise AssertionError("the injected error should have propagated")
+    except RuntimeError:
+        pass
+    finally:
+        transport.close()
+    with engine.connect() as conn:
+        assert conn.execute(select(SendLog.status)).all() == [("sent",)]
+        assert sorted(conn.execute(select(CampaignLead.state)).all()) == [("pending",), ("sent",)]
+
+
+def test_a_late_release_does_not_undo_a_persons_decision(app, engine, settings, smtp):
+    # A worker froze after its claim; the sweep marked the row unknown and a person
+    # marked it sent. When the worker wakes it must send nothing and change nothing.
+    from sender import attempt, recover, resolve_unknown
+
+    cid = make_campaign(engine, 1)
+    claim = claim_next(engine, settings, cid, Trigger.BUTTON, NOW)
+    assert recover(engine, settings, at(10_000)) == 1
+    assert resolve_unknown(engine, claim.send_log_id, "mark-sent", "admin@example.com")
+    transport = make_transport(app.config)
+    outcome = attempt(engine, settings, transport, claim)
+    transport.close()
+    assert outcome.stored and outcome.result.status == "retry"
+    assert sum(smtp.recorder.received.values()) == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(SendLog.status)).all() == [("sent",)]
+        assert conn.execute(select(CampaignLead.state)).all() == [("sent",)]

@@ -148,3 +148,22 @@ def import_csv_reason(raw: str) -> str:
     except ValueError as exc:
         return str(exc)
     raise AssertionError("expected an invalid address")
+
+
+def test_long_polish_subject_and_names_fold_and_read_back_intact():
+    from email import message_from_bytes, policy
+
+    import messages
+
+    subject = "Zażółć gęślą jaźń, " * 12
+    name = "Gęślą Jaźń Źdźbło-Żółtowska " * 4
+    msg = messages.build_message(
+        from_address="zespol@example.pl", from_name=name, to_address="anna@example.pl", to_name=name,
+        subject=subject, body="Treść", msg_id="<1@example.pl>", unsubscribe_url="https://x.example/u/t")
+    raw = msg.as_bytes(policy=messages.MAIL_POLICY)
+    subject_lines = raw.split(b"\r\nDate:")[0].split(b"Subject: ")[1].split(b"\r\n")
+    assert len(subject_lines) > 1 and all(len(line) <= 78 for line in subject_lines)
+    back = message_from_bytes(raw, policy=policy.default)
+    assert back["Subject"] == subject.strip()
+    assert back["To"].addresses[0].display_name == name.strip()
+    assert back["From"].addresses[0].display_name == name.strip()

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from app import create_app
 from database import immediate
 from helpers import make_campaign
-from models import Campaign, CampaignLead, SendLog, SendStatus, Suppression, Trigger, Variant, db
+from models import Campaign, CampaignLead, Lead, SendLog, SendStatus, Suppression, Trigger, Variant, db
 from sender import Settings, send_batch
 from smtp_sink import SmtpSink, free_port
 from transport import make_transport
@@ -247,3 +247,32 @@ def test_a_batch_commits_once_per_message(app, engine, settings, smtp):
     assert [r.status for _, r in batch.outcomes] == ["sent"] * 3
     assert statements.count("BEGIN IMMEDIATE") == 4
     assert rows(engine, SendLog.status) == [("sent",)] * 3
+
+
+def test_a_non_ascii_address_fails_alone_and_the_next_lead_is_sent(app, engine, smtp):
+    # We do not speak SMTPUTF8: such a lead is failed before any command (certainly not
+    # sent, so never `unknown`), and the reused connection stays clean for the next one.
+    cid = make_campaign(engine, 2, variants="A")
+    with immediate(engine) as conn:
+        conn.execute(update(Lead.__table__).where(Lead.email == VICTIM)
+                     .values(email="zażółć@example.pl", first_name="Łukasz"))
+    batch = run_batch(app, cid)
+    assert [r.status for _, r in batch.outcomes] == ["failed", "sent"]
+    assert "SMTPUTF8" in batch.outcomes[0][1].reply
+    assert sorted(rows(engine, SendLog.status)) == [("failed",), ("sent",)]
+    assert list(smtp.recorder.received) == ["lead0001@example.com"]
+
+
+def test_unreadable_lead_data_pauses_the_campaign_and_keeps_the_lead(app, engine, smtp):
+    # A lead whose stored fields cannot be read is a data problem found before SMTP:
+    # retry later and pause, as a template error does; never a row left `sending`.
+    cid = make_campaign(engine, 2, variants="A")
+    with immediate(engine) as conn:
+        conn.exec_driver_sql("UPDATE lead SET fields = '{not json' WHERE email = ?", (VICTIM,))
+    batch = run_batch(app, cid)
+    assert [r.status for _, r in batch.outcomes] == ["retry"]
+    assert batch.stopped_by is not None and batch.stopped_by.code == "not_active"
+    assert rows(engine, SendLog.status) == [("retry",)]
+    assert sum(smtp.recorder.received.values()) == 0
+    with app.app_context():
+        assert db.session.get(Campaign, cid).status == "paused"
