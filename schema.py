@@ -58,19 +58,26 @@ def install(engine: Engine) -> None:
 def install_triggers(_metadata, conn: Connection, **_kw) -> None:
     """The create_all hook: (re)create our triggers if any is missing or differs, then
     recompute the counts, in the caller's transaction. Does nothing when all are in place."""
-    installed = _installed(conn)
-    if installed == TRIGGERS:
-        return
+    if sync_triggers(conn, f"{COUNTS}_", TRIGGERS):
+        recount(conn)
+
+
+def sync_triggers(conn: Connection, prefix: str, triggers: dict[str, str], force: bool = False) -> bool:
+    """Make the triggers named `prefix*` exactly `triggers` (name -> DDL); whether it had to.
+
+    SQLite keeps each trigger's DDL text in sqlite_master, so comparing it tells an
+    installed trigger from a missing or outdated one. A caller whose triggers changed
+    recounts what they maintain: rows written meanwhile were not counted.
+    """
+    rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all()
+    installed = {name: sql for name, sql in rows if name.startswith(prefix)}
+    if installed == triggers and not force:
+        return False
     for name in installed:
         conn.exec_driver_sql(f"DROP TRIGGER {name}")
-    for ddl in TRIGGERS.values():
+    for ddl in triggers.values():
         conn.exec_driver_sql(ddl)
-    recount(conn)
-
-
-def _installed(conn: Connection) -> dict[str, str]:
-    rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all()
-    return {name: sql for name, sql in rows if name.startswith(f"{COUNTS}_")}
+    return True
 
 
 def recount(conn: Connection) -> None:

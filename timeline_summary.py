@@ -32,6 +32,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Engine, Integer, String, Table, bindparam, event, text
 from sqlalchemy.engine import Connection
 
+import schema
 from database import immediate
 from models import SendStatus, db
 
@@ -79,11 +80,6 @@ TRIGGERS = {
 }
 
 
-def _installed(conn: Connection) -> dict[str, str]:
-    rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all()
-    return {name: sql for name, sql in rows if name.startswith(f"{TABLE}_")}
-
-
 def rebuild(conn: Connection) -> None:
     """Set the summary to a live GROUP BY of send_log (inside a write transaction)."""
     conn.exec_driver_sql(f"DELETE FROM {TABLE}")
@@ -97,13 +93,8 @@ def install_on(conn: Connection) -> bool:
     caller's write transaction. Returns whether it had anything to do."""
     new_table = not conn.dialect.has_table(conn, TABLE)
     timeline_hour.create(conn, checkfirst=True)
-    installed = _installed(conn)
-    if installed == TRIGGERS and not new_table:
+    if not schema.sync_triggers(conn, f"{TABLE}_", TRIGGERS, force=new_table):
         return False
-    for name in installed:
-        conn.exec_driver_sql(f"DROP TRIGGER {name}")
-    for ddl in TRIGGERS.values():
-        conn.exec_driver_sql(ddl)
     # Sends written while a trigger (or the table) was missing are unaccounted for:
     # count them all again.
     rebuild(conn)

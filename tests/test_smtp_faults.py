@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import select, update
 
@@ -146,38 +148,54 @@ def test_a_template_that_breaks_mid_campaign_pauses_it_and_loses_no_lead(app, en
     assert sum(smtp.recorder.received.values()) == 0
 
 
-def test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout(config, smtp):
-    # Found by the chaos run: a process frozen while holding the write lock made record()
-    # give up with "database is locked", and a delivered message became `unknown`.
-    import sqlite3
-    import threading
+class StalledWriter:
+    """Another process's writer frozen inside its transaction: it holds the write lock for
+    `seconds` (ten times the apps' 100 ms busy_timeout below) once started."""
 
-    from sender import Settings, claim_next, record
-    from timeutil import utcnow
-    from transport import Result
+    def __init__(self, config: dict, seconds: float = 1.0) -> None:
+        import threading
 
-    app = create_app({**config, "SQLITE_BUSY_TIMEOUT_MS": 100})
-    with app.app_context():
-        db.create_all()
-        engine, settings = db.engine, Settings.from_config(app.config)
-    cid = make_campaign(engine, 1)
-    claim = claim_next(engine, settings, cid, Trigger.BUTTON, utcnow())
-    held, done = threading.Event(), threading.Event()
+        self.path = config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
+        self.seconds, self.held = seconds, threading.Event()
+        self.thread = threading.Thread(target=self._hold)
 
-    def stall() -> None:
-        other = sqlite3.connect(config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"),
-                                isolation_level=None)
+    def _hold(self) -> None:
+        import sqlite3
+
+        other = sqlite3.connect(self.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
-        held.set()
-        done.wait(1.0)  # ten times busy_timeout
+        self.held.set()
+        time.sleep(self.seconds)
         other.execute("COMMIT")
         other.close()
 
-    thread = threading.Thread(target=stall)
-    thread.start()
-    held.wait()
+    def start(self) -> None:
+        self.thread.start()
+        self.held.wait()
+
+
+def impatient_app(config):
+    """An app whose writers give up after 100 ms of waiting for the lock."""
+    app = create_app({**config, "SQLITE_BUSY_TIMEOUT_MS": 100})
+    with app.app_context():
+        db.create_all()
+        return app, db.engine, Settings.from_config(app.config)
+
+
+def test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout(config, smtp):
+    # Found by the chaos run: a process frozen while holding the write lock made record()
+    # give up with "database is locked", and a delivered message became `unknown`.
+    from sender import claim_next, record
+    from timeutil import utcnow
+    from transport import Result
+
+    _, engine, settings = impatient_app(config)
+    cid = make_campaign(engine, 1)
+    claim = claim_next(engine, settings, cid, Trigger.BUTTON, utcnow())
+    stalled = StalledWriter(config)
+    stalled.start()
     record(engine, settings, claim, Result(SendStatus.SENT, "250 OK"), utcnow())
-    thread.join()
+    stalled.thread.join()
     assert rows(engine, SendLog.status) == [("sent",)]
 
 
@@ -185,35 +203,19 @@ def test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails(
     # In a batch the server's answer is stored by the next claim's transaction (one
     # commit per message). Here that transaction cannot even begin (another writer
     # stalls past busy_timeout): the answer must still be stored, not left `sending`.
-    import sqlite3
-    import threading
-
     from sqlalchemy.exc import OperationalError
 
-    app = create_app({**config, "SQLITE_BUSY_TIMEOUT_MS": 100})
-    with app.app_context():
-        db.create_all()
-        engine, settings = db.engine, Settings.from_config(app.config)
+    app, engine, settings = impatient_app(config)
     cid = make_campaign(engine, 2)
-    held, release = threading.Event(), threading.Event()
-
-    def stall() -> None:
-        other = sqlite3.connect(config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"),
-                                isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        held.set()
-        release.wait(1.0)  # ten times busy_timeout
-        other.execute("COMMIT")
-        other.close()
+    stalled = StalledWriter(config)
 
     class StallAfterFirstSend:
         def __init__(self, inner) -> None:
-            self.inner, self.thread = inner, threading.Thread(target=stall)
+            self.inner = inner
 
         def send(self, msg, sender, recipient):
             result = self.inner.send(msg, sender, recipient)
-            self.thread.start()
-            held.wait()
+            stalled.start()
             return result
 
         def close(self) -> None:
@@ -222,7 +224,7 @@ def test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails(
     transport = StallAfterFirstSend(make_transport(app.config))
     with pytest.raises(OperationalError, match="locked"):
         send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
-    transport.thread.join()
+    stalled.thread.join()
     transport.close()
     assert rows(engine, SendLog.status) == [("sent",)]
     assert sorted(rows(engine, CampaignLead.state)) == [("pending",), ("sent",)]
