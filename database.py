@@ -73,7 +73,19 @@ def run_sql(conn: Connection, statement: str, params: Sequence[Any] | Mapping[st
 @contextmanager
 def immediate(engine: Engine) -> Iterator[Connection]:
     """A BEGIN IMMEDIATE transaction on a fresh connection; commits on success."""
-    with engine.connect().execution_options(immediate=True) as conn, conn.begin():
+    with engine.connect() as conn, transaction(conn, immediate=True):
+        yield conn
+
+
+@contextmanager
+def transaction(conn: Connection, *, immediate: bool) -> Iterator[Connection]:
+    """A transaction on an open connection: BEGIN IMMEDIATE to write, BEGIN to read.
+
+    For a loop that keeps one connection (a batch of sends): checking a pooled
+    connection out and back in twice per message cost more than its SQL.
+    """
+    conn.execution_options(immediate=immediate)
+    with conn.begin():
         yield conn
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -36,7 +37,7 @@ from sqlalchemy.exc import OperationalError
 import lease as leases
 import messages
 import templating
-from database import immediate, run_sql
+from database import immediate, run_sql, transaction
 from models import (
     ButtonPress,
     Campaign,
@@ -194,14 +195,16 @@ def _campaign_row(conn: Connection, campaign_id: int) -> _CampaignRow | None:
 
 def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Trigger,
                now: datetime, lease: leases.Lease | None = None,
-               once_key: str | None = None, settle: Outcome | None = None) -> Claim | Refusal:
+               once_key: str | None = None, settle: Outcome | None = None,
+               conn: Connection | None = None) -> Claim | Refusal:
     """Take the next message of a campaign for this process, or say why not.
 
     `settle`: the previous message's outcome, stored first in the same transaction (one
     commit, one fsync, per message in a batch). It is stored whatever the claim decides,
     and before the checks, so a pause it causes stops this very claim.
+    `conn`: an open connection to run the transaction on (a batch's); else a fresh one.
     """
-    with immediate(engine) as conn:
+    with _writing(engine, conn) as conn:
         if settle is not None:
             _store_in(conn, settings, settle)
         if lease is not None and not leases.fence(conn, lease, now, settings.lease_seconds):
@@ -220,6 +223,16 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
         # after the send, or a crash in between lets the next tick send early).
         run_sql(conn, _CHECKPOINT, (_ts(now), campaign_id))
         return claim
+
+
+@contextmanager
+def _writing(engine: Engine, conn: Connection | None) -> Iterator[Connection]:
+    if conn is None:
+        with immediate(engine) as fresh:
+            yield fresh
+    else:
+        with transaction(conn, immediate=True):
+            yield conn
 
 
 @dataclass(frozen=True)
@@ -394,13 +407,17 @@ def deliver(engine: Engine, settings: Settings, transport: Transport, claim: Cla
 
 
 def attempt(engine: Engine, settings: Settings, transport: Transport, claim: Claim,
-            lease: leases.Lease | None = None, clock: Callable[[], datetime] = utcnow) -> Outcome:
+            lease: leases.Lease | None = None, clock: Callable[[], datetime] = utcnow,
+            conn: Connection | None = None) -> Outcome:
     """Render, re-check ownership and talk SMTP; the server's answer is left to store.
 
     Until it is stored the row stays `sending`: a crash now leaves it for recover() to
-    mark `unknown`, exactly as a crash during SMTP would.
+    mark `unknown`, exactly as a crash during SMTP would. `conn`: as for claim_next.
     """
-    draft, ours = _read_for_send(engine, claim, lease, clock())
+    if conn is None:
+        with engine.connect() as fresh:
+            return attempt(engine, settings, transport, claim, lease, clock, fresh)
+    draft, ours = _read_for_send(conn, claim, lease, clock())
     if not ours:
         # We were frozen between claim and send and someone moved on; we sent nothing.
         _release(engine, settings, claim, clock())
@@ -424,13 +441,13 @@ def attempt(engine: Engine, settings: Settings, transport: Transport, claim: Cla
     return Outcome(claim, result, clock(), stored=False)
 
 
-def _read_for_send(engine: Engine, claim: Claim, lease: leases.Lease | None,
+def _read_for_send(conn: Connection, claim: Claim, lease: leases.Lease | None,
                    now: datetime) -> tuple[_Draft | None, bool]:
     """The message's data and whether the claim (and lease) is still ours, in one snapshot.
 
     Checked as late as possible before SMTP: only message building (pure CPU) follows.
     """
-    with engine.connect() as conn, conn.begin():
+    with transaction(conn, immediate=False):
         row = run_sql(conn, _DRAFT, {"lead": claim.lead_id, "campaign": claim.campaign_id,
                                      "letter": claim.variant_letter}).fetchone()
         status = run_sql(conn, _STATUS_IF_OURS, _token(claim)).fetchone()
@@ -571,18 +588,20 @@ def send_batch(engine: Engine, settings: Settings, transport: Transport, campaig
                                  .where(_campaign.c.id == campaign_id)).scalar() or 1
     batch, unsettled = BatchResult(), None
     try:
-        for _ in range(limit):
-            # The previous answer is stored by the next claim's transaction: one commit
-            # per message instead of two. If that transaction fails, nothing of it
-            # happened, and `finally` stores the answer on its own.
-            claim = claim_next(engine, settings, campaign_id, trigger, clock(), lease, once_key, unsettled)
-            once_key, unsettled = None, None
-            if isinstance(claim, Refusal):
-                batch.stopped_by = claim
-                break
-            outcome = attempt(engine, settings, transport, claim, lease, clock)
-            unsettled = None if outcome.stored else outcome  # first: nothing may drop it
-            batch.outcomes.append((claim, outcome.result))
+        with engine.connect() as conn:  # one connection for the batch's claims and reads
+            for _ in range(limit):
+                # The previous answer is stored by the next claim's transaction: one commit
+                # per message instead of two. If that transaction fails, nothing of it
+                # happened, and `finally` stores the answer on its own.
+                claim = claim_next(engine, settings, campaign_id, trigger, clock(), lease, once_key,
+                                   unsettled, conn)
+                once_key, unsettled = None, None
+                if isinstance(claim, Refusal):
+                    batch.stopped_by = claim
+                    break
+                outcome = attempt(engine, settings, transport, claim, lease, clock, conn)
+                unsettled = None if outcome.stored else outcome  # first: nothing may drop it
+                batch.outcomes.append((claim, outcome.result))
     finally:
         if unsettled is not None:
             store(engine, settings, unsettled)
