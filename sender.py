@@ -47,9 +47,7 @@ from models import (
     Lead,
     SendLog,
     SendStatus,
-    Suppression,
     Trigger,
-    Variant,
 )
 from suppressions import suppress
 from timeutil import utcnow
@@ -62,8 +60,6 @@ _campaign = Campaign.__table__
 _enrollment = CampaignLead.__table__
 _log = SendLog.__table__
 _lead = Lead.__table__
-_variant = Variant.__table__
-_suppression = Suppression.__table__
 _press = ButtonPress.__table__
 
 _FINAL_STATE = {
