@@ -25,6 +25,7 @@ import i18n
 import scheduler
 from database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
 from models import User, db
+from transport import stale_floor
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -128,6 +129,7 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "TICK_SECONDS": 60,
         "LEASE_SECONDS": 180,
         "STALE_SENDING_SECONDS": None,  # default: derived from SMTP_TIMEOUT below
+        "HEARTBEAT_SECONDS": 5,  # a claim in flight longer than this is heartbeaten
         "MAX_ATTEMPTS": 5,
         "RETRY_BASE_SECONDS": 60,
         "PAUSE_AFTER_FAILURES": 5,
@@ -144,9 +146,17 @@ def _finish_config(app: Flask, instance: Path) -> None:
     config = app.config
     if not config.get("SECRET_KEY"):
         config["SECRET_KEY"] = _instance_secret(instance / "secret_key")
+    floor = stale_floor(float(config["SMTP_TIMEOUT"]))
     if config["STALE_SENDING_SECONDS"] is None:
-        # One send is several socket operations, each bounded by SMTP_TIMEOUT.
-        config["STALE_SENDING_SECONDS"] = 5 * float(config["SMTP_TIMEOUT"]) + 60
+        config["STALE_SENDING_SECONDS"] = floor + 60
+    if float(config["STALE_SENDING_SECONDS"]) < floor:
+        # Below the floor a live, merely slow send could be judged lost, and a person's
+        # "send again" could race its final dot: a duplicate.
+        raise ValueError(f"STALE_SENDING_SECONDS={config['STALE_SENDING_SECONDS']} is below its floor "
+                         f"{floor:g} (6 x SMTP_TIMEOUT: a send may take that long before it ends or gives "
+                         "up); raise it, or lower SMTP_TIMEOUT")
+    if float(config["HEARTBEAT_SECONDS"]) <= 0:
+        raise ValueError("HEARTBEAT_SECONDS must be positive")
     if float(config["LEASE_SECONDS"]) <= float(config["TICK_SECONDS"]):
         raise ValueError("LEASE_SECONDS must be longer than TICK_SECONDS, or the lease "
                          "expires between two ticks of its own holder")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 import leads
 import templating
 from database import immediate, write_session
-from models import Campaign, CampaignLead, CampaignStatus, Lead, Variant
+from models import Campaign, CampaignLead, CampaignStatus, EnrollmentState, Lead, Variant
 
 MAX_PROBLEMS = 20
 
@@ -79,8 +79,8 @@ def validate(engine: Engine, campaign_id: int,
     return problems[:MAX_PROBLEMS]
 
 
-def enroll_leads(engine: Engine, campaign_id: int, tag: str | None = None) -> int:
-    """Enroll every lead (or those carrying `tag`); returns how many were new."""
+def enroll_leads(engine: Engine, campaign_id: int, tag: str | None = None) -> tuple[int, int]:
+    """Enroll every lead (or those carrying `tag`); returns (how many were new, matched)."""
     query = select(Lead.id)
     if tag:
         query = query.where(("," + Lead.tags + ",").contains(f",{tag.strip()},"))
@@ -88,7 +88,7 @@ def enroll_leads(engine: Engine, campaign_id: int, tag: str | None = None) -> in
         ids = conn.execute(query.order_by(Lead.id)).scalars().all()
     if not _has_variants(engine, campaign_id):
         raise CampaignError("add a variant first: each lead is bound to one variant when enrolled")
-    return leads.enroll(engine, campaign_id, ids)
+    return leads.enroll(engine, campaign_id, ids), len(ids)
 
 
 def _has_variants(engine: Engine, campaign_id: int) -> bool:
@@ -98,11 +98,30 @@ def _has_variants(engine: Engine, campaign_id: int) -> bool:
 
 def start(engine: Engine, campaign_id: int) -> None:
     """Validate, then make the campaign active; raises CampaignError listing the problems."""
+    _refuse_without_work(engine, campaign_id)
     problems = validate(engine, campaign_id)
     if problems:
         raise CampaignError("; ".join(map(str, problems)))
     _set_status(engine, campaign_id, CampaignStatus.ACTIVE,
                 [CampaignStatus.DRAFT, CampaignStatus.PAUSED, CampaignStatus.FINISHED])
+
+
+def _refuse_without_work(engine: Engine, campaign_id: int) -> None:
+    # A start with nothing to send would only say "finished" a tick later: say why now.
+    # (A paused campaign may resume with nothing left: its next tick marks it finished.)
+    table = CampaignLead.__table__
+    with engine.connect() as conn:
+        status = conn.execute(select(Campaign.status).where(Campaign.id == campaign_id)).scalar()
+        states = dict(conn.execute(select(table.c.state, func.count())
+                                   .where(table.c.campaign_id == campaign_id).group_by(table.c.state)).all())
+    if status is None:
+        raise CampaignError(f"no campaign {campaign_id}")
+    if not states:
+        raise CampaignError("no leads are enrolled in this campaign: enroll leads first")
+    open_work = states.keys() & {EnrollmentState.PENDING, EnrollmentState.SENDING}
+    if not open_work and status != CampaignStatus.PAUSED:
+        raise CampaignError("every enrolled lead is already handled (sent, failed, skipped or unknown): "
+                            "nothing to send")
 
 
 def pause(engine: Engine, campaign_id: int, reason: str = "paused by hand") -> None:

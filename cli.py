@@ -19,11 +19,12 @@ import leads
 import legacy_log
 import scheduler
 import schema
+import stats
 import timeline
 import timeline_sql
 from database import write_session
-from models import Campaign, CampaignLead, SendLog, SendStatus, Trigger, User, db
-from sender import Settings, recover, resolve_unknown
+from models import Campaign, CampaignLead, Trigger, User, db
+from sender import Settings, decidable_at, recover, resolve_unknown
 from timeutil import utcnow
 
 
@@ -116,6 +117,8 @@ def import_leads(path: Path, campaign_id: int | None) -> None:
     for line, reason in report.rejected:
         click.echo(f"line {line}: {reason}", err=True)
     click.echo(f"imported {report.imported}, merged {report.merged}, rejected {len(report.rejected)}")
+    if not report.lead_ids:  # every row rejected (or none there): a script must not go on
+        raise click.ClickException(f"{path}: no lead was imported")
     if campaign_id is not None:
         added = leads.enroll(_engine(), campaign_id, report.lead_ids)
         click.echo(f"enrolled {added} new in campaign {campaign_id}")
@@ -132,8 +135,12 @@ def campaign_group() -> None:
 @click.option("--from", "from_address", help="Sender address (default MAIL_FROM).")
 @click.option("--from-name", default="")
 @click.option("--interval", type=click.IntRange(min=0), default=300, show_default=True,
-              help="Seconds between two sends of this campaign.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+              help="Seconds between two claims of this campaign by the scheduler or send-due: at most "
+                   "one message per interval (also bounded by TICK_SECONDS: one batch per tick).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Messages the send button sends per click, and the most a tick may send; "
+                   "with an interval above the tick time a tick still sends one, so it only "
+                   "raises throughput when --interval is near 0.")
 @click.option("--daily-cap", type=click.IntRange(min=1), default=None)
 @click.option("--weekdays", default="0,1,2,3,4,5,6", show_default=True, help="0=Monday.")
 @click.option("--hours", default="0-24", show_default=True, help="Send window, e.g. 9-17.")
@@ -181,9 +188,13 @@ def campaign_enroll(campaign_id: int, all_leads: bool, tag: str | None) -> None:
     if not all_leads and not tag:
         raise click.UsageError("give --all or --tag")
     try:
-        click.echo(f"enrolled {campaigns.enroll_leads(_engine(), campaign_id, tag)} new")
+        added, matched = campaigns.enroll_leads(_engine(), campaign_id, tag)
     except campaigns.CampaignError as exc:
         raise click.ClickException(str(exc)) from exc
+    if not matched:
+        raise click.ClickException(f"no lead carries tag {tag!r}; nothing enrolled" if tag else
+                                   "there are no leads; nothing enrolled")
+    click.echo(f"enrolled {added} new ({matched - added} were enrolled already)")
 
 
 def _status_command(name: str, action, doc: str):
@@ -268,15 +279,23 @@ def recover_command() -> None:
 def resolve_command(send_log_id: int | None, action: str | None, who: str) -> None:
     """List `unknown` sends, or decide one: --mark-sent or --send-again."""
     if send_log_id is None:
-        rows = db.session.scalars(select(SendLog).where(SendLog.status == SendStatus.UNKNOWN)).all()
+        settings, now = Settings.from_config(current_app.config), utcnow()
+        rows = stats.unknown_rows(db.session)
         for row in rows:
-            click.echo(f"{row.id}\tcampaign {row.campaign_id}\t{row.lead.email}\t{row.smtp_reply}")
+            until = decidable_at(settings, row.claimed_at, row.beat_at)
+            wait = f"\tstill sending: decide after {until:%Y-%m-%d %H:%M:%S} UTC" if until > now else ""
+            click.echo(f"{row.id}\tcampaign {row.campaign_id}\t{row.email}\t{row.smtp_reply}{wait}")
         click.echo(f"{len(rows)} unknown")
         return
     if action is None:
         raise click.UsageError("give --mark-sent or --send-again")
-    if not resolve_unknown(_engine(), send_log_id, action, who):
-        raise click.ClickException(f"send {send_log_id} is not unknown")
+    refusal = resolve_unknown(_engine(), Settings.from_config(current_app.config), send_log_id, action, who)
+    if refusal is not None and refusal.code == "still_sending":
+        raise click.ClickException(
+            f"send {send_log_id}: the sending process may still be working on it (it could still deliver "
+            f"it); nothing changed. Decide after {refusal.detail} UTC.")
+    if refusal is not None:
+        raise click.ClickException(f"send {send_log_id} is not unknown; nothing changed")
     click.echo(f"send {send_log_id}: {action}")
 
 

@@ -273,7 +273,7 @@ def enroll(campaign_id: int):
         abort(400)
     db.session.get(Campaign, campaign_id) or abort(404)
     try:
-        added = campaigns.enroll_leads(db.engine, campaign_id, request.form.get("tag") or None)
+        added, _matched = campaigns.enroll_leads(db.engine, campaign_id, request.form.get("tag") or None)
         flash(_("%(n)d leads enrolled.", n=added), "ok")
     except campaigns.CampaignError as exc:
         flash(str(exc), "error")

@@ -5,26 +5,39 @@ the `scheduler` row claims. Taking the lease over from someone else increments `
 the fencing token: each scheduler claim re-checks holder and epoch inside its own
 BEGIN IMMEDIATE transaction, so a holder that was frozen past its expiry sends nothing
 when it wakes (it finds a newer epoch or another holder).
+
+The same module says who is still *sending*: each process has a random identity made at
+start (`worker_id`, recorded on every row it claims), and while one of its claims lasts
+longer than HEARTBEAT_SECONDS a daemon thread writes a heartbeat for that claim
+(claim_heartbeat). A pid check alone cannot say a process is gone for sure (pids are
+reused, a frozen or remote process escapes it); a fresh heartbeat says it is not.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from database import immediate
-from models import SchedulerLease
+from models import ClaimHeartbeat, SchedulerLease, SendLog
+from timeutil import utcnow
 
 LEASE_NAME = "scheduler"
 _lease = SchedulerLease.__table__
+_beat = ClaimHeartbeat.__table__
 HOST = socket.gethostname()
+log = logging.getLogger(__name__)
+_identity: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -34,8 +47,16 @@ class Lease:
 
 
 def worker_id() -> str:
-    """host:pid of this process, as recorded on every send_log row it claims."""
-    return f"{HOST}:{os.getpid()}"
+    """host:pid:random, made once per process, recorded on every send_log row it claims.
+
+    The random part makes it unique even when a pid is reused after a restart; a forked
+    child (a gunicorn worker) gets an identity of its own because its pid differs.
+    """
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:
+        _identity = (pid, f"{HOST}:{pid}:{secrets.token_hex(4)}")
+    return _identity[1]
 
 
 def new_holder_id() -> str:
@@ -121,3 +142,85 @@ def current(engine: Engine):
     """The lease row as it is now (for the dashboard and `healthz`), or None."""
     with engine.connect() as conn:
         return conn.execute(select(_lease).where(_lease.c.name == LEASE_NAME)).first()
+
+
+# --- claims in flight and their heartbeats -----------------------------------------
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """One claim this process is working on, as the claim token names it."""
+
+    engine: Engine
+    send_log_id: int
+    worker: str
+    attempts: int
+    every: float  # seconds between two heartbeats
+    started: float  # time.monotonic() at the claim
+    vouch_until: float  # monotonic; past it the claim is not vouched for (a stuck thread)
+
+
+_flying: dict[int, InFlight] = {}
+_wake = threading.Condition()
+_beater_pid: int | None = None
+
+
+def track(claim: InFlight) -> None:
+    """Start vouching for a claim until `untrack`; beats begin once it outlasts `every`."""
+    global _beater_pid
+    with _wake:
+        _flying[claim.send_log_id] = claim
+        if _beater_pid != os.getpid():  # none yet, or we are a forked child without it
+            _beater_pid = os.getpid()
+            threading.Thread(target=_beat_forever, name="claim-heartbeat", daemon=True).start()
+        _wake.notify()
+
+
+def untrack(send_log_id: int) -> None:
+    """The claim's outcome is stored (or given up): stop vouching for it."""
+    with _wake:
+        _flying.pop(send_log_id, None)
+
+
+def _beat_forever() -> None:
+    # A daemon thread: it dies with the process, so a killed or frozen process stops
+    # beating, which is exactly what the sweep and a person's decision look for.
+    while True:
+        with _wake:
+            every = min((c.every for c in _flying.values()), default=None)
+            _wake.wait(timeout=every)
+            now = time.monotonic()
+            due = [c for c in _flying.values() if c.started + c.every <= now < c.vouch_until]
+        for engine in {c.engine for c in due}:
+            try:
+                beat(engine, [c for c in due if c.engine is engine], utcnow())
+            except Exception:  # noqa: BLE001 - a missed beat only makes the claim look older
+                log.exception("claim heartbeat failed")
+
+
+def beat(engine: Engine, claims: list[InFlight], now: datetime) -> None:
+    """Write one heartbeat for each claim (one BEGIN IMMEDIATE transaction)."""
+    with immediate(engine) as conn:
+        for c in claims:
+            token = {"worker": c.worker, "attempts": c.attempts, "beat_at": now}
+            done = conn.execute(update(_beat).where(_beat.c.send_log_id == c.send_log_id).values(**token))
+            if done.rowcount == 0:
+                conn.execute(insert(_beat).values(send_log_id=c.send_log_id, **token))
+
+
+def claim_beat():
+    """A join condition on send_log: the heartbeat of the row's own claim (its token)."""
+    log_table = SendLog.__table__
+    return and_(_beat.c.send_log_id == log_table.c.id, _beat.c.worker == log_table.c.worker,
+                _beat.c.attempts == log_table.c.attempts)
+
+
+def fresh_beat(stale_after: float, now: datetime):
+    """claim_beat, only when newer than `stale_after` seconds before `now` (for an outer
+    join: beat_at is NULL otherwise)."""
+    return and_(claim_beat(), _beat.c.beat_at > now - timedelta(seconds=stale_after))
+
+
+def prune_beats(conn: Connection, older_than: datetime) -> None:
+    """Drop heartbeats nobody can need any more (their claims are long decided)."""
+    conn.execute(delete(_beat).where(_beat.c.beat_at < older_than))

@@ -29,10 +29,23 @@ def one_line(text: str) -> str:
     return _LINE_BREAKS.sub(" ", text).strip()
 
 
-def message_id(send_log_id: int, campaign_id: int, from_address: str) -> str:
-    """A Message-ID that is the same on every attempt of one send_log row."""
+def message_id(send_log_id: int, campaign_id: int, from_address: str, installation: str) -> str:
+    """A globally unique Message-ID for one send_log row (RFC 5322 3.6.4).
+
+    Made once, at the row's first claim, and stored: every attempt of the row reuses it.
+    The row and campaign ids alone repeat across installations, after a database reset
+    and after a restore from an older backup (ids are reused); providers drop a second
+    message whose Message-ID they already hold, and replies are matched by it. So: the
+    installation's random id plus a random part of the row's own.
+    """
     domain = from_address.rpartition("@")[2] or "sendonce.invalid"
-    return f"<sendonce.{campaign_id}.{send_log_id}@{one_line(domain)}>"
+    unique = f"{secrets.token_hex(6)}.{installation}"
+    return f"<sendonce.{campaign_id}.{send_log_id}.{unique}@{one_line(domain)}>"
+
+
+def new_installation_id() -> str:
+    """A random installation id (stored once in app_meta)."""
+    return secrets.token_hex(8)
 
 
 def test_message_id(from_address: str) -> str:

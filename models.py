@@ -171,7 +171,7 @@ class SendLog(db.Model):
     attempts: Mapped[int] = mapped_column(default=1)
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
     trigger: Mapped[str] = mapped_column(String(16))
-    worker: Mapped[str] = mapped_column(String(200))  # host:pid of the last claimer
+    worker: Mapped[str] = mapped_column(String(200))  # host:pid:random of the last claimer
     lease_epoch: Mapped[int | None] = mapped_column(default=None)
     message_id: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)  # first claim
@@ -191,6 +191,30 @@ class SchedulerLease(db.Model):
     epoch: Mapped[int] = mapped_column(default=0)  # fencing token; only grows
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ClaimHeartbeat(db.Model):
+    """A claim whose process is still working on it: while a send lasts longer than
+    HEARTBEAT_SECONDS, its process writes beat_at here (lease.py). The sweep leaves such a
+    claim alone, and a person cannot decide it, until the beats stop (sender.py's ledger).
+    Keyed like the claim token: a beat of an older attempt vouches for nothing."""
+
+    __tablename__ = "claim_heartbeat"
+
+    send_log_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    worker: Mapped[str] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column()
+    beat_at: Mapped[datetime] = mapped_column()
+
+
+class AppMeta(db.Model):
+    """Facts about this installation, one row each (e.g. installation_id: a random id made
+    once, part of every Message-ID so that ids never repeat across installations)."""
+
+    __tablename__ = "app_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class ButtonPress(db.Model):

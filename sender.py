@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
@@ -39,10 +40,12 @@ import messages
 import templating
 from database import immediate, run_sql, transaction
 from models import (
+    AppMeta,
     ButtonPress,
     Campaign,
     CampaignLead,
     CampaignStatus,
+    ClaimHeartbeat,
     EnrollmentState,
     Lead,
     SendLog,
@@ -51,7 +54,7 @@ from models import (
 )
 from suppressions import suppress
 from timeutil import utcnow
-from transport import Result, Transport
+from transport import Result, Transport, send_deadline
 from unsubscribe import unsubscribe_url
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ _enrollment = CampaignLead.__table__
 _log = SendLog.__table__
 _lead = Lead.__table__
 _press = ButtonPress.__table__
+_beat = ClaimHeartbeat.__table__
+_meta = AppMeta.__table__
 
 _FINAL_STATE = {
     SendStatus.SENT: EnrollmentState.SENT,
@@ -81,6 +86,13 @@ class Settings:
     max_attempts: int = 5
     retry_base_seconds: float = 60
     pause_after_failures: int = 5
+    send_deadline: float = 120  # claim to final dot, at most (transport.send_deadline)
+    heartbeat_seconds: float = 5  # a claim in flight longer than this is heartbeaten
+
+    @property
+    def heartbeat_stale(self) -> float:
+        """A claim's heartbeat older than this says its process stopped working on it."""
+        return 3 * self.heartbeat_seconds
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -93,6 +105,8 @@ class Settings:
             max_attempts=int(config["MAX_ATTEMPTS"]),
             retry_base_seconds=float(config["RETRY_BASE_SECONDS"]),
             pause_after_failures=int(config["PAUSE_AFTER_FAILURES"]),
+            send_deadline=send_deadline(float(config["SMTP_TIMEOUT"])),
+            heartbeat_seconds=float(config["HEARTBEAT_SECONDS"]),
         )
 
 
@@ -105,13 +119,15 @@ class Claim:
     attempts: int
     worker: str
     message_id: str  # the same on every attempt of this row; stored with the outcome
+    deadline: float = math.inf  # time.monotonic(): the final dot is never sent after it
 
 
 @dataclass(frozen=True)
 class Refusal:
     """Why a claim took nothing: code is stable (for UI messages), detail is for people."""
 
-    code: str  # not_active, lease_lost, not_due, outside_window, daily_cap, nothing_due, finished
+    code: str  # not_active, lease_lost, not_due, outside_window, daily_cap, nothing_due, finished,
+    #            already_pressed; for a person's decision: not_unknown, still_sending
     detail: str = ""
 
     def __str__(self) -> str:
@@ -172,6 +188,8 @@ _TAKE_PENDING = f"UPDATE campaign_lead SET state = ? WHERE id = ? AND state = '{
 # so that its Message-ID, made from the id, is stored by the claim: a row that a crash
 # leaves `unknown` names the Message-ID a person can look up in the mail server's log.
 _NEXT_LOG_ID = "SELECT coalesce(max(id), 0) + 1 FROM send_log"
+INSTALLATION_KEY = "installation_id"
+_INSTALLATION = f"SELECT value FROM app_meta WHERE key = '{INSTALLATION_KEY}'"
 _NEW_LOG_ROW = (
     'INSERT INTO send_log (id, campaign_id, lead_id, variant_letter, status, attempts, "trigger", worker, '
     f"lease_epoch, message_id, created_at, claimed_at) VALUES (?, ?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, "
@@ -200,6 +218,7 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
     and before the checks, so a pause it causes stops this very claim.
     `conn`: an open connection to run the transaction on (a batch's); else a fresh one.
     """
+    started = time.monotonic()  # the send's deadline counts from before the claim's commit
     with _writing(engine, conn) as conn:
         if settle is not None:
             _store_in(conn, settings, settle)
@@ -211,10 +230,11 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
         refusal = _check_campaign(conn, campaign, trigger, now)
         if refusal is not None:
             return refusal
-        taker = _Taker(campaign, trigger, now, leases.worker_id(), lease.epoch if lease else None)
+        taker = _Taker(campaign, trigger, now, leases.worker_id(), lease.epoch if lease else None,
+                       started + settings.send_deadline)
         claim = _take_retry(conn, taker) or _take_pending(conn, taker)
         if claim is None:
-            return _finish_if_done(conn, campaign_id)
+            return _finish_if_done(conn, settings, campaign_id, now)
         # The pacing checkpoint advances in the claim itself (listmonk's lesson: never
         # after the send, or a crash in between lets the next tick send early).
         run_sql(conn, _CHECKPOINT, (_ts(now), campaign_id))
@@ -240,11 +260,11 @@ class _Taker:
     now: datetime
     worker: str
     epoch: int | None
+    deadline: float
 
-    def claim(self, log_id: int, lead_id: int, letter: str, attempts: int, message_id: str = "") -> Claim:
-        # A retry keeps the Message-ID its row already has: the same on every attempt.
-        msg_id = message_id or messages.message_id(log_id, self.campaign.id, self.campaign.from_address)
-        return Claim(log_id, self.campaign.id, lead_id, letter, attempts, self.worker, msg_id)
+    def claim(self, log_id: int, lead_id: int, letter: str, attempts: int, message_id: str) -> Claim:
+        return Claim(log_id, self.campaign.id, lead_id, letter, attempts, self.worker, message_id,
+                     self.deadline)
 
 
 def _consume_key(conn: Connection, key: str, campaign_id: int, now: datetime) -> bool:
@@ -316,14 +336,37 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
             continue
         # The unique indexes on send_log make the database itself refuse a second row.
         now = _ts(taker.now)
-        claim = taker.claim(run_sql(conn, _NEXT_LOG_ID).fetchone()[0], lead_id, letter, 1)
+        log_id = run_sql(conn, _NEXT_LOG_ID).fetchone()[0]
+        msg_id = messages.message_id(log_id, campaign_id, taker.campaign.from_address, _installation(conn))
+        claim = taker.claim(log_id, lead_id, letter, 1, msg_id)
         run_sql(conn, _NEW_LOG_ROW, (claim.send_log_id, campaign_id, lead_id, letter, taker.trigger,
                                      taker.worker, taker.epoch, claim.message_id, now, now))
         return claim
     return None
 
 
-def _finish_if_done(conn: Connection, campaign_id: int) -> Refusal:
+def _installation(conn: Connection) -> str:
+    """This database's installation id, made (once, under the claim's lock) if missing."""
+    row = run_sql(conn, _INSTALLATION).fetchone()
+    if row is not None:
+        return row[0]
+    made = messages.new_installation_id()
+    conn.execute(_meta.insert().values(key=INSTALLATION_KEY, value=made))
+    return made
+
+
+def _may_still_report(settings: Settings, now: datetime):
+    """A condition on send_log: the row's claimer may still be working on it.
+
+    Either its claim is younger than the stale limit (a send ends, or gives up before
+    the final dot, well within it: transport.stale_floor), or its process is still
+    heartbeating this very claim (still alive: e.g. waiting to store a known outcome).
+    """
+    heartbeat = select(_beat.c.send_log_id).where(leases.fresh_beat(settings.heartbeat_stale, now))
+    return or_(_log.c.claimed_at > now - timedelta(seconds=settings.stale_seconds), heartbeat.exists())
+
+
+def _finish_if_done(conn: Connection, settings: Settings, campaign_id: int, now: datetime) -> Refusal:
     open_enrollments = conn.execute(
         select(func.count()).select_from(_enrollment).where(
             _enrollment.c.campaign_id == campaign_id,
@@ -331,6 +374,13 @@ def _finish_if_done(conn: Connection, campaign_id: int) -> Refusal:
     ).scalar_one()
     if open_enrollments:
         return Refusal("nothing_due", f"{open_enrollments} in flight or waiting to retry")
+    # An `unknown` row whose claimer may still report (a late "not sent" puts the lead
+    # back in the queue) keeps the campaign open until that can no longer happen.
+    busy = conn.execute(select(func.count()).select_from(_log).where(
+        _log.c.campaign_id == campaign_id, _log.c.status == SendStatus.UNKNOWN,
+        _may_still_report(settings, now))).scalar_one()
+    if busy:
+        return Refusal("nothing_due", f"{busy} unknown sends whose process may still report")
     conn.execute(update(_campaign).where(_campaign.c.id == campaign_id)
                  .values(status=CampaignStatus.FINISHED))
     return Refusal("finished")
@@ -376,6 +426,8 @@ _PUT_BACK = (
     f"smtp_reply = 'released before sending: claim or lease lost' WHERE {_OURS} "
     f"AND status IN ('{SendStatus.SENDING}', '{SendStatus.UNKNOWN}')")
 _ENROLLMENT_STATE = "UPDATE campaign_lead SET state = ? WHERE campaign_id = ? AND lead_id = ?"
+_WAKE_FINISHED = (f"UPDATE campaign SET status = '{CampaignStatus.ACTIVE}' WHERE id = ? "
+                  f"AND status = '{CampaignStatus.FINISHED}'")
 _NO_FAILURES = "UPDATE campaign SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures != 0"
 
 
@@ -396,10 +448,23 @@ class Outcome:
 def deliver(engine: Engine, settings: Settings, transport: Transport, claim: Claim,
             lease: leases.Lease | None = None, clock: Callable[[], datetime] = utcnow) -> Result:
     """Render, re-check ownership, talk SMTP and record what happened to one claim."""
-    outcome = attempt(engine, settings, transport, claim, lease, clock)
-    if not outcome.stored:
-        store(engine, settings, outcome)
+    _track(engine, settings, claim)
+    try:
+        outcome = attempt(engine, settings, transport, claim, lease, clock)
+        if not outcome.stored:
+            store(engine, settings, outcome)
+    finally:
+        leases.untrack(claim.send_log_id)
     return outcome.result
+
+
+def _track(engine: Engine, settings: Settings, claim: Claim) -> None:
+    # Vouched for until its outcome is stored: at most the deadline, the reply's wait
+    # and the outcome's wait for the database (stale_seconds); past that, a stuck thread
+    # must not keep the row from the sweep forever.
+    leases.track(leases.InFlight(engine, claim.send_log_id, claim.worker, claim.attempts,
+                                 settings.heartbeat_seconds, time.monotonic(),
+                                 claim.deadline + settings.stale_seconds))
 
 
 def attempt(engine: Engine, settings: Settings, transport: Transport, claim: Claim,
@@ -430,7 +495,7 @@ def attempt(engine: Engine, settings: Settings, transport: Transport, claim: Cla
         store(engine, settings, outcome)
         return outcome
     try:
-        result = transport.send(msg, draft.from_address, draft.email)
+        result = transport.send(msg, draft.from_address, draft.email, claim.deadline)
     except Exception as exc:  # noqa: BLE001 - an unexpected transport error: cannot know
         log.exception("transport failed for send_log %s", claim.send_log_id)
         result = Result(SendStatus.UNKNOWN, f"transport error: {exc!r}")
@@ -479,6 +544,20 @@ def _put_back(engine: Engine, claim: Claim, now: datetime) -> None:
         # Only if the row was still ours: a person may have decided it meanwhile.
         if run_sql(conn, _PUT_BACK, {**_token(claim), "now": _ts(now)}).rowcount == 1:
             _set_enrollment(conn, claim.campaign_id, claim.lead_id, EnrollmentState.SENDING)
+            _requeued(conn, claim)
+
+
+def _requeued(conn: Connection, claim: Claim) -> None:
+    """A row went back to `retry`: its campaign must be able to send it.
+
+    The sweep may have made the row `unknown` and the campaign `finished` meanwhile (we
+    were frozen or slow); a retry in a finished campaign would never be claimed, a lead
+    stranded. So a finished campaign becomes active again; a paused one sends it when
+    resumed.
+    """
+    if run_sql(conn, _WAKE_FINISHED, (claim.campaign_id,)).rowcount:
+        log.warning("campaign %s active again: send_log %s went back to the queue after a late answer",
+                    claim.campaign_id, claim.send_log_id)
 
 
 def record(engine: Engine, settings: Settings, claim: Claim, result: Result, now: datetime) -> None:
@@ -512,6 +591,8 @@ def _store_in(conn: Connection, settings: Settings, outcome: Outcome) -> None:
         log.warning("send_log %s was resolved elsewhere; outcome %s not stored", claim.send_log_id, status)
         return
     _set_enrollment(conn, claim.campaign_id, claim.lead_id, _FINAL_STATE[status])
+    if status == SendStatus.RETRY:
+        _requeued(conn, claim)
     if result.suppress:
         suppress(conn, _email_of(conn, claim.lead_id), "bounce", result.reply, now)
     _count_failures(conn, settings, claim.campaign_id, status, result)
@@ -591,16 +672,24 @@ def send_batch(engine: Engine, settings: Settings, transport: Transport, campaig
                 # happened, and `finally` stores the answer on its own.
                 claim = claim_next(engine, settings, campaign_id, trigger, clock(), lease, once_key,
                                    unsettled, conn)
+                if unsettled is not None:
+                    leases.untrack(unsettled.claim.send_log_id)
                 once_key, unsettled = None, None
                 if isinstance(claim, Refusal):
                     batch.stopped_by = claim
                     break
+                _track(engine, settings, claim)
                 outcome = attempt(engine, settings, transport, claim, lease, clock, conn)
                 unsettled = None if outcome.stored else outcome  # first: nothing may drop it
+                if outcome.stored:
+                    leases.untrack(claim.send_log_id)
                 batch.outcomes.append((claim, outcome.result))
     finally:
         if unsettled is not None:
-            store(engine, settings, unsettled)
+            try:
+                store(engine, settings, unsettled)
+            finally:
+                leases.untrack(unsettled.claim.send_log_id)
     return batch
 
 
@@ -627,36 +716,65 @@ def tick(engine: Engine, settings: Settings, transport: Transport, lease: leases
 
 
 def recover(engine: Engine, settings: Settings, now: datetime) -> int:
-    """Turn `sending` rows whose worker died or went silent into `unknown`; never re-send."""
+    """Turn `sending` rows whose worker died or went silent into `unknown`; never re-send.
+
+    Silent: older than the stale limit. Died: its pid is gone from this host. Either way
+    only when no fresh heartbeat of the claim says its process is still working on it.
+    """
     cutoff = now - timedelta(seconds=settings.stale_seconds)
     with immediate(engine) as conn:
-        rows = conn.execute(select(_log.c.id, _log.c.worker, _log.c.attempts, _log.c.claimed_at,
-                                   _log.c.campaign_id, _log.c.lead_id)
-                            .where(_log.c.status == SendStatus.SENDING)).all()
-        stale = [r for r in rows if r.claimed_at < cutoff or leases.is_dead_here(r.worker)]
+        rows = conn.execute(
+            select(_log.c.id, _log.c.worker, _log.c.claimed_at, _log.c.campaign_id, _log.c.lead_id,
+                   _beat.c.beat_at)
+            .outerjoin(_beat, leases.fresh_beat(settings.heartbeat_stale, now))
+            .where(_log.c.status == SendStatus.SENDING)).all()
+        stale = [r for r in rows if r.beat_at is None
+                 and (r.claimed_at < cutoff or leases.is_dead_here(r.worker))]
         for row in stale:
             why = "worker gone" if leases.is_dead_here(row.worker) else "no outcome in time"
             conn.execute(update(_log).where(_log.c.id == row.id, _log.c.status == SendStatus.SENDING)
                          .values(status=SendStatus.UNKNOWN,
                                  smtp_reply=f"unknown: {why} ({row.worker}); not re-sent"))
             _set_enrollment(conn, row.campaign_id, row.lead_id, EnrollmentState.UNKNOWN)
+        leases.prune_beats(conn, cutoff - timedelta(seconds=settings.heartbeat_stale))
     for row in stale:
         log.warning("send_log %s marked unknown (worker %s)", row.id, row.worker)
     return len(stale)
 
 
-def resolve_unknown(engine: Engine, send_log_id: int, action: str, who: str,
-                    now: datetime | None = None) -> bool:
-    """A person's decision on an `unknown` send: "mark-sent" or "send-again"."""
+def decidable_at(settings: Settings, claimed_at: datetime, beat_at: datetime | None) -> datetime:
+    """When a person may decide an `unknown` row: once its claimer can no longer send it.
+
+    Its claim must be past the stale limit (the transport never sends the final dot
+    after the send's deadline, which is well inside it) and its heartbeat, if any, stale.
+    """
+    at = claimed_at + timedelta(seconds=settings.stale_seconds)
+    if beat_at is not None:
+        at = max(at, beat_at + timedelta(seconds=settings.heartbeat_stale))
+    return at
+
+
+def resolve_unknown(engine: Engine, settings: Settings, send_log_id: int, action: str, who: str,
+                    now: datetime | None = None) -> Refusal | None:
+    """A person's decision on an `unknown` send: "mark-sent" or "send-again".
+
+    None when recorded; else a Refusal: `not_unknown` (decided meanwhile, or never
+    unknown) or `still_sending` (its process may still deliver it: detail says until when,
+    in UTC). Checked in the same BEGIN IMMEDIATE transaction as the decision.
+    """
     if action not in ("mark-sent", "send-again"):
         raise ValueError(f"unknown action {action!r}")
     now = now or utcnow()
     sent = action == "mark-sent"
     with immediate(engine) as conn:
-        row = conn.execute(select(_log).where(_log.c.id == send_log_id,
-                                              _log.c.status == SendStatus.UNKNOWN)).first()
+        row = conn.execute(select(_log, _beat.c.beat_at)
+                           .outerjoin(_beat, leases.fresh_beat(settings.heartbeat_stale, now))
+                           .where(_log.c.id == send_log_id, _log.c.status == SendStatus.UNKNOWN)).first()
         if row is None:
-            return False
+            return Refusal("not_unknown", f"send {send_log_id} is not unknown")
+        until = decidable_at(settings, row.claimed_at, row.beat_at)
+        if until > now:
+            return Refusal("still_sending", until.isoformat(sep=" ", timespec="seconds"))
         conn.execute(update(_log).where(_log.c.id == send_log_id).values(
             status=SendStatus.SENT if sent else SendStatus.RETRY, decided_by=who,
             next_attempt_at=None if sent else now, sent_at=now if sent else None))
@@ -666,4 +784,4 @@ def resolve_unknown(engine: Engine, send_log_id: int, action: str, who: str,
             conn.execute(update(_campaign).where(_campaign.c.id == row.campaign_id,
                                                  _campaign.c.status == CampaignStatus.FINISHED)
                          .values(status=CampaignStatus.ACTIVE))
-    return True
+    return None

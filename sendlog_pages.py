@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
 import stats
 from models import Campaign, SendLog, SendStatus, Trigger, db
-from sender import resolve_unknown
+from sender import Settings, decidable_at, resolve_unknown
+from timeutil import utcnow
 from views import ActionForm
 
 bp = Blueprint("sendlog", __name__)
 PAGE_SIZE = 50
 ACTIONS = ("mark-sent", "send-again")
+
+
+@bp.app_context_processor
+def _decisions() -> dict:
+    def decide_after(row) -> datetime | None:
+        """When a person may decide this `unknown` row, if not yet (its process may still
+        be sending it); None when they may decide now."""
+        at = decidable_at(Settings.from_config(current_app.config), row.claimed_at, row.beat_at)
+        return at if at > utcnow() else None
+
+    return {"decide_after": decide_after}
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -69,9 +81,14 @@ def resolve(send_log_id: int):
         if request.method == "POST":
             abort(400)
         return render_template("resolve.html", row=row, action=action, form=form)
-    if resolve_unknown(db.engine, send_log_id, action, current_user.email):
+    refusal = resolve_unknown(db.engine, Settings.from_config(current_app.config), send_log_id, action,
+                              current_user.email)
+    if refusal is None:
         flash(_("Marked as sent.") if action == "mark-sent" else
               _("Queued to be sent again with the next batch."), "ok")
+    elif refusal.code == "still_sending":
+        flash(_("The sending process may still be working on this message and could still deliver it: "
+                "nothing changed. Decide after %(at)s UTC.", at=refusal.detail), "error")
     else:
         flash(_("This send is no longer unknown; nothing changed."), "error")
     return redirect(url_for("sendlog.index", campaign_id=row.campaign_id, status="unknown"))

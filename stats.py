@@ -9,7 +9,16 @@ from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 import lease as leases
-from models import Campaign, CampaignStateCount, CampaignStatus, Lead, SchedulerLease, SendLog, SendStatus
+from models import (
+    Campaign,
+    CampaignStateCount,
+    CampaignStatus,
+    ClaimHeartbeat,
+    Lead,
+    SchedulerLease,
+    SendLog,
+    SendStatus,
+)
 from timeutil import utcnow
 
 
@@ -65,18 +74,25 @@ def progress(session: Session, campaigns: list[Campaign]) -> dict[int, Progress]
     return result
 
 
-# What a send log table shows (templates/_sendlog_table.html), with the lead's address.
+# What a send log table shows (templates/_sendlog_table.html), with the lead's address and
+# the last heartbeat of the row's claim (whether a person may decide an `unknown` row yet).
 SEND_ROW_COLUMNS = (SendLog.id, SendLog.lead_id, SendLog.variant_letter, SendLog.status, SendLog.attempts,
                     SendLog.trigger, SendLog.worker, SendLog.claimed_at, SendLog.smtp_reply,
-                    SendLog.decided_by, Lead.email)
+                    SendLog.decided_by, Lead.email, ClaimHeartbeat.beat_at, SendLog.campaign_id)
 
 
 def send_rows(session: Session, conditions: tuple, limit: int, offset: int = 0) -> list:
     """Send log rows matching `conditions`, newest first, each with its lead's email: one
     query, plain rows (ORM objects for 50 rows and their leads cost more than the SQL)."""
     return session.execute(select(*SEND_ROW_COLUMNS).outerjoin(Lead, Lead.id == SendLog.lead_id)
+                           .outerjoin(ClaimHeartbeat, leases.claim_beat())
                            .where(*conditions).order_by(SendLog.id.desc())
                            .limit(limit).offset(offset)).all()
+
+
+def unknown_rows(session: Session) -> list:
+    """Every `unknown` send, oldest first, as send_rows shows them."""
+    return list(reversed(send_rows(session, (SendLog.status == SendStatus.UNKNOWN,), limit=-1)))
 
 
 @dataclass

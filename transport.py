@@ -4,14 +4,23 @@ SMTP has no exactly-once: a connection lost after the final "." of DATA may or m
 have delivered (RFC 1047). So the SMTP transport walks MAIL, RCPT and DATA by hand and
 knows which side of that line a failure fell on: before it, the message was certainly
 not delivered (safe to retry); after it, the outcome is `unknown` and no code retries it.
+
+Every send also has a total deadline (`send_deadline`, counted from its claim), checked
+before each command and last right before the final dot: a process that was frozen or
+slowed past it drops the connection without the dot, so the server discards the message
+(RFC 5321 4.1.1.4). That bounds how late a claim can still deliver, which is what lets
+STALE_SENDING_SECONDS have a floor (`stale_floor`) and a person decide an `unknown` row
+without racing its claimer (sender.py's ledger).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -30,8 +39,27 @@ class Result:
 
 
 class Transport(Protocol):
-    def send(self, msg: Message, sender: str, recipient: str) -> Result: ...
+    def send(self, msg: Message, sender: str, recipient: str, deadline: float = math.inf) -> Result: ...
     def close(self) -> None: ...
+
+
+def send_deadline(smtp_timeout: float) -> float:
+    """Seconds one send may take from its claim to the final dot: room for connect,
+    EHLO/STARTTLS/AUTH, MAIL, RCPT, DATA and the payload, each bounded by SMTP_TIMEOUT."""
+    return 4 * smtp_timeout
+
+
+def stale_floor(smtp_timeout: float) -> float:
+    """The least STALE_SENDING_SECONDS may be: the deadline, one more SMTP_TIMEOUT for the
+    reply to the final dot, and one as a margin (scheduling, the outcome's first write)."""
+    return send_deadline(smtp_timeout) + 2 * smtp_timeout
+
+
+class DeadlinePassed(Exception):
+    """The send's deadline passed before the final dot: nothing was delivered."""
+
+
+NOT_SENT_LATE = "not sent: the send deadline passed before the end of DATA"
 
 
 def _by_code(code: int, reply: str, *, recipient: bool = False) -> Result:
@@ -46,12 +74,20 @@ def _decode(reply: bytes | str) -> str:
 
 
 def _dot_stuffed(data: bytes) -> bytes:
-    """The DATA payload as smtplib.SMTP.data() would send it, with the final dot."""
+    """The DATA payload as smtplib.SMTP.data() would send it, without the final dot."""
     data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", data)
     data = re.sub(rb"(?m)^\.", b"..", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return data + b".\r\n"
+    return data
+
+
+def _left(deadline: float) -> float:
+    """Seconds left before the deadline; raises DeadlinePassed when there are none."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlinePassed
+    return left
 
 
 class SmtpTransport:
@@ -63,14 +99,15 @@ class SmtpTransport:
         self.username, self._password, self.timeout = username, password, timeout
         self._conn: smtplib.SMTP | None = None
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self, deadline: float = math.inf) -> smtplib.SMTP:
         if self._conn is not None:
             return self._conn
         context = ssl.create_default_context()
+        timeout = min(self.timeout, _left(deadline))
         if self.security == "ssl":
-            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=timeout, context=context)
         else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            conn = smtplib.SMTP(self.host, self.port, timeout=timeout)
         try:
             conn.ehlo()
             if self.security == "starttls":
@@ -99,26 +136,51 @@ class SmtpTransport:
         if conn is not None:
             conn.close()
 
-    def send(self, msg: Message, sender: str, recipient: str) -> Result:
-        """Deliver one message; the Result says whether it may be retried."""
+    def _arm(self, conn: smtplib.SMTP, deadline: float) -> None:
+        """Before a command: give up if the deadline passed, else bound the wait by it."""
+        left = _left(deadline)
+        if conn.sock is not None:
+            conn.sock.settimeout(min(self.timeout, left))
+
+    def send(self, msg: Message, sender: str, recipient: str, deadline: float = math.inf) -> Result:
+        """Deliver one message; the Result says whether it may be retried.
+
+        `deadline` (a time.monotonic() value): the final dot is never sent after it.
+        """
         if not (sender.isascii() and recipient.isascii()):
             # An internationalized address needs SMTPUTF8 end to end, which we do not
             # speak: refused before any command, so the connection stays usable.
             return Result(SendStatus.FAILED, "not sent: a non-ASCII address needs SMTPUTF8, not supported")
         try:
-            conn = self._connect()
+            conn = self._connect(deadline)
+        except DeadlinePassed:
+            return Result(SendStatus.RETRY, NOT_SENT_LATE)
         except smtplib.SMTPAuthenticationError as exc:
             return Result(SendStatus.RETRY, f"{exc.smtp_code} {_decode(exc.smtp_error)}", config_error=True)
         except smtplib.SMTPResponseException as exc:
             return _by_code(exc.smtp_code, _decode(exc.smtp_error))
         except (smtplib.SMTPException, OSError) as exc:
             return Result(SendStatus.RETRY, f"connect: {exc!r}")
-        before_data = self._before_data(conn, sender, recipient)
+        before_data = self._before_data(conn, sender, recipient, deadline)
         if before_data is not None:
             return before_data
         payload = _dot_stuffed(msg.as_bytes(policy=MAIL_POLICY))
         try:
+            self._arm(conn, deadline)
             conn.send(payload)
+            # The point of no return: the deadline is checked last right here. Without
+            # the dot the server discards the message when we hang up.
+            self._arm(conn, deadline)
+        except DeadlinePassed:
+            self._drop()
+            return Result(SendStatus.RETRY, NOT_SENT_LATE)
+        except (smtplib.SMTPException, OSError) as exc:
+            # Lost while sending the body: the dot never went out, so nothing was delivered.
+            self._drop()
+            return Result(SendStatus.RETRY, f"lost during DATA, before the final dot: {exc!r}")
+        try:
+            conn.sock.settimeout(self.timeout)  # the answer to a sent dot is worth its wait
+            conn.send(b".\r\n")
             code, reply = conn.getreply()
         except (smtplib.SMTPException, OSError) as exc:
             # The final dot may have reached the server: delivery is unknowable.
@@ -128,21 +190,28 @@ class SmtpTransport:
             return Result(SendStatus.SENT, f"{code} {_decode(reply)}")
         return _by_code(code, _decode(reply))
 
-    def _before_data(self, conn: smtplib.SMTP, sender: str, recipient: str) -> Result | None:
+    def _before_data(self, conn: smtplib.SMTP, sender: str, recipient: str,
+                     deadline: float) -> Result | None:
         """MAIL, RCPT, DATA; a Result if the server refused or vanished (not delivered)."""
         try:
+            self._arm(conn, deadline)
             code, reply = conn.mail(sender)
             if code != 250:
                 conn.rset()
                 return _by_code(code, _decode(reply))
+            self._arm(conn, deadline)
             code, reply = conn.rcpt(recipient)
             if code not in (250, 251):
                 conn.rset()
                 return _by_code(code, _decode(reply), recipient=True)
+            self._arm(conn, deadline)
             code, reply = conn.docmd("DATA")
             if code != 354:
                 conn.rset()
                 return _by_code(code, _decode(reply))
+        except DeadlinePassed:
+            self._drop()
+            return Result(SendStatus.RETRY, NOT_SENT_LATE)
         except Exception as exc:  # noqa: BLE001 - whatever it was, DATA was not reached
             # Not delivered, but the session is in an unknown state: drop it, so the next
             # message starts clean instead of meeting "503 nested MAIL command".
@@ -157,12 +226,15 @@ class OutboxTransport:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
 
-    def send(self, msg: Message, sender: str, recipient: str) -> Result:
-        """Write the message atomically (temp file, then rename)."""
+    def send(self, msg: Message, sender: str, recipient: str, deadline: float = math.inf) -> Result:
+        """Write the message atomically (temp file, then rename); the rename is the dot."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9.@_-]", "", str(msg["Message-ID"])) + ".eml"
         tmp = self.folder / f".{name}.tmp"
         tmp.write_bytes(msg.as_bytes(policy=MAIL_POLICY))
+        if time.monotonic() >= deadline:
+            tmp.unlink()
+            return Result(SendStatus.RETRY, NOT_SENT_LATE)
         os.replace(tmp, self.folder / name)
         return Result(SendStatus.SENT, f"outbox {name}")
 

@@ -37,7 +37,7 @@ class NullTransport:
     def __init__(self) -> None:
         self.sent = 0
 
-    def send(self, msg, sender: str, recipient: str):
+    def send(self, msg, sender: str, recipient: str, deadline: float = float("inf")):
         from models import SendStatus
         from transport import Result
 

@@ -276,7 +276,7 @@ class RecordingTransport:
     def __init__(self, inner) -> None:
         self.inner, self.sent = inner, []
 
-    def send(self, msg, sender: str, recipient: str):
+    def send(self, msg, sender: str, recipient: str, deadline: float = float("inf")):
         result = self.inner.send(msg, sender, recipient)
         self.sent.append((msg, sender, recipient))
         return result

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
-MSGID = re.compile(rb"^Message-ID:\s*<sendonce\.(\d+)\.(\d+)@[^>]*>", re.IGNORECASE | re.MULTILINE)
+MSGID = re.compile(rb"^Message-ID:\s*<sendonce\.(\d+)\.(\d+)\.[0-9a-f.]+@[^>]*>",
+                   re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass

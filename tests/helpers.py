@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from sqlalchemy import update
+
 import campaigns
 import leads
+from database import immediate
+from models import SendLog
+from timeutil import utcnow
 
 
 def lead_csv(n: int, domain: str = "example.com") -> bytes:
@@ -31,3 +38,11 @@ def make_campaign(engine, n_leads: int, *, interval: int = 0, batch_size: int = 
     if start:
         campaigns.start(engine, campaign_id)
     return campaign_id
+
+
+def make_unknown(engine, *, claimed_seconds_ago: float = 86_400) -> None:
+    """Every send_log row `unknown`, as the sweep leaves a crashed claim: claimed long
+    enough ago (by default) that its process can no longer be sending it."""
+    with immediate(engine) as conn:
+        conn.execute(update(SendLog.__table__).values(
+            status="unknown", claimed_at=utcnow() - timedelta(seconds=claimed_seconds_ago)))

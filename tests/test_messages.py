@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 import campaigns
 import leads
+import schema
+from app import create_app
+from conftest import app_config
 from database import immediate
 from helpers import make_campaign
-from models import Lead, SendLog, Suppression, Trigger
-from sender import send_batch
-from transport import make_transport
+from models import AppMeta, CampaignLead, Lead, SendLog, SendStatus, Suppression, Trigger, db
+from sender import Outcome, Settings, claim_next, send_batch, store
+from timeutil import utcnow
+from transport import Result, make_transport
 from unsubscribe import make_token, read_token, unsubscribe_url
 
 
@@ -60,7 +64,7 @@ def test_message_id_is_per_row_and_unsubscribe_headers_follow_rfc8058(app, engin
     with engine.connect() as conn:
         ids = dict(conn.execute(select(SendLog.lead_id, SendLog.message_id)).all())
     first, second = smtp.recorder.messages
-    assert first["Message-ID"] == ids[1] == f"<sendonce.{cid}.1@sendonce.test>"
+    assert first["Message-ID"] == ids[1] and first["Message-ID"].startswith(f"<sendonce.{cid}.1.")
     assert second["Message-ID"] == ids[2] != ids[1]
     assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     url = unsubscribe_url("http://sendonce.test", app.config["SECRET_KEY"], "lead0000@example.com", cid)
@@ -167,3 +171,46 @@ def test_long_polish_subject_and_names_fold_and_read_back_intact():
     assert back["Subject"] == subject.strip()
     assert back["To"].addresses[0].display_name == name.strip()
     assert back["From"].addresses[0].display_name == name.strip()
+
+
+# --- Message-IDs are globally unique (RFC 5322 3.6.4) ----------------------------------
+
+
+def _installation(engine) -> str:
+    with engine.connect() as conn:
+        return conn.execute(select(AppMeta.value).where(AppMeta.key == "installation_id")).scalar_one()
+
+
+def test_message_ids_differ_across_installations_with_the_same_ids(tmp_path, smtp):
+    # Two installations (or one database reset) number campaigns and rows alike from 1:
+    # the ids alone would repeat, and a provider drops a second message with an id it holds.
+    seen = []
+    for name in ("one.db", "two.db"):
+        app = create_app(app_config(tmp_path / name, smtp.port))
+        with app.app_context():
+            schema.install(db.engine)
+            cid = make_campaign(db.engine, 1)
+            claim = claim_next(db.engine, Settings.from_config(app.config), cid, Trigger.BUTTON, utcnow())
+            seen.append((claim.send_log_id, claim.message_id, _installation(db.engine)))
+            db.engine.dispose()
+    (id1, msg1, inst1), (id2, msg2, inst2) = seen
+    assert id1 == id2 == 1 and inst1 != inst2 and msg1 != msg2
+    assert inst1 in msg1 and inst2 in msg2
+
+
+def test_a_reused_row_id_gets_a_new_message_id_and_a_retry_keeps_its_own(app, engine, settings, smtp):
+    # After a restore from an older backup the same installation reuses send_log ids.
+    cid = make_campaign(engine, 2, variants="A")
+    first = claim_next(engine, settings, cid, Trigger.BUTTON, utcnow())
+    installation = _installation(engine)
+    with immediate(engine) as conn:  # what a restore of a backup taken before this claim does
+        conn.execute(delete(SendLog.__table__))
+        conn.execute(update(CampaignLead.__table__).values(state="pending"))
+    again = claim_next(engine, settings, cid, Trigger.BUTTON, utcnow())
+    assert again.send_log_id == first.send_log_id and again.message_id != first.message_id
+    assert _installation(engine) == installation  # made once, kept
+    # A retry of one row keeps that row's Message-ID on every attempt.
+    store(engine, settings, Outcome(again, Result(SendStatus.RETRY, "451 later"), utcnow(), stored=False))
+    retried = claim_next(engine, settings, cid, Trigger.BUTTON, utcnow())
+    assert (retried.send_log_id, retried.attempts) == (again.send_log_id, 2)
+    assert retried.message_id == again.message_id

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 import campaigns
 import leads
 from database import immediate
-from helpers import make_campaign
+from helpers import make_campaign, make_unknown
 from models import Campaign, Lead, SendLog, Suppression, User, Variant, db
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
@@ -81,8 +81,7 @@ def test_lead_data_is_escaped_on_every_page_that_shows_it(app, client, seeded):
 
 
 def test_unknown_send_decision_asks_then_records_who(app, client, seeded, engine):
-    with immediate(engine) as conn:
-        conn.execute(update(SendLog.__table__).values(status="unknown"))
+    make_unknown(engine)
     confirm = client.get("/sends/1/resolve?action=send-again")
     assert confirm.status_code == 200
     with engine.connect() as conn:

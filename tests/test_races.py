@@ -102,7 +102,8 @@ def test_frozen_lease_holder_sends_nothing_after_takeover(engine, smtp, config):
     arrived, release = threading.Event(), threading.Event()
     smtp.recorder.hold[victim] = (arrived, release)
     cid = make_campaign(engine, 150, interval=0, batch_size=50)
-    env = env_for({**config, "TICK_SECONDS": 0.2, "LEASE_SECONDS": 2, "STALE_SENDING_SECONDS": 1.5})
+    env = env_for({**config, "TICK_SECONDS": 0.2, "LEASE_SECONDS": 2, "SMTP_TIMEOUT": 0.25,
+                   "STALE_SENDING_SECONDS": 1.5})
     (old,) = spawn_workers(["tick"], cid, env, delay=0)
     assert arrived.wait(30), "the holder never reached the victim's DATA"
     os.kill(old.pid, signal.SIGSTOP)  # frozen mid-batch, inside SMTP, holding the lease

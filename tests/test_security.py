@@ -26,7 +26,7 @@ import leads
 from app import SECURITY_HEADERS, create_app
 from conftest import app_config
 from database import immediate, write_session
-from helpers import make_campaign
+from helpers import make_campaign, make_unknown
 from models import Campaign, Lead, SendLog, Suppression, Trigger, User, db
 from sender import Settings, send_batch
 from smtp_sink import SmtpSink, free_port
@@ -115,8 +115,8 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     an upload waiting for its mapping, an import's rejected rows and a legacy log."""
     cid = make_campaign(engine, 3, interval=3600)
     send_now(app, cid)
+    make_unknown(engine)
     with immediate(engine) as conn:
-        conn.execute(update(SendLog.__table__).values(status="unknown"))
         conn.execute(Suppression.__table__.insert().values(email="gone@example.com", reason="manual"))
     login()
     waiting = token_of(upload(client, "/leads/import", b"email\nnew@example.com\n", "a.csv"))
@@ -590,7 +590,7 @@ def test_suppression_search_matches_only_literal_text(client, quick_user, engine
 
 def test_send_log_filters_take_hostile_values_as_data(app, client, login, engine, smtp):  # noqa: F811
     first = make_campaign(engine, 3, batch_size=3)
-    other = make_campaign(engine, 0, batch_size=3)
+    other = make_campaign(engine, 0, batch_size=3, start=False)
     with immediate(engine) as conn:  # the other campaign has a send of lead 1 too
         conn.execute(SendLog.__table__.insert().values(campaign_id=other, lead_id=1, variant_letter="A",
                                                        status="sent", trigger="cli", worker="w"))

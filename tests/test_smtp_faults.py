@@ -213,7 +213,7 @@ def test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails(
         def __init__(self, inner) -> None:
             self.inner = inner
 
-        def send(self, msg, sender, recipient):
+        def send(self, msg, sender, recipient, deadline=float("inf")):
             result = self.inner.send(msg, sender, recipient)
             stalled.start()
             return result

@@ -95,7 +95,7 @@ class Scripted:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
 
-    def send(self, msg, sender: str, recipient: str) -> Result:
+    def send(self, msg, sender: str, recipient: str, deadline: float = float("inf")) -> Result:
         pick = self.rng.random()
         if pick < 0.08:
             raise ConnectionResetError("connection dropped mid-DATA")  # stored as unknown
@@ -128,7 +128,8 @@ def test_engine_sends_keep_the_summary_exact_and_the_page_equal_to_live(engine, 
     with engine.connect() as conn:
         unknown = conn.exec_driver_sql("SELECT id FROM send_log WHERE status = 'unknown'").scalars().all()
     for i, log_id in enumerate(unknown[:6]):  # a person decides some of them
-        resolve_unknown(engine, log_id, "mark-sent" if i % 2 else "send-again", "admin@example.com", clock())
+        assert resolve_unknown(engine, settings, log_id, "mark-sent" if i % 2 else "send-again",
+                               "admin@example.com", now[0] + timedelta(hours=1)) is None
     for _ in range(5):
         send_batch(engine, settings, transport, rng.choice(ids), Trigger.CLI, clock=clock)
     with engine.connect() as conn:
