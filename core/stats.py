@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
-import lease as leases
+from delivery import lease as leases
 from models import Campaign, CampaignStateCount, CampaignStatus, Lead, SchedulerLease, SendLog, SendStatus
-from timeutil import utcnow
+from storage.timeutil import utcnow
 
 
 @dataclass

@@ -19,8 +19,8 @@ from pathlib import Path
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 
-from database import immediate
 from models import SchedulerLease
+from storage.database import immediate
 
 LEASE_NAME = "scheduler"
 _lease = SchedulerLease.__table__
