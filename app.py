@@ -21,11 +21,16 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.exc import OperationalError
 
 import cli
-import i18n
 import scheduler
-from database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
+from delivery.transport import stale_floor
 from models import User, db
-from transport import stale_floor
+from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
+from web import auth, editor, i18n, unsubscribe
+from web import campaigns as views
+from web import leads as lead_pages
+from web import sendlog as sendlog_pages
+from web import suppressions as suppression_pages
+from web import timeline as timeline_pages
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -77,15 +82,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_pages(app: Flask) -> None:
-    import auth
-    import editor
-    import lead_pages
-    import sendlog_pages
-    import suppression_pages
-    import timeline_pages
-    import unsubscribe
-    import views
-
     for module in (auth, views, editor, lead_pages, sendlog_pages, suppression_pages, timeline_pages,
                    i18n, unsubscribe):
         app.register_blueprint(module.bp)

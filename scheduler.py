@@ -20,11 +20,11 @@ from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
 
-import lease as leases
+from delivery import lease as leases
+from delivery.transport import make_transport
 from models import Trigger, db
 from sender import BatchResult, Settings, tick
-from timeutil import utcnow
-from transport import make_transport
+from storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

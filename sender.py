@@ -35,10 +35,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
-import lease as leases
-import messages
-import templating
-from database import immediate, run_sql, transaction
+from core.suppressions import suppress
+from delivery import lease as leases
+from delivery import messages, templating
+from delivery.tokens import unsubscribe_url
+from delivery.transport import Result, Transport, send_deadline
 from models import (
     AppMeta,
     ButtonPress,
@@ -52,10 +53,8 @@ from models import (
     SendStatus,
     Trigger,
 )
-from suppressions import suppress
-from timeutil import utcnow
-from transport import Result, Transport, send_deadline
-from unsubscribe import unsubscribe_url
+from storage.database import immediate, run_sql, transaction
+from storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ class NullTransport:
         self.sent = 0
 
     def send(self, msg, sender: str, recipient: str, deadline: float = float("inf")):
+        from delivery.transport import Result
         from models import SendStatus
-        from transport import Result
 
         self.sent += 1
         return Result(SendStatus.SENT, "250 null transport")

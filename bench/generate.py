@@ -37,9 +37,9 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import create_engine  # noqa: E402
 
-import schema  # noqa: E402
-from leads import pick_variant  # noqa: E402
+from core.leads import pick_variant  # noqa: E402
 from models import Base  # noqa: E402
+from storage import schema  # noqa: E402
 
 VERSION = 1  # bump when the rows change: cached bench databases are keyed on it
 BASE_TIME = datetime(2025, 1, 6, 7, 0, 0)  # fixed, so the same seed gives the same file
@@ -110,7 +110,7 @@ def _plan(spec: Spec) -> list[tuple[int, int]]:
 def create_schema(path: Path) -> None:
     """An empty database with models.py's schema and schema.py's triggers, in WAL mode."""
     engine = create_engine(f"sqlite:///{path}")
-    schema.install(engine)
+    schema.install(engine, Base.metadata)
     engine.dispose()
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode=WAL")

@@ -30,8 +30,8 @@ USER, PASSWORD = "bench@example.com", "bench-password-not-secret"
 
 
 def _login(app, client) -> None:
-    from database import write_session
     from models import User, db
+    from storage.database import write_session
 
     with app.app_context():
         with write_session(db.engine) as session:

@@ -287,7 +287,7 @@ class RecordingTransport:
 
 def bare_smtp(port: int, messages: list) -> float:
     """smtplib over one connection: the same message objects, serialized as the engine does."""
-    from messages import MAIL_POLICY
+    from delivery.messages import MAIL_POLICY
 
     began = time.perf_counter()
     conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
@@ -300,9 +300,9 @@ def bare_smtp(port: int, messages: list) -> float:
 
 def section_smtp(ctx: Context) -> None:
     from app import create_app
+    from delivery.transport import make_transport
     from models import Trigger, db
     from sender import Settings, send_batch
-    from transport import make_transport
 
     n = ctx.sizes.smtp_messages
     template = template_db("smtp", generate.Spec(leads=n, campaigns=1, sends=0), ctx.fresh)
@@ -372,7 +372,7 @@ def bare_import(db: Path, data: bytes) -> float:
 
 def section_import(ctx: Context) -> None:
     from app import create_app
-    from importer import run_import
+    from core.importer import run_import
     from models import db
 
     rows = ctx.sizes.import_rows

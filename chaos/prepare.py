@@ -11,11 +11,10 @@ from pathlib import Path
 
 from fleet import PYTHON, ROOT
 
-import campaigns
-import leads
-import schema
-from database import write_session
+from core import campaigns, importer, leads
 from models import User, db
+from storage import schema
+from storage.database import write_session
 
 BODY = ("Dzień dobry {{ first_name }},\n\npiszę do {{ company }} w sprawie współpracy.\n\n"
         "Wypisz się: {{ unsubscribe_url }}\n")
@@ -41,8 +40,8 @@ def populate(app, args, rng: random.Random) -> Population:
     rows += [f"{e},Imię{i},Nazwisko{i},Firma {i % 97}" for i, e in enumerate(emails)]
     with app.app_context():
         engine = db.engine
-        schema.install(engine)  # tables, and the triggers that keep the dashboard's counts
-        report = leads.import_leads(engine, ("\n".join(rows) + "\n").encode())
+        schema.install(engine, db.metadata)  # tables, and the triggers that keep the dashboard's counts
+        report = importer.import_leads(engine, ("\n".join(rows) + "\n").encode())
         if report.rejected or len(report.lead_ids) != args.leads:
             raise RuntimeError(f"lead import failed: {report.rejected[:3]}")
         k = args.campaigns

@@ -27,15 +27,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sqlalchemy import select  # noqa: E402
 
-import schema  # noqa: E402
 from app import create_app  # noqa: E402
 from conftest import app_config  # noqa: E402
+from delivery.transport import make_transport  # noqa: E402
 from helpers import make_campaign  # noqa: E402
 from models import SendLog, Trigger, db  # noqa: E402
 from sender import Settings, recover, send_batch  # noqa: E402
 from smtp_sink import SmtpSink  # noqa: E402
-from timeutil import utcnow  # noqa: E402
-from transport import make_transport  # noqa: E402
+from storage import schema  # noqa: E402
+from storage.timeutil import utcnow  # noqa: E402
 
 VICTIM = "lead0000@example.com"
 
@@ -45,7 +45,7 @@ def main() -> int:
         db_path = Path(tmp) / "repro.db"
         app = create_app(app_config(db_path, sink.port))
         with app.app_context():
-            schema.install(db.engine)  # tables and triggers, as init-db makes them
+            schema.install(db.engine, db.metadata)  # tables and triggers, as init-db makes them
             engine = db.engine
         settings = Settings.from_config(app.config)
         campaign_id = make_campaign(engine, 1)

@@ -233,7 +233,7 @@ class ChaosRun:
 
     def drain(self) -> None:
         """Faults off, resume what is paused, tick until nothing is open (bounded in time)."""
-        import campaigns
+        from core import campaigns
         from models import Trigger, db
 
         self.smtp.send_signal(signal.SIGUSR1)
@@ -263,7 +263,7 @@ class ChaosRun:
 
     def reconcile(self) -> int:
         """Run the checks, print and store the report; the exit status."""
-        import lease as leases
+        from delivery import lease as leases
 
         watch = self.happened["watch"]
         evidence = Evidence.load(

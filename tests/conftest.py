@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app import create_app
+from models import db
+from sender import Settings
+from smtp_sink import SmtpSink
+from storage import schema
 
-import schema  # noqa: E402
-from app import create_app  # noqa: E402
-from models import db  # noqa: E402
-from sender import Settings  # noqa: E402
-from smtp_sink import SmtpSink  # noqa: E402
+# The repository root: pyproject.toml's pythonpath puts it on sys.path for pytest; real
+# subprocesses get it (and tests/, for worker helpers) through PYTHONPATH (env_for).
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config):
@@ -73,7 +72,7 @@ def config(tmp_path, smtp) -> dict:
 def app(config):
     app = create_app(config)
     with app.app_context():
-        schema.install(db.engine)  # tables and triggers, as init-db makes them
+        schema.install(db.engine, db.metadata)  # tables and triggers, as init-db makes them
     yield app
     with app.app_context():
         db.engine.dispose()

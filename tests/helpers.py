@@ -6,11 +6,10 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-import campaigns
-import leads
-from database import immediate
+from core import campaigns, importer, leads
 from models import SendLog
-from timeutil import utcnow
+from storage.database import immediate
+from storage.timeutil import utcnow
 
 
 def lead_csv(n: int, domain: str = "example.com") -> bytes:
@@ -33,7 +32,7 @@ def make_campaign(engine, n_leads: int, *, interval: int = 0, batch_size: int = 
     for letter in variants:
         campaigns.add_variant(engine, campaign_id, letter,
                               subject or f"{letter}: hello {{{{ first_name }}}}", body)
-    report = leads.import_leads(engine, lead_csv(n_leads))
+    report = importer.import_leads(engine, lead_csv(n_leads))
     leads.enroll(engine, campaign_id, report.lead_ids)
     if start:
         campaigns.start(engine, campaign_id)

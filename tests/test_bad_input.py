@@ -19,11 +19,11 @@ from sqlalchemy import func, select, text
 
 from app import create_app
 from conftest import ROOT, env_for
-from database import write_session
+from delivery.tokens import make_token
 from helpers import make_campaign
 from models import CampaignLead, Lead, SendLog, Suppression, User, db
+from storage.database import write_session
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
-from unsubscribe import make_token
 
 CORPUS = Path(__file__).parent / "data" / "csv"
 TEN_MB = 10 * 1024 * 1024

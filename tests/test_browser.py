@@ -8,10 +8,10 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 
-from database import write_session
 from helpers import make_campaign
 from models import SendLog, User, db
 from procs import wait_for
+from storage.database import write_session
 
 pytestmark = pytest.mark.slow
 

@@ -64,10 +64,10 @@ def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, setting
     import sqlite3
     from types import SimpleNamespace
 
+    from delivery.transport import make_transport
     from helpers import make_campaign
     from models import Trigger
     from sender import send_batch
-    from transport import make_transport
 
     sys.path.insert(0, str(ROOT / "chaos"))
     import reconcile

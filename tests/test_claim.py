@@ -7,14 +7,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import event, select, update
 
-import campaigns
-import leads
-from database import immediate
+from core import campaigns, leads
+from core.suppressions import suppress
+from delivery.transport import make_transport
 from helpers import make_campaign
 from models import Campaign, CampaignLead, SendLog, Suppression, Trigger
 from sender import Claim, Refusal, claim_next, send_batch
-from suppressions import suppress
-from transport import make_transport
+from storage.database import immediate
 
 NOW = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 11:00 in Warsaw
 

@@ -8,8 +8,9 @@ import sys
 from sqlalchemy import select, update
 
 from conftest import ROOT, env_for
-from database import immediate
+from core import importer, leads
 from models import SendLog, User
+from storage.database import immediate
 
 
 def invoke(runner, *args, input=None):
@@ -43,9 +44,7 @@ def test_start_refuses_unknown_merge_field_with_exit_code(runner, app, engine):
     invoke(runner, "campaign", "variant", cid, "A", "--subject", "Hi", "--body", "{{ nope }}")
     report = app.test_cli_runner()
     csv = b"email\na@b.pl\n"
-    import leads
-
-    leads.enroll(engine, int(cid), leads.import_leads(engine, csv).lead_ids)
+    leads.enroll(engine, int(cid), importer.import_leads(engine, csv).lead_ids)
     result = report.invoke(args=["campaign", "start", cid])
     assert result.exit_code == 1 and "'nope' is undefined" in result.output
 

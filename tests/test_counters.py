@@ -6,16 +6,15 @@ from pathlib import Path
 
 from sqlalchemy import delete, select, text, update
 
-import leads
-import schema
-import stats
 from app import create_app
-from database import immediate
+from core import importer, leads, stats
+from delivery.transport import make_transport
 from helpers import lead_csv, make_campaign
 from models import Campaign, CampaignLead, CampaignStateCount, EnrollmentState, Trigger, db
 from sender import Settings, send_batch
-from timeutil import utcnow
-from transport import make_transport
+from storage import schema
+from storage.database import immediate
+from storage.timeutil import utcnow
 
 LIVE = "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY campaign_id, state"
 
@@ -76,7 +75,7 @@ def test_counts_follow_enrollment_sends_failures_skips_and_deletes(app, engine, 
         gone = conn.execute(delete(CampaignLead).where(CampaignLead.campaign_id == other)).rowcount
     assert gone == 2
     assert kept(engine) == live(engine)
-    report = leads.import_leads(engine, lead_csv(12))
+    report = importer.import_leads(engine, lead_csv(12))
     assert leads.enroll(engine, cid, report.lead_ids) > 0  # re-enrolled ones are no-ops
     assert kept(engine) == live(engine)
 
@@ -97,9 +96,9 @@ def test_install_backfills_a_database_made_before_the_counters(app, engine, smtp
     cid = make_campaign(engine, 5)
     forget_counters(engine)
     run_batch(app, cid, limit=2)  # the old version keeps sending and enrolling, no counts
-    report = leads.import_leads(engine, lead_csv(9))
+    report = importer.import_leads(engine, lead_csv(9))
     leads.enroll(engine, cid, report.lead_ids)
-    schema.install(engine)
+    schema.install(engine, db.metadata)
     assert kept(engine) == live(engine) == {(cid, "sent"): 2, (cid, "pending"): 7}
     run_batch(app, cid, limit=1)  # and from now on the triggers keep it
     assert kept(engine) == live(engine) == {(cid, "sent"): 3, (cid, "pending"): 6}
@@ -111,10 +110,10 @@ def test_install_replaces_an_outdated_trigger_and_recounts(app, engine):
     with immediate(engine) as conn:  # an older definition that counted nothing
         conn.execute(text(f"DROP TRIGGER {name}"))
         conn.execute(text(f"CREATE TRIGGER {name} AFTER INSERT ON campaign_lead BEGIN SELECT 1; END"))
-    report = leads.import_leads(engine, lead_csv(6))
+    report = importer.import_leads(engine, lead_csv(6))
     leads.enroll(engine, cid, report.lead_ids)
     assert kept(engine) != live(engine)
-    schema.install(engine)
+    schema.install(engine, db.metadata)
     assert kept(engine) == live(engine) == {(cid, "pending"): 6}
     with engine.connect() as conn:
         assert dict(conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
@@ -125,8 +124,8 @@ def test_install_on_an_installed_database_changes_nothing(app, engine):
     make_campaign(engine, 3, start=False)
     with immediate(engine) as conn:  # a marker no recount would keep
         conn.execute(text(f"INSERT INTO {schema.COUNTS} VALUES (999, 'pending', 7)"))
-    schema.install(engine)
-    schema.install(engine)
+    schema.install(engine, db.metadata)
+    schema.install(engine, db.metadata)
     assert kept(engine)[(999, "pending")] == 7
 
 

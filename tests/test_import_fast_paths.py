@@ -15,11 +15,10 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects import sqlite
 
-import importer
-import leads
-from database import immediate
-from importer import CsvImportError, run_import
+from core import importer, leads
+from core.importer import CsvImportError, run_import
 from models import Lead
+from storage.database import immediate
 
 LEAD = Lead.__table__
 

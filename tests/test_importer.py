@@ -13,12 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-import importer
-import leads
-from database import immediate
+from core import importer, leads
+from core.importer import CsvImportError, ImportReport, rejected_csv, run_import, sniff
 from helpers import make_campaign
-from importer import CsvImportError, ImportReport, rejected_csv, run_import, sniff
 from models import CampaignLead, Lead
+from storage.database import immediate
 
 CORPUS = Path(__file__).parent / "data" / "csv"
 
@@ -230,7 +229,7 @@ def test_unreadable_files_raise_and_change_nothing(engine, name, data, message):
 
 
 def test_the_legacy_entry_point_reports_an_unreadable_file_instead_of_raising(engine):
-    report = leads.import_leads(engine, corpus("no_email_column.csv"))
+    report = importer.import_leads(engine, corpus("no_email_column.csv"))
     assert counts(report) == (0, 0, 1)
     assert report.rejected == [(1, "no email column: name one 'email' or map a column to email")]
     assert all_leads(engine) == {}

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from datetime import datetime, timedelta
 
-from database import immediate
+from delivery.lease import HOST, Lease, acquire, fence, release
 from helpers import make_campaign
-from lease import HOST, Lease, acquire, fence, release
+from storage.database import immediate
 
 NOW = datetime(2026, 11, 25, 10, 0, 0)
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legacy_log import LegacyLogError, parse_log
-from timeline import SendEvent
+from timeline.analysis import SendEvent
+from timeline.legacy_log import LegacyLogError, parse_log
 
 
 def at(text: str) -> datetime:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import delete, select, update
 
-import campaigns
-import leads
-import schema
 from app import create_app
 from conftest import app_config
-from database import immediate
+from core import campaigns, importer, leads
+from delivery.tokens import make_token, read_token, unsubscribe_url
+from delivery.transport import Result, make_transport
 from helpers import make_campaign
 from models import AppMeta, CampaignLead, Lead, SendLog, SendStatus, Suppression, Trigger, db
 from sender import Outcome, Settings, claim_next, send_batch, store
-from timeutil import utcnow
-from transport import Result, make_transport
-from unsubscribe import make_token, read_token, unsubscribe_url
+from storage import schema
+from storage.database import immediate
+from storage.timeutil import utcnow
 
 
 def send_all(app, engine, settings, cid, limit=10):
@@ -81,8 +80,8 @@ def test_unknown_merge_field_is_caught_at_start_before_any_email(app, engine, se
 
 def test_custom_field_missing_on_one_lead_is_reported_with_its_address(engine):
     cid = make_campaign(engine, 0, start=False, variants="A", body="From {{ city }}")
-    with_city = leads.import_leads(engine, b"email,city\na@x.pl,Krak\xc3\xb3w\nb@x.pl,\n")
-    without = leads.import_leads(engine, b"email\nc@x.pl\n")  # another file, no such column
+    with_city = importer.import_leads(engine, b"email,city\na@x.pl,Krak\xc3\xb3w\nb@x.pl,\n")
+    without = importer.import_leads(engine, b"email\nc@x.pl\n")  # another file, no such column
     leads.enroll(engine, cid, with_city.lead_ids + without.lead_ids)
     problems = campaigns.validate(engine, cid)
     assert [p.email for p in problems] == ["c@x.pl"]
@@ -133,8 +132,8 @@ def test_unsubscribed_lead_is_never_sent(app, engine, settings, client, smtp):
 
 
 def test_suppression_csv_with_or_without_header_reports_bad_lines(engine):
-    from suppressions import import_csv
-    from timeutil import utcnow
+    from core.suppressions import import_csv
+    from storage.timeutil import utcnow
 
     with_header = b'name;email\n"Anna\nNowak";anna@example.com\nX;not-an-address\nY;JAN@example.com\n'
     assert import_csv(engine, with_header, utcnow()) == (2, [(4, import_csv_reason("not-an-address"))])
@@ -145,7 +144,7 @@ def test_suppression_csv_with_or_without_header_reports_bad_lines(engine):
 
 
 def import_csv_reason(raw: str) -> str:
-    import importer
+    from core import importer
 
     try:
         importer.check_address(raw)
@@ -157,7 +156,7 @@ def import_csv_reason(raw: str) -> str:
 def test_long_polish_subject_and_names_fold_and_read_back_intact():
     from email import message_from_bytes, policy
 
-    import messages
+    from delivery import messages
 
     subject = "Zażółć gęślą jaźń, " * 12
     name = "Gęślą Jaźń Źdźbło-Żółtowska " * 4
@@ -188,7 +187,7 @@ def test_message_ids_differ_across_installations_with_the_same_ids(tmp_path, smt
     for name in ("one.db", "two.db"):
         app = create_app(app_config(tmp_path / name, smtp.port))
         with app.app_context():
-            schema.install(db.engine)
+            schema.install(db.engine, db.metadata)
             cid = make_campaign(db.engine, 1)
             claim = claim_next(db.engine, Settings.from_config(app.config), cid, Trigger.BUTTON, utcnow())
             seen.append((claim.send_log_id, claim.message_id, _installation(db.engine)))

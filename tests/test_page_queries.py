@@ -14,11 +14,11 @@ import pytest
 from flask import render_template_string
 from sqlalchemy import event
 
-import i18n
 from helpers import make_campaign
 from models import User, db
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
-from views import utc_time
+from web import i18n
+from web.campaigns import utc_time
 
 SKIP = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|PRAGMA|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
 

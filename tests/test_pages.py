@@ -8,11 +8,10 @@ import re
 import pytest
 from sqlalchemy import select, update
 
-import campaigns
-import leads
-from database import immediate
+from core import campaigns, leads
 from helpers import make_campaign, make_unknown
 from models import Campaign, Lead, SendLog, Suppression, User, Variant, db
+from storage.database import immediate
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
 EVIL = '<script>alert("x")</script>'

@@ -18,14 +18,14 @@ from datetime import UTC
 import pytest
 from sqlalchemy import func, select
 
-import lease as leases
 from conftest import ROOT, env_for
+from delivery import lease as leases
 from helpers import make_campaign
 from models import CampaignLead, SchedulerLease, SendLog
 from procs import reap, spawn_workers, wait_all, wait_for
 from sender import recover
 from smtp_sink import free_port
-from timeutil import utcnow
+from storage.timeutil import utcnow
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError
 
-from database import immediate
 from helpers import make_campaign
 from models import SendLog
+from storage.database import immediate
 
 
 def _send_log_row(campaign_id: int, lead_id: int, letter: str) -> dict:

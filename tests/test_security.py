@@ -21,20 +21,19 @@ import pytest
 from sqlalchemy import func, select, update
 from werkzeug.security import generate_password_hash
 
-import campaigns
-import leads
 from app import SECURITY_HEADERS, create_app
 from conftest import app_config
-from database import immediate, write_session
+from core import campaigns, importer, leads
+from delivery.tokens import make_token
+from delivery.transport import make_transport
 from helpers import make_campaign, make_unknown
 from models import Campaign, Lead, SendLog, Suppression, Trigger, User, db
 from sender import Settings, send_batch
 from smtp_sink import SmtpSink, free_port
+from storage.database import immediate, write_session
+from storage.timeutil import utcnow
 from test_timeline import INCIDENT_CSV
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
-from timeutil import utcnow
-from transport import make_transport
-from unsubscribe import make_token
 
 WRONG = "Nieprawidłowy e-mail lub hasło."
 
@@ -503,7 +502,7 @@ FORMULA_LEADS = ["=1+1@example.com", "+48@example.com", "-2@example.com", "plain
 
 def test_timeline_export_neutralizes_formula_cells(app, engine, client, login, smtp):  # noqa: F811
     cid = make_campaign(engine, 0, variants="A", interval=0, batch_size=10, start=False)
-    report = leads.import_leads(engine, ("email\n" + "\n".join(FORMULA_LEADS) + "\n").encode())
+    report = importer.import_leads(engine, ("email\n" + "\n".join(FORMULA_LEADS) + "\n").encode())
     assert report.rejected == [] and report.imported == 4  # all four are valid addresses
     leads.enroll(engine, cid, report.lead_ids)
     campaigns.start(engine, cid)

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import select, update
 
 from app import create_app
-from database import immediate
+from delivery.transport import make_transport
 from helpers import make_campaign
 from models import Campaign, CampaignLead, Lead, SendLog, SendStatus, Suppression, Trigger, Variant, db
 from sender import Settings, send_batch
 from smtp_sink import SmtpSink, free_port
-from transport import make_transport
+from storage.database import immediate
 
 VICTIM = "lead0000@example.com"
 
@@ -185,9 +185,9 @@ def impatient_app(config):
 def test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout(config, smtp):
     # Found by the chaos run: a process frozen while holding the write lock made record()
     # give up with "database is locked", and a delivered message became `unknown`.
+    from delivery.transport import Result
     from sender import claim_next, record
-    from timeutil import utcnow
-    from transport import Result
+    from storage.timeutil import utcnow
 
     _, engine, settings = impatient_app(config)
     cid = make_campaign(engine, 1)

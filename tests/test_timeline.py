@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import legacy_log
-from timeline import SendEvent, analyse, bucket, finding, text_report, to_json
+from timeline import legacy_log
+from timeline.analysis import SendEvent, analyse, bucket, to_json
+from timeline.words import finding, text_report
 
 INCIDENT_CSV = Path(__file__).parent / "data" / "timeline" / "incident.csv"
 DAY = datetime(2025, 1, 14)  # incident.md gives no date; any day will do
@@ -84,14 +85,14 @@ def test_the_incident_json():
 
 def test_the_incident_finding():
     a = analyse(incident_events())
-    assert a.finding().startswith(
+    assert finding(a).startswith(
         "Od 11:40:01 co 5 minut ten sam lead dostaje 2 maile w tej samej sekundzie — "
         "dwa równoległe procesy wysyłki. 15 z 16 duplikatów wyszło w sekundzie :01 minuty (poza tym: :04)")
-    assert "Procesy: next-a:311, next-b:312." in a.finding()
+    assert "Procesy: next-a:311, next-b:312." in finding(a)
     assert finding(a, "en").startswith(
         "From 11:40:01, every 5 minutes, the same lead gets 2 emails within the same second — "
         "two senders running in parallel.")
-    assert a.finding(tz="Europe/Warsaw").startswith("Od 12:40:01 ")  # January: UTC+1
+    assert finding(a, tz="Europe/Warsaw").startswith("Od 12:40:01 ")  # January: UTC+1
 
 
 def test_the_incident_clusters():
@@ -123,7 +124,7 @@ def test_the_incident_csv_reads_back_to_the_same_analysis():
     assert analyse(parsed.events) == analyse(incident_events(with_workers=False))
     assert to_json(analyse(parsed.events)) == to_json(analyse(incident_events()))
     # Without worker names the finding still infers two parallel senders from the pairs.
-    assert analyse(parsed.events).finding().startswith(
+    assert finding(analyse(parsed.events)).startswith(
         "Od 11:40:01 co 5 minut ten sam lead dostaje 2 maile w tej samej sekundzie — "
         "dwa równoległe procesy wysyłki.")
 
@@ -132,8 +133,8 @@ def test_a_clean_log():
     a = analyse(incident_events()[:20])
     assert a.duplicate_sends == 0 and a.first_duplicate_at is None and a.duplicate_groups == []
     assert (a.before.sends, a.before.unique_keys, a.after.sends, a.after.unique_keys) == (20, 20, 0, 0)
-    assert a.finding() == "0 duplikatów: każdy lead dostał każdą wiadomość dokładnie raz."
-    assert a.finding("en") == "0 duplicates: every lead received every message exactly once."
+    assert finding(a) == "0 duplikatów: każdy lead dostał każdą wiadomość dokładnie raz."
+    assert finding(a, "en") == "0 duplicates: every lead received every message exactly once."
     assert "| całość (09:19:09 – 11:39:40) | 20 | 20 | 0 |" in text_report(a)
     assert to_json(a)["first_duplicate_at"] is None and to_json(a)["after"]["sends"] == 0
 
@@ -141,7 +142,7 @@ def test_a_clean_log():
 def test_no_events():
     a = analyse([])
     assert (a.total_sends, a.median_interval_seconds, a.first_send_at) == (0, None, None)
-    assert a.finding() == "Brak wysyłek do analizy." and a.finding("en") == "No sends to analyse."
+    assert finding(a) == "Brak wysyłek do analizy." and finding(a, "en") == "No sends to analyse."
     assert "| całość | 0 | 0 | 0 |" in text_report(a)
     assert bucket([], 1) == []
 
@@ -150,19 +151,19 @@ def test_a_second_variant_is_not_a_duplicate_but_is_reported():
     events = [SendEvent(_at("10:00:00"), "1", "7", "A"), SendEvent(_at("11:00:00"), "1", "7", "B")]
     a = analyse(events)
     assert (a.duplicate_sends, a.unique_keys, a.unique_leads) == (0, 2, 1)
-    assert "inny wariant tej samej kampanii (1x" in a.finding()
+    assert "inny wariant tej samej kampanii (1x" in finding(a)
 
 
 def test_a_resend_hours_later_is_not_called_parallel():
     events = [SendEvent(_at("10:00:00"), "1", "7"), SendEvent(_at("14:00:00"), "1", "7")]
-    assert analyse(events).finding("en").startswith(
+    assert finding(analyse(events), "en").startswith(
         "From 14:00:00, the same lead gets 2 emails up to 4 h apart — sent again later, not in parallel.")
     assert analyse(events).clusters == []
 
 
 def test_one_worker_sending_twice_is_named_as_such():
     events = [SendEvent(_at(clock), "1", "7", worker="w:1") for clock in ("10:00:00", "10:00:02")]
-    assert "w ciągu 2 s — ten sam proces wysłał mail ponownie." in analyse(events).finding()
+    assert "w ciągu 2 s — ten sam proces wysłał mail ponownie." in finding(analyse(events))
 
 
 def test_clusters_need_two_workers_or_a_repeated_key():
@@ -175,7 +176,7 @@ def test_clusters_need_two_workers_or_a_repeated_key():
 
 def test_dates_are_shown_when_the_sends_span_days():
     events = [SendEvent(_at("10:00:00"), "1", "7"), SendEvent(_at("10:00:00") + timedelta(days=1), "1", "7")]
-    assert analyse(events).finding().startswith("Od 2025-01-15 10:00:00 ten sam lead")
+    assert finding(analyse(events)).startswith("Od 2025-01-15 10:00:00 ten sam lead")
 
 
 def test_buckets_of_an_hour():
@@ -191,7 +192,7 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="naive UTC"):
         SendEvent(datetime.fromisoformat("2025-01-14T10:00:00+00:00"), "1", "7")
     with pytest.raises(ValueError, match="unsupported language"):
-        analyse([]).finding("de")
+        finding(analyse([]), "de")
     with pytest.raises(ValueError):
         bucket(incident_events(), 0)
     with pytest.raises(ValueError, match="wider buckets"):
@@ -267,5 +268,5 @@ def test_buckets_add_up_to_the_totals(events, minutes):
 def test_the_report_and_finding_render_for_any_log(events):
     a = analyse(events)
     for lang in ("pl", "en"):
-        assert a.finding(lang) in text_report(a, lang)
+        assert finding(a, lang) in text_report(a, lang)
     assert json.loads(json.dumps(to_json(a))) == to_json(a)

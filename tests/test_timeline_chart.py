@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import timeline_chart
-import timeline_pages
-from timeline import Bucket
+from timeline.analysis import Bucket
+from web import timeline as timeline_pages
+from web import timeline_chart
 
 # The loop _timeline_body.html used to run for every bar, kept here as the reference.
 JINJA_BARS = """{% set peak = buckets|map(attribute='sends')|max if buckets else 0 %}

@@ -9,12 +9,12 @@ import sqlite3
 
 from sqlalchemy import create_engine
 
-import timeline
-import timeline_sql
-from csvcells import neutralized
+from core.csvfile import neutralized
 from helpers import make_campaign
 from test_timeline import INCIDENT_CSV, incident_events
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
+from timeline import analysis as timeline
+from timeline import live as timeline_sql
 
 INCIDENT_JSON = {"total_sends": 52, "unique_leads": 36, "duplicate_sends": 16,
                  "first_duplicate_at": "2025-01-14T11:40:01",

@@ -1,5 +1,5 @@
 """The timeline's hourly summary: kept exact by triggers, and the page's figures from it
-equal the live computation over send_log (timeline_sql's live path and timeline.py)."""
+equal the live computation over send_log (timeline/live.py's live path and timeline/analysis.py)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,15 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select, text
 
-import timeline
-import timeline_rollup
-import timeline_sql
-import timeline_summary
-from database import immediate
+from delivery.transport import Result
 from helpers import make_campaign
 from models import SendLog, SendStatus, Trigger, db
 from sender import recover, resolve_unknown, send_batch
-from timeline_sql import Scope
-from transport import Result
+from storage import schema
+from storage.database import immediate
+from timeline import analysis as timeline
+from timeline import live as timeline_sql
+from timeline.live import Scope
 
 T0 = datetime(2026, 3, 2, 8, 0, 0)  # a Monday
 
@@ -50,11 +49,11 @@ def events(conn, scope: Scope) -> list[timeline.SendEvent]:
 
 def assert_same(conn, scope: Scope) -> None:
     """The summary path's Analysis and bars equal the live path's, and timeline.py's."""
-    assert timeline_summary.usable(conn)
-    fast, live = timeline_rollup.analyse(conn, scope), timeline_sql.live_analyse(conn, scope)
+    assert schema.summary_usable(conn)
+    fast, live = timeline_sql.summary_analyse(conn, scope), timeline_sql.live_analyse(conn, scope)
     assert fast == live, scope
     for minutes in (1, 60, 1440):
-        assert timeline_rollup.buckets(conn, scope, minutes) == timeline_sql.live_buckets(
+        assert timeline_sql.summary_buckets(conn, scope, minutes) == timeline_sql.live_buckets(
             conn, scope, minutes, []), (scope, minutes)
     # And against the pure analysis over every event (all fit in the median's sample).
     every = events(conn, scope)
@@ -65,7 +64,7 @@ def assert_same(conn, scope: Scope) -> None:
         pure.first_send_at, pure.last_send_at, pure.unique_leads)
     minutes = timeline_sql.bucket_minutes(fast.first_send_at, fast.last_send_at)
     if minutes < 1440 or len(every) < 2 or (pure.last_send_at - pure.first_send_at).days < 400:
-        assert timeline_rollup.buckets(conn, scope, minutes) == [
+        assert timeline_sql.summary_buckets(conn, scope, minutes) == [
             b for b in timeline.bucket(every, minutes) if b.sends]
 
 
@@ -241,11 +240,11 @@ def test_direct_writes_over_weeks_read_the_same_as_live(bare):
 
 def schema_without_summary(engine) -> None:
     """A database as an earlier SendOnce made it: no timeline_hour, no triggers."""
-    tables = [t for t in db.metadata.sorted_tables if t.name != timeline_summary.TABLE]
+    tables = [t for t in db.metadata.sorted_tables if t.name != schema.SUMMARY]
     db.metadata.create_all(engine, tables=tables)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS timeline_hour")
-        for name in timeline_summary.TRIGGERS:
+        for name in schema.SUMMARY_TRIGGERS:
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
 
 
@@ -262,13 +261,13 @@ def test_install_backfills_an_older_database_and_is_idempotent(tmp_path):
     schema_without_summary(engine)
     fill(engine, 300)
     with engine.connect() as conn:
-        assert not timeline_summary.usable(conn)
+        assert not schema.summary_usable(conn)
         assert timeline_sql.analyse(conn, Scope()) == timeline_sql.live_analyse(conn, Scope())
-    assert timeline_summary.install(engine) is True
-    assert timeline_summary.install(engine) is False  # nothing to do the second time
+    assert schema.install_summary(engine, db.metadata) is True
+    assert schema.install_summary(engine, db.metadata) is False  # nothing to do the second time
     db.metadata.create_all(engine)  # the hook: also nothing to do
     with engine.connect() as conn:
-        assert timeline_summary.usable(conn)
+        assert schema.summary_usable(conn)
         assert summary(conn) == recount(conn) and sum(summary(conn).values()) == 200
     fill(engine, 50, offset=300)  # from now on the triggers keep it
     with engine.connect() as conn:
@@ -282,26 +281,26 @@ def test_install_repairs_a_dropped_or_outdated_trigger(bare):
     with bare.begin() as conn:
         conn.exec_driver_sql("DROP TRIGGER timeline_hour_update")
         conn.exec_driver_sql("UPDATE send_log SET status = 'failed' WHERE status = 'sent'")  # unaccounted
-        assert summary(conn) != recount(conn) and not timeline_summary.usable(conn)
-    assert timeline_summary.install(bare) is True
+        assert summary(conn) != recount(conn) and not schema.summary_usable(conn)
+    assert schema.install_summary(bare, db.metadata) is True
     with bare.begin() as conn:
-        assert summary(conn) == recount(conn) and timeline_summary.usable(conn)
+        assert summary(conn) == recount(conn) and schema.summary_usable(conn)
         # An older definition under the same name is replaced, and the summary rebuilt.
         conn.exec_driver_sql("DROP TRIGGER timeline_hour_delete")
         conn.exec_driver_sql("CREATE TRIGGER timeline_hour_delete AFTER DELETE ON send_log "
                              "BEGIN SELECT 1; END")
-        assert not timeline_summary.usable(conn)
+        assert not schema.summary_usable(conn)
         conn.exec_driver_sql("DELETE FROM send_log WHERE id % 2 = 0")
     db.metadata.create_all(bare)  # create_all runs the same repair
     with bare.connect() as conn:
-        assert summary(conn) == recount(conn) and timeline_summary.usable(conn)
+        assert summary(conn) == recount(conn) and schema.summary_usable(conn)
 
 
 def test_a_recreated_empty_table_is_refilled(bare):
     fill(bare, 60)
     with bare.begin() as conn:
         conn.exec_driver_sql("DROP TABLE timeline_hour")
-    assert timeline_summary.install(bare) is True
+    assert schema.install_summary(bare, db.metadata) is True
     with bare.connect() as conn:
         assert summary(conn) == recount(conn) != {}
 
@@ -311,7 +310,7 @@ def test_install_holds_the_write_lock(app, engine):
     statements = []
     with immediate(engine) as conn:
         conn.connection.driver_connection.set_trace_callback(statements.append)
-        timeline_summary.install_on(conn)
+        schema.install_summary_on(conn, db.metadata)
         conn.connection.driver_connection.set_trace_callback(None)
     assert not any(s.startswith("BEGIN") for s in statements)  # it joined ours
     with engine.begin() as conn:
@@ -326,7 +325,7 @@ def test_install_holds_the_write_lock(app, engine):
 
     event.listen(engine, "connect", trace)
     try:
-        assert timeline_summary.install(engine) is True
+        assert schema.install_summary(engine, db.metadata) is True
     finally:
         event.remove(engine, "connect", trace)
         engine.dispose()
@@ -337,13 +336,13 @@ def test_install_holds_the_write_lock(app, engine):
 def test_the_summary_is_not_used_without_a_unique_index_on_campaign_and_lead(bare):
     fill(bare, 40)
     with bare.connect() as conn:
-        assert timeline_summary.usable(conn)
+        assert schema.summary_usable(conn)
     with bare.begin() as conn:  # rebuild send_log as a legacy table: same columns, no unique index
         conn.exec_driver_sql("CREATE TABLE old_log AS SELECT * FROM send_log")
         conn.exec_driver_sql("DROP TABLE send_log")
         conn.exec_driver_sql("ALTER TABLE old_log RENAME TO send_log")
         conn.exec_driver_sql("INSERT INTO send_log SELECT * FROM send_log WHERE id < 5")  # duplicates
-        assert not timeline_summary.usable(conn)
+        assert not schema.summary_usable(conn)
     with bare.connect() as conn:
         analysis = timeline_sql.analyse(conn, Scope())  # the live path, which finds them
         assert analysis.duplicate_sends == 3 and len(analysis.duplicate_groups) == 3
@@ -393,11 +392,11 @@ def test_the_page_from_the_summary_is_the_page_from_send_log(engine, runner, smt
             "/timeline?from=2026-03-02T09:30:10&to=2026-03-03T14:00&tz=Europe/Warsaw",
             "/timeline?from=2026-03-02T10:05&to=2026-03-02T10:55", "/timeline?to=2026-03-03T00:00:00"]
     with engine.connect() as conn:
-        assert timeline_summary.usable(conn)
+        assert schema.summary_usable(conn)
     fast = [page_html(client, url) for url in urls]
     with engine.begin() as conn:  # without a trigger the summary cannot stand in: the live path
         conn.exec_driver_sql("DROP TRIGGER timeline_hour_delete")
-        assert not timeline_summary.usable(conn)
+        assert not schema.summary_usable(conn)
     assert [page_html(client, url) for url in urls] == fast
     assert "<rect " in fast[0] and "0 duplikatów" in fast[0]
     assert fast[0].count('<span class="status sent">') == 12  # every row's badge, one macro call

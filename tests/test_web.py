@@ -7,11 +7,11 @@ import re
 import pytest
 from sqlalchemy import select
 
-import campaigns
 from app import create_app
-from database import write_session
+from core import campaigns
 from helpers import make_campaign
 from models import Campaign, User, db
+from storage.database import write_session
 
 PUBLIC = {"static", "auth.login", "unsubscribe.unsubscribe", "views.healthz", "i18n.set_language"}
 

@@ -18,9 +18,9 @@ import time
 from sqlalchemy import func, select
 
 from app import create_app
+from delivery.transport import make_transport
 from models import CampaignLead, EnrollmentState, Trigger, db
 from sender import Settings, send_batch
-from transport import make_transport
 
 DEADLINE = 60
 

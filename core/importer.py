@@ -34,12 +34,11 @@ from email_validator.rfc_constants import EMAIL_MAX_LENGTH
 from email_validator.syntax import validate_email_domain_name, validate_email_local_part
 from sqlalchemy import Column, Connection, Engine, Executable, Text, bindparam, func, select, update
 
-import leads
-from csvcells import neutralized
-from database import immediate
-from leads import ImportReport
+from core import leads
+from core.csvfile import neutralized
 from models import Campaign, Lead, Variant
-from timeutil import utcnow
+from storage.database import immediate
+from storage.timeutil import utcnow
 
 TARGETS = ("email", "first_name", "last_name", "company", "tags")  # plus "field:<name>", "skip"
 FIELD = "field:"
@@ -154,6 +153,29 @@ class _Rows:
         """The address's values from the file, in database form."""
         record = self.merged.get(address)
         return self.fast_values(self.first[address]) if record is None else _record_values(record)
+
+
+@dataclass
+class ImportReport:
+    """What an import did: every data row is imported, merged or rejected, none dropped."""
+
+    imported: int = 0  # new leads
+    merged: int = 0  # rows that matched an existing lead or an earlier row of the file
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    lead_ids: list[int] = field(default_factory=list)  # distinct, in file order
+    enrolled: int = 0  # new enrollments when imported into a campaign
+
+
+def import_leads(engine: Engine, data: bytes) -> ImportReport:
+    """Insert or merge leads from CSV bytes (run_import with the suggested mapping).
+
+    A file that cannot be read at all changes nothing and comes back as one rejection,
+    at its line, rather than as an exception: callers print the report either way.
+    """
+    try:
+        return run_import(engine, data)
+    except CsvImportError as exc:
+        return ImportReport(rejected=[(exc.line, str(exc))])
 
 
 def sniff(data: bytes) -> Sniffed:

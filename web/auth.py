@@ -15,10 +15,10 @@ from werkzeug.security import generate_password_hash
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
-from database import write_session
-from leads import normalize_email
+from core.leads import normalize_email
 from models import User, db
-from timeutil import utcnow
+from storage.database import write_session
+from storage.timeutil import utcnow
 
 bp = Blueprint("auth", __name__)
 LOCK_AFTER = 5  # failed logins in a row before each further try must wait

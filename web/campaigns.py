@@ -14,11 +14,10 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField
 
-import campaigns
-import stats
+from core import campaigns, stats
+from delivery.transport import make_transport
 from models import Campaign, CampaignStatus, Lead, SendLog, SendStatus, Trigger, db
 from sender import BatchResult, Refusal, Settings, send_batch
-from transport import make_transport
 
 bp = Blueprint("views", __name__)
 

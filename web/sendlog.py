@@ -9,11 +9,11 @@ from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
-import stats
+from core import stats
 from models import Campaign, SendLog, SendStatus, Trigger, db
 from sender import Settings, decidable_at, resolve_unknown
-from timeutil import utcnow
-from views import ActionForm
+from storage.timeutil import utcnow
+from web.campaigns import ActionForm
 
 bp = Blueprint("sendlog", __name__)
 PAGE_SIZE = 50

@@ -12,13 +12,13 @@ from sqlalchemy import func, select
 from wtforms import EmailField, StringField
 from wtforms.validators import DataRequired, Email, Length
 
-import importer
-from database import immediate, write_session
-from lead_pages import PAGE_SIZE
+from core import importer
+from core.suppressions import import_csv, suppress
 from models import Suppression, db
-from suppressions import import_csv, suppress
-from timeutil import utcnow
-from views import ActionForm
+from storage.database import immediate, write_session
+from storage.timeutil import utcnow
+from web.campaigns import ActionForm
+from web.leads import PAGE_SIZE
 
 bp = Blueprint("suppression", __name__)
 SHOWN_REJECTED = 10  # rejected lines listed one by one after an import; the rest are counted

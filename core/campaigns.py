@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 
-import leads
-import templating
-from database import immediate, write_session
+from core import leads
+from delivery import templating
 from models import Campaign, CampaignLead, CampaignStatus, EnrollmentState, Lead, Variant
+from storage.database import immediate, write_session
 
 MAX_PROBLEMS = 20
 

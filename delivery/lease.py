@@ -28,9 +28,9 @@ from pathlib import Path
 from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from database import immediate
 from models import ClaimHeartbeat, SchedulerLease, SendLog
-from timeutil import utcnow
+from storage.database import immediate
+from storage.timeutil import utcnow
 
 LEASE_NAME = "scheduler"
 _lease = SchedulerLease.__table__

@@ -1,4 +1,4 @@
-"""Leads: address normalization, the import entry point (see importer.py), and enrollment.
+"""Leads: address normalization and enrollment (the CSV import is core/importer.py).
 
 A lead's variant is chosen once, at enrollment, from a hash of (campaign, email): the
 same lead always lands on the same letter, and the choice is stored, so it can only
@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from email_validator import validate_email
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects.sqlite import insert
 
-from database import immediate
 from models import CampaignLead, EnrollmentState, Lead, Variant
-from timeutil import utcnow
+from storage.database import immediate
+from storage.timeutil import utcnow
 
 
 def normalize_email(raw: str) -> str:
@@ -30,32 +29,6 @@ def check_email(raw: str) -> str:
     address = normalize_email(raw)
     validate_email(address, check_deliverability=False)
     return address
-
-
-@dataclass
-class ImportReport:
-    """What an import did: every data row is imported, merged or rejected, none dropped."""
-
-    imported: int = 0  # new leads
-    merged: int = 0  # rows that matched an existing lead or an earlier row of the file
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
-    lead_ids: list[int] = field(default_factory=list)  # distinct, in file order
-    enrolled: int = 0  # new enrollments when imported into a campaign
-
-
-def import_leads(engine: Engine, data: bytes) -> ImportReport:
-    """Insert or merge leads from CSV bytes (importer.run_import with the suggested mapping).
-
-    A file that cannot be read at all changes nothing and comes back as one rejection,
-    at its line, rather than as an exception: callers print the report either way.
-    """
-    # Imported here, not at the top: importer builds on this module.
-    from importer import CsvImportError, run_import
-
-    try:
-        return run_import(engine, data)
-    except CsvImportError as exc:
-        return ImportReport(rejected=[(exc.line, str(exc))])
 
 
 def pick_variant(weights: list[tuple[str, int]], campaign_id: int, email: str) -> str:

@@ -98,7 +98,7 @@ class Bucket:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Everything `analyse` finds; `to_json` and `text_report` render it."""
+    """Everything `analyse` finds; `to_json` and timeline.words render it."""
 
     total_sends: int
     unique_keys: int
@@ -114,12 +114,6 @@ class Analysis:
     first_send_at: datetime | None
     last_send_at: datetime | None
     cluster_seconds: float
-
-    def finding(self, lang: str = "pl", tz: str = "UTC") -> str:
-        """The one-paragraph plain-language finding for this analysis."""
-        from timeline_text import finding  # the words live apart from the counting
-
-        return finding(self, lang, tz)
 
 
 def _mark(ordered: list[SendEvent]) -> list[tuple[SendEvent, bool]]:
@@ -272,17 +266,3 @@ def to_json(analysis: Analysis) -> dict:
         "duplicate_second_histogram": {str(s): n for s, n in analysis.duplicate_second_histogram.items()},
         "median_interval_seconds": analysis.median_interval_seconds,
     }
-
-
-def finding(analysis: Analysis, lang: str = "pl", tz: str = "UTC") -> str:
-    """The plain-language finding (see timeline_text)."""
-    from timeline_text import finding as phrase
-
-    return phrase(analysis, lang, tz)
-
-
-def text_report(analysis: Analysis, lang: str = "pl", tz: str = "UTC", max_groups: int = 100) -> str:
-    """The incident-style text report (see timeline_text)."""
-    from timeline_text import text_report as report
-
-    return report(analysis, lang, tz, max_groups)

@@ -1,22 +1,16 @@
-"""One-click unsubscribe: signed links bound to one address and one campaign.
+"""Signed unsubscribe tokens and links: bound to one address and one campaign.
 
-The token is the only authority here (mail clients POST it without a session or a CSRF
-token, RFC 8058), so it is signed with SECRET_KEY; a tampered token changes nothing.
+The token is the only authority of the unsubscribe page (mail clients POST it without a
+session or a CSRF token, RFC 8058), so it is signed with SECRET_KEY; a tampered token
+changes nothing. The engine signs a link into every message; the page (web/unsubscribe.py)
+reads it back.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from flask import Blueprint, abort, current_app, render_template, request
 from itsdangerous import BadSignature, URLSafeSerializer
-
-from database import immediate
-from models import db
-from suppressions import suppress
-from timeutil import utcnow
-
-bp = Blueprint("unsubscribe", __name__)
 
 
 @lru_cache(maxsize=8)
@@ -42,17 +36,3 @@ def read_token(secret_key: str, token: str) -> tuple[str, int] | None:
 def unsubscribe_url(base_url: str, secret_key: str, email: str, campaign_id: int) -> str:
     """The public link put into every message and its List-Unsubscribe header."""
     return f"{base_url.rstrip('/')}/u/{make_token(secret_key, email, campaign_id)}"
-
-
-@bp.route("/u/<token>", methods=["GET", "POST"])
-def unsubscribe(token: str):
-    """GET shows a confirmation page; POST (the button or a one-click client) unsubscribes."""
-    found = read_token(current_app.config["SECRET_KEY"], token)
-    if found is None:
-        abort(404)
-    email, campaign_id = found
-    if request.method == "GET":
-        return render_template("unsubscribe.html", email=email, done=False)
-    with immediate(db.engine) as conn:
-        suppress(conn, email, "unsubscribed", f"campaign {campaign_id}", utcnow())
-    return render_template("unsubscribe.html", email=email, done=True)

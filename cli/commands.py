@@ -13,19 +13,16 @@ from flask.cli import with_appcontext
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-import campaigns
-import importer
-import leads
-import legacy_log
 import scheduler
-import schema
-import stats
-import timeline
-import timeline_sql
-from database import write_session
+from core import campaigns, importer, leads, stats
 from models import Campaign, CampaignLead, Trigger, User, db
 from sender import Settings, decidable_at, recover, resolve_unknown
-from timeutil import utcnow
+from storage import schema
+from storage.database import write_session
+from storage.timeutil import utcnow
+from timeline import analysis as timeline
+from timeline import legacy_log, words
+from timeline import live as timeline_sql
 
 
 def register(app: Flask) -> None:
@@ -80,7 +77,7 @@ def _engine():
 @with_appcontext
 def init_db() -> None:
     """Create the tables and triggers (safe to run again, and after an upgrade: data is kept)."""
-    schema.install(db.engine)
+    schema.install(db.engine, db.metadata)
     click.echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
 
 
@@ -312,7 +309,7 @@ piotr.zielinski@example.com,Piotr,Zieli\xc5\x84ski,Przyk\xc5\x82ad SA,Pozna\xc5\
 def demo() -> None:
     """Create a demo campaign (two variants, a few leads), started, one send a minute."""
     engine = _engine()
-    report = leads.import_leads(engine, DEMO_LEADS)
+    report = importer.import_leads(engine, DEMO_LEADS)
     campaign_id = campaigns.create(
         engine, name="Demo: SendOnce", from_address=current_app.config["MAIL_FROM"],
         from_name="SendOnce Demo", interval_seconds=60, batch_size=1)
@@ -331,7 +328,7 @@ def demo() -> None:
 @with_appcontext
 def first_run() -> None:
     """Create tables; on an empty database add the demo data and an admin login."""
-    schema.install(db.engine)
+    schema.install(db.engine, db.metadata)
     if db.session.scalar(select(func.count()).select_from(User)):
         click.echo("database ready (existing data kept)")
         return
@@ -369,4 +366,4 @@ def timeline_command(campaign_id: int | None, log_file: Path | None, as_json: bo
     if as_json:
         click.echo(json.dumps(timeline.to_json(analysis), ensure_ascii=False, indent=2))
     else:
-        click.echo(timeline.text_report(analysis, lang, tz))
+        click.echo(words.text_report(analysis, lang, tz))

@@ -23,13 +23,12 @@ from wtforms import (
 from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, Optional, Regexp
 from wtforms.widgets import CheckboxInput, ListWidget
 
-import campaigns
-import messages
-import templating
-from database import write_session
+from core import campaigns
+from delivery import messages, templating
+from delivery.transport import make_transport
 from models import Campaign, CampaignLead, Lead, Variant, db
-from transport import make_transport
-from views import ActionForm
+from storage.database import write_session
+from web.campaigns import ActionForm
 
 bp = Blueprint("editor", __name__)
 TIMEZONES = sorted(available_timezones())

@@ -10,9 +10,9 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Connection
 
-import importer
-from database import immediate
+from core import importer
 from models import Suppression
+from storage.database import immediate
 
 
 def suppress(conn: Connection, email: str, reason: str, detail: str, now: datetime) -> bool:

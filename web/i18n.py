@@ -19,9 +19,9 @@ from markupsafe import Markup, escape
 from sqlalchemy import update
 from wtforms import HiddenField, SelectChoice, SelectField
 
-from auth import local_path
-from database import write_session
 from models import User, db
+from storage.database import write_session
+from web.auth import local_path
 
 LANGUAGES = {"pl": "Polski", "en": "English"}
 DEFAULT = "pl"

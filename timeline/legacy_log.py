@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from timeline import SendEvent
+from timeline.analysis import SendEvent
 
 if TYPE_CHECKING:
     from _csv import Reader  # the type csv.reader() returns

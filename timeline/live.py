@@ -1,17 +1,26 @@
 """The timeline of SendOnce's own send_log, computed in SQL so a million rows stay fast.
 
 Two ways to the same Analysis and chart:
-- from the hourly summary (timeline_summary, read by timeline_rollup) when it is
-  installed and send_log's unique index makes duplicates impossible: a few thousand
-  summary rows, plus send_log through its claimed_at indexes for the exact first and
-  last send, partial hours at a range's edges and minute bars;
+- from the hourly summary (table timeline_hour, kept by storage/schema.py's triggers;
+  summary_analyse and summary_buckets below) when it is installed and send_log's unique
+  index makes duplicates impossible: a few thousand summary rows, plus send_log through
+  its claimed_at indexes for the exact first and last send, partial hours at a range's edges and minute bars;
 - live (below), for a database without the summary or without that index (a legacy
   or forensic copy): GROUP BY queries over send_log; only the events of duplicated keys
   and the most recent sends for the median interval are read into Python, where
-  timeline.py judges them.
+  timeline/analysis.py judges them.
 
 A "send" here is a send_log row that went out or may have: status `sent` or `unknown`,
 at its latest claim time (when SMTP started).
+
+The summary path is only used when summary_usable(): send_log's unique index then rules out
+duplicates, so every distinct count equals the number of sends and there are no
+duplicate groups, histogram or clusters. What is left are counts per hour, which the
+summary holds, and a few exact figures read from send_log through its indexes:
+- a range whose from/to is not on the hour: its partial first and last hours;
+- the first and last send: within the first and last non-empty hour (or minute);
+- minute bars (a span of six hours at most);
+- the median interval over the most recent sends (median_interval).
 """
 
 from __future__ import annotations
@@ -24,11 +33,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import String, and_, func, literal_column, select, type_coerce
 from sqlalchemy.engine import Connection
 
-import timeline
-import timeline_summary
-from models import Lead, SendLog
-from timeline import Analysis, Bucket, SendEvent, Totals
-from timeline_summary import SENT
+from models import Lead, SendLog, timeline_hour
+from storage.schema import HOUR_FORMAT, SENT, summary_usable
+from timeline.analysis import Analysis, Bucket, SendEvent, Totals
+from timeline.analysis import analyse as analyse_events
+from timeline.analysis import bucket as bucket_events
 
 MEDIAN_SAMPLE = 10_000  # the median interval is taken over the most recent sends
 MAX_DUPLICATE_KEYS = 1_000
@@ -61,20 +70,16 @@ class Scope:
 
 
 def analyse(conn: Connection, scope: Scope) -> Analysis:
-    """The same Analysis timeline.analyse gives, from the summary when it can stand in."""
-    if timeline_summary.usable(conn):
-        import timeline_rollup  # imports this module (Scope, median_interval, ...)
-
-        return timeline_rollup.analyse(conn, scope)
+    """The same Analysis timeline.analysis.analyse gives, from the summary when it can stand in."""
+    if summary_usable(conn):
+        return summary_analyse(conn, scope)
     return live_analyse(conn, scope)
 
 
 def buckets(conn: Connection, scope: Scope, minutes: int, duplicates: list[SendEvent]) -> list[Bucket]:
     """The chart's bars; from the summary when it can stand in (then there are no duplicates)."""
-    if not duplicates and timeline_summary.usable(conn):
-        import timeline_rollup
-
-        return timeline_rollup.buckets(conn, scope, minutes)
+    if not duplicates and summary_usable(conn):
+        return summary_buckets(conn, scope, minutes)
     return live_buckets(conn, scope, minutes, duplicates)
 
 
@@ -83,15 +88,13 @@ def overview(conn: Connection, scope: Scope) -> tuple[Analysis, int, list[Bucket
 
     Asks once whether the summary can stand in, so both halves come from the same source.
     """
-    if timeline_summary.usable(conn):
-        import timeline_rollup
-
-        analysis = timeline_rollup.analyse(conn, scope)
+    if summary_usable(conn):
+        analysis = summary_analyse(conn, scope)
         minutes = bucket_minutes(analysis.first_send_at, analysis.last_send_at)
-        return analysis, minutes, timeline_rollup.buckets(conn, scope, minutes)
+        return analysis, minutes, summary_buckets(conn, scope, minutes)
     analysis = live_analyse(conn, scope)
     minutes = bucket_minutes(analysis.first_send_at, analysis.last_send_at)
-    duplicates = [timeline.SendEvent(at, g.campaign, g.lead, g.variant)
+    duplicates = [SendEvent(at, g.campaign, g.lead, g.variant)
                   for g in analysis.duplicate_groups for at in g.times]
     return analysis, minutes, live_buckets(conn, scope, minutes, duplicates)
 
@@ -155,7 +158,7 @@ def live_analyse(conn: Connection, scope: Scope) -> Analysis:
     where = scope.where()
     total, first, last = conn.execute(select(func.count(), func.min(SendLog.claimed_at),
                                              func.max(SendLog.claimed_at)).where(*where)).one()
-    dup_analysis = timeline.analyse(duplicate_events(conn, scope))
+    dup_analysis = analyse_events(duplicate_events(conn, scope))
     unique_keys = _distinct(conn, _KEY, where)
     duplicates = total - unique_keys
     split = dup_analysis.first_duplicate_at
@@ -208,7 +211,7 @@ def to_buckets(rows, dup_buckets: dict[datetime, int] | None = None) -> list[Buc
 
 def live_buckets(conn: Connection, scope: Scope, minutes: int, duplicates: list[SendEvent]) -> list[Bucket]:
     """Sends per bucket and trigger, grouped in SQL; duplicate counts from the few dup events."""
-    dup_buckets = {b.start: b.duplicates for b in timeline.bucket(duplicates, minutes) if b.duplicates}
+    dup_buckets = {b.start: b.duplicates for b in bucket_events(duplicates, minutes) if b.duplicates}
     return to_buckets(bucket_rows(conn, scope, minutes), dup_buckets)
 
 
@@ -229,3 +232,143 @@ def all_events(conn: Connection, scope: Scope):
     return conn.execution_options(yield_per=2000).execute(
         select(*_EVENT_COLUMNS).join(Lead, Lead.id == SendLog.lead_id).where(*scope.where(by_time=True))
         .order_by(SendLog.claimed_at, SendLog.id))
+
+
+# --- From the hourly summary ---
+
+HOUR = timedelta(hours=1)
+MINUTE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A scope cut into whole UTC hours (read from the summary) and partial hours (send_log)."""
+
+    hours: tuple[datetime | None, datetime | None] | None  # [from, to) of whole hours; None: none
+    edges: list[Scope]  # at most two, each within one hour
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def _split(scope: Scope) -> _Split:
+    lo = None if scope.start is None else _floor_hour(scope.start)
+    if lo is not None and lo < scope.start:
+        lo += HOUR  # the first whole hour
+    hi = None if scope.end is None else _floor_hour(scope.end)
+    if lo is not None and hi is not None and lo >= hi:  # no whole hour inside
+        return _Split(None, [scope])
+    edges = []
+    if scope.start is not None and scope.start < lo:
+        edges.append(Scope(scope.campaign_id, scope.start, lo))
+    if scope.end is not None and hi < scope.end:
+        edges.append(Scope(scope.campaign_id, hi, scope.end))
+    return _Split((lo, hi), edges)
+
+
+def _label(at: datetime) -> str:
+    return at.strftime(HOUR_FORMAT)
+
+
+def _summary_where(scope: Scope, hours: tuple[datetime | None, datetime | None]) -> list:
+    conditions = [timeline_hour.c.sends > 0]
+    if scope.campaign_id is not None:
+        conditions.append(timeline_hour.c.campaign_id == scope.campaign_id)
+    if hours[0] is not None:
+        conditions.append(timeline_hour.c.hour >= _label(hours[0]))
+    if hours[1] is not None:
+        conditions.append(timeline_hour.c.hour < _label(hours[1]))
+    return conditions
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """Where the first or last send lies: a time slot of known width."""
+
+    start: datetime
+    width: timedelta
+
+
+def _span(count: int | None, first: str | None, last: str | None, width: timedelta) -> list[_Cell]:
+    """The first and last slot of one part of the scope ('YYYY-MM-DD HH:MM' labels)."""
+    if not count:
+        return []
+    return [_Cell(datetime.fromisoformat(first), width), _Cell(datetime.fromisoformat(last), width)]
+
+
+def _totals(conn: Connection, scope: Scope, split: _Split) -> tuple[int, _Cell | None, _Cell | None]:
+    """Sends in the scope, and the slots holding its first and its last send."""
+    parts = []
+    if split.hours is not None:
+        h = timeline_hour.c
+        row = conn.execute(select(func.sum(h.sends), func.min(h.hour), func.max(h.hour))
+                           .where(*_summary_where(scope, split.hours))).one()
+        parts.append((row, HOUR))
+    minute = func.strftime(FORMATS[1], SendLog.claimed_at)
+    for edge in split.edges:
+        row = conn.execute(select(func.count(), func.min(minute), func.max(minute))
+                           .where(*edge.where(by_time=True))).one()
+        parts.append((row, MINUTE))
+    # The parts do not overlap, so the earliest slot holds the first send.
+    cells = [cell for row, width in parts for cell in _span(*row, width)]
+    if not cells:
+        return 0, None, None
+    total = sum(row[0] or 0 for row, _ in parts)
+    return total, min(cells, key=lambda c: c.start), max(cells, key=lambda c: c.start)
+
+
+def _narrowed(scope: Scope, first: _Cell, last: _Cell) -> Scope:
+    """The scope cut down to [first slot, end of last slot): a claimed_at index bounds the scan."""
+    start = first.start if scope.start is None else max(first.start, scope.start)
+    end = last.start + last.width if scope.end is None else min(last.start + last.width, scope.end)
+    return Scope(scope.campaign_id, start, end)
+
+
+def _within(scope: Scope, cell: _Cell) -> list:
+    return _narrowed(scope, cell, cell).where(by_time=True)
+
+
+def _first_and_last(conn: Connection, scope: Scope, first: _Cell, last: _Cell) -> tuple:
+    """The exact claimed_at of the first and the last send, each looked up inside its slot."""
+    at = SendLog.claimed_at
+    earliest = select(at).where(*_within(scope, first)).order_by(at).limit(1).scalar_subquery()
+    latest = select(at).where(*_within(scope, last)).order_by(at.desc()).limit(1).scalar_subquery()
+    return tuple(conn.execute(select(earliest, latest)).one())
+
+
+def summary_analyse(conn: Connection, scope: Scope) -> Analysis:
+    """The Analysis live_analyse gives, from the summary."""
+    total, first_cell, last_cell = _totals(conn, scope, _split(scope))
+    first, last = _first_and_last(conn, scope, first_cell, last_cell) if total else (None, None)
+    nothing = analyse_events([])  # no duplicates: the duplicate figures of an empty log
+    return Analysis(
+        total_sends=total, unique_keys=total, unique_leads=total, duplicate_sends=0,
+        duplicate_groups=[], first_duplicate_at=None,
+        before=Totals(total, total, 0), after=Totals(0, 0, 0),
+        duplicate_second_histogram={}, median_interval_seconds=median_interval(conn, scope),
+        clusters=[], first_send_at=first, last_send_at=last, cluster_seconds=nothing.cluster_seconds,
+    )
+
+
+def _summary_label(minutes: int):
+    """The bucket label of a summary row: its hour, or its day."""
+    if minutes == 60:
+        return timeline_hour.c.hour
+    return func.substr(timeline_hour.c.hour, 1, 10).op("||")(" 00:00")
+
+
+def summary_buckets(conn: Connection, scope: Scope, minutes: int) -> list[Bucket]:
+    """The chart's bars: hours and days from the summary, minutes from send_log."""
+    split = _split(scope)
+    if minutes == 1:  # at most six hours of sends: read them where they are, within those hours
+        _, first, last = _totals(conn, scope, split)
+        return to_buckets(bucket_rows(conn, _narrowed(scope, first, last), 1, by_time=True)) if first else []
+    rows = []
+    if split.hours is not None:
+        label, h = _summary_label(minutes), timeline_hour.c
+        rows += conn.execute(select(label, h.trigger, func.sum(h.sends))
+                             .where(*_summary_where(scope, split.hours)).group_by(label, h.trigger)).all()
+    for edge in split.edges:
+        rows += bucket_rows(conn, edge, minutes, by_time=True)
+    return to_buckets(rows)

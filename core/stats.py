@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
-import lease as leases
+from delivery import lease as leases
 from models import (
     Campaign,
     CampaignStateCount,
@@ -19,7 +19,7 @@ from models import (
     SendLog,
     SendStatus,
 )
-from timeutil import utcnow
+from storage.timeutil import utcnow
 
 
 @dataclass

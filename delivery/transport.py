@@ -26,7 +26,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Protocol
 
-from messages import MAIL_POLICY
+from delivery.messages import MAIL_POLICY
 from models import SendStatus
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from timeline import Analysis, DuplicateGroup, Totals
+from timeline.analysis import Analysis, DuplicateGroup, Totals
 
 
 def _pl_form(n: int, one: str, few: str, many: str) -> str:

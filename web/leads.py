@@ -23,7 +23,7 @@ from flask_wtf.file import FileField, FileRequired
 from sqlalchemy import func, or_, select
 from wtforms import SelectChoice, SelectField
 
-import importer
+from core import importer
 from models import Campaign, CampaignLead, Lead, SendLog, db
 
 bp = Blueprint("leads", __name__)

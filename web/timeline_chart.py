@@ -13,7 +13,7 @@ from datetime import datetime
 
 from markupsafe import Markup, escape
 
-from timeline import Bucket
+from timeline.analysis import Bucket
 
 WIDTH, HEIGHT = 1000, 160
 COLORS = {"scheduler": "#2f6fde", "cli": "#7b4bd6", "button": "#2e9d5a"}

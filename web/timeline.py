@@ -28,13 +28,16 @@ from flask_wtf.file import FileField, FileRequired
 from markupsafe import Markup
 from wtforms import SelectChoice, SelectField
 
-import legacy_log
-import timeline
-import timeline_chart
-import timeline_sql
-from csvcells import neutralized
+from core.csvfile import neutralized
 from models import Campaign, db
-from timeline_sql import Scope
+from timeline import legacy_log
+from timeline import live as live_sql
+from timeline.analysis import Bucket
+from timeline.analysis import analyse as analyse_events
+from timeline.analysis import bucket as bucket_events
+from timeline.live import Scope
+from timeline.words import finding
+from web import timeline_chart
 
 bp = Blueprint("timeline", __name__)
 PAGE_SIZE = 50
@@ -70,7 +73,7 @@ def local_time(value: datetime | None, tz: str = "UTC") -> str:
 
 
 @bp.app_template_global()
-def chart_bars(buckets: list[timeline.Bucket], tz: str, duplicates: str) -> Markup:
+def chart_bars(buckets: list[Bucket], tz: str, duplicates: str) -> Markup:
     """The chart's bars (see timeline_chart), their times in the user's zone."""
     return timeline_chart.bars(buckets, lambda at: local_time(at, tz), duplicates)
 
@@ -102,13 +105,13 @@ def live(campaign_id: int | None = None):
     tz, page = _zone(), max(request.args.get("page", 1, type=int), 1)
     scope = _scope(campaign_id, tz)
     with db.engine.connect() as conn:
-        analysis, minutes, buckets = timeline_sql.overview(conn, scope)
-        rows = [_row(row) for row in timeline_sql.events_page(conn, scope, page, PAGE_SIZE)]
+        analysis, minutes, buckets = live_sql.overview(conn, scope)
+        rows = [_row(row) for row in live_sql.events_page(conn, scope, page, PAGE_SIZE)]
     template = "_timeline_body.html" if request.args.get("fragment") else "timeline.html"
     return render_template(template, analysis=analysis, buckets=buckets, minutes=minutes, rows=rows,
                            page=page, pages=max((analysis.total_sends + PAGE_SIZE - 1) // PAGE_SIZE, 1),
                            tz=tz, campaign=campaign, legacy=None,
-                           finding=analysis.finding(str(get_locale()), tz), args=_args())
+                           finding=finding(analysis, str(get_locale()), tz), args=_args())
 
 
 def _row(row) -> dict:
@@ -133,7 +136,7 @@ def export():
         writer = csv.writer(out)
         writer.writerow(["time", "campaign", "lead", "variant", "status", "trigger", "worker"])
         with db.engine.connect() as conn:
-            for row in timeline_sql.all_events(conn, scope):
+            for row in live_sql.all_events(conn, scope):
                 writer.writerow([local_time(row.claimed_at, tz), row.campaign_id, neutralized(row.email),
                                  row.variant_letter, row.status, row.trigger, neutralized(row.worker)])
                 if out.tell() > 65536:
@@ -179,14 +182,14 @@ def legacy(token: str):
     except legacy_log.LegacyLogError as exc:
         return render_template("timeline.html", error=str(exc), legacy=token, tz=tz,
                                analysis=None, campaign=None, args=_args()), 400
-    analysis = timeline.analyse(parsed.events)
-    minutes = timeline_sql.bucket_minutes(analysis.first_send_at, analysis.last_send_at)
+    analysis = analyse_events(parsed.events)
+    minutes = live_sql.bucket_minutes(analysis.first_send_at, analysis.last_send_at)
     newest = sorted(parsed.events, reverse=True)[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
     rows = [{"at": e.at, "campaign": e.campaign, "lead": e.lead, "variant": e.variant, "status": "",
              "trigger": e.trigger, "worker": e.worker} for e in newest]
-    buckets = timeline.bucket(parsed.events, minutes)
+    buckets = bucket_events(parsed.events, minutes)
     return render_template("timeline.html", analysis=analysis, buckets=buckets, minutes=minutes,
                            rows=rows, page=page, tz=tz, campaign=None,
                            pages=max((len(parsed.events) + PAGE_SIZE - 1) // PAGE_SIZE, 1),
                            legacy=token, rejected=parsed.rejected,
-                           finding=analysis.finding(str(get_locale()), tz), args=_args())
+                           finding=finding(analysis, str(get_locale()), tz), args=_args())

@@ -1,0 +1,1 @@
+"""Timeline: duplicate and timing analysis (pure), its words, live SQL over send_log, legacy logs."""
