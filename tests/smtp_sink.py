@@ -26,7 +26,8 @@ class Recorder:
     - data_replies[addr]: replies to the final dot, used up one per attempt (then 250);
     - drop_after_data: recipients whose message arrives but whose connection is cut
       before the reply (the client cannot know; counted as received);
-    - hold[addr]: (arrived, release) events: DATA waits until the test releases it.
+    - hold[addr]: (arrived, release) events: DATA waits until the test releases it;
+    - hold_rcpt[addr]: the same at RCPT TO, before any DATA (then rcpt_replies apply).
     """
 
     def __init__(self) -> None:
@@ -37,13 +38,23 @@ class Recorder:
         self.data_replies: dict[str, list[str]] = {}
         self.drop_after_data: set[str] = set()
         self.hold: dict[str, tuple[threading.Event, threading.Event]] = {}
+        self.hold_rcpt: dict[str, tuple[threading.Event, threading.Event]] = {}
 
     def _scripted(self, table: dict[str, list[str]], address: str) -> str | None:
         with self.lock:
             replies = table.get(address)
             return replies.pop(0) if replies else None
 
+    @staticmethod
+    async def _held(table: dict, address: str) -> None:
+        if address in table:
+            arrived, release = table[address]
+            arrived.set()
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        await self._held(self.hold_rcpt, address)
         reply = self._scripted(self.rcpt_replies, address)
         if reply:
             return reply
@@ -52,11 +63,7 @@ class Recorder:
 
     async def handle_DATA(self, server, session, envelope):
         (address,) = envelope.rcpt_tos
-        if address in self.hold:
-            arrived, release = self.hold[address]
-            arrived.set()
-            while not release.is_set():
-                await asyncio.sleep(0.01)
+        await self._held(self.hold, address)
         reply = self._scripted(self.data_replies, address)
         if reply:
             return reply
@@ -88,6 +95,6 @@ class SmtpSink:
         return self
 
     def __exit__(self, *exc) -> None:
-        for _, release in self.recorder.hold.values():
+        for _, release in [*self.recorder.hold.values(), *self.recorder.hold_rcpt.values()]:
             release.set()
         self.controller.stop()

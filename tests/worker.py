@@ -3,7 +3,8 @@
 Configuration comes from FLASK_* variables (as in production). MODE is one of:
 - tick:     the scheduler's tick (lease + fencing), repeatedly;
 - send-due: cron's one-shot tick, repeatedly (takes and releases the lease each time);
-- button:   the "Wyślij kampanię" code path (no lease, bypasses the interval).
+- button:   the "Wyślij kampanię" code path (no lease, bypasses the interval);
+- once:     one button batch, then exit (a claimer the test freezes and thaws).
 Each prints "ready" once its app is built, then waits for a start time on stdin, so
 all of them start in the same instant; they stop when the campaign has nothing left
 (or after DEADLINE seconds).
@@ -40,7 +41,7 @@ def main(mode: str, campaign_id: int) -> None:
     stop = time.time() + DEADLINE
     with app.app_context():
         settings = Settings.from_config(app.config)
-        while time.time() < stop and open_work(campaign_id):
+        while time.time() < stop and (mode == "once" or open_work(campaign_id)):
             db.session.rollback()  # end the read transaction so the next count is fresh
             if mode == "tick":
                 batches = list((ticker.tick() or {}).values())
@@ -57,6 +58,8 @@ def main(mode: str, campaign_id: int) -> None:
             for batch in batches:  # what this process did, for the test to read
                 for claim, result in batch.outcomes:
                     print(f"outcome {claim.send_log_id} {result.status}", flush=True)
+            if mode == "once":
+                break
             time.sleep(0.01)
         ticker.release()
 
