@@ -20,7 +20,14 @@ MAX_PROBLEMS = 20
 
 
 class CampaignError(ValueError):
-    """A campaign cannot do what was asked; the message says why."""
+    """A campaign cannot do what was asked; the message says why.
+
+    `code` names the reason for pages that show it in the user's language.
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def create(engine: Engine, **values: Any) -> int:
@@ -117,11 +124,11 @@ def _refuse_without_work(engine: Engine, campaign_id: int) -> None:
     if status is None:
         raise CampaignError(f"no campaign {campaign_id}")
     if not states:
-        raise CampaignError("no leads are enrolled in this campaign: enroll leads first")
+        raise CampaignError("no leads are enrolled in this campaign: enroll leads first", "no_leads")
     open_work = states.keys() & {EnrollmentState.PENDING, EnrollmentState.SENDING}
     if not open_work and status != CampaignStatus.PAUSED:
         raise CampaignError("every enrolled lead is already handled (sent, failed, skipped or unknown): "
-                            "nothing to send")
+                            "nothing to send", "nothing_to_send")
 
 
 def pause(engine: Engine, campaign_id: int, reason: str = "paused by hand") -> None:

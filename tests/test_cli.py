@@ -104,3 +104,39 @@ def test_first_run_in_a_real_process_prints_the_login_once(config, tmp_path):
                           env=env, capture_output=True, text=True, timeout=60)
     assert sent.returncode == 0 and "sent 1" in sent.stdout
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
+
+
+def test_start_without_enrolled_leads_is_refused_with_a_reason(runner, app, engine, smtp):
+    cid = invoke(runner, "campaign", "create", "--name", "Empty").strip()
+    invoke(runner, "campaign", "variant", cid, "A", "--subject", "Hi", "--body", "Hello")
+    refused = runner.invoke(args=["campaign", "start", cid])
+    assert refused.exit_code == 1 and "no leads are enrolled" in refused.output
+    assert "[draft]" in invoke(runner, "campaign", "show", cid)
+
+
+def test_a_finished_campaign_with_nothing_left_is_not_started_again(runner, app, engine, smtp):
+    from helpers import make_campaign
+
+    cid = make_campaign(engine, 1, variants="A")
+    invoke(runner, "send-due")
+    invoke(runner, "send-due")  # finds nothing left: finished
+    assert "[finished]" in invoke(runner, "campaign", "show", str(cid))
+    refused = runner.invoke(args=["campaign", "start", str(cid)])
+    assert refused.exit_code == 1 and "nothing to send" in refused.output
+
+
+def test_import_and_enroll_exit_non_zero_when_nothing_went_in(runner, app, engine, smtp, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("email,first_name\nnot-an-address,X\nalso bad,Y\n", encoding="utf-8")
+    result = runner.invoke(args=["import-leads", str(bad)])
+    assert result.exit_code == 1 and "no lead was imported" in result.output
+    assert "line 2: invalid email" in result.output  # each rejected row still reported
+    cid = invoke(runner, "campaign", "create", "--name", "Tags").strip()
+    invoke(runner, "campaign", "variant", cid, "A", "--subject", "Hi", "--body", "Hello")
+    result = runner.invoke(args=["campaign", "enroll", cid, "--tag", "nobody-has-this"])
+    assert result.exit_code == 1 and "no lead carries tag" in result.output
+    good = tmp_path / "good.csv"
+    good.write_text("email\nanna@example.com\n", encoding="utf-8")
+    invoke(runner, "import-leads", str(good))
+    assert "enrolled 1 new" in invoke(runner, "campaign", "enroll", cid, "--all")
+    assert "enrolled 0 new (1 were enrolled already)" in invoke(runner, "campaign", "enroll", cid, "--all")

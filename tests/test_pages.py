@@ -171,3 +171,18 @@ def test_editing_a_running_campaign_checks_the_new_template_against_its_leads(ap
     with app.app_context():
         body = db.session.scalar(select(Variant.body).where(Variant.letter == "A"))
     assert "region" not in body  # not saved
+
+
+def test_starting_a_campaign_without_leads_is_refused_in_polish(app, client, seeded, engine):
+    token = csrf_token(client.get("/campaigns/new").data)
+    created = client.post("/campaigns/new", data={
+        "csrf_token": token, "name": "Pusta", "from_address": "me@example.com", "interval_seconds": "60",
+        "batch_size": "1", "window_weekdays": [str(d) for d in range(7)], "window_start_hour": "0",
+        "window_end_hour": "24", "timezone": "Europe/Warsaw"})
+    cid = int(re.search(r"/campaigns/(\d+)/", created.location).group(1))
+    client.post(f"/campaigns/{cid}/variants/new", data={
+        "csrf_token": token, "letter": "A", "subject": "Hi", "body": "Hello", "weight": "1"})
+    page = client.post(f"/campaigns/{cid}/start", data={"csrf_token": token}, follow_redirects=True)
+    assert "Nie uruchomiono: do tej kampanii nie zapisano żadnych leadów" in page.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(Campaign, cid).status == "draft"

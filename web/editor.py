@@ -279,6 +279,16 @@ def enroll(campaign_id: int):
     return redirect(url_for("views.campaign", campaign_id=campaign_id))
 
 
+def _start_refusal(exc: campaigns.CampaignError) -> str:
+    """Why a start was refused, in the user's language where the reason is known."""
+    if exc.code == "no_leads":
+        return _("Not started: no leads are enrolled in this campaign. Enroll leads first.")
+    if exc.code == "nothing_to_send":
+        return _("Not started: every enrolled lead is already handled (sent, failed, skipped or unknown); "
+                 "there is nothing to send.")
+    return str(exc)
+
+
 @bp.route("/campaigns/<int:campaign_id>/start", methods=["POST"])
 @login_required
 def start(campaign_id: int):
@@ -295,5 +305,5 @@ def start(campaign_id: int):
             campaigns.start(db.engine, campaign_id)
             flash(_("Campaign started."), "ok")
         except campaigns.CampaignError as exc:
-            flash(str(exc), "error")
+            flash(_start_refusal(exc), "error")
     return redirect(url_for("views.campaign", campaign_id=campaign_id))
