@@ -124,6 +124,30 @@ def test_every_module_is_in_a_layer():
     assert loose == set(), f"top-level modules outside the layers: {sorted(loose)}"
 
 
+def sys_path_edits(root: Path) -> list[str]:
+    """Every `sys.path` use in the project's Python files (tests, bench and chaos included)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if {".venv", "instance"} & set(path.relative_to(root).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr == "path"
+                    and isinstance(node.value, ast.Name) and node.value.id == "sys"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_nothing_edits_sys_path():
+    # pyproject.toml's pythonpath serves pytest; bench and chaos run as `python -m` from the root.
+    assert sys_path_edits(ROOT) == []
+
+
+def test_checker_finds_a_sys_path_edit(tmp_path):
+    root = _tree(tmp_path, {"bench/run.py": "import sys\n\nsys.path.insert(0, 'tests')\n",
+                            ".venv/lib/site.py": "import sys\nsys.path[:0] = []\n"})
+    assert sys_path_edits(root) == ["bench/run.py:3"]
+
+
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         path = tmp_path / name
