@@ -40,12 +40,12 @@ test: $(VENV)/.dev translations $(CHROMIUM)
 
 ## make bench: engine, SMTP, import and pages against bare ceilings; appends BENCHMARKS.md.
 bench: $(VENV)/.dev translations
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 ## make chaos: the full chaos run (10 min, 5,000 leads, kills, freezes, SMTP faults) and
 ## its reconciliation table; more: make chaos CHAOS_ARGS="--duration 900 --seed 7".
 chaos: $(VENV)/.dev translations
-	$(PY) chaos/run.py $(CHAOS_ARGS)
+	$(PY) -m chaos.run $(CHAOS_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

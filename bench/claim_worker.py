@@ -1,4 +1,4 @@
-"""One competing claimer process: `python bench/claim_worker.py engine|bare|bare-grouped DB CAMPAIGN`.
+"""One competing claimer process: `python -m bench.claim_worker engine|bare|bare-grouped DB CAMPAIGN`.
 
 - engine: SendOnce's own path, sender.send_batch (claim, render, re-check, send, record
   the outcome; one commit per message, the outcome riding on the next claim) in batches
@@ -23,11 +23,9 @@ import os
 import sqlite3
 import sys
 import time
-from pathlib import Path
 
-from rss import peak_rss_kb
+from bench.rss import peak_rss_kb
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH = 20  # messages per send_batch call (a campaign's batch size)
 
 
@@ -57,7 +55,6 @@ def _wait_for_start() -> float:
 
 
 def run_engine(campaign_id: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     from app import create_app
     from models import Trigger, db
     from sender import Settings, send_batch

@@ -1,6 +1,6 @@
 """Bench (and chaos) data: N leads, C campaigns, M send_log rows in one SQLite file, fast.
 
-`python bench/generate.py out.db --leads 100000 --campaigns 10 --sends 1000000`
+`python -m bench.generate out.db --leads 100000 --campaigns 10 --sends 1000000`
 
 The schema comes from models.py and schema.py (so a new index or trigger shows up here by
 itself; the triggers keep campaign_state_count while the rows go in); rows are written
@@ -25,21 +25,16 @@ import io
 import json
 import random
 import sqlite3
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from sqlalchemy import create_engine
 
-from sqlalchemy import create_engine  # noqa: E402
-
-from core.leads import pick_variant  # noqa: E402
-from models import Base  # noqa: E402
-from storage import schema  # noqa: E402
+from core.leads import pick_variant
+from models import Base
+from storage import schema
 
 VERSION = 1  # bump when the rows change: cached bench databases are keyed on it
 BASE_TIME = datetime(2025, 1, 6, 7, 0, 0)  # fixed, so the same seed gives the same file

@@ -1,4 +1,4 @@
-"""Render the admin pages at scale in a fresh process: `python bench/pages_worker.py SPEC.json`.
+"""Render the admin pages at scale in a fresh process: `python -m bench.pages_worker SPEC.json`.
 
 The app is built by create_app() from FLASK_* variables, as a gunicorn worker builds it,
 with a logged-in Flask test client (the login form, CSRF token included). Server time is
@@ -20,10 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from rss import peak_rss_kb
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.rss import peak_rss_kb
 
 SKIP_SQL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|PRAGMA|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
 USER, PASSWORD = "bench@example.com", "bench-password-not-secret"

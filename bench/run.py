@@ -14,10 +14,10 @@ One markdown table is printed and appended to BENCHMARKS.md with the date, nproc
 model and the load average (other work on the machine shows up there, not in the ratios).
 
     make bench                              # default sizes, ~10 minutes on 2 cores
-    .venv/bin/python bench/run.py --quick   # small sizes, a smoke run of every section
-    .venv/bin/python bench/run.py --only claims,pages
-    .venv/bin/python bench/run.py --full    # claims run every lead to the end, bigger N
-    .venv/bin/python bench/run.py --profile # also cProfile the engine and each page
+    .venv/bin/python -m bench.run --quick   # small sizes, a smoke run of every section
+    .venv/bin/python -m bench.run --only claims,pages
+    .venv/bin/python -m bench.run --full    # claims run every lead to the end, bigger N
+    .venv/bin/python -m bench.run --profile # also cProfile the engine and each page
 
 Files go to bench/results/ (git-ignored); the 1,000,000-row pages database is generated
 once per (sizes, schema, generator) fingerprint and reused by later runs (--fresh: anew).
@@ -41,14 +41,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import generate
+from tests.conftest import app_config, env_for
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(BENCH)]
-
-import generate  # noqa: E402
-
-from conftest import app_config, env_for  # noqa: E402
 
 SECTIONS = ("claims", "smtp", "import", "pages", "memory")
 PY = sys.executable
@@ -141,17 +139,19 @@ def bare_connect(db: Path) -> sqlite3.Connection:
 
 
 def run_claimers(mode: str, db: Path, n: int, seconds: float, profile_to: Path | None = None,
-                 script: Path = BENCH / "claim_worker.py") -> dict:
+                 script: Path | None = None) -> dict:
     """Start n claimer processes at one instant; their summed rate and what each reported.
 
-    `script` may be a wrapper that patches a proposed fix in before claim_worker runs.
+    `script` may be a wrapper that patches a proposed fix in before claim_worker runs
+    (default: bench/claim_worker.py itself, run as a module).
     """
     env = env_for(config_for(db))
+    command = [PY, str(script)] if script else [PY, "-m", "bench.claim_worker"]
     procs = []
     try:
         for i in range(n):
             worker_env = dict(env, BENCH_PROFILE=str(profile_to)) if profile_to and i == 0 else env
-            procs.append(subprocess.Popen([PY, str(script), mode, str(db), "1"],
+            procs.append(subprocess.Popen([*command, mode, str(db), "1"], cwd=ROOT,
                                           env=worker_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           text=True))
         for proc in procs:
@@ -250,7 +250,7 @@ class Sink:
     """bench/sink.py in its own process."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([PY, str(BENCH / "sink.py")], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([PY, "-m", "bench.sink"], cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline())
 
@@ -439,7 +439,7 @@ def run_pages(ctx: Context, repeats: int | None = None) -> dict:
     job_path = RESULTS / "pages-job.json"
     job_path.write_text(json.dumps(job))
     log(f"pages: {len(job['pages'])} pages, up to {job['repeats']} times each")
-    out = subprocess.run([PY, str(BENCH / "pages_worker.py"), str(job_path)],
+    out = subprocess.run([PY, "-m", "bench.pages_worker", str(job_path)], cwd=ROOT,
                          env=env_for(config_for(db_path)), stdout=subprocess.PIPE, text=True, check=True,
                          timeout=3600).stdout
     result = json.loads(out.strip().splitlines()[-1])
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in SECTIONS:
         if name in sections:
             runners[name](ctx)
-    label = "make bench" if not argv and len(sys.argv) == 1 else "bench/run.py " + " ".join(
+    label = "make bench" if not argv and len(sys.argv) == 1 else "python -m bench.run " + " ".join(
         argv if argv is not None else sys.argv[1:])
     text = report(ctx, sections, started, load_before, label)
     print(text)

@@ -8,11 +8,8 @@ then answers "count" with the number of messages received so far; "quit" (or EOF
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests")]
-
-from smtp_sink import SmtpSink  # noqa: E402
+from tests.smtp_sink import SmtpSink
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet import FLASK, ROOT, Fleet
-from http_client import AdminClient, HttpError
+from chaos.fleet import FLASK, ROOT, Fleet
+from chaos.http_client import AdminClient, HttpError
 
 
 def query(db_path: str | os.PathLike, sql: str) -> list[tuple]:

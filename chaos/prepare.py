@@ -9,8 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet import PYTHON, ROOT
-
+from chaos.fleet import PYTHON, ROOT
 from core import campaigns, importer, leads
 from models import User, db
 from storage import schema
@@ -89,7 +88,7 @@ def start_smtp(workdir: Path, port: int, faults: dict, bounce: list[str], seed: 
     path = workdir / "smtp-config.json"
     path.write_text(json.dumps(config, indent=1))
     log = (workdir / "smtp.log").open("ab")
-    proc = subprocess.Popen([PYTHON, str(Path(__file__).with_name("smtp_server.py")), str(path)],
+    proc = subprocess.Popen([PYTHON, "-m", "chaos.smtp_server", str(path)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline().strip()
     if line != f"ready {port}":

@@ -6,7 +6,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from fleet import LOGS
+from chaos.fleet import LOGS
 
 
 def _pct(x: float) -> str:
@@ -77,7 +77,7 @@ def happenings(args, happened, ev, workdir: Path) -> list[tuple[str, str]]:
 
 
 def _epoch(value: str) -> float:
-    from reconcile import ts
+    from chaos.reconcile import ts
 
     return ts(value)
 

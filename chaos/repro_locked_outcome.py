@@ -8,7 +8,7 @@ later turns it into `unknown` although the server answered 250 (or a 4xx that sh
 have been retried). No duplicate and nothing silent, but a known outcome is lost and a
 person is asked to decide what the program knew.
 
-    .venv/bin/python chaos/repro_locked_outcome.py     # about 15 s; exit 1 while the bug is there
+    .venv/bin/python -m chaos.repro_locked_outcome     # about 15 s; exit 1 while the bug is there
 
 Fixed: sender.record() now waits out a stalled writer (up to STALE_SENDING_SECONDS).
 """
@@ -22,20 +22,19 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
+from app import create_app
+from delivery.transport import make_transport
+from models import SendLog, Trigger, db
+from sender import Settings, recover, send_batch
+from storage import schema
+from storage.timeutil import utcnow
+from tests.conftest import app_config
+from tests.helpers import make_campaign
+from tests.smtp_sink import SmtpSink
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from sqlalchemy import select  # noqa: E402
-
-from app import create_app  # noqa: E402
-from conftest import app_config  # noqa: E402
-from delivery.transport import make_transport  # noqa: E402
-from helpers import make_campaign  # noqa: E402
-from models import SendLog, Trigger, db  # noqa: E402
-from sender import Settings, recover, send_batch  # noqa: E402
-from smtp_sink import SmtpSink  # noqa: E402
-from storage import schema  # noqa: E402
-from storage.timeutil import utcnow  # noqa: E402
 
 VICTIM = "lead0000@example.com"
 

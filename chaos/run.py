@@ -1,4 +1,4 @@
-"""The chaos run: `python chaos/run.py [--duration 600 --leads 5000 ...]`.
+"""The chaos run: `python -m chaos.run [--duration 600 --leads 5000 ...]`.
 
 One SQLite file and one misbehaving SMTP server; against them, all at once, gunicorn
 with a scheduler in every worker, a dedicated `flask scheduler`, `flask send-due` every
@@ -22,16 +22,15 @@ import threading
 import time
 from pathlib import Path
 
+from chaos.actors import Cron, Freezer, Keeper, Killer, Pauser, Presser, StatusChange, Watch, query
+from chaos.fleet import FLASK, Fleet, Journal
+from chaos.http_client import AdminClient
+from chaos.prepare import populate, start_smtp
+from chaos.reconcile import Evidence, run_checks
+from chaos.report import render
+
 CHAOS = Path(__file__).resolve().parent
 ROOT = CHAOS.parent
-sys.path[:0] = [str(CHAOS), str(ROOT), str(ROOT / "tests")]
-
-from actors import Cron, Freezer, Keeper, Killer, Pauser, Presser, StatusChange, Watch, query  # noqa: E402
-from fleet import FLASK, Fleet, Journal  # noqa: E402
-from http_client import AdminClient  # noqa: E402
-from prepare import populate, start_smtp  # noqa: E402
-from reconcile import Evidence, run_checks  # noqa: E402
-from report import render  # noqa: E402
 
 FAULT_KEYS = ("transient", "drop_before", "drop_after", "slow", "slow_max", "bounce")
 
@@ -94,7 +93,7 @@ def fault_rates(rate: float, overrides: str) -> dict[str, float]:
 
 def app_settings(args, db_path: Path, smtp_port: int) -> dict:
     """The configuration every process of the run shares (as FLASK_* variables)."""
-    from conftest import app_config
+    from tests.conftest import app_config
 
     return app_config(
         db_path, smtp_port, TESTING=False, SECRET_KEY=secrets.token_hex(32), SCHEDULER_ENABLED=True,
@@ -106,7 +105,7 @@ def app_settings(args, db_path: Path, smtp_port: int) -> dict:
 
 def process_env(config: dict) -> dict[str, str]:
     """FLASK_* variables; bytecode cached outside the repo (a process starts in ~1 s, not 3)."""
-    from conftest import env_for
+    from tests.conftest import env_for
 
     env = env_for(config)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -135,7 +134,7 @@ class ChaosRun:
 
     def __init__(self, args: argparse.Namespace) -> None:
         from app import create_app
-        from smtp_sink import free_port
+        from tests.smtp_sink import free_port
 
         self.args = args
         self.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sendonce-chaos-"))

@@ -1,4 +1,4 @@
-"""A misbehaving SMTP server for the chaos run: `python chaos/smtp_server.py CONFIG.json`.
+"""A misbehaving SMTP server for the chaos run: `python -m chaos.smtp_server CONFIG.json`.
 
 It runs in its own process (a busy orchestrator must not delay its replies) and writes
 one JSON line per event to the log named in the config, flushed at once, so the

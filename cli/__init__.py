@@ -1,5 +1,56 @@
-"""The `flask` commands, grouped as the README's CLI table groups them."""
+"""The `flask --app app …` commands, grouped as the README's CLI table groups them."""
 
-from cli.commands import register
+from __future__ import annotations
 
-__all__ = ["register"]
+import functools
+
+import click
+from flask import Flask
+from sqlalchemy.exc import OperationalError
+
+from cli import campaigns, sending, setup, timeline
+
+
+def register(app: Flask) -> None:
+    """Attach every command to the app's CLI."""
+    for command in (setup.init_db, setup.create_user, campaigns.import_leads, sending.send_due,
+                    sending.run_scheduler, sending.recover_command, sending.resolve_command,
+                    setup.demo, setup.first_run, timeline.timeline_command):
+        app.cli.add_command(_database_errors_in_one_line(command))
+    app.cli.add_command(_database_errors_in_one_line(campaigns.campaign_group))
+
+
+def _database_errors_in_one_line(command: click.Command) -> click.Command:
+    """A locked or read-only database ends a command with one line and exit code 1.
+
+    Every write is its own transaction, so what failed was rolled back; a traceback
+    would only hide the one sentence an operator (or cron's mail) needs.
+    """
+    for sub in getattr(command, "commands", {}).values():
+        _database_errors_in_one_line(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, "_one_line_errors", False):
+        return command
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except OperationalError as exc:
+            raise click.ClickException(database_problem(exc)) from exc
+
+    run._one_line_errors = True  # type: ignore[attr-defined]
+    command.callback = run
+    return command
+
+
+def database_problem(exc: OperationalError) -> str:
+    """One line saying why the database refused, and what to do about it."""
+    code = getattr(exc.orig, "sqlite_errorname", "")
+    if code.startswith("SQLITE_BUSY"):
+        return (f"the database is locked by another process ({exc.orig}); "
+                "the write that failed was rolled back; try again")
+    if code.startswith("SQLITE_READONLY"):
+        return (f"the database cannot be written ({exc.orig}): check the permissions of the file "
+                "and its folder")
+    return f"the database cannot be used: {exc.orig}"

@@ -10,8 +10,8 @@ import pytest
 from app import create_app
 from models import db
 from sender import Settings
-from smtp_sink import SmtpSink
 from storage import schema
+from tests.smtp_sink import SmtpSink
 
 # The repository root: pyproject.toml's pythonpath puts it on sys.path for pytest; real
 # subprocesses get it (and tests/, for worker helpers) through PYTHONPATH (env_for).
@@ -121,7 +121,7 @@ def live_server(app):
 
     from werkzeug.serving import make_server
 
-    from smtp_sink import free_port
+    from tests.smtp_sink import free_port
 
     server = make_server("127.0.0.1", free_port(), app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -28,8 +28,8 @@ SHORT = ["--duration", "20", "--leads", "320", "--overlap", "0.25", "--campaigns
 
 
 def run_chaos(workdir, timeout: float = 300) -> tuple[int, str]:
-    """Run chaos/run.py in its own process group (so a timeout leaves no process behind)."""
-    command = [sys.executable, str(ROOT / "chaos" / "run.py"), *SHORT, "--workdir", str(workdir)]
+    """Run `python -m chaos.run` in its own process group (so a timeout leaves no process behind)."""
+    command = [sys.executable, "-m", "chaos.run", *SHORT, "--workdir", str(workdir)]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -64,13 +64,11 @@ def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, setting
     import sqlite3
     from types import SimpleNamespace
 
+    from chaos import reconcile
     from delivery.transport import make_transport
     from helpers import make_campaign
     from models import Trigger
     from sender import send_batch
-
-    sys.path.insert(0, str(ROOT / "chaos"))
-    import reconcile
 
     cid = make_campaign(engine, 3)
     transport = make_transport(app.config)

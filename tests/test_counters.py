@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import delete, select, text, update
 
 from app import create_app
@@ -152,10 +150,8 @@ def test_progress_reads_the_counts(app, engine, smtp):
 def test_the_bench_generator_leaves_exact_counts(tmp_path):
     # The bench and chaos databases are bulk-loaded with bare sqlite3: the triggers count them.
     import sqlite3
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-    import generate
+    from bench import generate
 
     made = generate.generate(tmp_path / "bench.db", generate.Spec(leads=300, campaigns=3, sends=500))
     with sqlite3.connect(made.path) as conn:

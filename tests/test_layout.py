@@ -1,5 +1,9 @@
 """The layout: imports go only downward through the layers, with no cycle and none hidden in a function.
 
+Within web/, a page module imports no other page module: pages share forms, page sizes and
+upload paths through web.common, and a page may split itself into parts named after it
+(web.timeline uses web.timeline_chart).
+
 Read with `ast` (nothing is imported), so a violation fails here naming the offending pair.
 """
 
@@ -15,6 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # Each layer may import only from the layers before it (and from itself, without cycles).
 LAYERS = [["storage"], ["models"], ["delivery"], ["core"], ["sender"], ["timeline"],
           ["web", "scheduler"], ["cli"], ["app"]]
+
+
+# What every page may import from web/; everything else there is a page (or a page's part).
+WEB_SHARED = {"web.common"}
 
 
 def layer_of(module: str) -> int:
@@ -75,7 +83,16 @@ def problems(root: Path) -> list[str]:
         graph[name] = {t for t in top | hidden if t != name and t in modules}
         errors += [f"upward import: {name} -> {target}" for target in sorted(graph[name])
                    if layer_of(target) > layer_of(name)]
+        errors += [f"page imports a page: {name} -> {target}" for target in sorted(graph[name])
+                   if _page_to_page(name, target)]
     return errors + [f"import cycle: {' -> '.join(cycle)}" for cycle in _cycles(graph)]
+
+
+def _page_to_page(name: str, target: str) -> bool:
+    """Whether a web module imports a web module other than the shared ones and its own parts."""
+    if not (name.startswith("web.") and target.startswith("web.")) or target in WEB_SHARED:
+        return False
+    return name in WEB_SHARED or not target.startswith(f"{name}_")
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -105,6 +122,30 @@ def test_the_project_imports_only_downward_without_cycles():
 def test_every_module_is_in_a_layer():
     loose = {p.stem for p in ROOT.glob("*.py")} - {n for names in LAYERS for n in names}
     assert loose == set(), f"top-level modules outside the layers: {sorted(loose)}"
+
+
+def sys_path_edits(root: Path) -> list[str]:
+    """Every `sys.path` use in the project's Python files (tests, bench and chaos included)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if {".venv", "instance"} & set(path.relative_to(root).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr == "path"
+                    and isinstance(node.value, ast.Name) and node.value.id == "sys"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_nothing_edits_sys_path():
+    # pyproject.toml's pythonpath serves pytest; bench and chaos run as `python -m` from the root.
+    assert sys_path_edits(ROOT) == []
+
+
+def test_checker_finds_a_sys_path_edit(tmp_path):
+    root = _tree(tmp_path, {"bench/run.py": "import sys\n\nsys.path.insert(0, 'tests')\n",
+                            ".venv/lib/site.py": "import sys\nsys.path[:0] = []\n"})
+    assert sys_path_edits(root) == ["bench/run.py:3"]
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -152,3 +193,21 @@ def test_checker_finds_a_cycle_held_by_a_function_level_import(tmp_path):
     assert problems(_tree(tmp_path, files)) == [
         "import inside a function: delivery.lease -> delivery.transport",
         "import cycle: delivery.lease -> delivery.transport -> delivery.lease"]
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"web/sendlog.py": "from web.campaigns import ActionForm\n", "web/campaigns.py": ""},
+     ["page imports a page: web.sendlog -> web.campaigns"]),
+    ({"web/suppressions.py": "from web import leads\n", "web/leads.py": ""},
+     ["page imports a page: web.suppressions -> web.leads"]),
+    ({"web/i18n.py": "import web.auth\n", "web/auth.py": ""},
+     ["page imports a page: web.i18n -> web.auth"]),
+    ({"web/common.py": "from web.leads import PAGE_SIZE\n", "web/leads.py": ""},
+     ["page imports a page: web.common -> web.leads"]),
+    ({"web/leads.py": "from web.common import PAGE_SIZE\n"}, []),
+    ({"web/timeline.py": "from web import timeline_chart\n", "web/timeline_chart.py": ""}, []),
+    ({"web/timeline_chart.py": "from web import timeline\n", "web/timeline.py": ""},
+     ["page imports a page: web.timeline_chart -> web.timeline"]),
+])
+def test_checker_finds_a_page_importing_a_page(tmp_path, files, expected):
+    assert problems(_tree(tmp_path, dict(BASE, **files))) == expected

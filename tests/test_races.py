@@ -24,8 +24,8 @@ from helpers import make_campaign
 from models import CampaignLead, SchedulerLease, SendLog
 from procs import reap, spawn_workers, wait_all, wait_for
 from sender import recover
-from smtp_sink import free_port
 from storage.timeutil import utcnow
+from tests.smtp_sink import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -29,11 +29,11 @@ from delivery.transport import make_transport
 from helpers import make_campaign, make_unknown
 from models import Campaign, Lead, SendLog, Suppression, Trigger, User, db
 from sender import Settings, send_batch
-from smtp_sink import SmtpSink, free_port
 from storage.database import immediate, write_session
 from storage.timeutil import utcnow
 from test_timeline import INCIDENT_CSV
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
+from tests.smtp_sink import SmtpSink, free_port
 
 WRONG = "Nieprawidłowy e-mail lub hasło."
 

@@ -12,8 +12,8 @@ from delivery.transport import make_transport
 from helpers import make_campaign
 from models import Campaign, CampaignLead, Lead, SendLog, SendStatus, Suppression, Trigger, Variant, db
 from sender import Settings, send_batch
-from smtp_sink import SmtpSink, free_port
 from storage.database import immediate
+from tests.smtp_sink import SmtpSink, free_port
 
 VICTIM = "lead0000@example.com"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
@@ -19,6 +18,7 @@ from core.leads import normalize_email
 from models import User, db
 from storage.database import write_session
 from storage.timeutil import utcnow
+from web.common import local_path
 
 bp = Blueprint("auth", __name__)
 LOCK_AFTER = 5  # failed logins in a row before each further try must wait
@@ -27,18 +27,6 @@ LOCK_AFTER = 5  # failed logins in a row before each further try must wait
 class LoginForm(FlaskForm):
     email = EmailField(_l("Email"), validators=[DataRequired()])
     password = PasswordField(_l("Password"), validators=[DataRequired()])
-
-
-def local_path(target: str | None) -> str:
-    """`target` if it is a path on this site, else the dashboard.
-
-    `next=https://evil.example` (or `//evil.example`, or `/\\evil.example`, which browsers
-    read as another host) must not turn our redirects into an open redirector.
-    """
-    if (not target or not target.startswith("/") or target.startswith(("//", "/\\"))
-            or urlsplit(target).netloc or urlsplit(target).scheme):
-        return url_for("views.dashboard")
-    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -18,6 +18,7 @@ from core import campaigns, stats
 from delivery.transport import make_transport
 from models import Campaign, CampaignStatus, Lead, SendLog, SendStatus, Trigger, db
 from sender import BatchResult, Refusal, Settings, send_batch
+from web.common import ActionForm
 
 bp = Blueprint("views", __name__)
 
@@ -49,10 +50,6 @@ class SendForm(FlaskForm):
     # without one WTForms translates a default, and Flask-WTF re-reads WTForms' catalog
     # from disk for that on every request (~1 ms of the campaign page).
     key = HiddenField(label="key")
-
-
-class ActionForm(FlaskForm):
-    """A bare form: its CSRF token is all a POST-only button needs."""
 
 
 @bp.route("/")

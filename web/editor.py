@@ -28,7 +28,7 @@ from delivery import messages, templating
 from delivery.transport import make_transport
 from models import Campaign, CampaignLead, Lead, Variant, db
 from storage.database import write_session
-from web.campaigns import ActionForm
+from web.common import ActionForm
 
 bp = Blueprint("editor", __name__)
 TIMEZONES = sorted(available_timezones())

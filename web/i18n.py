@@ -21,7 +21,7 @@ from wtforms import HiddenField, SelectChoice, SelectField
 
 from models import User, db
 from storage.database import write_session
-from web.auth import local_path
+from web.common import local_path
 
 LANGUAGES = {"pl": "Polski", "en": "English"}
 DEFAULT = "pl"

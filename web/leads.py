@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 
 from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
     flash,
     redirect,
     render_template,
@@ -25,9 +23,9 @@ from wtforms import SelectChoice, SelectField
 
 from core import importer
 from models import Campaign, CampaignLead, Lead, SendLog, db
+from web.common import PAGE_SIZE, page_count, upload_path
 
 bp = Blueprint("leads", __name__)
-PAGE_SIZE = 50
 LIST_COLUMNS = (Lead.id, Lead.email, Lead.first_name, Lead.last_name, Lead.company, Lead.tags)
 
 
@@ -53,7 +51,7 @@ def index():
     rows = db.session.execute(select(*LIST_COLUMNS).where(*conditions).order_by(Lead.id.desc())
                               .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
     return render_template("leads.html", leads=rows, total=total, page=page, q=q,
-                           pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1))
+                           pages=page_count(total))
 
 
 @bp.route("/leads/<int:lead_id>")
@@ -77,18 +75,6 @@ class MappingForm(FlaskForm):
     campaign = SelectField(coerce=int)
 
 
-def _uploads() -> Path:
-    folder = Path(current_app.instance_path) / "uploads"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-def _upload_path(token: str, suffix: str = ".csv") -> Path:
-    if not token.isalnum():
-        abort(404)
-    return _uploads() / f"{token}{suffix}"
-
-
 def _campaign_choices() -> list[SelectChoice]:
     campaigns = db.session.execute(select(Campaign.id, Campaign.name).order_by(Campaign.id.desc())).all()
     return [SelectChoice(0, _("— do not enroll —"))] + [SelectChoice(cid, name) for cid, name in campaigns]
@@ -107,7 +93,7 @@ def upload():
             form.file.errors.append(str(exc))
             return render_template("import_upload.html", form=form), 400
         token = secrets.token_hex(12)
-        _upload_path(token).write_bytes(data)
+        upload_path(token, ".csv").write_bytes(data)
         return redirect(url_for("leads.mapping", token=token,
                                 campaign=request.args.get("campaign", 0, type=int)))
     return render_template("import_upload.html", form=form)
@@ -117,7 +103,7 @@ def upload():
 @login_required
 def mapping(token: str):
     """Step 2: preview and column mapping; POST imports and shows the result (step 3)."""
-    path = _upload_path(token)
+    path = upload_path(token, ".csv")
     if not path.exists():
         abort(404)
     data = path.read_bytes()
@@ -133,7 +119,7 @@ def mapping(token: str):
             flash(str(exc), "error")
         else:
             # utf-8-sig: Excel on Windows reads Polish letters right only with the BOM.
-            _upload_path(token, ".rejected.csv").write_text(importer.rejected_csv(report),
+            upload_path(token, ".rejected.csv").write_text(importer.rejected_csv(report),
                                                             encoding="utf-8-sig")
             path.unlink()
             return render_template("import_result.html", report=report, token=token)
@@ -145,7 +131,7 @@ def mapping(token: str):
 @login_required
 def rejected(token: str):
     """The rejected rows of one import, as CSV (line, reason)."""
-    path = _upload_path(token, ".rejected.csv")
+    path = upload_path(token, ".rejected.csv")
     if not path.exists():
         abort(404)
     return Response(path.read_bytes(), mimetype="text/csv",

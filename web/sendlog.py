@@ -13,10 +13,9 @@ from core import stats
 from models import Campaign, SendLog, SendStatus, Trigger, db
 from sender import Settings, decidable_at, resolve_unknown
 from storage.timeutil import utcnow
-from web.campaigns import ActionForm
+from web.common import PAGE_SIZE, ActionForm, page_count
 
 bp = Blueprint("sendlog", __name__)
-PAGE_SIZE = 50
 ACTIONS = ("mark-sent", "send-again")
 
 
@@ -63,7 +62,7 @@ def index(campaign_id: int):
     total = db.session.scalar(select(func.count()).select_from(SendLog).where(*conditions))
     rows = stats.send_rows(db.session, conditions, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     return render_template("sendlog.html", campaign=campaign, rows=rows, total=total, page=page,
-                           pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1), args=request.args,
+                           pages=page_count(total), args=request.args,
                            filters={k: v for k, v in request.args.items() if k != "page" and v},
                            statuses=list(SendStatus), triggers=list(Trigger))
 

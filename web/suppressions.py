@@ -17,8 +17,7 @@ from core.suppressions import import_csv, suppress
 from models import Suppression, db
 from storage.database import immediate, write_session
 from storage.timeutil import utcnow
-from web.campaigns import ActionForm
-from web.leads import PAGE_SIZE
+from web.common import PAGE_SIZE, ActionForm, page_count
 
 bp = Blueprint("suppression", __name__)
 SHOWN_REJECTED = 10  # rejected lines listed one by one after an import; the rest are counted
@@ -51,7 +50,7 @@ def index():
     rows = db.session.scalars(select(Suppression).where(*where).order_by(Suppression.id.desc())
                               .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
     return render_template("suppressions.html", rows=rows, total=total, page=page, q=q, form=form,
-                           upload=upload, pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1))
+                           upload=upload, pages=page_count(total))
 
 
 @bp.route("/suppressions/import", methods=["POST"])

@@ -7,14 +7,12 @@ import io
 import secrets
 from datetime import UTC, datetime
 from functools import lru_cache
-from pathlib import Path
 from zoneinfo import ZoneInfo, available_timezones
 
 from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
     redirect,
     render_template,
     request,
@@ -38,9 +36,9 @@ from timeline.analysis import bucket as bucket_events
 from timeline.live import Scope
 from timeline.words import finding
 from web import timeline_chart
+from web.common import PAGE_SIZE, page_count, upload_path
 
 bp = Blueprint("timeline", __name__)
-PAGE_SIZE = 50
 ZONES = sorted(available_timezones())
 
 
@@ -109,7 +107,7 @@ def live(campaign_id: int | None = None):
         rows = [_row(row) for row in live_sql.events_page(conn, scope, page, PAGE_SIZE)]
     template = "_timeline_body.html" if request.args.get("fragment") else "timeline.html"
     return render_template(template, analysis=analysis, buckets=buckets, minutes=minutes, rows=rows,
-                           page=page, pages=max((analysis.total_sends + PAGE_SIZE - 1) // PAGE_SIZE, 1),
+                           page=page, pages=page_count(analysis.total_sends),
                            tz=tz, campaign=campaign, legacy=None,
                            finding=finding(analysis, str(get_locale()), tz), args=_args())
 
@@ -149,14 +147,6 @@ def export():
                     headers={"Content-Disposition": "attachment; filename=timeline.csv"})
 
 
-def _legacy_path(token: str) -> Path:
-    if not token.isalnum():
-        abort(404)
-    folder = Path(current_app.instance_path) / "uploads"
-    folder.mkdir(exist_ok=True)
-    return folder / f"{token}.log.csv"
-
-
 @bp.route("/timeline/legacy", methods=["POST"])
 @login_required
 def upload_legacy():
@@ -165,7 +155,7 @@ def upload_legacy():
     if not form.validate_on_submit():
         abort(400)
     token = secrets.token_hex(12)
-    _legacy_path(token).write_bytes(form.file.data.read())
+    upload_path(token, ".log.csv").write_bytes(form.file.data.read())
     return redirect(url_for("timeline.legacy", token=token, tz=form.tz.data))
 
 
@@ -173,7 +163,7 @@ def upload_legacy():
 @login_required
 def legacy(token: str):
     """A legacy log's analysis, on the same page as live data; bad lines listed."""
-    path = _legacy_path(token)
+    path = upload_path(token, ".log.csv")
     if not path.exists():
         abort(404)
     tz, page = _zone(), max(request.args.get("page", 1, type=int), 1)
@@ -190,6 +180,6 @@ def legacy(token: str):
     buckets = bucket_events(parsed.events, minutes)
     return render_template("timeline.html", analysis=analysis, buckets=buckets, minutes=minutes,
                            rows=rows, page=page, tz=tz, campaign=None,
-                           pages=max((len(parsed.events) + PAGE_SIZE - 1) // PAGE_SIZE, 1),
+                           pages=page_count(len(parsed.events)),
                            legacy=token, rejected=parsed.rejected,
                            finding=finding(analysis, str(get_locale()), tz), args=_args())

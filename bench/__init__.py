@@ -1,0 +1,1 @@
+"""The bench: run from the repository root as `python -m bench.run` (see bench/README.md)."""

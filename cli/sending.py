@@ -1,0 +1,76 @@
+"""Sending: one tick for cron, the dedicated scheduler, recovery and deciding `unknown` sends."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+import scheduler
+from core import stats
+from models import Trigger, db
+from sender import Settings, decidable_at, recover, resolve_unknown
+from storage.timeutil import utcnow
+
+
+@click.command("send-due")
+@with_appcontext
+@click.option("--campaign", "campaign_id", type=int, help="Only this campaign.")
+def send_due(campaign_id: int | None) -> None:
+    """One tick, for system cron: same lease and pacing rules as the scheduler."""
+    ticker: scheduler.Ticker = current_app.extensions["sendonce_ticker"]
+    try:
+        results = ticker.tick(Trigger.CLI, campaign_id)
+    finally:
+        ticker.release()
+    if results is None:
+        click.echo("another process holds the scheduler lease; nothing sent")
+        return
+    for cid, batch in results.items():
+        click.echo(f"campaign {cid}: sent {batch.sent}"
+                   + (f" ({batch.stopped_by})" if batch.stopped_by else ""))
+
+
+@click.command("scheduler")
+@with_appcontext
+def run_scheduler() -> None:
+    """Run a dedicated foreground scheduler until SIGTERM/Ctrl-C."""
+    click.echo(f"scheduler: ticking every {current_app.config['TICK_SECONDS']}s")
+    scheduler.run_forever(current_app._get_current_object())
+
+
+@click.command("recover")
+@with_appcontext
+def recover_command() -> None:
+    """Mark `sending` rows of dead or silent workers `unknown` (never re-sent)."""
+    settings = Settings.from_config(current_app.config)
+    click.echo(f"{recover(db.engine, settings, utcnow())} marked unknown")
+
+
+@click.command("resolve")
+@with_appcontext
+@click.argument("send_log_id", type=int, required=False)
+@click.option("--mark-sent", "action", flag_value="mark-sent")
+@click.option("--send-again", "action", flag_value="send-again")
+@click.option("--by", "who", default="cli", show_default=True, help="Who decided.")
+def resolve_command(send_log_id: int | None, action: str | None, who: str) -> None:
+    """List `unknown` sends, or decide one: --mark-sent or --send-again."""
+    if send_log_id is None:
+        settings, now = Settings.from_config(current_app.config), utcnow()
+        rows = stats.unknown_rows(db.session)
+        for row in rows:
+            until = decidable_at(settings, row.claimed_at, row.beat_at)
+            wait = f"\tstill sending: decide after {until:%Y-%m-%d %H:%M:%S} UTC" if until > now else ""
+            click.echo(f"{row.id}\tcampaign {row.campaign_id}\t{row.email}\t{row.smtp_reply}{wait}")
+        click.echo(f"{len(rows)} unknown")
+        return
+    if action is None:
+        raise click.UsageError("give --mark-sent or --send-again")
+    refusal = resolve_unknown(db.engine, Settings.from_config(current_app.config), send_log_id, action, who)
+    if refusal is not None and refusal.code == "still_sending":
+        raise click.ClickException(
+            f"send {send_log_id}: the sending process may still be working on it (it could still deliver "
+            f"it); nothing changed. Decide after {refusal.detail} UTC.")
+    if refusal is not None:
+        raise click.ClickException(f"send {send_log_id} is not unknown; nothing changed")
+    click.echo(f"send {send_log_id}: {action}")

@@ -1,0 +1,86 @@
+"""Setting up: tables and triggers, admin logins, the demo campaign, the first run."""
+
+from __future__ import annotations
+
+import secrets
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy import func, select
+
+from core import campaigns, importer, leads
+from models import User, db
+from storage import schema
+from storage.database import write_session
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db() -> None:
+    """Create the tables and triggers (safe to run again, and after an upgrade: data is kept)."""
+    schema.install(db.engine, db.metadata)
+    click.echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
+
+
+@click.command("create-user")
+@with_appcontext
+@click.argument("email")
+@click.password_option()
+def create_user(email: str, password: str) -> None:
+    """Create an admin login (the password is prompted for unless --password is given)."""
+    _add_user(email, password)
+    click.echo(f"user {email} created")
+
+
+def _add_user(email: str, password: str) -> None:
+    email = leads.normalize_email(email)
+    with write_session(db.engine) as session:
+        if session.scalar(select(User).where(User.email == email)):
+            raise click.ClickException(f"user {email} exists already")
+        user = User(email=email)
+        user.set_password(password)
+        session.add(user)
+
+
+DEMO_LEADS = b"""email,first_name,last_name,company,city
+anna.nowak@example.com,Anna,Nowak,Kowalski i Syn,Krak\xc3\xb3w
+jan.kowalski@example.com,Jan,Kowalski,Budimex Demo,Warszawa
+zofia.wisniewska@example.com,Zofia,Wi\xc5\x9bniewska,Demo Sp. z o.o.,Gda\xc5\x84sk
+piotr.zielinski@example.com,Piotr,Zieli\xc5\x84ski,Przyk\xc5\x82ad SA,Pozna\xc5\x84
+"""
+
+
+@click.command("demo")
+@with_appcontext
+def demo() -> None:
+    """Create a demo campaign (two variants, a few leads), started, one send a minute."""
+    engine = db.engine
+    report = importer.import_leads(engine, DEMO_LEADS)
+    campaign_id = campaigns.create(
+        engine, name="Demo: SendOnce", from_address=current_app.config["MAIL_FROM"],
+        from_name="SendOnce Demo", interval_seconds=60, batch_size=1)
+    campaigns.add_variant(engine, campaign_id, "A", "Dzień dobry, {{ first_name }}!",
+                          "Cześć {{ first_name }},\n\npiszę do {{ company }} z {{ city }}.\n\n"
+                          "Wypisz się: {{ unsubscribe_url }}\n")
+    campaigns.add_variant(engine, campaign_id, "B", "{{ company }}: krótkie pytanie",
+                          "Dzień dobry {{ first_name }} {{ last_name }},\n\nczy {{ company }} "
+                          "szuka nowych klientów?\n\nWypisz się: {{ unsubscribe_url }}\n")
+    leads.enroll(engine, campaign_id, report.lead_ids)
+    campaigns.start(engine, campaign_id)
+    click.echo(f"demo campaign {campaign_id} started with {len(report.lead_ids)} leads")
+
+
+@click.command("first-run")
+@with_appcontext
+def first_run() -> None:
+    """Create tables; on an empty database add the demo data and an admin login."""
+    schema.install(db.engine, db.metadata)
+    if db.session.scalar(select(func.count()).select_from(User)):
+        click.echo("database ready (existing data kept)")
+        return
+    password = secrets.token_urlsafe(12)
+    _add_user("admin@example.com", password)
+    click.get_current_context().invoke(demo)
+    click.echo(f"\n  Log in at {current_app.config['BASE_URL']} as admin@example.com "
+               f"with password: {password}\n  (shown once; change it with create-user)\n")
