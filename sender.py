@@ -1,20 +1,121 @@
 """The sending engine: claim in one BEGIN IMMEDIATE transaction, send, record the outcome.
 
-Invariant: a lead gets at most one message per campaign, and every enrollment ends in an
-accounted state. How a crash at each step leaves the data:
+THE GUARANTEES LEDGER. Every promise SendOnce makes (P1…), the code that keeps it, and
+the tests that fail if it breaks (in tests/; "races" = test_races.py, "holes" =
+test_promise_holes.py, "machine" = test_state_machine.py). README.md links here.
+
+P1  A claim reads, decides and writes in one BEGIN IMMEDIATE transaction: two claimers queue, never
+    interleave
+    kept by:   `claim_next` on storage.database.immediate/transaction
+    proven by: test_claim::test_claims_run_under_begin_immediate,
+               ::test_claim_holds_the_write_lock_from_its_first_statement;
+               races::test_eight_processes_mixing_ticks_cron_and_button_send_each_lead_once
+P2  One send_log row per (campaign, lead): the database refuses a second (also per variant, the incident's
+    key)
+    kept by:   models.SendLog UNIQUE constraints; a retry updates its own row
+    proven by: test_schema::test_db_rejects_second_row_*; test_claim::test_retry_reuses_its_row
+P3  Pacing, daily cap, send window, pause and (ticks) the lease are checked inside the claim
+    kept by:   `_check_campaign`, lease.fence in `claim_next`
+    proven by: test_claim::test_interval_allows_one_claim_per_interval,
+               ::test_button_bypasses_interval_and_window_but_not_pause_or_cap,
+               ::test_daily_cap_resets_at_local_midnight
+P4  A replaced lease holder sends nothing (fencing epoch)
+    kept by:   lease.fence in the claim; lease.is_current right before SMTP
+    proven by: races::test_frozen_lease_holder_sends_nothing_after_takeover;
+               test_lease::test_fence_rejects_an_old_epoch_and_an_expired_lease
+P5  A double click, a replayed POST or two tabs send one batch
+    kept by:   `_consume_key` (one-time key, primary key) in the first claim
+    proven by: test_claim::test_one_time_key_lets_one_batch_through;
+               test_web::test_double_submit_of_the_send_button_sends_one_batch;
+               test_browser::test_double_click_without_javascript_still_sends_one_batch
+P6  The hot-reloader's watcher and extra workers cannot double-send
+    kept by:   the lease + claims (never "one scheduler")
+    proven by: races::test_reloader_watcher_never_ticks,
+               ::test_incident_replayed_two_gunicorn_workers_with_schedulers
+P7  A claim taken away before SMTP is never sent (re-check right before SMTP)
+    kept by:   `_read_for_send`, `_release`
+    proven by: test_claim::test_a_claim_taken_away_before_smtp_is_not_sent_and_goes_back_to_retry
+P8  A stale claimer never overwrites a newer outcome or a person's decision
+    kept by:   the claim token `_OURS` (row, worker, attempt) on every outcome write
+    proven by: test_claim::test_a_late_release_does_not_undo_a_persons_decision; machine
+P9  `unknown` is never re-sent automatically; a crash leaves `unknown`, not a loss
+    kept by:   `recover`; `_take_retry` takes only `retry` rows
+    proven by: races::test_worker_killed_after_claim_leaves_unknown_and_is_not_resent;
+               test_smtp_faults::test_disconnect_after_data_is_unknown_and_never_resent
+P10 No final dot after the send's deadline (counted from the claim): a frozen or slow claimer cannot deliver
+    late
+    kept by:   delivery.transport (`_arm` before every command, last right before the dot); Claim.deadline
+    proven by: holes::test_no_data_is_sent_once_the_deadline_has_passed,
+               ::test_send_again_while_the_claimer_is_frozen_in_smtp_delivers_once
+P11 STALE_SENDING_SECONDS cannot be set below what a send may last
+    kept by:   transport.stale_floor, checked by app._finish_config
+    proven by: holes::test_a_stale_limit_below_its_floor_is_refused_at_start
+P12 The sweep leaves a claim alone while its process heartbeats it
+    kept by:   lease.track/beat (per-process random identity), `recover`
+    proven by: holes::test_the_sweep_leaves_a_heartbeaten_claim_alone,
+               ::test_a_claim_of_an_older_attempt_does_not_vouch_for_the_row
+P13 A person cannot "send again" / "mark as sent" while the claimer may still deliver
+    kept by:   `resolve_unknown` + `decidable_at` (stale limit passed and heartbeat stale), in its own BEGIN
+               IMMEDIATE
+    proven by: holes::test_no_decision_while_the_claimer_heartbeats_even_if_its_row_looks_abandoned,
+               ::test_a_fresh_claim_cannot_be_decided_before_its_stale_limit,
+               ::test_the_send_log_page_says_wait_while_the_claim_is_heartbeaten; machine
+P14 A late "not sent" (4xx, deadline, hand-back) never strands a lead: it is re-queued and a finished
+    campaign wakes up
+    kept by:   `_requeued` from `_store_in` and `_put_back`; `_finish_if_done` waits for unknown rows that
+               may still report
+    proven by: holes::test_a_retryable_answer_after_the_sweep_is_sent_once_not_stranded;
+               machine::test_the_issues_interleavings
+P15 Every enrollment ends accounted (sent, failed, skipped, unknown), after any interleaving
+    kept by:   all of the above
+    proven by: machine::test_no_interleaving_sends_twice_or_strands_a_lead; test_chaos
+P16 A known SMTP outcome survives a busy database
+    kept by:   `_until_stored` (waits out writers up to the stale limit; the token makes the retry safe)
+    proven by: test_smtp_faults::test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout,
+               ::test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails
+P17 4xx and failures before DATA retry on the same row with backoff; 5xx fail; 5xx at RCPT suppresses
+    kept by:   transport `_by_code`, `_store_in`
+    proven by: test_smtp_faults::test_transient_421_and_451_are_retried_on_the_same_row_then_sent_once,
+               ::test_permanent_550_on_recipient_fails_and_suppresses,
+               ::test_transient_failures_give_up_after_max_attempts
+P18 A broken sender (bad credentials, failures in a row, a template that breaks) pauses the campaign and
+    burns no lead
+    kept by:   `_count_failures`; `attempt` (config_error, RETRY)
+    proven by: test_smtp_faults::test_wrong_credentials_pause_the_campaign_with_the_reason,
+               ::test_consecutive_failures_pause_the_campaign,
+               ::test_a_template_that_breaks_mid_campaign_pauses_it_and_loses_no_lead
+P19 Suppressed (unsubscribed, bounced) addresses are never mailed, not even on retry
+    kept by:   the suppression join in `_NEXT_PENDING` / `_NEXT_RETRY`
+    proven by: test_claim::test_suppressed_address_is_skipped_and_accounted,
+               ::test_retry_of_an_address_suppressed_meanwhile_is_not_sent;
+               test_messages::test_unsubscribed_lead_is_never_sent
+P20 Message-IDs are globally unique and the same on every attempt of a row
+    kept by:   messages.message_id (installation id + random part), stored by the claim
+    proven by: test_messages::test_message_ids_differ_across_installations_with_the_same_ids,
+               ::test_a_reused_row_id_gets_a_new_message_id_and_a_retry_keeps_its_own
+P21 Request sessions only read; every write is a short BEGIN IMMEDIATE
+    kept by:   storage.database.forbid_writes / write_session
+    proven by: test_claim (write lock); test_web pages under concurrent sends
+
+How a crash at each step leaves the data:
 - during the claim transaction: rolled back, nothing happened;
 - after the claim committed, before SMTP finished: the row stays `sending`; `recover`
-  turns it into `unknown` (its pid is gone, or it is older than the stale limit) and
-  nothing re-sends it on its own; a person decides;
+  turns it into `unknown` once its claim is past the stale limit, or its pid is gone
+  from this host, and no heartbeat of the claim is fresh. Nothing re-sends it on its own;
+  a person decides, and only once the claimer can no longer deliver (ledger above);
 - after SMTP, before the outcome is recorded: the same, `unknown`;
 - during the outcome transaction: rolled back, so again `sending` -> `unknown`.
 In a batch the outcome of message n is written by the transaction that claims message
 n+1 (one commit, one fsync, per message). That changes none of the above: the pair
 commits or rolls back whole, a crash before it leaves n `sending` -> `unknown` and n+1
 unclaimed, and if the claim fails (busy, an error) the batch stores n's outcome alone.
-Pacing, the daily cap, the send window, the campaign's status and (for scheduler
-ticks) the lease are all checked inside the claim transaction, so two ticks, a cron
-run and a button click racing each other cannot slip past any of them.
+
+What a late outcome may do to an `unknown` row (its claimer was frozen or slow past the
+sweep; the claim token still matches): `sent` and `failed` are knowledge and replace the
+guess; a retryable answer or a hand-back means certainly not delivered, so the row goes
+back to `retry` and its campaign, if `finished`, becomes active again (never stranded).
+The one window no software closes: a claimer frozen between its last deadline check and
+the write of the final dot (a few instructions) could still deliver after waking.
 """
 
 from __future__ import annotations

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 
+import sender
 from app import create_app
 from conftest import app_config, env_for
 from delivery import lease as leases
@@ -273,3 +276,17 @@ def test_a_stale_limit_below_its_floor_is_refused_at_start(tmp_path, smtp):
         create_app(app_config(tmp_path / "x.db", smtp.port, SMTP_TIMEOUT=1, STALE_SENDING_SECONDS=5))
     app = create_app(app_config(tmp_path / "y.db", smtp.port, SMTP_TIMEOUT=1))
     assert app.config["STALE_SENDING_SECONDS"] == stale_floor(1) + 60 == 66
+
+
+def test_the_guarantees_ledger_names_only_tests_that_exist():
+    # sender.py's docstring is the ledger of promises: a test renamed or deleted must not
+    # leave a promise pointing at nothing.
+    tests = Path(__file__).parent
+    defined = set()
+    for path in tests.glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), re.M))
+    named = re.findall(r"::(test_\w+\*?)", sender.__doc__)
+    assert len(named) > 30
+    missing = [n for n in named if not (n.rstrip("*") in defined if not n.endswith("*")
+                                        else any(d.startswith(n[:-1]) for d in defined))]
+    assert missing == []
