@@ -165,6 +165,17 @@ _wake = threading.Condition()
 _beater_pid: int | None = None
 
 
+def _forget_after_fork() -> None:
+    # A forked child (a gunicorn worker) inherits neither the parent's beating thread nor
+    # its claims; a lock the parent's thread held at the fork would stay held forever.
+    global _wake, _beater_pid
+    _wake, _beater_pid = threading.Condition(), None
+    _flying.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def track(claim: InFlight) -> None:
     """Start vouching for a claim until `untrack`; beats begin once it outlasts `every`."""
     global _beater_pid
