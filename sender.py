@@ -54,6 +54,7 @@ from models import (
     Trigger,
 )
 from storage.database import immediate, run_sql, transaction
+from storage.migrate import claim_gate
 from storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ class Refusal:
     """Why a claim took nothing: code is stable (for UI messages), detail is for people."""
 
     code: str  # not_active, lease_lost, not_due, outside_window, daily_cap, nothing_due, finished,
-    #            already_pressed; for a person's decision: not_unknown, still_sending
+    #            already_pressed, schema_mismatch, maintenance; for a person's decision: not_unknown,
+    #            still_sending
     detail: str = ""
 
     def __str__(self) -> str:
@@ -221,6 +223,8 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
     with _writing(engine, conn) as conn:
         if settle is not None:
             _store_in(conn, settings, settle)
+        if (gate := claim_gate(conn)) is not None:  # schema revision and restore flag, read every time
+            return Refusal(*gate)
         if lease is not None and not leases.fence(conn, lease, now, settings.lease_seconds):
             return Refusal("lease_lost", f"epoch {lease.epoch} is no longer current")
         if once_key is not None and not _consume_key(conn, once_key, campaign_id, now):

@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 import scheduler
+from cli.operations import backup_command, reconcile_command, restore_command, upgrade_database
 from core import campaigns, importer, leads, stats
 from models import Campaign, CampaignLead, Trigger, User, db
 from sender import Settings, decidable_at, recover, resolve_unknown
-from storage import schema
 from storage.database import write_session
 from storage.timeutil import utcnow
 from timeline import analysis as timeline
@@ -28,7 +28,8 @@ from timeline import live as timeline_sql
 def register(app: Flask) -> None:
     """Attach every command to the app's CLI."""
     for command in (init_db, create_user, import_leads, send_due, run_scheduler,
-                    recover_command, resolve_command, demo, first_run, timeline_command):
+                    recover_command, resolve_command, demo, first_run, timeline_command,
+                    backup_command, restore_command, reconcile_command):
         app.cli.add_command(_database_errors_in_one_line(command))
     app.cli.add_command(_database_errors_in_one_line(campaign_group))
 
@@ -76,8 +77,8 @@ def _engine():
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
-    """Create the tables and triggers (safe to run again, and after an upgrade: data is kept)."""
-    schema.install(db.engine, db.metadata)
+    """Create or upgrade the schema (migrations) and its triggers; safe to run again: data is kept."""
+    click.echo(upgrade_database())
     click.echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
 
 
@@ -327,8 +328,8 @@ def demo() -> None:
 @click.command("first-run")
 @with_appcontext
 def first_run() -> None:
-    """Create tables; on an empty database add the demo data and an admin login."""
-    schema.install(db.engine, db.metadata)
+    """Create or upgrade the schema; on an empty database add the demo data and an admin login."""
+    click.echo(upgrade_database())
     if db.session.scalar(select(func.count()).select_from(User)):
         click.echo("database ready (existing data kept)")
         return

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, MetaData, bindparam, text
 from sqlalchemy.engine import Connection
 
 from storage.database import immediate
+from storage.revision import stamp
 
 COUNTS = "campaign_state_count"
 _BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) VALUES (NEW.campaign_id, NEW.state, 1) "
@@ -47,9 +48,14 @@ TRIGGERS = {
 
 def install(engine: Engine, metadata: MetaData) -> None:
     """Create missing tables and install the triggers (with a backfill when they were not
-    there): one BEGIN IMMEDIATE transaction. Safe to run at any time, any number of times."""
+    there): one BEGIN IMMEDIATE transaction. Safe to run at any time, any number of times.
+    A new database is stamped with this code's schema revision; an existing one keeps its
+    own (upgrading it is the migrations' job: cli's init-db, `flask db upgrade`)."""
     with immediate(engine) as conn:
+        fresh = not conn.dialect.has_table(conn, "campaign")
         metadata.create_all(conn)  # fires install_triggers below, on this connection
+        if fresh:  # Alembic's recipe for a new database: create_all, then stamp the head
+            stamp(conn)
 
 
 def install_triggers(metadata: MetaData, conn: Connection, **_kw) -> None:
@@ -150,12 +156,15 @@ SUMMARY_TRIGGERS = {
 }
 
 
+# What the summary holds when exact: a live GROUP BY of send_log (also the backup check's).
+SUMMARY_QUERY = (f'SELECT campaign_id, {_HOUR.format(row="send_log")}, "trigger", count(*) '
+                 f"FROM send_log WHERE status IN ({_COUNTED}) GROUP BY 1, 2, 3")
+
+
 def rebuild_summary(conn: Connection) -> None:
     """Set the summary to a live GROUP BY of send_log (inside a write transaction)."""
     conn.exec_driver_sql(f"DELETE FROM {SUMMARY}")
-    conn.exec_driver_sql(f'INSERT INTO {SUMMARY} (campaign_id, hour, "trigger", sends) '
-                         f'SELECT campaign_id, {_HOUR.format(row="send_log")}, "trigger", count(*) '
-                         f"FROM send_log WHERE status IN ({_COUNTED}) GROUP BY 1, 2, 3")
+    conn.exec_driver_sql(f'INSERT INTO {SUMMARY} (campaign_id, hour, "trigger", sends) {SUMMARY_QUERY}')
 
 
 def install_summary_on(conn: Connection, metadata: MetaData) -> bool:
