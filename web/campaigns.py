@@ -33,6 +33,9 @@ def refusal_text(refusal: Refusal) -> str:
         "not_due": _("next send is due at %(detail)s", detail=refusal.detail),
         "outside_window": _("outside the send window (%(detail)s)", detail=refusal.detail),
         "lease_lost": _("another process took over sending"),
+        "schema_mismatch": _("this program and the database schema differ (%(detail)s)",
+                             detail=refusal.detail),
+        "maintenance": _("a restore is in progress (%(detail)s)", detail=refusal.detail),
     }
     return reasons.get(refusal.code, str(refusal))
 
