@@ -118,6 +118,8 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'sendonce.db'}",
         "MAIL_BACKEND": "outbox",  # or "smtp"
         "OUTBOX_DIR": str(instance / "outbox"),
+        # Made once, 0600, when SECRET_KEY is not configured; `flask backup` copies it.
+        "SECRET_KEY_FILE": str(instance / "secret_key"),
         "SMTP_HOST": "localhost",
         "SMTP_PORT": 25,
         "SMTP_USERNAME": "",
@@ -150,7 +152,7 @@ def _defaults(instance: Path) -> dict[str, Any]:
 def _finish_config(app: Flask, instance: Path) -> None:
     config = app.config
     if not config.get("SECRET_KEY"):
-        config["SECRET_KEY"] = _instance_secret(instance / "secret_key")
+        config["SECRET_KEY"] = _instance_secret(Path(config["SECRET_KEY_FILE"]))
     floor = stale_floor(float(config["SMTP_TIMEOUT"]))
     if config["STALE_SENDING_SECONDS"] is None:
         config["STALE_SENDING_SECONDS"] = floor + 60

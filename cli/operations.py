@@ -63,7 +63,7 @@ def _backup_dir() -> Path:
 def backup_command(file: Path | None, keep: int | None) -> None:
     """Copy the database while senders run (SQLite's online backup), verify it, keep the last N."""
     taken = utcnow()  # before the snapshot: everything committed before this moment is in it
-    target = file or _backup_dir() / f"sendonce-{taken:%Y%m%dT%H%M%S}Z.db"
+    target = file or _backup_dir() / f"sendonce-{taken:%Y%m%dT%H%M%S.%f}Z.db"  # sorts by time
     if target.exists():
         raise click.ClickException(f"{target} exists already; give another file name")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -99,15 +99,15 @@ def _snapshot(target: Path, taken: datetime) -> files.Verified:
 
 def _copy_keys(target: Path) -> list[str]:
     """The key files the database depends on, copied beside it (0600), or a loud warning."""
-    secret = Path(current_app.instance_path) / "secret_key"
+    secret = Path(current_app.config["SECRET_KEY_FILE"])
     if secret.is_file() and secret.read_text().strip() == current_app.config["SECRET_KEY"]:
         copy = target.with_name(target.name + ".secret_key")
         files.private_copy(secret, copy)
         return [copy.name]
     click.echo("WARNING: SECRET_KEY is set in the configuration or environment, not in "
-               "instance/secret_key: it is NOT in this backup. Keep a copy of it elsewhere: without it, "
-               "logins and every unsubscribe link already sent stop working after a restore on a new "
-               "machine.", err=True)
+               "SECRET_KEY_FILE (instance/secret_key): it is NOT in this backup. Keep a copy of it "
+               "elsewhere: without it, logins and every unsubscribe link already sent stop working "
+               "after a restore on a new machine.", err=True)
     return []
 
 
@@ -153,9 +153,9 @@ def restore_command(file: Path, wait: int, yes: bool) -> None:
     if paused:
         click.echo(f"paused campaigns {', '.join(map(str, paused))}: sends after {taken} UTC are not in this "
                    "database. Reconcile first (flask --app app reconcile <send log>), then resume each.")
-    if (live.parent / "secret_key").is_file() and file.with_name(file.name + ".secret_key").is_file():
-        click.echo(f"the secret key of the backup is in {file.name}.secret_key "
-                   "(instance/secret_key was left as is)")
+    if file.with_name(file.name + ".secret_key").is_file():
+        click.echo(f"the backup's secret key is in {file.name}.secret_key; SECRET_KEY_FILE was left as is "
+                   "(copy it over only when restoring on a new machine)")
 
 
 def _restore(file: Path, live: Path, taken: str, wait: int) -> tuple[Path, list[int]]:

@@ -45,7 +45,8 @@ def schema_of(path: Path, skip=NEW_TABLES) -> dict[tuple[str, str], str]:
     conn = sqlite3.connect(path)
     rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
     conn.close()
-    return {(kind, name): re.sub(r"\s+", " ", sql or "") for kind, name, table, sql in rows if table not in skip}
+    return {(kind, name): re.sub(r"\s+", " ", sql or "")
+            for kind, name, table, sql in rows if table not in skip}
 
 
 # The derived tables are recomputed by a migration: a count that fell to 0 may lose its row.
@@ -114,8 +115,9 @@ def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
     assert sum(smtp.recorder.received.values()) == sent_now >= 10
     assert backup.verify(path).counts["send_log"] > len(before["send_log"])
     with app.app_context(), db.engine.connect() as conn:
-        counts = conn.execute(text("SELECT campaign_id, state, n FROM campaign_state_count WHERE n > 0")).all()
-        recount = conn.execute(text("SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2")).all()
+        counts = conn.execute(text("SELECT campaign_id, state, n FROM campaign_state_count WHERE n > 0"))
+        recount = conn.execute(text("SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"))
+        counts, recount = counts.all(), recount.all()
     assert sorted(counts) == sorted(recount)
     assert "0002 -> 0002" in invoke(app, "init-db").output  # again: nothing to do, nothing lost
 
@@ -212,7 +214,8 @@ def _press_send(app, client, engine, cid: int) -> str:
         user.set_password("correct horse")
         session.add(user)
     token = csrf_token(client.get("/login").data)
-    client.post("/login", data={"email": "admin@example.com", "password": "correct horse", "csrf_token": token})
+    client.post("/login", data={"email": "admin@example.com", "password": "correct horse",
+                                "csrf_token": token})
     page = client.get(f"/campaigns/{cid}").data
     form = {"csrf_token": csrf_token(page),
             "key": re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()}
