@@ -244,3 +244,30 @@ def test_reconcile_of_a_legacy_log_without_status_marks_every_row_and_refuses_an
     empty = tmp_path / "empty.csv"
     empty.write_text("", encoding="utf-8")
     assert "the file is empty; nothing was changed" in run(app, "reconcile", str(empty), code=1)
+
+
+def test_restore_then_reconcile_from_the_cli_export_of_the_file_kept_aside(app, engine, config, tmp_path,
+                                                                          smtp):
+    cid = make_campaign(engine, 5, batch_size=3)
+    run(app, "backup", str(tmp_path / "t0.db"))
+    run(app, "send-due")  # three go out after the backup
+    out = run(app, "restore", str(tmp_path / "t0.db"), "--yes")
+    aside = Path(re.search(r"the previous content is kept in (\S+)", out).group(1))
+    newer = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{aside}"})
+    export = run(newer, "timeline", "--csv", "--tz", "Europe/Warsaw")
+    with newer.app_context():
+        db.engine.dispose()
+    lines = export.strip().splitlines()
+    assert lines[0] == "time,campaign,lead,variant,status,trigger,worker" and len(lines) == 4
+    (tmp_path / "sends.csv").write_text(export, encoding="utf-8")
+    out = run(app, "reconcile", str(tmp_path / "sends.csv"), "--tz", "Europe/Warsaw")
+    assert "marked 3 sent, 0 were sent already, 0 unmatched" in out
+    run(app, "campaign", "resume", str(cid))
+    run(app, "send-due")
+    assert smtp.recorder.received == Counter({f"lead{i:04d}@example.com": 1 for i in range(5)})
+    with engine.connect() as conn:  # the time came back in UTC: the Warsaw export was read as Warsaw time
+        times = conn.execute(select(SendLog.sent_at).where(SendLog.decided_by.is_not(None))).scalars().all()
+    with sqlite3.connect(aside) as old:
+        sent = [r[0] for r in old.execute("SELECT claimed_at FROM send_log ORDER BY id")]
+    assert sorted(t.strftime("%Y-%m-%d %H:%M:%S") for t in times) == sorted(s[:19] for s in sent)
+    assert "unknown time zone" in run(app, "timeline", "--csv", "--tz", "Mars/Olympus", code=2)

@@ -202,7 +202,7 @@ def test_every_trigger_refuses_to_claim_on_a_schema_revision_it_does_not_know(
     result = app.test_cli_runner().invoke(args=["send-due"])
     assert result.exit_code == 1 and says in result.output
     page = _press_send(app, client, engine, cid)
-    assert "Nic do wysłania" in page and says in page
+    assert "Nic do wysłania: wersja programu nie zgadza się ze schematem bazy danych" in page and says in page
     assert smtp.recorder.messages == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM send_log")).scalar() == 0

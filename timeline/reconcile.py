@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 
+from core.csvfile import neutralized
 from models import CampaignLead, EnrollmentState, Lead, SendLog, SendStatus, Trigger
 from storage.database import immediate
 from timeline import legacy_log
+from timeline import live as live_sql
 
 # Status values that mean the mail was handed to the receiving server.
 DELIVERED = {"sent", "delivered", "ok", "success", "250", "wysłano", "dostarczono"}
@@ -133,3 +137,17 @@ def _mark_sent(conn: Connection, enrollment, row: LogRow, source: str) -> None:
     conn.execute(update(CampaignLead).where(CampaignLead.campaign_id == enrollment.campaign_id,
                                             CampaignLead.lead_id == enrollment.lead_id)
                  .values(state=EnrollmentState.SENT))
+
+
+# The columns of the timeline page's CSV export (web/timeline.py), which reconcile reads back.
+EXPORT_HEADER = ["time", "campaign", "lead", "variant", "status", "trigger", "worker"]
+
+
+def export_rows(conn: Connection, campaign_id: int | None, tz: str = "UTC") -> Iterator[list[str]]:
+    """The sends (status sent or unknown) as the export's rows, times in `tz`, oldest first."""
+    zone = ZoneInfo(tz)
+    yield EXPORT_HEADER
+    for row in live_sql.all_events(conn, live_sql.Scope(campaign_id)):
+        at = row.claimed_at.replace(tzinfo=UTC).astimezone(zone)
+        yield [at.strftime("%Y-%m-%d %H:%M:%S"), str(row.campaign_id), neutralized(row.email),
+               row.variant_letter, row.status, row.trigger, neutralized(row.worker)]
