@@ -17,10 +17,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 
 from app import MIGRATIONS, create_app
-from conftest import app_config
+from conftest import app_config, env_for
 from core import campaigns
 from helpers import make_campaign
-from models import Trigger, User, db
+from models import SchedulerLease, Trigger, User, db
+from procs import reap, spawn_workers, wait_for
 from sender import Refusal, claim_next
 from storage import backup, migrate
 from storage.database import immediate, write_session
@@ -253,3 +254,31 @@ def test_first_run_on_an_empty_file_builds_the_schema_by_the_migrations(tmp_path
         assert current_revision(conn) == HEAD and migrate.missing_triggers(conn) == []
 
 
+
+
+@pytest.mark.slow
+def test_an_old_worker_left_running_claims_nothing_once_the_schema_is_newer(engine, config, smtp):
+    cid = make_campaign(engine, 300, interval=0, batch_size=1)
+    worker = spawn_workers(["tick"], cid, env_for(config))[0]
+    try:
+        wait_for(lambda: len(smtp.recorder.messages) >= 3, timeout=60)
+        set_revision(engine, "0099")  # newer code upgraded the file; this process is now old code
+        with engine.connect() as conn:
+            claimed = conn.execute(text("SELECT count(*) FROM send_log")).scalar()
+        # Two whole ticks of the old process after the upgrade (each renews its lease first).
+        upgraded_at = utcnow()
+        after = wait_for(lambda: _heartbeat(engine, later_than=upgraded_at), timeout=60)
+        wait_for(lambda: _heartbeat(engine, later_than=after), timeout=60)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM send_log")).scalar() == claimed
+            assert conn.execute(text("SELECT count(*) FROM send_log WHERE status = 'sending'")).scalar() == 0
+    finally:
+        worker.terminate()
+        reap(worker)
+    assert len(smtp.recorder.messages) == claimed < 300
+
+
+def _heartbeat(engine, later_than):
+    with engine.connect() as conn:
+        beat = conn.execute(select(SchedulerLease.heartbeat_at)).scalar()
+    return beat if beat is not None and beat > later_than else None
