@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -20,7 +21,7 @@ from sender import Settings
 from storage import backup as files
 from storage import migrate, schema
 from storage.database import configure_engine
-from storage.revision import BASELINE, HEAD, current_revision
+from storage.revision import BASELINE, HEAD, REVISIONS, current_revision
 from storage.timeutil import utcnow
 from timeline import legacy_log
 from timeline import reconcile as reconciling
@@ -35,6 +36,8 @@ def upgrade_database() -> str:
     (commit 3a618c4's schema), then `upgrade`. Returns what was done, for people."""
     with db.engine.connect() as conn:
         before, tables = current_revision(conn), migrate.has_tables(conn)
+    if before is not None and before not in REVISIONS:  # newer code has been here: never downgrade
+        raise click.ClickException(migrate.mismatch_detail(before))
     if before is None and tables:
         flask_migrate.stamp(revision=BASELINE)
     flask_migrate.upgrade()
@@ -72,8 +75,12 @@ def backup_command(file: Path | None, keep: int | None) -> None:
     manifest = {"taken_at": taken.strftime(TIME_FORMAT), "database": str(_live_path()),
                 "revision": found.revision, "rows": found.counts, "key_files": keys}
     _private_write(target.with_name(target.name + ".json"), json.dumps(manifest, indent=2))
-    files.write_meta(_live_path(), {"last_backup_at": taken.strftime(TIME_FORMAT),
-                                    "last_backup_file": str(target)})
+    try:  # for /healthz; the backup is made and sound whether or not this note gets written
+        files.write_meta(_live_path(), {"last_backup_at": taken.strftime(TIME_FORMAT),
+                                        "last_backup_file": str(target)})
+    except sqlite3.Error as exc:
+        click.echo(f"warning: the backup's time was not noted in the database ({exc}); /healthz "
+                   "still shows the previous one", err=True)
     pruned = _prune(keep or int(current_app.config["BACKUP_KEEP"])) if target.parent == _backup_dir() else []
     click.echo(f"backup {target}: verified (integrity_check ok, counts equal recounts), revision "
                f"{found.revision}, {found.counts.get('send_log', 0)} sends, "
@@ -146,8 +153,14 @@ def restore_command(file: Path, wait: int, yes: bool) -> None:
     live = _live_path()
     if not yes:
         click.confirm(f"Replace everything in {live} with {file}?", abort=True)
-    taken = (found.meta.get("backup_taken_at")
-             or datetime.fromtimestamp(file.stat().st_mtime).strftime(TIME_FORMAT))
+    taken = (found.meta.get("backup_taken_at")  # a copy made otherwise: its file time, in UTC
+             or datetime.fromtimestamp(file.stat().st_mtime, UTC).strftime(TIME_FORMAT))
+    try:
+        files.write_meta(live, {})  # can the live file take the maintenance flag at all?
+    except sqlite3.Error as exc:
+        raise click.ClickException(
+            f"not restored: {live} cannot be written ({exc}). If it is damaged, move it away, run "
+            "`flask --app app init-db` to make a new one, then restore again.") from exc
     aside, paused = _restore(file, live, taken, wait)
     click.echo(f"restored {file} (taken {taken} UTC) into {live}; the previous content is kept in {aside}")
     if paused:

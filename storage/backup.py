@@ -52,6 +52,7 @@ def write_meta(path: Path, values: dict[str, str]) -> None:
     """Set app_meta keys in the database at `path` (its own short write transaction)."""
     with closing(_connect(path)) as conn:
         conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SELECT count(*) FROM app_meta")  # no such table: not a SendOnce database (yet)
         conn.executemany("INSERT INTO app_meta (key, value) VALUES (?, ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value", values.items())
         conn.execute("COMMIT")

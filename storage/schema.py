@@ -49,19 +49,19 @@ TRIGGERS = {
 def install(engine: Engine, metadata: MetaData) -> None:
     """Create missing tables and install the triggers (with a backfill when they were not
     there): one BEGIN IMMEDIATE transaction. Safe to run at any time, any number of times.
-    A new database is stamped with this code's schema revision; an existing one keeps its
-    own (upgrading it is the migrations' job: cli's init-db, `flask db upgrade`)."""
+    A new database is stamped with this code's schema revision (install_triggers); an
+    existing one keeps its own (upgrading it is the migrations' job: init-db, `db upgrade`)."""
     with immediate(engine) as conn:
-        fresh = not conn.dialect.has_table(conn, "campaign")
         metadata.create_all(conn)  # fires install_triggers below, on this connection
-        if fresh:  # Alembic's recipe for a new database: create_all, then stamp the head
-            stamp(conn)
 
 
-def install_triggers(metadata: MetaData, conn: Connection, **_kw) -> None:
+def install_triggers(metadata: MetaData, conn: Connection, tables=(), **_kw) -> None:
     """The create_all hook: (re)create each trigger set if any of it is missing or differs,
     then recompute what it maintains, in the caller's transaction. Does nothing when all
-    are in place."""
+    are in place. A create_all that made every table made a new database: it is stamped
+    with this code's schema revision (Alembic's recipe: create_all, then stamp the head)."""
+    if {t.name for t in tables} == set(metadata.tables):
+        stamp(conn)
     if sync_triggers(conn, f"{COUNTS}_", TRIGGERS):
         recount(conn)
     if SUMMARY in metadata.tables:

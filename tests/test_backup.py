@@ -271,3 +271,15 @@ def test_restore_then_reconcile_from_the_cli_export_of_the_file_kept_aside(app, 
         sent = [r[0] for r in old.execute("SELECT claimed_at FROM send_log ORDER BY id")]
     assert sorted(t.strftime("%Y-%m-%d %H:%M:%S") for t in times) == sorted(s[:19] for s in sent)
     assert "unknown time zone" in run(app, "timeline", "--csv", "--tz", "Mars/Olympus", code=2)
+
+
+def test_restore_into_a_file_that_is_not_a_sendonce_database_says_what_to_do(app, engine, config, tmp_path,
+                                                                             smtp):
+    run(app, "backup", str(tmp_path / "b.db"))
+    other = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'blank.db'}"})
+    out = run(other, "restore", str(tmp_path / "b.db"), "--yes", code=1)
+    assert "cannot be written" in out and "run `flask --app app init-db` to make a new one" in out
+    run(other, "init-db")
+    assert "restored" in run(other, "restore", str(tmp_path / "b.db"), "--yes")
+    with other.app_context():
+        db.engine.dispose()

@@ -282,3 +282,22 @@ def _heartbeat(engine, later_than):
     with engine.connect() as conn:
         beat = conn.execute(select(SchedulerLease.heartbeat_at)).scalar()
     return beat if beat is not None and beat > later_than else None
+
+
+def test_a_plain_create_all_stamps_a_new_file_and_leaves_an_old_one_unversioned(config, tmp_path, smtp):
+    for path, expected in ((tmp_path / "new.db", HEAD), (load_fixture(tmp_path / "old.db"), None)):
+        app = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}"})
+        with app.app_context():
+            db.create_all()  # scripts and older tests make databases this way
+            with db.engine.connect() as conn:
+                assert current_revision(conn) == expected, path.name
+            db.engine.dispose()
+
+
+def test_init_db_never_touches_a_database_newer_code_has_upgraded(app, engine):
+    set_revision(engine, "0099")
+    result = app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 1
+    assert "revision 0099, which this code (revision 0002) does not know" in result.output
+    with engine.connect() as conn:
+        assert current_revision(conn) == "0099"
