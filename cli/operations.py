@@ -221,7 +221,8 @@ def _pause_staged(staged: Path, reason: str) -> list[int]:
 @click.option("--dry-run", is_flag=True, help="Report what would be marked; change nothing.")
 @with_appcontext
 def reconcile_command(log_file: Path, source: str | None, tz: str, dry_run: bool) -> None:
-    """Mark every (campaign, lead) a send log shows delivered as `sent`; list what did not match."""
+    """Mark every (campaign, lead) a send log shows delivered as `sent` (logged `unknown`: `unknown`);
+    list what did not apply."""
     try:
         rows, rejected = reconciling.parse(log_file.read_bytes(), tz)
     except legacy_log.LegacyLogError as exc:
@@ -233,7 +234,11 @@ def reconcile_command(log_file: Path, source: str | None, tz: str, dry_run: bool
         click.echo(f"line {line}: not applied: {reason}", err=True)
     for line, status in report.not_delivered:
         click.echo(f"line {line}: not applied: status {status!r} is not a delivery", err=True)
+    for line, campaign_id, lead_id in report.uncertain:
+        click.echo(f"line {line}: unknown in the log: lead {lead_id} of campaign {campaign_id} is now "
+                   "`unknown` here; decide it with `flask --app app resolve`", err=True)
     verb = "would mark" if dry_run else "marked"
-    click.echo(f"{verb} {len(report.applied)} sent, {report.already_sent} were sent already, "
+    click.echo(f"{verb} {len(report.applied)} sent, {len(report.uncertain)} unknown, "
+               f"{report.already_sent} were sent already, "
                f"{len(report.unmatched)} unmatched, {len(report.not_delivered)} not delivered, "
                f"{len(rejected)} unreadable")

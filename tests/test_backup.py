@@ -175,7 +175,7 @@ def test_back_up_send_more_restore_reconcile_resume_every_lead_gets_exactly_one(
     assert after_backup >= 4  # these went out, and the restored file does not know it
     (tmp_path / "export.csv").write_bytes(export_csv(config, aside))
     out = run(app, "reconcile", str(tmp_path / "export.csv"))
-    assert f"marked {after_backup} sent, {in_backup} were sent already, 0 unmatched" in out
+    assert f"marked {after_backup} sent, 0 unknown, {in_backup} were sent already, 0 unmatched" in out
     run(app, "campaign", "resume", str(cid))
     wait_all(worker)  # the same process sends the rest, into the restored file
     assert smtp.recorder.received == Counter({f"lead{i:04d}@example.com": 1 for i in range(12)})
@@ -211,7 +211,7 @@ def test_reconcile_applies_delivered_rows_and_lists_the_rest_without_applying_th
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM send_log")).scalar() == 0
     out = run(app, "reconcile", str(log), "--source", "old-sender")
-    assert "marked 2 sent, 0 were sent already, 2 unmatched, 1 not delivered, 1 unreadable" in out
+    assert "marked 2 sent, 0 unknown, 0 were sent already, 2 unmatched, 1 not delivered, 1 unreadable" in out
     assert "line 3: not applied: status 'bounced' is not a delivery" in out
     assert f"line 4: not applied: no enrollment of nobody@example.com in campaign {cid}" in out
     assert f"line 5: not applied: no enrollment of lead0002@example.com in campaign {other}" in out
@@ -225,7 +225,7 @@ def test_reconcile_applies_delivered_rows_and_lists_the_rest_without_applying_th
         (1, "sent", "reconcile:old-sender"), (5, "sent", "reconcile:old-sender")]
     assert all("delivered per old-sender" in r.smtp_reply for r in rows)
     assert Counter(states.values()) == {"sent": 2, "pending": 4}
-    assert "marked 0 sent, 2 were sent already" in run(app, "reconcile", str(log))  # idempotent
+    assert "marked 0 sent, 0 unknown, 2 were sent already" in run(app, "reconcile", str(log))  # idempotent
     backup.verify(Path(str(engine.url.database)))
     # A reconciled lead is never mailed: start the campaign and send everything.
     run(app, "campaign", "start", str(cid))
@@ -261,7 +261,7 @@ def test_restore_then_reconcile_from_the_cli_export_of_the_file_kept_aside(app, 
     assert lines[0] == "time,campaign,lead,variant,status,trigger,worker" and len(lines) == 4
     (tmp_path / "sends.csv").write_text(export, encoding="utf-8")
     out = run(app, "reconcile", str(tmp_path / "sends.csv"), "--tz", "Europe/Warsaw")
-    assert "marked 3 sent, 0 were sent already, 0 unmatched" in out
+    assert "marked 3 sent, 0 unknown, 0 were sent already, 0 unmatched" in out
     run(app, "campaign", "resume", str(cid))
     run(app, "send-due")
     assert smtp.recorder.received == Counter({f"lead{i:04d}@example.com": 1 for i in range(5)})
@@ -283,3 +283,20 @@ def test_restore_into_a_file_that_is_not_a_sendonce_database_says_what_to_do(app
     assert "restored" in run(other, "restore", str(tmp_path / "b.db"), "--yes")
     with other.app_context():
         db.engine.dispose()
+
+
+def test_a_send_logged_unknown_becomes_unknown_here_for_a_person_never_mailed_again(app, engine, tmp_path,
+                                                                                   smtp):
+    cid = make_campaign(engine, 3, start=False)
+    log = write_log(tmp_path / "export.csv", [
+        ["time", "campaign", "lead", "variant", "status", "trigger", "worker"],
+        ["2026-11-20 10:00:00", str(cid), "lead0000@example.com", "A", "unknown", "scheduler", "h:1:x"],
+    ])
+    out = run(app, "reconcile", str(log))
+    assert "marked 0 sent, 1 unknown" in out and "decide it with `flask --app app resolve`" in out
+    assert "campaign 1\tlead0000@example.com\treconciled: may have been delivered" in run(app, "resolve")
+    run(app, "campaign", "start", str(cid))
+    for _ in range(3):
+        run(app, "send-due")
+    assert set(smtp.recorder.received) == {"lead0001@example.com", "lead0002@example.com"}
+    backup.verify(Path(str(engine.url.database)))

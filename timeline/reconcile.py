@@ -28,6 +28,8 @@ from timeline import live as live_sql
 
 # Status values that mean the mail was handed to the receiving server.
 DELIVERED = {"sent", "delivered", "ok", "success", "250", "wysłano", "dostarczono"}
+# SendOnce's "it may have gone out": never sent again by itself, a person decides (resolve).
+UNCERTAIN = {"unknown"}
 STATUS_HEADERS = ("status", "state", "result", "deliveryStatus", "delivery_status")
 WORKER = "reconcile"  # send_log.worker of a row reconcile wrote
 
@@ -48,6 +50,7 @@ class Report:
     """What reconcile did (or, in a dry run, would do), row by row where it did not apply."""
 
     applied: list[tuple[int, int, int]] = field(default_factory=list)  # (line, campaign, lead id)
+    uncertain: list[tuple[int, int, int]] = field(default_factory=list)  # marked unknown, same shape
     already_sent: int = 0
     unmatched: list[tuple[int, str]] = field(default_factory=list)  # (line, why)
     not_delivered: list[tuple[int, str]] = field(default_factory=list)  # (line, status)
@@ -85,18 +88,26 @@ def _status_column(text: str, delimiter: str) -> dict[int, str]:
 
 def reconcile(engine: Engine, rows: list[LogRow], source: str, apply: bool = True) -> Report:
     """Mark every delivered (campaign, lead) of the log `sent`, in one write transaction
-    (nothing is written when apply is False: a dry run reports the same lists)."""
+    (nothing is written when apply is False: a dry run reports the same lists).
+
+    A row SendOnce itself logged as `unknown` (it may have gone out) makes a pending
+    enrollment `unknown` too: left pending, the resumed campaign could mail it a second
+    time; `unknown`, a person decides with `resolve`, as after any crash.
+    """
     report = Report()
     with immediate(engine) as conn:
         for row in rows:
-            if row.status and row.status not in DELIVERED:
+            if row.status in UNCERTAIN:
+                _one(conn, row, source, apply, report, EnrollmentState.UNKNOWN)
+            elif row.status and row.status not in DELIVERED:
                 report.not_delivered.append((row.line, row.status))
-                continue
-            _one(conn, row, source, apply, report)
+            else:
+                _one(conn, row, source, apply, report, EnrollmentState.SENT)
     return report
 
 
-def _one(conn: Connection, row: LogRow, source: str, apply: bool, report: Report) -> None:
+def _one(conn: Connection, row: LogRow, source: str, apply: bool, report: Report,
+         target: EnrollmentState) -> None:
     enrollment = _enrollment(conn, row)
     if enrollment is None:
         report.unmatched.append((row.line, f"no enrollment of {row.lead} in campaign {row.campaign}"))
@@ -104,9 +115,14 @@ def _one(conn: Connection, row: LogRow, source: str, apply: bool, report: Report
     if enrollment.state == EnrollmentState.SENT:
         report.already_sent += 1
         return
-    report.applied.append((row.line, enrollment.campaign_id, enrollment.lead_id))
+    if target == EnrollmentState.UNKNOWN and enrollment.state != EnrollmentState.PENDING:
+        # Already claimed, failed or skipped here: that outcome stands, a person sees it.
+        report.not_delivered.append((row.line, f"{row.status} (here: {enrollment.state})"))
+        return
+    found = (row.line, enrollment.campaign_id, enrollment.lead_id)
+    (report.applied if target == EnrollmentState.SENT else report.uncertain).append(found)
     if apply:
-        _mark_sent(conn, enrollment, row, source)
+        _mark(conn, enrollment, row, source, target)
 
 
 def _enrollment(conn: Connection, row: LogRow):
@@ -123,11 +139,17 @@ def _enrollment(conn: Connection, row: LogRow):
         .where(CampaignLead.campaign_id == int(row.campaign), lead)).first()
 
 
-def _mark_sent(conn: Connection, enrollment, row: LogRow, source: str) -> None:
-    """The enrollment and its send_log row (made if missing) become `sent`, naming the source."""
-    note = {"status": SendStatus.SENT, "sent_at": row.at, "next_attempt_at": None,
-            "smtp_reply": f"reconciled: delivered per {source}, line {row.line}",
-            "decided_by": f"reconcile:{source}"[:320]}
+def _mark(conn: Connection, enrollment, row: LogRow, source: str, target: EnrollmentState) -> None:
+    """The enrollment and its send_log row (made if missing) become `sent` (the source as who
+    decided) or `unknown` (undecided: the source in the reply), naming the log's line."""
+    if target == EnrollmentState.SENT:
+        note = {"status": SendStatus.SENT, "sent_at": row.at, "decided_by": f"reconcile:{source}"[:320],
+                "smtp_reply": f"reconciled: delivered per {source}, line {row.line}"}
+    else:
+        note = {"status": SendStatus.UNKNOWN, "sent_at": None, "decided_by": None,
+                "smtp_reply": f"reconciled: may have been delivered per {source}, line {row.line}; "
+                              "decide with resolve"}
+    note["next_attempt_at"] = None
     key = (SendLog.campaign_id == enrollment.campaign_id, SendLog.lead_id == enrollment.lead_id)
     if conn.execute(update(SendLog).where(*key).values(**note)).rowcount == 0:
         conn.execute(insert(SendLog).values(
@@ -136,7 +158,7 @@ def _mark_sent(conn: Connection, enrollment, row: LogRow, source: str) -> None:
             message_id="", created_at=row.at, claimed_at=row.at, **note))
     conn.execute(update(CampaignLead).where(CampaignLead.campaign_id == enrollment.campaign_id,
                                             CampaignLead.lead_id == enrollment.lead_id)
-                 .values(state=EnrollmentState.SENT))
+                 .values(state=target))
 
 
 # The columns of the timeline page's CSV export (web/timeline.py), which reconcile reads back.
