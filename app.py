@@ -17,6 +17,7 @@ import flask_sqlalchemy.session
 from flask import Flask, Response, current_app, render_template
 from flask_babel import lazy_gettext
 from flask_login import LoginManager
+from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.exc import OperationalError
 
@@ -33,6 +34,9 @@ from web import suppressions as suppression_pages
 from web import timeline as timeline_pages
 
 csrf = CSRFProtect()
+# migrations/ beside this file (Flask-Migrate's convention), whatever the working directory.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+migrate = Migrate(directory=str(MIGRATIONS), render_as_batch=True, transactional_ddl=True)
 login_manager = LoginManager()
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     with app.app_context():
         configure_engine(db.engine)
     forbid_writes(flask_sqlalchemy.session.Session)
+    migrate.init_app(app, db)
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
@@ -113,6 +118,8 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'sendonce.db'}",
         "MAIL_BACKEND": "outbox",  # or "smtp"
         "OUTBOX_DIR": str(instance / "outbox"),
+        # Made once, 0600, when SECRET_KEY is not configured; `flask backup` copies it.
+        "SECRET_KEY_FILE": str(instance / "secret_key"),
         "SMTP_HOST": "localhost",
         "SMTP_PORT": 25,
         "SMTP_USERNAME": "",
@@ -130,6 +137,10 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "RETRY_BASE_SECONDS": 60,
         "PAUSE_AFTER_FAILURES": 5,
         "LOG_LEVEL": "INFO",
+        # Online backups (flask backup): where, and how many to keep. Same disk is not a backup:
+        # point BACKUP_DIR at another disk or copy the folder off the machine (README: Operations).
+        "BACKUP_DIR": str(instance / "backups"),
+        "BACKUP_KEEP": 14,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # uploads (CSV imports)
@@ -141,7 +152,7 @@ def _defaults(instance: Path) -> dict[str, Any]:
 def _finish_config(app: Flask, instance: Path) -> None:
     config = app.config
     if not config.get("SECRET_KEY"):
-        config["SECRET_KEY"] = _instance_secret(instance / "secret_key")
+        config["SECRET_KEY"] = _instance_secret(Path(config["SECRET_KEY_FILE"]))
     floor = stale_floor(float(config["SMTP_TIMEOUT"]))
     if config["STALE_SENDING_SECONDS"] is None:
         config["STALE_SENDING_SECONDS"] = floor + 60

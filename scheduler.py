@@ -52,9 +52,13 @@ class Ticker:
     def safe_tick(self) -> None:
         """The scheduled job: a failing tick is logged and the next one tries again."""
         try:
-            self.tick()
+            results = self.tick() or {}
         except Exception:  # noqa: BLE001 - a job must not die; the lease makes retry safe
             log.exception("tick failed")
+            return
+        for cid, batch in results.items():  # the whole process may not send: say so every tick
+            if batch.stopped_by is not None and batch.stopped_by.code in ("schema_mismatch", "maintenance"):
+                log.error("campaign %s not sent: %s", cid, batch.stopped_by)
 
     def release(self) -> None:
         """Give the lease back (clean shutdown), so another process takes over at once."""

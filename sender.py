@@ -96,6 +96,12 @@ P20 Message-IDs are globally unique and the same on every attempt of a row
 P21 Request sessions only read; every write is a short BEGIN IMMEDIATE
     kept by:   storage.database.forbid_writes / write_session
     proven by: test_claim (write lock); test_web pages under concurrent sends
+P22 A process whose code and the database's schema revision differ (behind or ahead), or a database
+    being restored, claims nothing, whatever triggered the claim
+    kept by:   storage.migrate.claim_gate, read inside every claim transaction (nothing cached)
+    proven by: test_migrations::test_every_trigger_refuses_to_claim_on_a_schema_revision_it_does_not_know,
+               ::test_an_old_worker_left_running_claims_nothing_once_the_schema_is_newer;
+               test_backup::test_back_up_send_more_restore_reconcile_resume_every_lead_gets_exactly_one
 
 How a crash at each step leaves the data:
 - during the claim transaction: rolled back, nothing happened;
@@ -155,6 +161,7 @@ from models import (
     Trigger,
 )
 from storage.database import immediate, run_sql, transaction
+from storage.migrate import claim_gate
 from storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -227,7 +234,8 @@ class Refusal:
     """Why a claim took nothing: code is stable (for UI messages), detail is for people."""
 
     code: str  # not_active, lease_lost, not_due, outside_window, daily_cap, nothing_due, finished,
-    #            already_pressed; for a person's decision: not_unknown, still_sending
+    #            already_pressed, schema_mismatch, maintenance; for a person's decision: not_unknown,
+    #            still_sending
     detail: str = ""
 
     def __str__(self) -> str:
@@ -322,6 +330,8 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
     with _writing(engine, conn) as conn:
         if settle is not None:
             _store_in(conn, settings, settle)
+        if (gate := claim_gate(conn)) is not None:  # schema revision and restore flag, read every time
+            return Refusal(*gate)
         if lease is not None and not leases.fence(conn, lease, now, settings.lease_seconds):
             return Refusal("lease_lost", f"epoch {lease.epoch} is no longer current")
         if once_key is not None and not _consume_key(conn, once_key, campaign_id, now):

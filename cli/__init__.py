@@ -8,14 +8,15 @@ import click
 from flask import Flask
 from sqlalchemy.exc import OperationalError
 
-from cli import campaigns, sending, setup, timeline
+from cli import campaigns, operations, sending, setup, timeline
 
 
 def register(app: Flask) -> None:
     """Attach every command to the app's CLI."""
     for command in (setup.init_db, setup.create_user, campaigns.import_leads, sending.send_due,
                     sending.run_scheduler, sending.recover_command, sending.resolve_command,
-                    setup.demo, setup.first_run, timeline.timeline_command):
+                    setup.demo, setup.first_run, timeline.timeline_command, operations.backup_command,
+                    operations.restore_command, operations.reconcile_command):
         app.cli.add_command(_database_errors_in_one_line(command))
     app.cli.add_command(_database_errors_in_one_line(campaigns.campaign_group))
 

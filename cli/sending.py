@@ -12,6 +12,9 @@ from models import Trigger, db
 from sender import Settings, decidable_at, recover, resolve_unknown
 from storage.timeutil import utcnow
 
+# Refusals that concern this process and database as a whole, not one campaign.
+GATE = ("schema_mismatch", "maintenance")
+
 
 @click.command("send-due")
 @with_appcontext
@@ -29,6 +32,9 @@ def send_due(campaign_id: int | None) -> None:
     for cid, batch in results.items():
         click.echo(f"campaign {cid}: sent {batch.sent}"
                    + (f" ({batch.stopped_by})" if batch.stopped_by else ""))
+    refused = {b.stopped_by.detail for b in results.values() if b.stopped_by and b.stopped_by.code in GATE}
+    if refused:  # the whole process must not send here: cron's mail should say why, exit 1
+        raise click.ClickException("; ".join(sorted(refused)))
 
 
 @click.command("scheduler")

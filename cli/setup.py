@@ -9,17 +9,17 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
+from cli.operations import upgrade_database
 from core import campaigns, importer, leads
 from models import User, db
-from storage import schema
 from storage.database import write_session
 
 
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
-    """Create the tables and triggers (safe to run again, and after an upgrade: data is kept)."""
-    schema.install(db.engine, db.metadata)
+    """Create or upgrade the schema (migrations) and its triggers; safe to run again: data is kept."""
+    click.echo(upgrade_database())
     click.echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
 
 
@@ -74,8 +74,8 @@ def demo() -> None:
 @click.command("first-run")
 @with_appcontext
 def first_run() -> None:
-    """Create tables; on an empty database add the demo data and an admin login."""
-    schema.install(db.engine, db.metadata)
+    """Create or upgrade the schema; on an empty database add the demo data and an admin login."""
+    click.echo(upgrade_database())
     if db.session.scalar(select(func.count()).select_from(User)):
         click.echo("database ready (existing data kept)")
         return

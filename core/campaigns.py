@@ -155,3 +155,12 @@ def _set_status(engine: Engine, campaign_id: int, status: CampaignStatus,
         if status == CampaignStatus.ACTIVE:
             values["consecutive_failures"] = 0
         conn.execute(update(table).where(table.c.id == campaign_id).values(**values))
+
+
+def pause_all_active(engine: Engine, reason: str) -> list[int]:
+    """Pause every active campaign with `reason` (one transaction); the ids paused."""
+    table = Campaign.__table__
+    with immediate(engine) as conn:
+        return list(conn.execute(
+            update(table).where(table.c.status == CampaignStatus.ACTIVE)
+            .values(status=CampaignStatus.PAUSED, pause_reason=reason).returning(table.c.id)).scalars())

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from delivery import lease as leases
 from models import (
+    AppMeta,
     Campaign,
     CampaignStateCount,
     CampaignStatus,
@@ -19,6 +21,7 @@ from models import (
     SendLog,
     SendStatus,
 )
+from storage.revision import HEAD, current_revision
 from storage.timeutil import utcnow
 
 
@@ -120,3 +123,12 @@ def scheduler_state(session: Session) -> SchedulerState:
     if row is None or not row.holder:
         return SchedulerState(None, row.epoch if row else 0, row.heartbeat_at if row else None, False)
     return SchedulerState(row.holder, row.epoch, row.heartbeat_at, row.expires_at > utcnow())
+
+
+def operations_state(session: Session, now: datetime) -> dict[str, Any]:
+    """What /healthz says about upkeep: the schema revision (and the code's) and the last backup."""
+    conn = session.connection()
+    taken = session.scalar(select(AppMeta.value).where(AppMeta.key == "last_backup_at"))
+    age = None if taken is None else int((now - datetime.fromisoformat(taken)).total_seconds())
+    return {"schema": current_revision(conn), "schema_expected": HEAD,
+            "last_backup_at": taken, "last_backup_age_seconds": age}

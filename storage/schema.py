@@ -25,6 +25,7 @@ from sqlalchemy import Engine, MetaData, bindparam, text
 from sqlalchemy.engine import Connection
 
 from storage.database import immediate
+from storage.revision import stamp
 
 COUNTS = "campaign_state_count"
 _BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) VALUES (NEW.campaign_id, NEW.state, 1) "
@@ -47,15 +48,20 @@ TRIGGERS = {
 
 def install(engine: Engine, metadata: MetaData) -> None:
     """Create missing tables and install the triggers (with a backfill when they were not
-    there): one BEGIN IMMEDIATE transaction. Safe to run at any time, any number of times."""
+    there): one BEGIN IMMEDIATE transaction. Safe to run at any time, any number of times.
+    A new database is stamped with this code's schema revision (install_triggers); an
+    existing one keeps its own (upgrading it is the migrations' job: init-db, `db upgrade`)."""
     with immediate(engine) as conn:
         metadata.create_all(conn)  # fires install_triggers below, on this connection
 
 
-def install_triggers(metadata: MetaData, conn: Connection, **_kw) -> None:
+def install_triggers(metadata: MetaData, conn: Connection, tables=(), **_kw) -> None:
     """The create_all hook: (re)create each trigger set if any of it is missing or differs,
     then recompute what it maintains, in the caller's transaction. Does nothing when all
-    are in place."""
+    are in place. A create_all that made every table made a new database: it is stamped
+    with this code's schema revision (Alembic's recipe: create_all, then stamp the head)."""
+    if {t.name for t in tables} == set(metadata.tables):
+        stamp(conn)
     if sync_triggers(conn, f"{COUNTS}_", TRIGGERS):
         recount(conn)
     if SUMMARY in metadata.tables:
@@ -150,12 +156,15 @@ SUMMARY_TRIGGERS = {
 }
 
 
+# What the summary holds when exact: a live GROUP BY of send_log (also the backup check's).
+SUMMARY_QUERY = (f'SELECT campaign_id, {_HOUR.format(row="send_log")}, "trigger", count(*) '
+                 f"FROM send_log WHERE status IN ({_COUNTED}) GROUP BY 1, 2, 3")
+
+
 def rebuild_summary(conn: Connection) -> None:
     """Set the summary to a live GROUP BY of send_log (inside a write transaction)."""
     conn.exec_driver_sql(f"DELETE FROM {SUMMARY}")
-    conn.exec_driver_sql(f'INSERT INTO {SUMMARY} (campaign_id, hour, "trigger", sends) '
-                         f'SELECT campaign_id, {_HOUR.format(row="send_log")}, "trigger", count(*) '
-                         f"FROM send_log WHERE status IN ({_COUNTED}) GROUP BY 1, 2, 3")
+    conn.exec_driver_sql(f'INSERT INTO {SUMMARY} (campaign_id, hour, "trigger", sends) {SUMMARY_QUERY}')
 
 
 def install_summary_on(conn: Connection, metadata: MetaData) -> bool:

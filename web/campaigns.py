@@ -18,6 +18,7 @@ from core import campaigns, stats
 from delivery.transport import make_transport
 from models import Campaign, CampaignStatus, Lead, SendLog, SendStatus, Trigger, db
 from sender import BatchResult, Refusal, Settings, send_batch
+from storage.timeutil import utcnow
 from web.common import ActionForm
 
 bp = Blueprint("views", __name__)
@@ -34,6 +35,9 @@ def refusal_text(refusal: Refusal) -> str:
         "not_due": _("next send is due at %(detail)s", detail=refusal.detail),
         "outside_window": _("outside the send window (%(detail)s)", detail=refusal.detail),
         "lease_lost": _("another process took over sending"),
+        "schema_mismatch": _("this program and the database schema differ (%(detail)s)",
+                             detail=refusal.detail),
+        "maintenance": _("a restore is in progress (%(detail)s)", detail=refusal.detail),
     }
     return reasons.get(refusal.code, str(refusal))
 
@@ -136,10 +140,12 @@ def change_status(campaign_id: int, action: str):
 
 @bp.route("/healthz")
 def healthz():
-    """No login: database reachable? scheduler lease state? 503 if the database is not."""
+    """No login: database reachable? scheduler lease state? schema revision and last backup's
+    age (README: Operations)? 503 if the database is not reachable."""
     try:
         db.session.execute(text("SELECT 1"))
         state = stats.scheduler_state(db.session)
+        upkeep = stats.operations_state(db.session, utcnow())
     except SQLAlchemyError:
         return jsonify(database="error"), 503
-    return jsonify(database="ok", scheduler=state.as_json())
+    return jsonify(database="ok", scheduler=state.as_json(), **upkeep)

@@ -1,0 +1,303 @@
+"""Schema migrations: the baseline is what 3a618c4 made, old databases upgrade in place losing
+nothing, the derived-table triggers survive every migration, and a claim refuses to run
+against a schema revision its code does not know."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from alembic.script import ScriptDirectory
+from sqlalchemy import select, text
+
+from app import MIGRATIONS, create_app
+from conftest import app_config, env_for
+from core import campaigns
+from helpers import make_campaign
+from models import SchedulerLease, Trigger, User, db
+from procs import reap, spawn_workers, wait_for
+from sender import Refusal, claim_next
+from storage import backup, migrate
+from storage.database import immediate, write_session
+from storage.revision import BASELINE, HEAD, REVISIONS, current_revision, stamp
+from storage.timeutil import utcnow
+from test_web import csrf_token
+
+FIXTURE = Path(__file__).with_name("data") / "db_3a618c4.sql"
+NEW_TABLES = {"alembic_version", "app_meta", "claim_heartbeat"}
+
+
+def load_fixture(path: Path) -> Path:
+    """A real file holding the database 3a618c4's code made (tests/data/make_db_3a618c4.py)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(FIXTURE.read_text(encoding="utf-8"))
+    conn.close()
+    return path
+
+
+def schema_of(path: Path, skip=NEW_TABLES) -> dict[tuple[str, str], str]:
+    """Every table, index and trigger with its DDL (whitespace folded), as sqlite_master has it."""
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    conn.close()
+    return {(kind, name): re.sub(r"\s+", " ", sql or "")
+            for kind, name, table, sql in rows if table not in skip}
+
+
+# The derived tables are recomputed by a migration: a count that fell to 0 may lose its row.
+DERIVED = {"campaign_state_count": "n <> 0", "timeline_hour": "sends <> 0"}
+
+
+def rows_of(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table (the derived ones' non-zero rows), in a stable order."""
+    conn = sqlite3.connect(path)
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    found = {t: sorted(conn.execute(f'SELECT * FROM "{t}" WHERE {DERIVED.get(t, "1")}').fetchall(), key=repr)
+             for t in tables}
+    conn.close()
+    return found
+
+
+@pytest.fixture
+def old_app(tmp_path, smtp):
+    """An app on a copy of the 3a618c4 database (nothing run on it yet)."""
+    path = load_fixture(tmp_path / "sendonce.db")
+    app = create_app(app_config(path, smtp.port))
+    yield app, path
+    with app.app_context():
+        db.engine.dispose()
+
+
+def invoke(app, *args):
+    return app.test_cli_runner().invoke(args=list(args))
+
+
+def test_the_revision_list_the_code_checks_is_alembics():
+    walked = [s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()]
+    assert tuple(reversed(walked)) == REVISIONS and BASELINE == "0001"
+
+
+def test_the_baseline_revision_is_exactly_the_schema_3a618c4_made(tmp_path, smtp):
+    app = create_app(app_config(tmp_path / "fresh.db", smtp.port))
+    result = invoke(app, "db", "upgrade", BASELINE)
+    assert result.exit_code == 0, result.output
+    made = schema_of(tmp_path / "fresh.db")
+    old = schema_of(load_fixture(tmp_path / "old.db"))
+    assert made == old  # tables, unnamed UNIQUEs (autoindexes), indexes and triggers alike
+    assert ("index", "sqlite_autoindex_lead_1") in made and ("trigger", "timeline_hour_insert") in made
+
+
+def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
+    app, path = old_app
+    before = rows_of(path)
+    with app.app_context(), db.engine.connect() as conn:
+        assert current_revision(conn) is None  # made before migrations existed
+    result = invoke(app, "init-db")
+    assert result.exit_code == 0, result.output
+    assert "0001 (stamped) -> 0002" in result.output
+    after = rows_of(path)
+    assert {t: after[t] for t in before} == before  # every row of every table, counts included
+    assert after["alembic_version"] == [(HEAD,)] and set(after) - set(before) == NEW_TABLES
+    assert backup.verify(path).revision == HEAD  # integrity, foreign keys, counts = recounts
+    # New sends on the upgraded file: nobody sent (or maybe sent) before gets mail again,
+    # and the trigger-kept counts still equal a recount afterwards.
+    result = invoke(app, "send-due")
+    assert result.exit_code == 0, result.output
+    done_before = [r for r in before["send_log"] if r[4] in ("sent", "unknown")]
+    log_after = rows_of(path)["send_log"]
+    assert set(done_before) <= set(log_after)  # not one of them claimed again
+    sent_now = sum(r[4] == "sent" for r in log_after) - sum(r[4] == "sent" for r in before["send_log"])
+    assert sum(smtp.recorder.received.values()) == sent_now >= 10
+    assert backup.verify(path).counts["send_log"] > len(before["send_log"])
+    with app.app_context(), db.engine.connect() as conn:
+        counts = conn.execute(text("SELECT campaign_id, state, n FROM campaign_state_count WHERE n > 0"))
+        recount = conn.execute(text("SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"))
+        counts, recount = counts.all(), recount.all()
+    assert sorted(counts) == sorted(recount)
+    assert "0002 -> 0002" in invoke(app, "init-db").output  # again: nothing to do, nothing lost
+
+
+def test_a_database_of_todays_code_before_migrations_upgrades_too(app, engine, config):
+    # Made by the code of #10 with create_all: claim_heartbeat and app_meta exist, no version.
+    make_campaign(engine, 3)
+    with immediate(engine) as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    result = app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        assert current_revision(conn) == HEAD
+        assert conn.execute(text("SELECT count(*) FROM campaign_lead")).scalar() == 3
+
+
+@pytest.mark.parametrize("made_by", ["3a618c4 upgraded", "migrations from empty", "create_all"])
+def test_autogenerate_finds_no_difference_between_models_and_database(made_by, tmp_path, smtp, app):
+    if made_by == "3a618c4 upgraded":
+        path = load_fixture(tmp_path / "old.db")
+    else:
+        path = tmp_path / "other.db"
+    target = app if made_by == "create_all" else create_app(app_config(path, smtp.port))
+    if made_by != "create_all":
+        assert invoke(target, "init-db").exit_code == 0
+    with target.app_context(), db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={
+            "compare_type": True, "include_object": migrate.include_object_for(conn)})
+        assert compare_metadata(context, db.metadata) == []
+    result = invoke(target, "db", "check")
+    assert result.exit_code == 0  # `flask db check` exits 1 when the models and the file differ
+
+
+def recounted(engine) -> bool:
+    with engine.connect() as conn:
+        return all(conn.execute(text(sql)).scalar() == 0 for sql in backup.CHECKS.values())
+
+
+def test_a_batch_move_and_copy_drops_the_triggers_and_every_migration_puts_them_back(app, engine, settings):
+    cid = make_campaign(engine, 6)
+    with immediate(engine) as conn:  # what a migration altering campaign_lead in batch mode does
+        with Operations(MigrationContext.configure(conn)).batch_alter_table(
+                "campaign_lead", recreate="always") as batch:
+            batch.alter_column("variant_letter", existing_type=db.String(2), nullable=False)
+        assert migrate.missing_triggers(conn) == [
+            "campaign_state_count_delete", "campaign_state_count_insert", "campaign_state_count_update"]
+    campaigns.pause(engine, cid)
+    with immediate(engine) as conn:  # a write the dropped triggers do not count
+        conn.execute(text("UPDATE campaign_lead SET state = 'skipped' WHERE id = 1"))
+    assert not recounted(engine)
+    result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        assert migrate.missing_triggers(conn) == []
+    assert recounted(engine)
+    campaigns.resume(engine, cid)  # new sends after the migration keep the counts exact
+    assert app.test_cli_runner().invoke(args=["send-due"]).exit_code == 0
+    assert recounted(engine)
+
+
+def set_revision(engine, revision: str | None) -> None:
+    with immediate(engine) as conn:
+        if revision is None:
+            conn.execute(text("DROP TABLE alembic_version"))
+        else:
+            stamp(conn, revision)
+
+
+@pytest.mark.parametrize("revision, says", [
+    ("0001", "this code needs 0002: run `flask --app app db upgrade`"),  # the code is newer
+    ("0099", "which this code (revision 0002) does not know: it is newer; stop this process"),  # older code
+    (None, "no schema version this code knows; run `flask --app app db upgrade`"),  # never migrated
+])
+def test_every_trigger_refuses_to_claim_on_a_schema_revision_it_does_not_know(
+        revision, says, app, engine, settings, client, smtp):
+    cid = make_campaign(engine, 4, interval=0, batch_size=2)
+    set_revision(engine, revision)
+    for trigger in Trigger:
+        refusal = claim_next(engine, settings, cid, trigger, utcnow())
+        assert isinstance(refusal, Refusal) and refusal.code == "schema_mismatch", trigger
+        assert says in refusal.detail
+    result = app.test_cli_runner().invoke(args=["send-due"])
+    assert result.exit_code == 1 and says in result.output
+    page = _press_send(app, client, engine, cid)
+    assert "Nic do wysłania: wersja programu nie zgadza się ze schematem bazy danych" in page and says in page
+    assert smtp.recorder.messages == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM send_log")).scalar() == 0
+
+
+def _press_send(app, client, engine, cid: int) -> str:
+    with app.app_context(), write_session(db.engine) as session:
+        user = User(email="admin@example.com")
+        user.set_password("correct horse")
+        session.add(user)
+    token = csrf_token(client.get("/login").data)
+    client.post("/login", data={"email": "admin@example.com", "password": "correct horse",
+                                "csrf_token": token})
+    page = client.get(f"/campaigns/{cid}").data
+    form = {"csrf_token": csrf_token(page),
+            "key": re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()}
+    return client.post(f"/campaigns/{cid}/send", data=form, follow_redirects=True).get_data(as_text=True)
+
+
+def test_the_gate_is_read_at_every_claim_nothing_is_cached(engine, settings, smtp):
+    cid = make_campaign(engine, 4)
+    first = claim_next(engine, settings, cid, Trigger.CLI, utcnow())
+    assert not isinstance(first, Refusal)
+    set_revision(engine, "0099")  # another process upgraded the file meanwhile
+    assert claim_next(engine, settings, cid, Trigger.CLI, utcnow()).code == "schema_mismatch"
+    set_revision(engine, HEAD)
+    with immediate(engine) as conn:
+        conn.execute(text("INSERT INTO app_meta (key, value) VALUES ('maintenance', 'restore of x')"))
+    refusal = claim_next(engine, settings, cid, Trigger.SCHEDULER, utcnow())
+    assert refusal.code == "maintenance" and "restore of x" in refusal.detail
+    with immediate(engine) as conn:
+        conn.execute(text("DELETE FROM app_meta WHERE key = 'maintenance'"))
+    assert not isinstance(claim_next(engine, settings, cid, Trigger.CLI, utcnow()), Refusal)
+    with engine.connect() as conn:
+        assert Counter(conn.execute(select(text("status")).select_from(text("send_log"))).scalars()) == {
+            "sending": 2}
+
+
+def test_first_run_on_an_empty_file_builds_the_schema_by_the_migrations(tmp_path, smtp):
+    app = create_app(app_config(tmp_path / "new.db", smtp.port))
+    result = invoke(app, "first-run")
+    assert result.exit_code == 0, result.output
+    assert "an empty database -> 0002" in result.output
+    made = schema_of(tmp_path / "new.db", skip=set())
+    old = schema_of(load_fixture(tmp_path / "old.db"))
+    assert {k: v for k, v in made.items() if k in old} == old  # the same tables as an upgraded file
+    with app.app_context(), db.engine.connect() as conn:
+        assert current_revision(conn) == HEAD and migrate.missing_triggers(conn) == []
+
+
+
+
+@pytest.mark.slow
+def test_an_old_worker_left_running_claims_nothing_once_the_schema_is_newer(engine, config, smtp):
+    cid = make_campaign(engine, 300, interval=0, batch_size=1)
+    worker = spawn_workers(["tick"], cid, env_for(config))[0]
+    try:
+        wait_for(lambda: len(smtp.recorder.messages) >= 3, timeout=60)
+        set_revision(engine, "0099")  # newer code upgraded the file; this process is now old code
+        with engine.connect() as conn:
+            claimed = conn.execute(text("SELECT count(*) FROM send_log")).scalar()
+        # Two whole ticks of the old process after the upgrade (each renews its lease first).
+        upgraded_at = utcnow()
+        after = wait_for(lambda: _heartbeat(engine, later_than=upgraded_at), timeout=60)
+        wait_for(lambda: _heartbeat(engine, later_than=after), timeout=60)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM send_log")).scalar() == claimed
+            assert conn.execute(text("SELECT count(*) FROM send_log WHERE status = 'sending'")).scalar() == 0
+    finally:
+        worker.terminate()
+        reap(worker)
+    assert len(smtp.recorder.messages) == claimed < 300
+
+
+def _heartbeat(engine, later_than):
+    with engine.connect() as conn:
+        beat = conn.execute(select(SchedulerLease.heartbeat_at)).scalar()
+    return beat if beat is not None and beat > later_than else None
+
+
+def test_a_plain_create_all_stamps_a_new_file_and_leaves_an_old_one_unversioned(config, tmp_path, smtp):
+    for path, expected in ((tmp_path / "new.db", HEAD), (load_fixture(tmp_path / "old.db"), None)):
+        app = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}"})
+        with app.app_context():
+            db.create_all()  # scripts and older tests make databases this way
+            with db.engine.connect() as conn:
+                assert current_revision(conn) == expected, path.name
+            db.engine.dispose()
+
+
+def test_init_db_never_touches_a_database_newer_code_has_upgraded(app, engine):
+    set_revision(engine, "0099")
+    result = app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 1
+    assert "revision 0099, which this code (revision 0002) does not know" in result.output
+    with engine.connect() as conn:
+        assert current_revision(conn) == "0099"
