@@ -7,19 +7,13 @@ len(events) + len(rejected) == the number of non-blank data rows: nothing is dro
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from core.csvfile import CsvFileError, fold_header, read_table
 from timeline.analysis import SendEvent
-
-if TYPE_CHECKING:
-    from _csv import Reader  # the type csv.reader() returns
 
 DEFAULT_CAMPAIGN = "1"  # the one campaign a log without a campaign column is about
 
@@ -41,8 +35,8 @@ _NO_SECONDS = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}" + _ZONE, re.IGNOREC
 _CLOCK_ONLY = re.compile(r"\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?")
 
 
-class LegacyLogError(ValueError):
-    """The file cannot be read as a send log at all (as opposed to one bad row)."""
+# The file cannot be read as a send log at all (as opposed to one bad row): the CSV error type.
+LegacyLogError = CsvFileError
 
 
 @dataclass(frozen=True)
@@ -54,31 +48,6 @@ class ParseResult:
     columns: dict[str, str] = field(default_factory=dict)  # role -> the header as written (+ "date")
     encoding: str = "utf-8"
     delimiter: str = ","
-
-
-def normalize_header(name: str) -> str:
-    """Header text compared case- and separator-insensitively: 'Sent At' == 'SENT-AT' == 'sentAt'."""
-    return "".join(c for c in name.casefold() if c.isalnum())
-
-
-def decode(data: bytes) -> tuple[str, str]:
-    """The text and its encoding: UTF-16 with a BOM (Excel's "Unicode text"), UTF-8, else cp1250."""
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16"), "utf-16"
-    try:
-        return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        pass
-    try:
-        # A BOM says UTF-8, but an editor may have appended cp1250 text after it.
-        return data.removeprefix(codecs.BOM_UTF8).decode("cp1250"), "cp1250"
-    except UnicodeDecodeError as exc:
-        raise LegacyLogError(f"the file is neither UTF-8 nor Windows-1250 text ({exc.reason})") from exc
-
-
-def sniff_delimiter(header_line: str) -> str:
-    """The most frequent of comma, semicolon and tab in the header line (comma on a tie)."""
-    return max((",", ";", "\t"), key=lambda d: (header_line.count(d), d == ","))
 
 
 def _zone(tz: str) -> ZoneInfo:
@@ -112,10 +81,10 @@ def parse_time(value: str, zone: ZoneInfo) -> datetime:
 
 def find_columns(header: list[str]) -> dict[str, int]:
     """The column index for each role found in the header, preferring earlier names in COLUMNS."""
-    names = [normalize_header(h) for h in header]
+    names = [fold_header(h) for h in header]
     found = {}
     for role, aliases in COLUMNS.items():
-        for alias in map(normalize_header, aliases):
+        for alias in map(fold_header, aliases):
             if alias in names:
                 found[role] = names.index(alias)
                 break
@@ -152,49 +121,20 @@ def _event(values: list[str], columns: dict[str, int], zone: ZoneInfo) -> SendEv
     return SendEvent(at, campaign, lead, **optional)
 
 
-def _header(reader: Reader) -> tuple[list[str], int]:
-    """The first non-blank row, trailing empty cells removed, and its width."""
-    for row in reader:
-        if any(v.strip() for v in row):
-            while row and not row[-1].strip():
-                row = row[:-1]  # a trailing delimiter is an Excel habit, not a column
-            return row, len(row)
-    raise LegacyLogError("the file has no header row")
-
-
-def _rows(reader: Reader) -> list[tuple[int, int, list[str]]]:
-    """Non-blank rows as (first line, last line, values); quoted fields may span lines."""
-    rows, line = [], reader.line_num
-    try:
-        for values in reader:
-            if any(v.strip() for v in values):
-                rows.append((line + 1, reader.line_num, values))
-            line = reader.line_num
-    except csv.Error as exc:
-        raise LegacyLogError(f"line {line + 1}: {exc}") from exc
-    return rows
-
-
 def parse_log(data: bytes, tz: str = "UTC") -> ParseResult:
     """Read a legacy send-log CSV into events (naive UTC) and the rows that could not be read."""
     zone = _zone(tz)
-    text, encoding = decode(data)
-    if not text.strip():
-        raise LegacyLogError("the file is empty")
-    delimiter = sniff_delimiter(text.lstrip().split("\n", 1)[0])
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header, width = _header(reader)
+    table = read_table(data)
+    header, width = table.header, len(table.header)
     columns = find_columns(header)
     events, rejected = [], []
-    for first, last, values in _rows(reader):
+    for first, _, values in table.records:
         try:
             # Extra cells are tolerated only when empty (trailing delimiters); missing ones never.
             if len(values) < width or any(v.strip() for v in values[width:]):
                 raise ValueError(f"{len(values)} columns, expected {width}")
             events.append(_event(values, columns, zone))
         except ValueError as exc:
-            # An unclosed quote swallows the following lines into one row; say so.
-            spans = f" (the row spans lines {first}–{last}: an unclosed quote?)" if last > first else ""
-            rejected.append((first, f"{exc}{spans}"))
+            rejected.append((first, str(exc)))
     named = {role: header[i] for role, i in columns.items()}
-    return ParseResult(events, rejected, named, encoding, delimiter)
+    return ParseResult(events, rejected, named, table.encoding, table.delimiter)
