@@ -164,16 +164,15 @@ def clean_header(cells: list[str]) -> list[str]:
 
 def read_table(data: bytes) -> Table:
     """Decode, find the delimiter and read the header; CsvFileError if the file cannot be read."""
-    text, encoding = decode(data)
+    return table_of_text(*decode(data))
+
+
+def table_of_text(text: str, encoding: str) -> Table:
+    """The header and records of text that `decode` gave."""
     if not text.strip():
         raise CsvFileError("the file is empty")
     if _looks_binary(text):
         raise CsvFileError("this is not a CSV file: it contains binary data")
-    return table_of_text(text, encoding)
-
-
-def table_of_text(text: str, encoding: str) -> Table:
-    """The header and records of decoded CSV text."""
     delimiter, declared = sniff_delimiter(text)
     rows = records(text, delimiter)
     if declared:

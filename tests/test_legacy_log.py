@@ -87,7 +87,8 @@ def test_mixed_time_formats_in_a_time_zone():
 @pytest.mark.parametrize(("written", "reason"), [
     ("2025-01-14T09:00Z", "time without seconds"),
     ("2025-01-14 09:00:0x", "unreadable time"),
-    ("14.01.2025 09:00:00", "unreadable time"),
+    ("14.01.2025 09:00", "time without seconds"),
+    ("2025/01/14 09:00:00", "unreadable time"),
     ("1736845200", "unreadable time"),
     ("2025-01-14T24:00:00", "invalid time"),
     ("2025-01-14T09:00:00+25:00", "invalid time"),
@@ -152,7 +153,8 @@ def test_a_quoted_line_break_keeps_the_line_numbers_right():
             b'2025-01-14T09:00:02Z,3,x\n')
     result = parse_log(data)
     assert [e.lead for e in result.events] == ["1", "3"]
-    assert result.rejected == [(4, "unreadable time 'nonsense' (expected ISO-8601 or YYYY-MM-DD HH:MM:SS)")]
+    assert result.rejected == [(4, "unreadable time 'nonsense' (expected ISO-8601, YYYY-MM-DD HH:MM:SS, "
+            "DD.MM.YYYY HH:MM:SS or an Excel date number)")]
 
 
 def test_an_unclosed_quote_refuses_the_file_with_its_line():
