@@ -31,7 +31,7 @@ COLUMNS = {
     "time": ("sentAt", "sent_at", "Data wysyłki", "Data wysłania", "Czas wysyłki", "Czas wysłania",
              "Wysłano o", "send time", "sent time", "date sent", "deliveredAt", "delivered at",
              "createdAt", "created_at", "Data utworzenia", "timestamp", "event time", "eventTime",
-             "Data i godzina", "time", "czas", "godzina", "date", "data"),
+             "Data i godzina", "time", "ts", "czas", "godzina", "date", "data"),
     "lead": ("leadId", "lead_id", "lead", "Id leada", "email", "e-mail", "Adres e-mail", "email address",
              "recipient", "odbiorca", "adresat", "to", "contact", "contactId", "kontakt", "subscriber",
              "subskrybent"),

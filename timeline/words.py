@@ -293,8 +293,11 @@ def finding(analysis: Analysis, lang: str = "pl", tz: str = "UTC") -> str:
         period = [_period(analysis, b, lang, tz) for b in analysis.bursts]
         sentences = [_pattern(analysis, lang, tz), _second_sentence(analysis, lang), *period,
                      *_who(analysis, lang), _totals(analysis, lang)]
-    if analysis.unique_keys > analysis.unique_leads:
-        sentences.append(w["variants"].format(n=analysis.unique_keys - analysis.unique_leads))
+    # Another variant of the same step: a second mail to the recipient, not in the exact view.
+    switches = (analysis.unique_keys - analysis.unique_leads if analysis.other_view_duplicates is None
+                else analysis.other_view_duplicates)
+    if analysis.view == "exact" and switches > 0:
+        sentences.append(w["variants"].format(n=switches))
     return " ".join(s for s in sentences if s)
 
 
