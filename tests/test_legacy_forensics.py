@@ -342,3 +342,56 @@ def test_one_duplicate_in_english_and_polish_rejection_reasons():
         "nieczytelny czas 'yesterday' (oczekiwano ISO-8601, RRRR-MM-DD GG:MM:SS, DD.MM.RRRR GG:MM:SS "
         "albo liczby daty z Excela)",
         "czas bez sekund '2026-03-12 10:00' (analiza potrzebuje sekundy minuty)", "brak leada"]
+
+
+# ---- point 9: bursts per campaign in a long log -------------------------------------------------
+
+# (campaign, first send, minutes between, pairs, copies, seconds between copies)
+BURSTS = [("11", datetime(2026, 2, 3, 10, 40, 1), 5, 15, 2, 0.15),
+          ("12", datetime(2026, 2, 9, 14, 0, 31), 1, 30, 3, 0.2),
+          ("12", datetime(2026, 2, 20, 8, 15, 7), 10, 6, 2, 3),
+          ("14", datetime(2026, 2, 27, 22, 0, 45), 2, 10, 2, 0)]
+
+
+def long_log(total: int = 200_000, seed: int = 9) -> list[tuple[datetime, str, str]]:
+    """(at, campaign, lead): `total` sends over 30 days in four campaigns, with BURSTS in them."""
+    rnd, start, rows = random.Random(seed), datetime(2026, 2, 1), []
+    for n, (campaign, first, every, pairs, copies, apart) in enumerate(BURSTS):
+        for i in range(pairs):
+            at = first + timedelta(minutes=every * i)
+            rows += [(at + timedelta(seconds=apart * c), campaign, f"b{n}-{i}") for c in range(copies)]
+    for i in range(total - len(rows)):
+        at = start + timedelta(seconds=rnd.randrange(30 * 86400), milliseconds=rnd.randrange(1000))
+        rows.append((at, rnd.choice("11 12 13 14".split()), f"lead{i}"))  # every background lead once
+    return rows
+
+
+def ref_bursts(rows) -> list[tuple[str, datetime, datetime, int, int, int]]:
+    """(campaign, start, end, sends in it, duplicate sends, leads) of each injected burst."""
+    expected = []
+    for campaign, first, every, pairs, copies, apart in BURSTS:
+        end = first + timedelta(minutes=every * (pairs - 1), seconds=apart * (copies - 1))
+        inside = sum(1 for at, c, _ in rows if c == campaign and first <= at <= end)
+        expected.append((campaign, first, end, inside, pairs * (copies - 1), pairs))
+    return expected
+
+
+def test_several_bursts_in_several_campaigns_are_told_apart():
+    rows = long_log()
+    text = as_csv(rows, header=("sentAt", "campaignId", "leadId"), fmt=lambda at: at.isoformat(sep=" "))
+    result = parse_log(text.encode())
+    assert len(result.events) == len(rows) == 200_000
+    a = analyse(result.events, view="recipient")
+    assert (a.total_sends, a.unique_keys, a.duplicate_sends) == ref_counts(rows)
+    assert [(b.campaign, b.start, b.end, b.sends, b.duplicate_sends, b.leads) for b in a.bursts] == \
+        ref_bursts(rows)
+    text = finding(a)
+    assert text.startswith("Duplikaty w 4 osobnych seriach (czas: UTC):")
+    for campaign, first, end, inside, dups, _ in ref_bursts(rows):
+        assert (f"kampania {campaign}, od {first:%Y-%m-%d %H:%M:%S} do {end:%Y-%m-%d %H:%M:%S}: "
+                f"{dups} z {inside} wysyłek to duplikaty") in text
+    assert "co 5 minut ten sam lead dostaje 2 maile w tej samej sekundzie, w sekundzie :01 — " \
+           "prawdopodobnie dwa równoległe procesy wysyłki" in text
+    assert "co minutę ten sam lead dostaje 3 maile w tej samej sekundzie, w sekundzie :31" in text
+    assert "co 10 minut ten sam lead dostaje 2 maile w ciągu 3 s" in text
+    assert "dni" not in text  # no pattern stretched over days

@@ -220,7 +220,8 @@ def _burst_line(analysis: Analysis, burst: Burst, lang: str, tz: str) -> str:
     return w["burst"].format(
         campaign=burst.campaign, when=_when(analysis, burst, lang, tz), dup=dup, sends=burst.sends,
         sends_word=_sends_word(burst.sends, lang), leads=burst.leads, leads_word=leads_word,
-        every=f"{parts['cadence']}, " if parts["cadence"] else "", n=parts["n"], emails=parts["emails"],
+        every=f"{parts['cadence']}{',' * (lang == 'en')} " if parts["cadence"] else "", n=parts["n"],
+        emails=parts["emails"],
         timing=parts["timing"], cause=parts["cause"],
         second=w["burst_second"].format(s=second) if dup >= 3 and top * 4 >= dup * 3 else "")
 
