@@ -376,3 +376,75 @@ def to_json(analysis: Analysis) -> dict:
 
 def _histogram_json(histogram: dict[int, int]) -> dict[str, int]:
     return {str(s): n for s, n in histogram.items()}
+
+
+# Storing an Analysis (an uploaded legacy log is analysed once, its pages are served from
+# the stored result): plain JSON values, times as ISO text. Groups are capped: a page shows
+# a few hundred and the finding reads a burst's pattern from its first STORED_GROUPS keys.
+STORED_GROUPS = 1000
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _group_to(g: DuplicateGroup) -> list:
+    return [g.campaign, g.lead, g.variant, g.count, [t.isoformat() for t in g.times], g.workers, g.triggers,
+            g.step, g.variants]
+
+
+def _group_from(v: list) -> DuplicateGroup:
+    return DuplicateGroup(v[0], v[1], v[2], v[3], [datetime.fromisoformat(t) for t in v[4]], *v[5:])
+
+
+def _totals_to(t: Totals) -> list:
+    return [t.sends, t.unique_keys, t.duplicate_sends, _iso(t.start), _iso(t.end)]
+
+
+def _totals_from(v: list) -> Totals:
+    return Totals(v[0], v[1], v[2], _dt(v[3]), _dt(v[4]))
+
+
+def to_dict(analysis: Analysis) -> dict:
+    """The Analysis as JSON values (groups capped at STORED_GROUPS); from_dict reads it back."""
+    a = analysis
+    return {
+        "counts": [a.total_sends, a.unique_keys, a.unique_leads, a.duplicate_sends],
+        "groups": [_group_to(g) for g in a.duplicate_groups[:STORED_GROUPS]],
+        "first_duplicate_at": _iso(a.first_duplicate_at), "before": _totals_to(a.before),
+        "after": _totals_to(a.after), "histogram": [[s, n] for s, n in a.duplicate_second_histogram.items()],
+        "median": a.median_interval_seconds,
+        "clusters": [[c.campaign, c.start.isoformat(), c.end.isoformat(), c.count, c.workers, c.keys_repeated]
+                     for c in a.clusters[:STORED_GROUPS]],
+        "first_send_at": _iso(a.first_send_at), "last_send_at": _iso(a.last_send_at),
+        "cluster_seconds": a.cluster_seconds, "view": a.view, "split_at": _iso(a.split_at),
+        "other_view_duplicates": a.other_view_duplicates,
+        "bursts": [[b.campaign, b.start.isoformat(), b.end.isoformat(), b.sends, b.duplicate_sends, b.leads,
+                    [_group_to(g) for g in b.groups[:STORED_GROUPS]],
+                    [[s, n] for s, n in b.second_histogram.items()]] for b in a.bursts],
+    }
+
+
+def from_dict(data: dict) -> Analysis:
+    """The Analysis that to_dict stored (with its groups capped)."""
+    return Analysis(
+        *data["counts"], [_group_from(g) for g in data["groups"]], _dt(data["first_duplicate_at"]),
+        _totals_from(data["before"]), _totals_from(data["after"]), {s: n for s, n in data["histogram"]},
+        data["median"],
+        [Cluster(c[0], datetime.fromisoformat(c[1]), datetime.fromisoformat(c[2]), *c[3:])
+         for c in data["clusters"]],
+        _dt(data["first_send_at"]), _dt(data["last_send_at"]), data["cluster_seconds"], data["view"],
+        _dt(data["split_at"]), data["other_view_duplicates"],
+        [Burst(b[0], datetime.fromisoformat(b[1]), datetime.fromisoformat(b[2]), b[3], b[4], b[5],
+               [_group_from(g) for g in b[6]], {s: n for s, n in b[7]}) for b in data["bursts"]],
+    )
+
+
+def buckets_to_list(buckets: list[Bucket]) -> list[list]:
+    """Buckets as JSON values."""
+    return [[b.start.isoformat(), b.sends, b.duplicates, b.by_trigger] for b in buckets]
+
+
+def buckets_from_list(values: list[list]) -> list[Bucket]:
+    """Buckets that buckets_to_list stored."""
+    return [Bucket(datetime.fromisoformat(v[0]), v[1], v[2], v[3]) for v in values]

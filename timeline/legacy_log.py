@@ -379,6 +379,12 @@ def _preview(source: _Source) -> list[list[str]]:
     return [[_echo(c) for c in cells] for _, _, cells in kept]
 
 
+def header_and_preview(data: bytes) -> tuple[list[str], list[list[str]]]:
+    """The header and first rows of a log, for the page that maps its columns by hand."""
+    source = _source(data)
+    return source.header, _preview(source)
+
+
 def parse_log(data: bytes, tz: str = "UTC", columns: dict[str, str] | None = None) -> ParseResult:
     """Read a legacy send log (CSV, JSON or NDJSON) into events (naive UTC) and the rows that were not.
 

@@ -353,6 +353,7 @@ def summary_analyse(conn: Connection, scope: Scope) -> Analysis:
         before=Totals(total, total, 0), after=Totals(0, 0, 0),
         duplicate_second_histogram={}, median_interval_seconds=median_interval(conn, scope),
         clusters=[], first_send_at=first, last_send_at=last, cluster_seconds=nothing.cluster_seconds,
+        other_view_duplicates=0,  # the unique index holds: one row per (campaign, lead) too
     )
 
 

@@ -15,6 +15,7 @@ from flask import (
     Response,
     abort,
     current_app,
+    flash,
     redirect,
     render_template,
     request,
@@ -22,17 +23,19 @@ from flask import (
     url_for,
 )
 from flask_babel import get_locale
+from flask_babel import gettext as _
 from flask_login import login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from markupsafe import Markup
-from wtforms import SelectChoice, SelectField
+from wtforms import SelectChoice, SelectField, StringField
+from wtforms.validators import Length, Optional
 
 from core.csvfile import neutralized
 from models import Campaign, db
-from timeline import legacy_log
+from timeline import legacy_log, stored, words
 from timeline import live as live_sql
-from timeline.analysis import Bucket
+from timeline.analysis import VIEWS, Bucket
 from timeline.analysis import analyse as analyse_events
 from timeline.analysis import bucket as bucket_events
 from timeline.live import Scope
@@ -42,11 +45,20 @@ from web import timeline_chart
 bp = Blueprint("timeline", __name__)
 PAGE_SIZE = 50
 ZONES = sorted(available_timezones())
+LEGACY_LOG_MAX_BYTES = 512 * 2**20  # config LEGACY_LOG_MAX_BYTES; ~1,000,000 rows are ~60-150 MB
+ZONE_BY_LANGUAGE = {"pl": "Europe/Warsaw"}  # the team's zone when neither the URL nor the browser names one
+_CACHE: dict[int, tuple] = {}  # stored analyses rebuilt from JSON, by log id (they never change)
 
 
 class LegacyForm(FlaskForm):
     file = FileField(validators=[FileRequired()])
     tz = SelectField(choices=[SelectChoice(z) for z in ZONES], default="UTC")
+    name = StringField(validators=[Optional(), Length(max=200)])
+    view = SelectField(choices=[SelectChoice(v) for v in VIEWS], default="recipient")
+
+
+class MappingForm(FlaskForm):
+    """Only the CSRF token: the mapping's selects are read from request.form by role."""
 
 
 @bp.app_template_global()
@@ -78,22 +90,47 @@ def chart_bars(buckets: list[Bucket], tz: str, duplicates: str) -> Markup:
     return timeline_chart.bars(buckets, lambda at: local_time(at, tz), duplicates)
 
 
+def _default_zone() -> str:
+    """The browser's zone (app.js keeps it in a cookie), else the language's (Europe/Warsaw for pl)."""
+    browser = request.cookies.get("tz", "")
+    return browser if browser in ZONES else ZONE_BY_LANGUAGE.get(str(get_locale()), "UTC")
+
+
+def _zone_and_note() -> tuple[str, str | None]:
+    """The zone to show times in, and why it is not the one asked for (an unknown name)."""
+    asked = request.args.get("tz", "")
+    if not asked or asked in ZONES:
+        return asked or _default_zone(), None
+    zone = _default_zone()
+    return zone, _("Unknown time zone %(tz)s: times are shown in %(zone)s.", tz=asked[:60], zone=zone)
+
+
 def _zone() -> str:
-    tz = request.args.get("tz", "UTC")
-    return tz if tz in ZONES else "UTC"
+    return _zone_and_note()[0]
 
 
 def _parse_local(value: str | None, tz: str) -> datetime | None:
-    try:
-        local = datetime.fromisoformat(value) if value else None
-    except ValueError:
-        return None
+    """A datetime-local value in the user's zone as naive UTC; ValueError if it is not one."""
+    local = datetime.fromisoformat(value) if value else None
     return local.replace(tzinfo=ZoneInfo(tz)).astimezone(UTC).replace(tzinfo=None) if local else None
 
 
+def _range(tz: str) -> tuple[datetime | None, datetime | None, str | None]:
+    """The Since/Until filters as naive UTC, and what is wrong with them (never ignored silently)."""
+    bounds = []
+    for name, label in (("from", _("Since")), ("to", _("Until"))):
+        try:
+            bounds.append(_parse_local(request.args.get(name), tz))
+        except ValueError:
+            bounds.append(None)
+            return None, None, _("%(field)s: %(value)s is not a date and time; showing every send.",
+                                 field=label, value=request.args.get(name, "")[:40])
+    return bounds[0], bounds[1], None
+
+
 def _scope(campaign_id: int | None, tz: str) -> Scope:
-    return Scope(campaign_id, _parse_local(request.args.get("from"), tz),
-                 _parse_local(request.args.get("to"), tz))
+    since, until, _note = _range(tz)
+    return Scope(campaign_id, since, until)
 
 
 @bp.route("/timeline")
@@ -102,7 +139,7 @@ def _scope(campaign_id: int | None, tz: str) -> Scope:
 def live(campaign_id: int | None = None):
     """SendOnce's own sends: chart, totals, duplicate groups, finding, paged events."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404) if campaign_id else None
-    tz, page = _zone(), max(request.args.get("page", 1, type=int), 1)
+    (tz, tz_note), page = _zone_and_note(), max(request.args.get("page", 1, type=int), 1)
     scope = _scope(campaign_id, tz)
     with db.engine.connect() as conn:
         analysis, minutes, buckets = live_sql.overview(conn, scope)
@@ -110,7 +147,8 @@ def live(campaign_id: int | None = None):
     template = "_timeline_body.html" if request.args.get("fragment") else "timeline.html"
     return render_template(template, analysis=analysis, buckets=buckets, minutes=minutes, rows=rows,
                            page=page, pages=max((analysis.total_sends + PAGE_SIZE - 1) // PAGE_SIZE, 1),
-                           tz=tz, campaign=campaign, legacy=None,
+                           tz=tz, campaign=campaign, legacy=None, tz_note=tz_note, error=_range(tz)[2],
+                           logs=_logs() if not request.args.get("fragment") else [], form_tz=tz,
                            finding=finding(analysis, str(get_locale()), tz), args=_args())
 
 
@@ -154,42 +192,140 @@ def _legacy_path(token: str) -> Path:
         abort(404)
     folder = Path(current_app.instance_path) / "uploads"
     folder.mkdir(exist_ok=True)
-    return folder / f"{token}.log.csv"
+    return folder / f"{token}.log"
+
+
+def _max_bytes() -> int:
+    return int(current_app.config.get("LEGACY_LOG_MAX_BYTES", LEGACY_LOG_MAX_BYTES))
+
+
+@bp.errorhandler(413)
+def too_large(_error):
+    """An upload over the limit: said in the user's language, on the page it came from."""
+    message = _("The file is larger than %(mb)d MB; export a shorter period.", mb=_max_bytes() // 2**20)
+    return _legacy_error(message, _default_zone()), 413
+
+
+def _legacy_error(message: str, tz: str, status: int | None = None):
+    return render_template("timeline.html", error=message, legacy=None, tz=tz, analysis=None, campaign=None,
+                           args=_args(), logs=_logs(), form_tz=tz, tz_note=None)
 
 
 @bp.route("/timeline/legacy", methods=["POST"])
 @login_required
 def upload_legacy():
-    """Keep an uploaded legacy send log (never written into send_log) and show its analysis."""
+    """Parse and analyse an uploaded legacy send log once, keep it (never in send_log), show it."""
+    request.max_content_length = _max_bytes()  # a 1,000,000-row log is larger than a lead import
     form = LegacyForm()
     if not form.validate_on_submit():
         abort(400)
-    token = secrets.token_hex(12)
-    _legacy_path(token).write_bytes(form.file.data.read())
-    return redirect(url_for("timeline.legacy", token=token, tz=form.tz.data))
+    data, tz, view = form.file.data.read(), form.tz.data, form.view.data
+    name = (form.name.data or form.file.data.filename or _("imported log")).strip()
+    try:
+        parsed = legacy_log.parse_log(data, tz)
+    except legacy_log.MissingColumns as exc:
+        token = secrets.token_hex(12)
+        _legacy_path(token).write_bytes(data)  # kept until the columns are picked
+        return _mapping_page(token, exc.header, exc.preview, name, tz, view, str(exc))
+    except legacy_log.LegacyLogError as exc:
+        return _legacy_error(str(exc), tz), 400
+    log_id = stored.save(db.engine, name, parsed, view)
+    return redirect(url_for("timeline.legacy", token=log_id, tz=tz))
+
+
+def _mapping_page(token: str, header: list[str], preview: list[list[str]], name: str, tz: str, view: str,
+                  error: str, status: int = 200):
+    return render_template("legacy_mapping.html", token=token, header=header, preview=preview, name=name,
+                           tz=tz, view=view, error=error, roles=legacy_log.ROLES), status
+
+
+@bp.route("/timeline/legacy/map/<token>", methods=["POST"])
+@login_required
+def map_legacy(token: str):
+    """The mapping step: the columns picked by hand for a log whose header names were not known."""
+    path = _legacy_path(token)
+    if not path.exists() or not MappingForm().validate_on_submit():
+        abort(404 if not path.exists() else 400)
+    chosen = {role: request.form.get(f"role-{role}", "") for role in legacy_log.ROLES}
+    columns = {role: value for role, value in chosen.items() if value.isdigit()}
+    data, tz, view = path.read_bytes(), request.form.get("tz", "UTC"), request.form.get("view", "recipient")
+    tz, view = (tz if tz in ZONES else "UTC"), (view if view in VIEWS else "recipient")
+    name = request.form.get("name", "").strip() or _("imported log")
+    try:
+        parsed = legacy_log.parse_log(data, tz, columns)
+    except legacy_log.LegacyLogError as exc:
+        try:
+            header, preview = legacy_log.header_and_preview(data)
+        except legacy_log.LegacyLogError:
+            return _legacy_error(str(exc), tz), 400
+        return _mapping_page(token, header, preview, name, tz, view, str(exc), 400)
+    log_id = stored.save(db.engine, name, parsed, view)
+    path.unlink(missing_ok=True)
+    return redirect(url_for("timeline.legacy", token=log_id, tz=tz))
+
+
+@bp.route("/timeline/legacy/<token>/delete", methods=["POST"])
+@login_required
+def delete_legacy(token: str):
+    """Delete a stored legacy log and its events."""
+    if not MappingForm().validate_on_submit():
+        abort(400)
+    if not token.isdigit() or not stored.remove(db.engine, int(token)):
+        abort(404)
+    _CACHE.pop(int(token), None)
+    flash(_("The imported log was deleted."), "ok")
+    return redirect(url_for("timeline.live"))
+
+
+def _stored_analysis(log) -> tuple:
+    """The stored analysis of a log, rebuilt once per process (it never changes)."""
+    if log.id not in _CACHE:
+        if len(_CACHE) >= 8:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[log.id] = stored.analysis_of(log)
+    return _CACHE[log.id]
 
 
 @bp.route("/timeline/legacy/<token>")
 @login_required
 def legacy(token: str):
-    """A legacy log's analysis, on the same page as live data; bad lines listed."""
-    path = _legacy_path(token)
-    if not path.exists():
+    """A stored legacy log's analysis, on the same page as live data; bad lines listed."""
+    if not token.isdigit():
         abort(404)
-    tz, page = _zone(), max(request.args.get("page", 1, type=int), 1)
-    try:
-        parsed = legacy_log.parse_log(path.read_bytes(), tz)
-    except legacy_log.LegacyLogError as exc:
-        return render_template("timeline.html", error=str(exc), legacy=token, tz=tz,
-                               analysis=None, campaign=None, args=_args()), 400
-    analysis = analyse_events(parsed.events)
-    minutes = live_sql.bucket_minutes(analysis.first_send_at, analysis.last_send_at)
-    newest = sorted(parsed.events, reverse=True)[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
-    rows = [{"at": e.at, "campaign": e.campaign, "lead": e.lead, "variant": e.variant, "status": "",
-             "trigger": e.trigger, "worker": e.worker} for e in newest]
-    buckets = bucket_events(parsed.events, minutes)
+    tz, tz_note = _zone_and_note()
+    page = max(request.args.get("page", 1, type=int), 1)
+    since, until, range_note = _range(tz)
+    with db.engine.connect() as conn:
+        log = stored.find(conn, int(token))
+        if log is None or not log.ready:
+            abort(404)
+        first, last = 0, log.events
+        if since or until:
+            # A period: analysed from the stored events of that period only.
+            first, last = stored.seq_range(conn, log.id, since, until)
+            view = log.summary["analysis"]["view"]
+            analysis = analyse_events(stored.events_between(conn, log.id, first, last), view=view)
+            minutes = live_sql.bucket_minutes(analysis.first_send_at, analysis.last_send_at)
+            buckets = bucket_events(stored.events_between(conn, log.id, first, last), minutes, view)
+        else:
+            analysis, minutes, buckets = _stored_analysis(log)
+        rows = [_legacy_row(e) for e in stored.events_page(conn, log.id, first, last, page, PAGE_SIZE)]
+    lang = str(get_locale())
     return render_template("timeline.html", analysis=analysis, buckets=buckets, minutes=minutes,
-                           rows=rows, page=page, tz=tz, campaign=None,
-                           pages=max((len(parsed.events) + PAGE_SIZE - 1) // PAGE_SIZE, 1),
-                           legacy=token, rejected=parsed.rejected,
-                           finding=finding(analysis, str(get_locale()), tz), args=_args())
+                           rows=rows, page=page, tz=tz, campaign=None, log=log, form_tz=tz,
+                           pages=max((last - first + PAGE_SIZE - 1) // PAGE_SIZE, 1), legacy=token,
+                           rejected=[(r.line, words.rejection(r, lang)) for r in stored.rejections_of(log)],
+                           rejected_total=log.summary["rejected"],
+                           left_out=words.left_out_lines(log.summary["left_out"], lang),
+                           tz_note=tz_note, error=range_note, logs=_logs(),
+                           finding=finding(analysis, lang, tz), args=_args())
+
+
+def _legacy_row(e) -> dict:
+    return {"at": e.at, "campaign": e.campaign, "lead": e.lead, "variant": e.variant, "status": "",
+            "trigger": e.trigger, "worker": e.worker}
+
+
+def _logs() -> list:
+    with db.engine.connect() as conn:
+        return stored.listing(conn)
