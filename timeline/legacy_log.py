@@ -385,7 +385,8 @@ def header_and_preview(data: bytes) -> tuple[list[str], list[list[str]]]:
     return source.header, _preview(source)
 
 
-def parse_log(data: bytes, tz: str = "UTC", columns: dict[str, str] | None = None) -> ParseResult:
+def parse_log(data: bytes, tz: str = "UTC", columns: dict[str, str] | None = None,
+              max_rows: int = MAX_ROWS) -> ParseResult:
     """Read a legacy send log (CSV, JSON or NDJSON) into events (naive UTC) and the rows that were not.
 
     `columns` picks columns by hand (role -> header name or column number from 1) when the
@@ -398,8 +399,8 @@ def parse_log(data: bytes, tz: str = "UTC", columns: dict[str, str] | None = Non
     rows: list[tuple[SendEvent, str]] = []
     rejections: list[Rejection] = []
     for count, (first, _, values) in enumerate(source.records, start=1):
-        if count > MAX_ROWS:
-            raise CsvFileError(f"the log has more than {MAX_ROWS:,} rows; export a shorter period")
+        if count > max_rows:
+            raise CsvFileError(f"the log has more than {max_rows:,} rows; export a shorter period")
         try:
             if not values:
                 raise RowError("not_object")

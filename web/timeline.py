@@ -22,7 +22,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from flask_babel import get_locale
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
 from flask_login import login_required
 from flask_wtf import FlaskForm
@@ -47,7 +47,7 @@ PAGE_SIZE = 50
 ZONES = sorted(available_timezones())
 LEGACY_LOG_MAX_BYTES = 512 * 2**20  # config LEGACY_LOG_MAX_BYTES; ~1,000,000 rows are ~60-150 MB
 ZONE_BY_LANGUAGE = {"pl": "Europe/Warsaw"}  # the team's zone when neither the URL nor the browser names one
-_CACHE: dict[int, tuple] = {}  # stored analyses rebuilt from JSON, by log id (they never change)
+_CACHE: dict[tuple, tuple] = {}  # stored analyses rebuilt from JSON (they never change)
 
 
 class LegacyForm(FlaskForm):
@@ -87,7 +87,9 @@ def local_time(value: datetime | None, tz: str = "UTC") -> str:
 @bp.app_template_global()
 def chart_bars(buckets: list[Bucket], tz: str, duplicates: str) -> Markup:
     """The chart's bars (see timeline_chart), their times in the user's zone."""
-    return timeline_chart.bars(buckets, lambda at: local_time(at, tz), duplicates)
+    # The word in the singular for one ("1 duplicate"): the template's plural is not enough.
+    return timeline_chart.bars(buckets, lambda at: local_time(at, tz),
+                               lambda n: ngettext("%(num)d duplicate", "%(num)d duplicates", n))
 
 
 def _default_zone() -> str:
@@ -199,10 +201,24 @@ def _max_bytes() -> int:
     return int(current_app.config.get("LEGACY_LOG_MAX_BYTES", LEGACY_LOG_MAX_BYTES))
 
 
+def _upload_limit() -> None:
+    if request.endpoint == "timeline.upload_legacy":
+        request.max_content_length = _max_bytes()  # a 1,000,000-row log is larger than a lead import
+
+
+@bp.record_once
+def _limit_before_csrf(state) -> None:
+    # CSRF protection reads the form in the app's first before_request, under the app-wide
+    # MAX_CONTENT_LENGTH; the upload's own limit must be set before that.
+    state.app.before_request_funcs.setdefault(None, []).insert(0, _upload_limit)
+
+
 @bp.errorhandler(413)
 def too_large(_error):
     """An upload over the limit: said in the user's language, on the page it came from."""
-    message = _("The file is larger than %(mb)d MB; export a shorter period.", mb=_max_bytes() // 2**20)
+    limit = _max_bytes()
+    size = f"{limit // 2**20} MB" if limit >= 2**20 else f"{max(limit // 1024, 1)} KB"
+    message = _("The file is larger than %(size)s; export a shorter period.", size=size)
     return _legacy_error(message, _default_zone()), 413
 
 
@@ -215,7 +231,6 @@ def _legacy_error(message: str, tz: str, status: int | None = None):
 @login_required
 def upload_legacy():
     """Parse and analyse an uploaded legacy send log once, keep it (never in send_log), show it."""
-    request.max_content_length = _max_bytes()  # a 1,000,000-row log is larger than a lead import
     form = LegacyForm()
     if not form.validate_on_submit():
         abort(400)
@@ -226,7 +241,7 @@ def upload_legacy():
     except legacy_log.MissingColumns as exc:
         token = secrets.token_hex(12)
         _legacy_path(token).write_bytes(data)  # kept until the columns are picked
-        return _mapping_page(token, exc.header, exc.preview, name, tz, view, str(exc))
+        return _mapping_page(token, exc.header, exc.preview, name, tz, view, "")
     except legacy_log.LegacyLogError as exc:
         return _legacy_error(str(exc), tz), 400
     log_id = stored.save(db.engine, name, parsed, view)
@@ -235,8 +250,8 @@ def upload_legacy():
 
 def _mapping_page(token: str, header: list[str], preview: list[list[str]], name: str, tz: str, view: str,
                   error: str, status: int = 200):
-    return render_template("legacy_mapping.html", token=token, header=header, preview=preview, name=name,
-                           tz=tz, view=view, error=error, roles=legacy_log.ROLES), status
+    return render_template("legacy_mapping.html", upload_token=token, header=header, preview=preview,
+                           name=name, tz=tz, view=view, error=error, roles=legacy_log.ROLES), status
 
 
 @bp.route("/timeline/legacy/map/<token>", methods=["POST"])
@@ -272,18 +287,18 @@ def delete_legacy(token: str):
         abort(400)
     if not token.isdigit() or not stored.remove(db.engine, int(token)):
         abort(404)
-    _CACHE.pop(int(token), None)
     flash(_("The imported log was deleted."), "ok")
     return redirect(url_for("timeline.live"))
 
 
 def _stored_analysis(log) -> tuple:
     """The stored analysis of a log, rebuilt once per process (it never changes)."""
-    if log.id not in _CACHE:
+    key = (str(db.engine.url), log.id, log.created_at)  # ids are reused by another database
+    if key not in _CACHE:
         if len(_CACHE) >= 8:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[log.id] = stored.analysis_of(log)
-    return _CACHE[log.id]
+        _CACHE[key] = stored.analysis_of(log)
+    return _CACHE[key]
 
 
 @bp.route("/timeline/legacy/<token>")
