@@ -141,3 +141,14 @@ def test_the_row_cap_is_a_clear_error():
     with pytest.raises(CsvFileError, match="more than 10 rows; export a shorter period"):
         parse_log(INCIDENT_CSV.read_bytes(), max_rows=10)
     assert len(parse_log(INCIDENT_CSV.read_bytes(), max_rows=52).events) == 52
+
+
+def test_a_huge_header_does_not_make_a_huge_page(client, login):  # noqa: F811
+    login()
+    header = ",".join(f"column_with_a_long_name_{i}_{'x' * 80}" for i in range(40_000))  # ~4 MB
+    data = (header + "\n" + ",".join("1" for _ in range(40_000)) + "\n").encode()
+    response = upload(client, data, tz="UTC")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200 and 'name="role-time"' in html
+    assert "Kolejnych kolumn (39800) nie pokazano." in html
+    assert len(html) < 2_000_000

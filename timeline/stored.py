@@ -124,12 +124,19 @@ def rejections_of(log) -> list[Rejection]:
 
 def seq_range(conn: Connection, log_id: int, since: datetime | None,
               until: datetime | None) -> tuple[int, int]:
-    """The seq numbers [first, last) of the sends in [since, until) (seq grows as time goes back)."""
-    where = [LegacyEvent.log_id == log_id]
-    newest = conn.execute(select(func.min(LegacyEvent.seq)).where(
-        *where, *([LegacyEvent.at < until] if until else []))).scalar()
-    oldest = conn.execute(select(func.max(LegacyEvent.seq)).where(
-        *where, *([LegacyEvent.at >= since] if since else []))).scalar()
+    """The seq numbers [first, last) of the sends in [since, until) (seq grows as time goes back).
+
+    Each end is two lookups in ix_legacy_event_at: the time at the edge, then its seq among
+    the sends at that very time (they are contiguous in seq), never a scan of the range.
+    """
+    def edge(time_rule, pick_time, pick_seq) -> int | None:
+        at = select(pick_time(LegacyEvent.at)).where(LegacyEvent.log_id == log_id,
+                                                     *time_rule).scalar_subquery()
+        return conn.execute(select(pick_seq(LegacyEvent.seq)).where(LegacyEvent.log_id == log_id,
+                                                                     LegacyEvent.at == at)).scalar()
+
+    newest = edge([LegacyEvent.at < until] if until else [], func.max, func.min)
+    oldest = edge([LegacyEvent.at >= since] if since else [], func.min, func.max)
     if newest is None or oldest is None or oldest < newest:
         return 0, 0
     return newest, oldest + 1

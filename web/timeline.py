@@ -47,6 +47,7 @@ PAGE_SIZE = 50
 ZONES = sorted(available_timezones())
 LEGACY_LOG_MAX_BYTES = 512 * 2**20  # config LEGACY_LOG_MAX_BYTES; ~1,000,000 rows are ~60-150 MB
 ZONE_BY_LANGUAGE = {"pl": "Europe/Warsaw"}  # the team's zone when neither the URL nor the browser names one
+MAPPING_COLUMNS = 200  # columns offered by the mapping step; the time and lead are among the first
 _CACHE: dict[tuple, tuple] = {}  # stored analyses rebuilt from JSON (they never change)
 
 
@@ -235,6 +236,7 @@ def upload_legacy():
     if not form.validate_on_submit():
         abort(400)
     data, tz, view = form.file.data.read(), form.tz.data, form.view.data
+    form.file.data.close()  # a large upload is spooled to a temporary file: free it now
     name = (form.name.data or form.file.data.filename or _("imported log")).strip()
     try:
         parsed = legacy_log.parse_log(data, tz)
@@ -250,8 +252,12 @@ def upload_legacy():
 
 def _mapping_page(token: str, header: list[str], preview: list[list[str]], name: str, tz: str, view: str,
                   error: str, status: int = 200):
-    return render_template("legacy_mapping.html", upload_token=token, header=header, preview=preview,
-                           name=name, tz=tz, view=view, error=error, roles=legacy_log.ROLES), status
+    # A runaway header (a 4 MB first line) must not become a page of millions of <option>s.
+    shown = header[:MAPPING_COLUMNS]
+    return render_template("legacy_mapping.html", upload_token=token, header=shown,
+                           preview=[row[:MAPPING_COLUMNS] for row in preview],
+                           hidden=len(header) - len(shown), name=name, tz=tz, view=view, error=error,
+                           roles=legacy_log.ROLES), status
 
 
 @bp.route("/timeline/legacy/map/<token>", methods=["POST"])
@@ -319,9 +325,10 @@ def legacy(token: str):
             # A period: analysed from the stored events of that period only.
             first, last = stored.seq_range(conn, log.id, since, until)
             view = log.summary["analysis"]["view"]
-            analysis = analyse_events(stored.events_between(conn, log.id, first, last), view=view)
+            events = stored.events_between(conn, log.id, first, last)
+            analysis = analyse_events(events, view=view)
             minutes = live_sql.bucket_minutes(analysis.first_send_at, analysis.last_send_at)
-            buckets = bucket_events(stored.events_between(conn, log.id, first, last), minutes, view)
+            buckets = bucket_events(events, minutes, view)
         else:
             analysis, minutes, buckets = _stored_analysis(log)
         rows = [_legacy_row(e) for e in stored.events_page(conn, log.id, first, last, page, PAGE_SIZE)]
