@@ -22,7 +22,10 @@ TOTALS = re.compile(r"<tr><th>[^<]*</th><td>(\d+)</td><td>(\d+)</td><td[^>]*>(\d
 def upload(client, data: bytes, filename: str = "log.csv", follow: bool = False, **form):
     token = csrf_token(client.get("/timeline").data)
     form = {"csrf_token": token, "file": (io.BytesIO(data), filename), **form}
-    return client.post("/timeline/legacy", data=form, follow_redirects=follow)
+    response = client.post("/timeline/legacy", data=form, follow_redirects=follow)
+    # werkzeug's test client spools a big body to a temporary file and leaves it open.
+    response.request.environ["wsgi.input"].close()
+    return response
 
 
 def english(client) -> None:

@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import attrgetter
 
 Key = tuple[str, ...]
 VIEWS = ("exact", "recipient")
@@ -66,11 +67,27 @@ class SendEvent:
         return (self.campaign, self.lead, self.step)
 
 
+# The dataclass's own order, compared in C: sorted(events) calls the generated __lt__ in
+# Python, ~1.5 s per 1,000,000 comparisons of a large log.
+SORT_KEY = attrgetter("at", "campaign", "lead", "variant", "trigger", "worker", "step")
+
+
+def in_order(events: Iterable[SendEvent]) -> list[SendEvent]:
+    """The events in SendEvent order (time first), as sorted() would give them, faster."""
+    return sorted(events, key=SORT_KEY)
+
+
+_KEYS_EXACT = attrgetter("campaign", "lead", "step", "variant")
+# Each view's key, computed in C (the properties' values, ~5x faster on a large log).
+_KEYS = {"exact": _KEYS_EXACT,
+         "recipient": attrgetter("campaign", "lead", "step")}
+
+
 def key_function(view: str):
     """The key of an event in a view ("exact" or "recipient")."""
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; use one of {VIEWS}")
-    return SendEvent.key.fget if view == "exact" else SendEvent.recipient_key.fget
+    return _KEYS[view]
 
 
 @dataclass(frozen=True)
@@ -161,7 +178,7 @@ class Analysis:
     bursts: list[Burst] = field(default_factory=list)
 
 
-def _mark(ordered: list[SendEvent], key=SendEvent.key.fget) -> list[tuple[SendEvent, bool]]:
+def _mark(ordered: list[SendEvent], key=_KEYS_EXACT) -> list[tuple[SendEvent, bool]]:
     """Each event with whether its key was already seen, i.e. whether it is a duplicate send."""
     seen: set[Key] = set()
     marked = []
@@ -187,7 +204,7 @@ def _group(sends: list[SendEvent]) -> DuplicateGroup:
                           [e.worker for e in sends], [e.trigger for e in sends], first.step, variants)
 
 
-def _groups(ordered: list[SendEvent], key=SendEvent.key.fget) -> list[DuplicateGroup]:
+def _groups(ordered: list[SendEvent], key=_KEYS_EXACT) -> list[DuplicateGroup]:
     """Keys sent more than once, with every send's time, worker and trigger."""
     by_key: dict[Key, list[SendEvent]] = defaultdict(list)
     for event in ordered:
@@ -226,11 +243,13 @@ def _runs(sends: list[SendEvent], seconds: float) -> Iterator[list[SendEvent]]:
         yield run
 
 
-def _clusters(ordered: list[SendEvent], seconds: float, key=SendEvent.key.fget) -> list[Cluster]:
+def _clusters(ordered: list[SendEvent], seconds: float, key=_KEYS_EXACT) -> list[Cluster]:
     """Runs of one campaign's sends close in time that involve two workers or a repeated key."""
     clusters = []
     for campaign, sends in _by_campaign(ordered).items():
         for run in _runs(sends, seconds):
+            if len(run) < 2:
+                continue  # most runs of a paced campaign: one send alone
             workers = sorted({e.worker for e in run if e.worker})
             repeated = len({key(e) for e in run}) < len(run)
             # One worker sending different leads quickly is normal pacing, not concurrency.
@@ -286,7 +305,7 @@ def analyse(events: Iterable[SendEvent], cluster_seconds: float = 5, view: str =
             burst_gap: float = BURST_GAP) -> Analysis:
     """Analyse send events for duplicates, their timing and concurrency, in one view of the key."""
     key = key_function(view)
-    ordered = sorted(events)
+    ordered = in_order(events)
     marked = _mark(ordered, key)
     first_dup = next((e.at for e, dup in marked if dup), None)
     split = _split(marked, key)
@@ -318,7 +337,7 @@ def bucket(events: Iterable[SendEvent], minutes: int, view: str = "exact") -> li
     """Sends per time bucket (aligned to the Unix epoch), empty buckets included, for a chart."""
     if minutes < 1:
         raise ValueError("a bucket is at least one minute wide")
-    marked = _mark(sorted(events), key_function(view))
+    marked = _mark(in_order(events), key_function(view))
     if not marked:
         return []
     width = timedelta(minutes=minutes)

@@ -64,6 +64,7 @@ STATUSES = {
 }
 _STATUS_KIND = {word: kind for kind, words in STATUSES.items() for word in words}
 _NULLS = {"\\N", "NULL", "null", "None"}  # how Postgres, MySQL and scripts write a missing value
+_CELLS = (*ROLES, "date")
 
 _ZONE = r"\s*(?P<zone>Z|UTC|[+-]\d{2}(?::?\d{2})?)?"
 _CLOCK = r"(?P<clock>\d{1,2}:\d{2}:\d{2})(?:[.,](?P<frac>\d+))?"
@@ -264,9 +265,13 @@ def _cell(values: list[str], index: int | None) -> str:
 
 def _event(values: list[str], columns: dict[str, int], zone: ZoneInfo, epoch: bool) -> SendEvent:
     """One row as a SendEvent, or RowError with the reason it cannot be one."""
-    cell = {role: _cell(values, columns.get(role)) for role in (*ROLES, "date")}
-    if any("\n" in v or "\r" in v for v in cell.values()):
-        raise RowError("line_break")
+    cell = dict.fromkeys(_CELLS, "")
+    for role, index in columns.items():
+        text = values[index].strip()
+        if text and text not in _NULLS:
+            if "\n" in text or "\r" in text:
+                raise RowError("line_break")
+            cell[role] = text
     if cell["date"] and _CLOCK_ONLY.fullmatch(cell["time"]):
         cell["time"] = f"{cell['date']} {cell['time']}"
     if not cell["time"]:

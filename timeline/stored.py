@@ -26,6 +26,7 @@ from timeline.analysis import (
     buckets_from_list,
     buckets_to_list,
     from_dict,
+    in_order,
     key_function,
     to_dict,
 )
@@ -80,7 +81,7 @@ def _take(rows: Iterator[tuple], n: int) -> list[tuple]:
 def _rows(log_id: int, events: list[SendEvent], view: str) -> Iterator[tuple]:
     """Each event as a row, newest first (seq 0), with whether it repeats an earlier send."""
     key = key_function(view)
-    ordered, seen, duplicate = sorted(events), set(), []
+    ordered, seen, duplicate = in_order(events), set(), []
     for event in ordered:
         k = key(event)
         duplicate.append(k in seen)
