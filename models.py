@@ -287,3 +287,42 @@ timeline_hour = Table(
     Column("sends", Integer, nullable=False),
     sqlite_with_rowid=False,  # a few rows an hour, always read by key: one B-tree, not two
 )
+
+
+class LegacyLog(db.Model):
+    """A send log exported from another sender, parsed once at upload (#15): its analysis,
+    buckets and how it was read in `summary`, its events in legacy_event. Never send_log."""
+
+    __tablename__ = "legacy_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # False while its events are being written (in chunks, so claims never wait long for the
+    # lock); a crash leaves it False, listed as incomplete, for a person to delete.
+    ready: Mapped[bool] = mapped_column(default=False)
+    events: Mapped[int] = mapped_column(default=0)
+    duplicate_sends: Mapped[int] = mapped_column(default=0)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class LegacyEvent(db.Model):
+    """One send of an uploaded legacy log; seq 0 is its newest send, so a page is a seq range."""
+
+    __tablename__ = "legacy_event"
+    __table_args__ = (
+        Index("ix_legacy_event_at", "log_id", "at"),
+        {"sqlite_with_rowid": False},  # read by (log_id, seq) only: one B-tree, not two
+    )
+
+    log_id: Mapped[int] = mapped_column(ForeignKey("legacy_log.id", ondelete="CASCADE",
+                                                   name="fk_legacy_event_log"), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column()
+    campaign: Mapped[str] = mapped_column(String(200))
+    lead: Mapped[str] = mapped_column(String(320))
+    variant: Mapped[str] = mapped_column(String(50), default="")
+    step: Mapped[str] = mapped_column(String(50), default="")
+    trigger: Mapped[str] = mapped_column(String(100), default="")
+    worker: Mapped[str] = mapped_column(String(200), default="")
+    duplicate: Mapped[bool] = mapped_column(default=False)

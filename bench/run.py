@@ -9,7 +9,9 @@ moments before or after it, on the same file settings (WAL, synchronous=FULL):
 3. import: importer.run_import of a 100,000-row CSV vs csv.reader + executemany;
 4. pages: median and p95 server time at 100,000 leads / 1,000,000 send_log rows vs the
    page's own SQL run bare (see pages_worker.py), the timeline page when it exists;
-5. memory: peak RSS of an engine process in 1 and of the page-rendering process in 4.
+5. memory: peak RSS of an engine process in 1 and of the page-rendering process in 4;
+6. legacy: upload+analysis time of a 1,000,000-row legacy send log, and the time of each view
+   of it (page 1, a deep page, another zone, English, a Since/Until period), target ≤ 150 ms.
 One markdown table is printed and appended to BENCHMARKS.md with the date, nproc, the CPU
 model and the load average (other work on the machine shows up there, not in the ratios).
 
@@ -41,14 +43,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import generate
+from bench import generate, legacy_bench
 from tests.conftest import app_config, env_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 
-SECTIONS = ("claims", "smtp", "import", "pages", "memory")
+SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy")
 PY = sys.executable
 
 
@@ -65,12 +67,13 @@ class Sizes:
     page_repeats: int = 25
     page_min_repeats: int = 7
     page_seconds: float = 20.0  # per page: stop repeating after this (min_repeats still run)
+    legacy_rows: int = 1_000_000
 
 
 DEFAULT = Sizes()
 QUICK = Sizes(claim_leads=600, procs=(1, 2), claim_seconds=4, smtp_messages=60, import_rows=5_000,
               page_leads=5_000, page_campaigns=4, page_sends=20_000, page_repeats=5, page_min_repeats=3,
-              page_seconds=5)
+              page_seconds=5, legacy_rows=20_000)
 FULL = replace(DEFAULT, claim_seconds=0, smtp_messages=2_000, page_repeats=50, page_min_repeats=20,
                page_seconds=60)
 
@@ -411,6 +414,29 @@ def section_import(ctx: Context) -> None:
                         ratio, "≥ 0.3", ratio >= 0.3 and ok, note))
 
 
+# --- 6. legacy logs ---------------------------------------------------------------------
+
+def section_legacy(ctx: Context) -> None:
+    rows = ctx.sizes.legacy_rows
+    db_path = RESULTS / "legacy-run.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    log(f"legacy: upload and view a {rows:,}-row send log")
+    r = legacy_bench.run(rows, db_path, config_for(db_path))
+    ok = r["stored"] > 0.9 * rows * 0.9  # ~90% SENT rows are stored; the rest left out
+    ctx.rows.append(Row("legacy", f"{rows:,}-row log ({r['bytes'] / 2**20:.0f} MB): upload + analysis",
+                        f"{r['upload_s']:.1f} s", notes=f"{r['stored']:,} sends stored (parse, analyse, "
+                                                        "store; FAILED/OPENED rows left out)"
+                                                        + ("" if ok else " — CHECK FAILED")))
+    for name, v in r["views"].items():
+        ctx.rows.append(Row("legacy", f"view: {name}, median / p95",
+                            f"{v['median_ms']:.1f} / {v['p95_ms']:.1f} ms", target="≤ 150 ms",
+                            met=v["median_ms"] <= 150,
+                            notes=f"first view {v['first_ms']:.0f} ms"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+
 # --- 4. pages -------------------------------------------------------------------------
 
 
@@ -587,7 +613,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx = Context(sizes, args.profile, args.fresh)
     started, load_before = time.perf_counter(), machine()["load"]
     runners = {"claims": section_claims, "smtp": section_smtp, "import": section_import,
-               "pages": section_pages, "memory": section_memory}
+               "pages": section_pages, "memory": section_memory, "legacy": section_legacy}
     for name in SECTIONS:
         if name in sections:
             runners[name](ctx)

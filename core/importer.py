@@ -15,7 +15,6 @@ check_address and _stored_values.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import functools
 import gc
@@ -25,7 +24,6 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import chain, islice
 from typing import Any
 
 import email_validator
@@ -34,7 +32,7 @@ from email_validator.rfc_constants import EMAIL_MAX_LENGTH
 from email_validator.syntax import validate_email_domain_name, validate_email_local_part
 from sqlalchemy import Column, Connection, Engine, Executable, Text, bindparam, func, select, update
 
-from core import leads
+from core import csvfile, leads
 from core.csvfile import neutralized
 from models import Campaign, Lead, Variant
 from storage.database import immediate
@@ -43,16 +41,12 @@ from storage.timeutil import utcnow
 TARGETS = ("email", "first_name", "last_name", "company", "tags")  # plus "field:<name>", "skip"
 FIELD = "field:"
 SKIP = "skip"
-DELIMITERS = (",", ";", "\t")
 PREVIEW_ROWS = 5
-MAX_CELL = 10_000  # characters; a longer cell (a runaway 10 MB line, say) rejects its row
-# csv's default 128 KiB field limit would refuse the whole file over one such cell, and
-# the file is in memory already: read the cell, then reject just its row (MAX_CELL).
-csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
-_SNIFF_RECORDS = 20
+# A longer cell (a runaway 10 MB line, say) rejects its row; csvfile reads it whole first.
+MAX_CELL = csvfile.MAX_CELL
 _ENROLL_CHUNK = 2000  # leads per enroll transaction: ~2 s of write lock at most
 
-# Compared after _fold: lower case, "_" and "-" as spaces, spaces collapsed.
+# Compared after csvfile.fold_header: case, spaces and punctuation ignored.
 _HEADER_ALIASES = {
     "email": {"email", "e mail", "mail", "adres email", "adres e mail", "email address",
               "e mail address"},
@@ -61,21 +55,16 @@ _HEADER_ALIASES = {
     "company": {"company", "company name", "firma", "nazwa firmy", "organization", "organisation"},
     "tags": {"tags", "tag", "tagi"},
 }
-_ALIAS_TARGET = {alias: target for target, aliases in _HEADER_ALIASES.items() for alias in aliases}
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ALIAS_TARGET = {csvfile.fold_header(alias): target for target, aliases in _HEADER_ALIASES.items()
+                 for alias in aliases}
 # json.dumps's own string encoder (ASCII escapes): a dict of strings written with it, as
 # '{"key": "value", ...}', is exactly json.dumps's text, without its ~5 µs a call.
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
-_SEP_LINE = re.compile(r"sep=([,;\t|])\r?(?:\n|\Z)", re.IGNORECASE)
 _ADDRESS_LIKE = re.compile(r"\S+@\S+\.\S+")
 
 
-class CsvImportError(ValueError):
-    """A file that cannot be imported at all; nothing was written."""
-
-    def __init__(self, reason: str, line: int = 1) -> None:
-        super().__init__(reason)
-        self.line = line
+# A file that cannot be imported at all (nothing was written): the one CSV error type.
+CsvImportError = csvfile.CsvFileError
 
 
 @dataclass
@@ -191,7 +180,7 @@ def suggest_mapping(header: list[str], preview: list[list[str]]) -> dict[int, st
     """Known headers to their targets (each once), any other column to a custom field."""
     mapping: dict[int, str] = {}
     for index, (name, custom) in enumerate(zip(header, _field_targets(header), strict=True)):
-        target = _ALIAS_TARGET.get(_fold(name))
+        target = _ALIAS_TARGET.get(csvfile.fold_header(name))
         mapping[index] = target if target and target not in mapping.values() else custom
     if "email" not in mapping.values():
         guess = _address_column(preview, len(header))
@@ -304,102 +293,10 @@ def _domain_accepted(domain: str, test_environment: bool, globally_deliverable: 
 
 
 def _open(data: bytes) -> _Table:
-    """Decode, find the delimiter and read the header; raises CsvImportError if it can't."""
-    text, encoding = _decode(data)
-    if not text.strip():
-        raise CsvImportError("the file is empty")
-    if _looks_binary(text):
-        raise CsvImportError("this is not a CSV file: it contains binary data")
-    delimiter, declared = _delimiter(text)
-    records = _records(text, delimiter)
-    if declared:
-        next(records)  # Excel's "sep=;" line is not the header
-    first = next(records, None)
-    if first is None:
-        raise CsvImportError("the file has no header line")
-    header = _header(first[2])
-    head = list(islice(records, PREVIEW_ROWS))
-    return _Table(encoding, delimiter, header, [cells for _, _, cells in head], chain(head, records))
-
-
-def _decode(data: bytes) -> tuple[str, str]:
-    """The text and the codec that read it: UTF-8 (BOM or not), UTF-16 with BOM, cp1250."""
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        candidates = ["utf-16"]  # Excel's "Unicode text" export
-    elif data.startswith(b"PK\x03\x04"):
-        raise CsvImportError("this is a spreadsheet or other ZIP file, not CSV: save it as CSV first")
-    elif b"\x00" in data:
-        raise CsvImportError("this is not a CSV file: it contains binary data")
-    elif data.startswith(codecs.BOM_UTF8):
-        candidates = ["utf-8-sig"]
-    else:
-        # Any valid UTF-8 is taken as UTF-8: Windows-1250 text with Polish letters is
-        # almost never valid UTF-8, so the order tells a Polish Excel export apart.
-        candidates = ["utf-8", "cp1250"]
-    for encoding in candidates:
-        try:
-            return data.decode(encoding), encoding
-        except UnicodeDecodeError:
-            continue
-    raise CsvImportError("this is not a CSV file: it is neither UTF-8 nor Windows-1250 text")
-
-
-def _looks_binary(text: str) -> bool:
-    sample = text[:65536]
-    return len(_CONTROL.findall(sample)) * 100 > len(sample)
-
-
-def _delimiter(text: str) -> tuple[str, bool]:
-    """The delimiter, and whether an Excel "sep=" first line declared it."""
-    declared = _SEP_LINE.match(text)
-    if declared:
-        return declared.group(1), True
-    # csv.Sniffer guesses from character frequencies and is easily fooled by commas in
-    # names; the delimiter that splits the first records into equal widths >1 is surer.
-    return max(DELIMITERS, key=lambda delimiter: _consistency(text, delimiter)), False
-
-
-def _consistency(text: str, delimiter: str) -> tuple[float, int]:
-    try:
-        widths = [len(cells) for _, _, cells in islice(_records(text, delimiter), _SNIFF_RECORDS)]
-    except CsvImportError:
-        return 0.0, 0
-    if not widths or widths[0] < 2:
-        return 0.0, 0
-    return sum(width == widths[0] for width in widths) / len(widths), widths[0]
-
-
-def _records(text: str, delimiter: str) -> Iterator[tuple[int, int, list[str]]]:
-    """Non-blank records as (first line, last line, cells), counting physical lines."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    end, start = 0, 0
-    try:
-        for cells in reader:
-            start, end = end + 1, reader.line_num
-            if (cells and cells[0].strip()) or "".join(cells).strip():  # the first cell mostly settles it
-                yield start, end, cells
-    except csv.Error as exc:
-        raise CsvImportError(f"line {end + 1}: {exc} (an unclosed quote?)", end + 1) from exc
-    # A quote never closed swallows every later row into one cell, silently; a last record
-    # spanning several lines with an odd number of quotes is that case.
-    if end > start and _odd_quotes_from(text, start):
-        raise CsvImportError(f"line {start}: a quoted cell is never closed, so the rows after "
-                             "it cannot be read", start)
-
-
-def _odd_quotes_from(text: str, line: int) -> bool:
-    lines = io.StringIO(text, newline="").readlines()
-    return "".join(lines[line - 1:]).count('"') % 2 == 1
-
-
-def _header(cells: list[str]) -> list[str]:
-    names = [cell.strip() for cell in cells]
-    if any(len(name) > MAX_CELL for name in names):
-        raise CsvImportError(f"line 1: a column name is longer than {MAX_CELL:,} characters; "
-                             "is the first line a header?")
-    while names and not names[-1]:
-        names.pop()  # Excel writes trailing delimiters when a later row is wider
-    return [name or f"column_{index + 1}" for index, name in enumerate(names)]
+    """Read the file with the one CSV reader and keep its first rows for the preview."""
+    table = csvfile.read_table(data)
+    preview = csvfile.peek(table, PREVIEW_ROWS)
+    return _Table(table.encoding, table.delimiter, table.header, preview, table.records)
 
 
 def _field_targets(header: list[str]) -> list[str]:
@@ -409,10 +306,6 @@ def _field_targets(header: list[str]) -> list[str]:
         target = FIELD + name
         targets.append(target if target not in targets else f"{target}_{index + 1}")
     return targets
-
-
-def _fold(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
 def _address_column(preview: list[list[str]], width: int) -> int | None:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import datetime
+from itertools import chain
 
 from sqlalchemy import Engine
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Connection
 
-from core import importer
+from core import csvfile, importer
 from models import Suppression
 from storage.database import immediate
+
+_EMAIL_HEADERS = {csvfile.fold_header(h) for h in ("email", "e-mail", "mail", "adres email")}
 
 
 def suppress(conn: Connection, email: str, reason: str, detail: str, now: datetime) -> bool:
@@ -27,21 +28,19 @@ def import_csv(engine: Engine, data: bytes, now: datetime) -> tuple[int, list[tu
 
     A header row is optional: a first row whose cell is an address is data, not a header.
     """
-    sniffed = importer.sniff(data)  # raises CsvImportError for unreadable files
-    folded = [h.strip().lower() for h in sniffed.header]
-    named = next((i for i, h in enumerate(folded) if h in ("email", "e-mail", "mail", "adres email")), None)
+    table = csvfile.read_table(data)  # raises CsvFileError for unreadable files
+    folded = [csvfile.fold_header(h) for h in table.header]
+    named = next((i for i, h in enumerate(folded) if h in _EMAIL_HEADERS), None)
     column = 0 if named is None else named
-    reader = csv.reader(io.StringIO(data.decode(sniffed.encoding), newline=""), delimiter=sniffed.delimiter)
-    added, rejected, line = 0, [], 1
+    added, rejected = 0, []
     with immediate(engine) as conn:
-        for index, cells in enumerate(reader):
-            start, line = line, reader.line_num + 1  # a quoted cell may span lines
-            if (index == 0 and named is not None) or not any(c.strip() for c in cells):
-                continue
+        # The header line is data when no column is named like an address column.
+        first = [] if named is not None else [(1, 1, table.header)]
+        for index, (start, _, cells) in enumerate(chain(first, table.records)):
             try:
                 email = importer.check_address(cells[column] if column < len(cells) else "")
             except ValueError as exc:
-                if index > 0:  # an unnamed first row that is not an address was a header
+                if index > 0 or named is not None:  # an unnamed first row that is not an address was a header
                     rejected.append((start, str(exc)))
                 continue
             added += suppress(conn, email, "manual", "imported from CSV", now)

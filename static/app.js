@@ -46,6 +46,18 @@
     }, 5000);
   }
 
+  // Timeline: times default to the browser's zone. The server reads it from a cookie; a page
+  // drawn before the cookie existed gets it for its zone selects now (an explicit ?tz= wins).
+  var zone = window.Intl && Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zone && document.querySelector("select[data-browser-zone]")) {
+    document.cookie = "tz=" + encodeURIComponent(zone) + "; path=/; SameSite=Lax; max-age=31536000";
+    if (!/[?&]tz=/.test(window.location.search)) {
+      document.querySelectorAll("select[data-browser-zone]").forEach(function (select) {
+        if (select.querySelector('option[value="' + zone + '"]')) { select.value = zone; }
+      });
+    }
+  }
+
   // Timeline: new sends appear without a reload (the server renders the fragment).
   var body = document.getElementById("timeline-body");
   if (body && body.dataset.live) {

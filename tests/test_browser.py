@@ -137,3 +137,28 @@ def test_timeline_of_the_incident_in_a_real_browser(page: Page, live_server, adm
     expect(page.locator("table.totals")).to_contain_text("52")
     expect(page.locator("rect.dup")).to_have_count(15)  # 16 duplicates in 15 five-minute ticks
     screenshot("10-timeline-incident")
+
+
+@pytest.mark.parametrize(("zone", "start"), [("Europe/Warsaw", "11:40:01"), ("America/New_York", "05:40:01")])
+def test_an_exported_log_reads_in_the_browsers_zone(browser, live_server, admin, tmp_path, zone, start):
+    """#15 point 10: a log in UTC (10:40:01Z) reads as the team's 11:40:01 in a Warsaw browser,
+    and in the browser's own zone elsewhere."""
+    from test_legacy_pages import team_log
+
+    path = tmp_path / "eksport.csv"
+    path.write_bytes(team_log())
+    context = browser.new_context(timezone_id=zone)
+    try:
+        page = context.new_page()
+        log_in(page, live_server)
+        page.click("header >> text=Oś czasu")
+        page.click("text=Przeanalizuj dziennik wysyłek z innego systemu")
+        page.set_input_files("input[type=file]", str(path))
+        page.fill("input[name=name]", "Eksport ze starego systemu")
+        page.click("button >> text=Analizuj")
+        expect(page.locator(".finding")).to_contain_text(f"Od {start} co 5 minut")
+        expect(page.locator(".finding")).to_contain_text(f"({zone}) to duplikaty")
+        page.click("header >> text=Oś czasu")
+        expect(page.locator("table.legacy-logs")).to_contain_text("Eksport ze starego systemu")
+    finally:
+        context.close()

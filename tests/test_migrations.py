@@ -30,7 +30,7 @@ from storage.timeutil import utcnow
 from test_web import csrf_token
 
 FIXTURE = Path(__file__).with_name("data") / "db_3a618c4.sql"
-NEW_TABLES = {"alembic_version", "app_meta", "claim_heartbeat"}
+NEW_TABLES = {"alembic_version", "app_meta", "claim_heartbeat", "legacy_log", "legacy_event"}
 
 
 def load_fixture(path: Path) -> Path:
@@ -100,7 +100,7 @@ def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
         assert current_revision(conn) is None  # made before migrations existed
     result = invoke(app, "init-db")
     assert result.exit_code == 0, result.output
-    assert "0001 (stamped) -> 0002" in result.output
+    assert f"0001 (stamped) -> {HEAD}" in result.output
     after = rows_of(path)
     assert {t: after[t] for t in before} == before  # every row of every table, counts included
     assert after["alembic_version"] == [(HEAD,)] and set(after) - set(before) == NEW_TABLES
@@ -120,7 +120,7 @@ def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
         recount = conn.execute(text("SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"))
         counts, recount = counts.all(), recount.all()
     assert sorted(counts) == sorted(recount)
-    assert "0002 -> 0002" in invoke(app, "init-db").output  # again: nothing to do, nothing lost
+    assert f"{HEAD} -> {HEAD}" in invoke(app, "init-db").output  # again: nothing to do, nothing lost
 
 
 def test_a_database_of_todays_code_before_migrations_upgrades_too(app, engine, config):
@@ -188,8 +188,8 @@ def set_revision(engine, revision: str | None) -> None:
 
 
 @pytest.mark.parametrize("revision, says", [
-    ("0001", "this code needs 0002: run `flask --app app db upgrade`"),  # the code is newer
-    ("0099", "which this code (revision 0002) does not know: it is newer; stop this process"),  # older code
+    ("0001", f"this code needs {HEAD}: run `flask --app app db upgrade`"),  # the code is newer
+    ("0099", f"which this code (revision {HEAD}) does not know: it is newer; stop this process"),  # older
     (None, "no schema version this code knows; run `flask --app app db upgrade`"),  # never migrated
 ])
 def test_every_trigger_refuses_to_claim_on_a_schema_revision_it_does_not_know(
@@ -246,7 +246,7 @@ def test_first_run_on_an_empty_file_builds_the_schema_by_the_migrations(tmp_path
     app = create_app(app_config(tmp_path / "new.db", smtp.port))
     result = invoke(app, "first-run")
     assert result.exit_code == 0, result.output
-    assert "an empty database -> 0002" in result.output
+    assert f"an empty database -> {HEAD}" in result.output
     made = schema_of(tmp_path / "new.db", skip=set())
     old = schema_of(load_fixture(tmp_path / "old.db"))
     assert {k: v for k, v in made.items() if k in old} == old  # the same tables as an upgraded file
@@ -298,6 +298,6 @@ def test_init_db_never_touches_a_database_newer_code_has_upgraded(app, engine):
     set_revision(engine, "0099")
     result = app.test_cli_runner().invoke(args=["init-db"])
     assert result.exit_code == 1
-    assert "revision 0099, which this code (revision 0002) does not know" in result.output
+    assert f"revision 0099, which this code (revision {HEAD}) does not know" in result.output
     with engine.connect() as conn:
         assert current_revision(conn) == "0099"

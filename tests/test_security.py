@@ -104,6 +104,8 @@ ACCESS = {
     ("/timeline/export.csv", "GET"): (302, 200),
     ("/timeline/legacy", "POST"): (302, 400),  # no file
     ("/timeline/legacy/<token>", "GET"): (302, 200),
+    ("/timeline/legacy/map/<token>", "POST"): (302, 404),  # the world's token names no waiting upload
+    ("/timeline/legacy/<token>/delete", "POST"): (302, 302),
 }
 PUBLIC = {"/healthz", "/login", "/language", "/static/<path:filename>", "/u/<token>"}
 
@@ -129,6 +131,7 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     return {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1, "suppression_id": 1,
             "action": "pause", "filename": "style.css",
             "tokens": {"leads.mapping": waiting, "leads.rejected": done, "timeline.legacy": legacy,
+                       "timeline.map_legacy": legacy, "timeline.delete_legacy": legacy,
                        "unsubscribe.unsubscribe": unsubscribe}}
 
 

@@ -23,7 +23,7 @@ JINJA_BARS = """{% set peak = buckets|map(attribute='sends')|max if buckets else
         {% set y0.v = y0.v - h %}{% endif %}
       {% endfor %}
       {% if b.duplicates %}{% set h = b.duplicates / peak * height %}
-        <rect class="dup" x="{{ '%.2f'|format(x) }}" y="{{ '%.2f'|format(height - h) }}" width="{{ '%.2f'|format([bar - 1, 1]|max) }}" height="{{ '%.2f'|format(h) }}" fill="#c62828"><title>{{ b.start|local(tz) }}: {{ b.duplicates }} {{ 'duplikaty' }}</title></rect>
+        <rect class="dup" x="{{ '%.2f'|format(x) }}" y="{{ '%.2f'|format(height - h) }}" width="{{ '%.2f'|format([bar - 1, 1]|max) }}" height="{{ '%.2f'|format(h) }}" fill="#c62828"><title>{{ b.start|local(tz) }}: {{ ngettext('%(num)d duplicate', '%(num)d duplicates', b.duplicates) }}</title></rect>
       {% endif %}
     {% endfor %}"""  # noqa: E501
 
@@ -76,7 +76,8 @@ def test_the_upload_form_keeps_its_fields(client, login):  # noqa: F811
     form = html[html.index('enctype="multipart/form-data"'):]
     assert re.search(r'<input id="csrf_token" name="csrf_token" type="hidden" value="[^"]+">', form)
     assert 'name="file" required type="file"' in form
-    assert '<select id="tz" name="tz">' in form and '<option value="Asia/Tokyo" selected>' in form
+    assert '<select id="tz" name="tz" data-browser-zone>' in form
+    assert '<option value="Asia/Tokyo" selected>' in form
 
 
 from test_web import login  # noqa: E402, F401 - the login fixture

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import operator
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import String, and_, func, literal_column, select, type_coerce
@@ -161,18 +161,23 @@ def live_analyse(conn: Connection, scope: Scope) -> Analysis:
     dup_analysis = analyse_events(duplicate_events(conn, scope))
     unique_keys = _distinct(conn, _KEY, where)
     duplicates = total - unique_keys
-    split = dup_analysis.first_duplicate_at
+    split = dup_analysis.split_at  # the first repeated key's first send
     before = _count(conn, *where, SendLog.claimed_at < split) if split else total
+    unique_leads = _distinct(conn, _KEY[:2], where)
     return Analysis(
         total_sends=total, unique_keys=unique_keys,
-        unique_leads=_distinct(conn, _KEY[:2], where), duplicate_sends=duplicates,
-        duplicate_groups=dup_analysis.duplicate_groups, first_duplicate_at=split,
+        unique_leads=unique_leads, duplicate_sends=duplicates,
+        duplicate_groups=dup_analysis.duplicate_groups, first_duplicate_at=dup_analysis.first_duplicate_at,
         before=Totals(before, before, 0),
         after=Totals(total - before, total - before - duplicates, duplicates),
         duplicate_second_histogram=dup_analysis.duplicate_second_histogram,
         median_interval_seconds=median_interval(conn, scope),
         clusters=dup_analysis.clusters, first_send_at=first, last_send_at=last,
-        cluster_seconds=dup_analysis.cluster_seconds,
+        cluster_seconds=dup_analysis.cluster_seconds, split_at=split,
+        other_view_duplicates=total - unique_leads,  # send_log has no step: the recipient view
+        bursts=[replace(b, sends=_count(conn, *where, SendLog.campaign_id == int(b.campaign),
+                                        SendLog.claimed_at.between(b.start, b.end)))
+                for b in dup_analysis.bursts],  # a burst's sends include those of unrepeated keys
     )
 
 
@@ -348,6 +353,7 @@ def summary_analyse(conn: Connection, scope: Scope) -> Analysis:
         before=Totals(total, total, 0), after=Totals(0, 0, 0),
         duplicate_second_histogram={}, median_interval_seconds=median_interval(conn, scope),
         clusters=[], first_send_at=first, last_send_at=last, cluster_seconds=nothing.cluster_seconds,
+        other_view_duplicates=0,  # the unique index holds: one row per (campaign, lead) too
     )
 
 

@@ -10,8 +10,6 @@ match no enrollment, or whose status is not a delivery, are listed and never app
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +28,6 @@ from timeline import live as live_sql
 DELIVERED = {"sent", "delivered", "ok", "success", "250", "wysłano", "dostarczono"}
 # SendOnce's "it may have gone out": never sent again by itself, a person decides (resolve).
 UNCERTAIN = {"unknown"}
-STATUS_HEADERS = ("status", "state", "result", "deliveryStatus", "delivery_status")
 WORKER = "reconcile"  # send_log.worker of a row reconcile wrote
 
 
@@ -58,32 +55,11 @@ class Report:
 
 
 def parse(data: bytes, tz: str = "UTC") -> tuple[list[LogRow], list[tuple[int, str]]]:
-    """Read a send log (legacy_log's format, plus an optional status column) into rows and rejects."""
-    parsed = legacy_log.parse_log(data, tz)
-    text, _ = legacy_log.decode(data)
-    statuses = _status_column(text, parsed.delimiter)
-    rows, rejected = [], list(parsed.rejected)
-    bad_lines = {line for line, _ in rejected}
-    data_lines = [n for n in statuses if n not in bad_lines]
-    for line, event in zip(data_lines, parsed.events, strict=True):
-        rows.append(LogRow(line, event.campaign, event.lead, statuses[line], event.at))
-    return rows, rejected
-
-
-def _status_column(text: str, delimiter: str) -> dict[int, str]:
-    """Each non-blank data row's status cell (lower-cased), by first line number."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next((r for r in reader if any(v.strip() for v in r)), [])
-    names = [legacy_log.normalize_header(h) for h in header]
-    wanted = [legacy_log.normalize_header(h) for h in STATUS_HEADERS]
-    index = next((names.index(h) for h in wanted if h in names), None)
-    found, line = {}, reader.line_num
-    for values in reader:
-        if any(v.strip() for v in values):
-            cell = values[index].strip().lower() if index is not None and index < len(values) else ""
-            found[line + 1] = cell
-        line = reader.line_num
-    return found
+    """Read a send log (the formats timeline/legacy_log.py reads, with an optional status
+    column) into rows, whatever their status, and the rejected rows."""
+    rows, rejections = legacy_log.read_rows(data, tz)
+    return ([LogRow(line, event.campaign, event.lead, status.strip().lower(), event.at)
+             for line, event, status in rows], [(r.line, r.reason) for r in rejections])
 
 
 def reconcile(engine: Engine, rows: list[LogRow], source: str, apply: bool = True) -> Report:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from timeline.analysis import Analysis, DuplicateGroup, Totals
+from timeline.analysis import Analysis, Burst, DuplicateGroup, Totals
 
 
 def _pl_form(n: int, one: str, few: str, many: str) -> str:
@@ -73,6 +73,19 @@ _WORDS = {
         "within": "w ciągu {d}",
         "apart": "w odstępie do {d}",
         "once_more": "ten sam proces wysłał mail ponownie",
+        "likely": "prawdopodobnie {cause} (log nie ma kolumny procesu, więc tego nie dowodzi)",
+        "period": "{dup} z {sends} {sends_word} {when} ({tz}) to duplikaty.",
+        "from_to": "od {start} do {end}", "at": "o {start}",
+        "bursts": "Duplikaty w {n} osobnych seriach (czas: {tz}):",
+        "burst": "kampania {campaign}, {when}: {dup} z {sends} {sends_word} to duplikaty "
+                 "({leads} {leads_word}); {every}ten sam lead dostaje {n} {emails} {timing}{second} "
+                 "— {cause}",
+        "burst_second": ", w sekundzie :{s:02d}",
+        "more_bursts": "… i jeszcze {n} {word}.",
+        "view_recipient": "Jeden mail to ta sama kampania, lead i krok (widok odbiorcy: inny wariant "
+                          "to drugi mail)",
+        "view_exact": "Jeden mail to ta sama kampania, lead, krok i wariant (widok dokładny)",
+        "other_view": "; w drugim widoku duplikatów: {n}.",
         "later": "powtórna wysyłka po czasie, nie równoległa",
         "mixed": "równolegle: {a}, po czasie: {b}",
         "second": "{top} z {total} duplikatów {verb} w sekundzie :{s:02d} minuty{others} — "
@@ -94,6 +107,18 @@ _WORDS = {
         "within": "within {d}",
         "apart": "up to {d} apart",
         "once_more": "one sender sent the same email again",
+        "likely": "likely {cause} (the log has no worker column to prove it)",
+        "period": "{dup} of {sends} {sends_word} {when} ({tz}) were duplicates.",
+        "from_to": "from {start} to {end}", "at": "at {start}",
+        "bursts": "Duplicates in {n} separate bursts (times in {tz}):",
+        "burst": "campaign {campaign}, {when}: {dup} of {sends} {sends_word} were duplicates "
+                 "({leads} {leads_word}); {every}the same lead got {n} emails {timing}{second} — {cause}",
+        "burst_second": ", at second :{s:02d}",
+        "more_bursts": "… and {n} more {word}.",
+        "view_recipient": "One mail is the same campaign, lead and step (the recipient's view: another "
+                          "variant is a second mail)",
+        "view_exact": "One mail is the same campaign, lead, step and variant (the exact view)",
+        "other_view": "; duplicates in the other view: {n}.",
         "later": "sent again later, not in parallel",
         "mixed": "in parallel: {a}, later: {b}",
         "second": "{top} of {total} duplicate sends went out at second :{s:02d} of a minute{others} — "
@@ -105,7 +130,7 @@ _WORDS = {
         "triggers": "Triggers: {triggers}.",
         "variants": "Note: leads also got another variant of the same campaign ({n}x; "
                     "not counted as duplicates).",
-        "totals": "In total: {total} sends, {unique} unique, {dup} duplicates.",
+        "totals": "In total: {total} {total_word}, {unique} unique, {dup} {dup_word}.",
     },
 }
 
@@ -128,30 +153,90 @@ def _parallel_cause(groups: list[DuplicateGroup], lang: str) -> str:
         return _words(lang)["once_more"]
     word = _NUMBERS[lang].get(n, str(n))
     if lang == "pl":
-        return f"{word} równoległe procesy wysyłki" if n < 5 else f"{n} równoległych procesów wysyłki"
-    return f"{word} senders running in parallel"
+        cause = f"{word} równoległe procesy wysyłki" if n < 5 else f"{n} równoległych procesów wysyłki"
+    else:
+        cause = f"{word} senders running in parallel"
+    # Copies in one second suggest parallel senders; only named workers prove it.
+    return cause if known else _words(lang)["likely"].format(cause=cause)
 
 
-def _pattern(analysis: Analysis, lang: str, tz: str) -> str:
-    """The first sentence: since when, how often, how many copies, how close, and why."""
-    w, groups = _words(lang), analysis.duplicate_groups
+def _pattern_parts(groups: list[DuplicateGroup], cluster_seconds: float, lang: str) -> dict[str, str]:
+    """How often, how many copies, how close, and why, for some duplicate groups."""
+    w = _words(lang)
     starts = sorted({g.times[0] for g in groups})
     gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
     # A cadence needs at least two gaps to be a pattern rather than a coincidence.
     cadence = _every(statistics.median(gaps), lang) if len(gaps) > 1 else ""
-    every = f" {cadence}{',' * (lang == 'en')}" if cadence else ""
     lo, hi = min(g.count for g in groups), max(g.count for g in groups)
-    n = str(lo) if lo == hi else f"{lo}–{hi}"
-    emails = _pl_form(hi, "mail", "maile", "maili")
     span = max(_span(g) for g in groups)
-    timing = w["same_second"] if span < 1 else w["within" if span <= analysis.cluster_seconds else "apart"]
-    parallel = [g for g in groups if _span(g) <= analysis.cluster_seconds]
+    timing = w["same_second"] if span < 1 else w["within" if span <= cluster_seconds else "apart"]
+    parallel = [g for g in groups if _span(g) <= cluster_seconds]
     if len(parallel) == len(groups):
         cause = _parallel_cause(groups, lang)
     else:
         cause = w["mixed"].format(a=len(parallel), b=len(groups) - len(parallel)) if parallel else w["later"]
-    return w["from"].format(start=_clock(analysis, analysis.first_duplicate_at, tz), every=every, n=n,
-                            emails=emails, timing=timing.format(d=_duration(span, lang)), cause=cause)
+    return {"cadence": cadence, "n": str(lo) if lo == hi else f"{lo}–{hi}",
+            "emails": _pl_form(hi, "mail", "maile", "maili"),
+            "timing": timing.format(d=_duration(span, lang)), "cause": cause}
+
+
+def _pattern(analysis: Analysis, lang: str, tz: str) -> str:
+    """The first sentence: since when, how often, how many copies, how close, and why."""
+    parts = _pattern_parts(analysis.duplicate_groups, analysis.cluster_seconds, lang)
+    every = f" {parts['cadence']}{',' * (lang == 'en')}" if parts["cadence"] else ""
+    return _words(lang)["from"].format(start=_clock(analysis, analysis.first_duplicate_at, tz), every=every,
+                                       n=parts["n"], emails=parts["emails"], timing=parts["timing"],
+                                       cause=parts["cause"])
+
+
+def _sends_word(n: int, lang: str) -> str:
+    if lang == "pl":
+        return "wysyłki" if n == 1 else "wysyłek"
+    return "send" if n == 1 else "sends"
+
+
+def _when(analysis: Analysis, burst: Burst, lang: str, tz: str) -> str:
+    w, start = _words(lang), _clock(analysis, burst.start, tz)
+    return w["at"].format(start=start) if burst.start == burst.end else w["from_to"].format(
+        start=start, end=_clock(analysis, burst.end, tz))
+
+
+def _period(analysis: Analysis, burst: Burst, lang: str, tz: str) -> str:
+    """'16 z 32 wysyłek od 11:40:01 do 12:50:01 (UTC) to duplikaty.': how many of how many, when."""
+    return _words(lang)["period"].format(dup=burst.duplicate_sends, sends=burst.sends, tz=tz,
+                                         sends_word=_sends_word(burst.sends, lang),
+                                         when=_when(analysis, burst, lang, tz))
+
+
+def _burst_line(analysis: Analysis, burst: Burst, lang: str, tz: str) -> str:
+    """One burst of several: campaign, period, how many of how many, the pattern and the likely cause."""
+    w = _words(lang)
+    groups = burst.groups or analysis.duplicate_groups[:1]
+    parts = _pattern_parts(groups, analysis.cluster_seconds, lang)
+    hist, dup = burst.second_histogram, burst.duplicate_sends
+    second, top = max(hist.items(), key=lambda item: (item[1], -item[0])) if hist else (0, 0)
+    leads_word = (_pl_form(burst.leads, "lead", "leady", "leadów") if lang == "pl"
+                  else "lead" if burst.leads == 1 else "leads")
+    return w["burst"].format(
+        campaign=burst.campaign, when=_when(analysis, burst, lang, tz), dup=dup, sends=burst.sends,
+        sends_word=_sends_word(burst.sends, lang), leads=burst.leads, leads_word=leads_word,
+        every=f"{parts['cadence']}{',' * (lang == 'en')} " if parts["cadence"] else "", n=parts["n"],
+        emails=parts["emails"],
+        timing=parts["timing"], cause=parts["cause"],
+        second=w["burst_second"].format(s=second) if dup >= 3 and top * 4 >= dup * 3 else "")
+
+
+def _bursts_text(analysis: Analysis, lang: str, tz: str, shown: int = 5) -> str:
+    """Several separate bursts, each described on its own (the largest first when there are many)."""
+    w, bursts = _words(lang), analysis.bursts
+    largest = sorted(bursts, key=lambda b: -b.duplicate_sends)[:shown]
+    chosen = sorted(largest, key=lambda b: (b.start, b.campaign))
+    lines = [w["bursts"].format(n=len(bursts), tz=tz), *(f"{i}) {_burst_line(analysis, b, lang, tz)}."
+                                                          for i, b in enumerate(chosen, start=1))]
+    if len(bursts) > shown:
+        word = _pl_form(len(bursts) - shown, "seria", "serie", "serii") if lang == "pl" else "bursts"
+        lines.append(w["more_bursts"].format(n=len(bursts) - shown, word=word))
+    return " ".join(lines)
 
 
 def _second_sentence(analysis: Analysis, lang: str) -> str:
@@ -182,6 +267,20 @@ def _who(analysis: Analysis, lang: str) -> list[str]:
         [w["triggers"].format(triggers=triggers)] if triggers else [])
 
 
+def _totals(analysis: Analysis, lang: str) -> str:
+    """The totals, and which view of "the same mail" they count."""
+    w = _words(lang)
+    totals = w["totals"].format(total=analysis.total_sends, unique=analysis.unique_keys,
+                                dup=analysis.duplicate_sends,
+                                total_word=_sends_word(analysis.total_sends, lang),
+                                dup_word="duplicate" if analysis.duplicate_sends == 1 else "duplicates")
+    view = w["view_recipient" if analysis.view == "recipient" else "view_exact"]
+    other = analysis.other_view_duplicates
+    if other is None or other == analysis.duplicate_sends:
+        return f"{totals} {view}."
+    return f"{totals} {view}{w['other_view'].format(n=other)}"
+
+
 def finding(analysis: Analysis, lang: str = "pl", tz: str = "UTC") -> str:
     """A one-paragraph plain-language finding in Polish ("pl") or English ("en")."""
     w = _words(lang)
@@ -189,12 +288,17 @@ def finding(analysis: Analysis, lang: str = "pl", tz: str = "UTC") -> str:
         return w["empty"]
     if analysis.duplicate_sends == 0:
         sentences = [w["clean"]]
+    elif len(analysis.bursts) > 1:
+        sentences = [_bursts_text(analysis, lang, tz), *_who(analysis, lang), _totals(analysis, lang)]
     else:
-        sentences = [_pattern(analysis, lang, tz), _second_sentence(analysis, lang), *_who(analysis, lang),
-                     w["totals"].format(total=analysis.total_sends, unique=analysis.unique_keys,
-                                        dup=analysis.duplicate_sends)]
-    if analysis.unique_keys > analysis.unique_leads:
-        sentences.append(w["variants"].format(n=analysis.unique_keys - analysis.unique_leads))
+        period = [_period(analysis, b, lang, tz) for b in analysis.bursts]
+        sentences = [_pattern(analysis, lang, tz), _second_sentence(analysis, lang), *period,
+                     *_who(analysis, lang), _totals(analysis, lang)]
+    # Another variant of the same step: a second mail to the recipient, not in the exact view.
+    switches = (analysis.unique_keys - analysis.unique_leads if analysis.other_view_duplicates is None
+                else analysis.other_view_duplicates)
+    if analysis.view == "exact" and switches > 0:
+        sentences.append(w["variants"].format(n=switches))
     return " ".join(s for s in sentences if s)
 
 
@@ -276,3 +380,54 @@ def text_report(analysis: Analysis, lang: str = "pl", tz: str = "UTC", max_group
               r["clusters"].format(s=f"{analysis.cluster_seconds:g}", n=len(analysis.clusters)), "",
               r["finding"].format(text=text)]
     return "\n".join(lines) + "\n"
+
+
+# Why a row of a legacy log was not read, in Polish (legacy_log.REASONS has the English).
+_REASONS_PL = {
+    "columns": "liczba kolumn: {n}, oczekiwano {width}",
+    "line_break": "znak nowej linii w polu",
+    "empty_time": "brak czasu",
+    "empty_lead": "brak leada",
+    "empty_campaign": "brak kampanii",
+    "no_seconds": "czas bez sekund {value!r} (analiza potrzebuje sekundy minuty)",
+    "unreadable_time": "nieczytelny czas {value!r} (oczekiwano ISO-8601, RRRR-MM-DD GG:MM:SS, "
+                       "DD.MM.RRRR GG:MM:SS albo liczby daty z Excela)",
+    "invalid_time": "nieprawidłowy czas {value!r}",
+    "time_range": "czas poza zakresem {value!r}",
+    "not_object": "to nie jest obiekt JSON",
+}
+# Why rows with a status were left out (not counted as sends).
+_LEFT_OUT = {
+    "pl": {"delivered": "potwierdzenie doręczenia (wysyłkę liczy wiersz „wysłano”)",
+           "failed": "nieudana wysyłka, mail nie wyszedł", "bounced": "mail odbity, nie dotarł",
+           "engagement": "zdarzenie po wysyłce (otwarcie, kliknięcie…), nie wysyłka",
+           "pending": "jeszcze niewysłane", "skipped": "pominięte przez nadawcę",
+           "unknown": "nieznany status, nie liczony jako wysyłka",
+           "line": "Pominięto {n} {rows} ({statuses}): {why}."},
+    "en": {"delivered": "a delivery confirmation (the 'sent' row counts the send)",
+           "failed": "a failed send, the mail did not go out", "bounced": "bounced, not delivered",
+           "engagement": "an event after the send (open, click…), not a send",
+           "pending": "not sent yet", "skipped": "skipped by the sender",
+           "unknown": "an unknown status, not counted as a send",
+           "line": "Left out {n} {rows} ({statuses}): {why}."},
+}
+
+
+def rejection(item, lang: str = "pl") -> str:
+    """A rejected row's reason (a legacy_log.Rejection) in the reader's language."""
+    if _words(lang) is _WORDS["pl"] and item.kind in _REASONS_PL:
+        return _REASONS_PL[item.kind].format(**item.params)
+    return item.reason
+
+
+def left_out_lines(left_out: dict[str, dict[str, int]], lang: str = "pl") -> list[str]:
+    """One sentence per kind of status that was not counted as a send: how many rows and why."""
+    w, lines = _LEFT_OUT[lang], []
+    for kind, statuses in left_out.items():
+        n = sum(statuses.values())
+        rows = _pl_form(n, "wiersz", "wiersze", "wierszy") if lang == "pl" else "row" if n == 1 else "rows"
+        shown = ", ".join(f"{status or '—'} ×{count}" for status, count in
+                          sorted(statuses.items(), key=lambda item: -item[1])[:5])
+        lines.append(w["line"].format(n=n, rows=rows, statuses=shown, why=w.get(kind, w["unknown"])))
+    return lines
+

@@ -32,14 +32,16 @@ def _by_trigger(bucket: Bucket) -> list[tuple[str, int]]:
     return sorted(bucket.by_trigger.items(), key=lambda item: item[0].lower())
 
 
-def bars(buckets: Sequence[Bucket], when: Callable[[datetime], str], duplicates: str) -> Markup:
-    """The <rect>s of the chart; `when` writes a bucket's start, `duplicates` is the word for them."""
+def bars(buckets: Sequence[Bucket], when: Callable[[datetime], str],
+         duplicates: str | Callable[[int], str]) -> Markup:
+    """The <rect>s of the chart; `when` writes a bucket's start, `duplicates` the count of them
+    ("3 duplicates"), or is the word for them."""
     peak = max((b.sends for b in buckets), default=0)
     if not peak:
         return Markup("")
     step = WIDTH / len(buckets)
     width = f"{max(step - 1, 1):.2f}"
-    word = escape(duplicates)
+    counted = duplicates if callable(duplicates) else lambda n: f"{n} {duplicates}"
     rects = []
     for i, bucket in enumerate(buckets):
         x, y, start = f"{i * step:.2f}", float(HEIGHT), escape(when(bucket.start))
@@ -52,5 +54,5 @@ def bars(buckets: Sequence[Bucket], when: Callable[[datetime], str], duplicates:
         if bucket.duplicates:
             h = bucket.duplicates / peak * HEIGHT
             rects.append(_rect(_DUP, x, HEIGHT - h, width, h, DUPLICATE_COLOR,
-                               f"{start}: {bucket.duplicates} {word}"))
+                               f"{start}: {escape(counted(bucket.duplicates))}"))
     return Markup("".join(rects))
