@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+
 from sqlalchemy import func, select
 
 from core import campaigns, importer
+from core.csvfile import neutralized
 from delivery.tokens import make_token
 from models import CampaignLead, Lead, Suppression
 
@@ -58,3 +63,39 @@ def test_enroll_by_tag_matches_whole_tags_and_no_wildcards(app, engine):
     assert enrolled_by_tag(engine, "100%") == {"pct@example.com"}
     assert enrolled_by_tag(engine, "vip,q1-webinar") == set()  # one tag, not a list of them
     assert enrolled_by_tag(engine, " vip ") == {"two@example.com"}
+
+
+# --- 2. formula injection: every cell start, for every list separator ---------------------------
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+HOSTILE_ADDRESSES = ["x;=1+1;", "x,=1+1", "a\t=cmd|' /C calc'!A0", "ok;+1;-2;@SUM(1)", "=HYPERLINK(1)",
+                     "a;;=1", "a;\t=1"]
+
+
+def cells_as_spreadsheets_split_them(text: str) -> list[str]:
+    """Every cell of a CSV text, read with each list separator Excel may use (Polish: ";")."""
+    return [cell for delimiter in (",", ";", "\t")
+            for row in csv.reader(io.StringIO(text), delimiter=delimiter) for cell in row]
+
+
+def test_neutralized_quotes_every_cell_start_after_a_separator():
+    for text in HOSTILE_ADDRESSES + ["-1", "plain", "a, b; c"]:
+        safe = neutralized(text)
+        assert safe.replace("'", "") == text.replace("'", "")  # only quotes were added
+        for piece in re.split(r"[,;\t\r\n]", safe)[1:] + [safe]:
+            assert not piece.startswith(FORMULA_START), (text, safe)
+    assert neutralized("a, b; c") == "a, b; c" and neutralized("plain") == "plain"
+
+
+def test_rejected_rows_csv_has_no_formula_for_any_separator(app, engine):
+    out = io.StringIO()
+    csv.writer(out).writerows([["email", "first_name"]] + [[raw, "x"] for raw in HOSTILE_ADDRESSES])
+    report = importer.import_leads(engine, out.getvalue().encode())
+    assert len(report.rejected) == len(HOSTILE_ADDRESSES)
+    for (_, reason), raw in zip(report.rejected, HOSTILE_ADDRESSES, strict=True):
+        assert neutralized(reason) == reason  # no raw formula start was copied into the reason
+        assert repr(neutralized(raw)) in reason  # but the reason still names it
+    written = importer.rejected_csv(report)
+    cells = cells_as_spreadsheets_split_them(written)
+    assert len(cells) > 3 * len(HOSTILE_ADDRESSES)
+    assert [c for c in cells if c.lstrip('"').startswith(FORMULA_START)] == []
