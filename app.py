@@ -25,7 +25,7 @@ import scheduler
 from delivery.transport import stale_floor
 from models import User, db
 from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
-from web import auth, editor, i18n, unsubscribe
+from web import accesslog, auth, common, editor, i18n, unsubscribe
 from web import campaigns as views
 from web import leads as lead_pages
 from web import sendlog as sendlog_pages
@@ -51,7 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: config, database, login, CSRF, pages, CLI and (if enabled) scheduler."""
     app = Flask(__name__, instance_relative_config=True)
     instance = Path(app.instance_path)
-    instance.mkdir(parents=True, exist_ok=True)
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)  # database, secret key, uploads
     app.config.from_mapping(_defaults(instance))
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
@@ -61,6 +61,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _finish_config(app, instance)
     logging.basicConfig(level=app.config["LOG_LEVEL"],
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    accesslog.install()
 
     db.init_app(app)
     with app.app_context():
@@ -82,6 +83,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_pages(app: Flask) -> None:
+    app.url_map.converters["int"] = common.BoundedIntConverter
     for module in (auth, views, editor, lead_pages, sendlog_pages, suppression_pages, timeline_pages,
                    i18n, unsubscribe):
         app.register_blueprint(module.bp)
@@ -118,6 +120,7 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "SMTP_USERNAME": "",
         "SMTP_PASSWORD": "",
         "SMTP_SECURITY": "none",  # none | starttls | ssl
+        "SMTP_ALLOW_PLAINTEXT_AUTH": False,  # send SMTP_USERNAME/PASSWORD over an unencrypted link
         "SMTP_TIMEOUT": 30,
         "MAIL_FROM": "sendonce@localhost",
         "BASE_URL": "http://127.0.0.1:5000",
@@ -158,6 +161,12 @@ def _finish_config(app: Flask, instance: Path) -> None:
                          "expires between two ticks of its own holder")
     if config["SMTP_SECURITY"] not in ("none", "starttls", "ssl"):
         raise ValueError("SMTP_SECURITY must be none, starttls or ssl")
+    if (config["MAIL_BACKEND"] == "smtp" and config["SMTP_USERNAME"] and config["SMTP_SECURITY"] == "none"
+            and not config["SMTP_ALLOW_PLAINTEXT_AUTH"]):
+        # Anyone on the path would read the password: TLS first, or the operator's explicit choice.
+        raise ValueError("SMTP_USERNAME is set but SMTP_SECURITY is none: the password would cross the "
+                         "network in clear; set SMTP_SECURITY to starttls or ssl, or "
+                         "SMTP_ALLOW_PLAINTEXT_AUTH=true if the link is safe (e.g. a relay on this host)")
 
 
 def _instance_secret(path: Path) -> str:

@@ -7,6 +7,7 @@ half-way through a campaign.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, false, func, select, update
@@ -35,6 +36,8 @@ def create(engine: Engine, **values: Any) -> int:
 def add_variant(engine: Engine, campaign_id: int, letter: str, subject: str, body: str,
                 weight: int = 1) -> None:
     """Add a variant; its templates are checked for syntax (and the sandbox) right away."""
+    if not re.fullmatch(r"[A-Za-z]", letter):  # fullmatch: "A\n" is not a second "A"
+        raise CampaignError(f"a variant letter is one letter A-Z, not {letter!r}")
     problems = templating.check(letter, subject, body, _sample_context(), "")
     syntax = [p for p in problems if not p.undefined]  # fields are checked per lead at start
     if syntax:

@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
+import logging
+import os
 import re
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from urllib.error import HTTPError
+from urllib.parse import quote, urlsplit
+from urllib.request import urlopen
 
+import pytest
 from sqlalchemy import func, select
 
+from app import create_app
+from conftest import ROOT, app_config, env_for
 from core import campaigns, importer
 from core.csvfile import neutralized
+from delivery.lease import acquire
 from delivery.tokens import make_token
-from models import CampaignLead, Lead, Suppression
+from helpers import make_campaign
+from models import CampaignLead, Lead, Suppression, User, Variant, db
+from procs import wait_for
+from smtp_sink import free_port
+from storage import schema
+from storage.database import write_session
+from storage.timeutil import utcnow
+from test_security import quick_user, send_now  # noqa: F401 - a fixture
+from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
 
 def suppressions(engine) -> int:
@@ -99,3 +122,179 @@ def test_rejected_rows_csv_has_no_formula_for_any_separator(app, engine):
     cells = cells_as_spreadsheets_split_them(written)
     assert len(cells) > 3 * len(HOSTILE_ADDRESSES)
     assert [c for c in cells if c.lstrip('"').startswith(FORMULA_START)] == []
+
+
+# --- 8. smaller findings ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin(app, client, login, engine, smtp):  # noqa: F811
+    """Logged in, with a campaign of two leads (one sent) to show."""
+    cid = make_campaign(engine, 2)
+    send_now(app, cid)
+    login()
+    return cid
+
+
+def test_unexpected_query_keys_and_huge_numbers_are_not_500s(app, client, admin):
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # a 500 shows as a status, not as a raised error
+    huge = "99999999999999999999"
+    for url in ["/timeline?campaign=1", "/timeline?_method=DELETE", "/timeline?_external=1&_anchor=x",
+                f"/campaigns/{admin}/log?campaign_id=2", f"/campaigns/{admin}/timeline?campaign_id=2",
+                f"/campaigns/{admin}/log?_method=DELETE&endpoint=x&page=2", "/leads?_method=DELETE",
+                f"/leads?page={huge}", f"/suppressions?page={huge}", f"/timeline?page={huge}",
+                f"/campaigns/{admin}/log?page={huge}", f"/timeline?campaign={huge}",
+                f"/timeline/export.csv?campaign={huge}", f"/campaigns/{huge}", f"/leads/{huge}",
+                f"/sends/{huge}/resolve", f"/campaigns/{admin}/variants/A?lead={huge}",
+                f"/campaigns/{admin}/timeline?page=-{huge}", "/leads?page=-5"]:
+        response = client.get(url)
+        assert response.status_code in (200, 404), (url, response.status_code)
+        response.close()
+
+
+def test_an_overlong_token_is_a_404(app, client, admin):
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    for token in ("a" * 300, "a" * 5000, "0" * 256):
+        for url in (f"/leads/import/{token}", f"/leads/import/{token}/rejected.csv",
+                    f"/timeline/legacy/{token}", f"/u/{token}"):
+            assert client.get(url).status_code == 404, url
+
+
+def test_control_characters_in_next_go_to_the_dashboard(app, client, quick_user):  # noqa: F811
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    for target in ("/leads\r\nSet-Cookie: x=1", "/leads%0d%0aX: 1", "/leads\n", "/le\x00ads", "/leads\x7f"):
+        token = csrf_token(client.get("/login").data)
+        response = client.post("/login?next=" + quote(target, safe="%/"), data={
+            "email": "admin@example.com", "password": "correct horse", "csrf_token": token})
+        assert response.status_code == 302, target
+        assert response.location == "/", target
+        client.post("/logout", data={"csrf_token": csrf_token(client.get("/").data)})
+
+
+def test_a_variant_letter_is_one_letter_and_nothing_else(app, client, admin, engine):
+    page = client.get(f"/campaigns/{admin}/variants/new").data
+    for letter in ("A\n", "A\r", "\nA", "AA", "Ą", "1"):
+        response = client.post(f"/campaigns/{admin}/variants/new", data={
+            "csrf_token": csrf_token(page), "letter": letter, "subject": "s", "body": "b", "weight": "1"})
+        assert response.status_code == 200, letter  # the form again, with the error
+    for letter in ("A\n", " B", "AA"):
+        with pytest.raises(campaigns.CampaignError):
+            campaigns.add_variant(engine, admin, letter, "s", "b")
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(Variant.letter).where(Variant.campaign_id == admin)).scalars()) \
+            == ["A", "B"]
+
+
+def test_healthz_shows_the_lease_holder_only_to_a_logged_in_user(app, client, login, engine):  # noqa: F811
+    with app.app_context():
+        acquire(engine, "host-7:4242:abc", utcnow(), 60)
+    anonymous = client.get("/healthz")
+    assert anonymous.status_code == 200 and anonymous.get_json()["database"] == "ok"
+    assert anonymous.get_json()["scheduler"]["fresh"] is True
+    assert "host-7" not in anonymous.get_data(as_text=True) and "4242" not in anonymous.get_data(as_text=True)
+    login()
+    assert client.get("/healthz").get_json()["scheduler"]["holder"] == "host-7:4242:abc"
+
+
+def test_a_failed_test_send_says_it_failed(app, client, admin, smtp):
+    smtp.recorder.rcpt_replies["admin@example.com"] = ["550 no such user"]
+    page = client.get(f"/campaigns/{admin}/variants/A").data
+    response = client.post(f"/campaigns/{admin}/variants/A/test", data={"csrf_token": csrf_token(page)},
+                           follow_redirects=True)
+    text = html.unescape(response.get_data(as_text=True))
+    assert "550" in text
+    assert "Wysłano test" not in text and "Test sent" not in text
+    assert "Nie udało się wysłać testu do admin@example.com" in text
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_database_outbox_and_uploads_are_private(tmp_path, smtp):
+    app = create_app(app_config(tmp_path / "private.db", smtp.port, MAIL_BACKEND="outbox",
+                                OUTBOX_DIR=str(tmp_path / "outbox")))
+    with app.app_context():
+        schema.install(db.engine, db.metadata)
+        cid = make_campaign(db.engine, 1)
+        with write_session(db.engine) as session:
+            user = User(email="admin@example.com")
+            user.set_password("correct horse")
+            session.add(user)
+    send_now(app, cid)
+    client = app.test_client()
+    client.post("/login", data={"email": "admin@example.com", "password": "correct horse",
+                                "csrf_token": csrf_token(client.get("/login").data)})
+    token = csrf_token(client.get("/").data)
+    lead_csv = (io.BytesIO(b"email\nx@example.com\n"), "a.csv")
+    lead_upload = client.post("/leads/import", data={"csrf_token": token, "file": lead_csv})
+    legacy_upload = client.post("/timeline/legacy", data={"csrf_token": token, "tz": "UTC",
+                                                          "file": (io.BytesIO(b"sentAt,lead\n"), "l.csv")})
+    uploads = Path(app.instance_path) / "uploads"
+    files = [uploads / (urlsplit(r.location).path.rsplit("/", 1)[1] + suffix)
+             for r, suffix in ((lead_upload, ".csv"), (legacy_upload, ".log.csv"))]
+    files += [tmp_path / "private.db", tmp_path / "private.db-wal", *(tmp_path / "outbox").glob("*.eml")]
+    assert len(files) == 5
+    for path in files:
+        assert mode(path) == 0o600, (path, oct(mode(path)))
+    for folder in (uploads, tmp_path / "outbox"):
+        assert mode(folder) == 0o700, (folder, oct(mode(folder)))
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_smtp_credentials_are_not_sent_without_tls_unless_the_operator_says_so(tmp_path):
+    plain = app_config(tmp_path / "x.db", 25, SMTP_USERNAME="team", SMTP_PASSWORD="secret")
+    with pytest.raises(ValueError, match="SMTP_ALLOW_PLAINTEXT_AUTH"):
+        create_app(plain)
+    create_app({**plain, "SMTP_ALLOW_PLAINTEXT_AUTH": True})  # the explicit flag
+    create_app({**plain, "SMTP_SECURITY": "starttls"})
+    create_app({**plain, "MAIL_BACKEND": "outbox"})  # no SMTP at all
+    create_app(app_config(tmp_path / "x.db", 25))  # no credentials
+
+
+ACCESS_SECRET = "top-secret-search-term"
+
+
+def test_unsubscribe_tokens_and_search_terms_stay_out_of_the_access_log(app, live_server, caplog):
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    token = make_token(app.config["SECRET_KEY"], "private.person@example.com", 1)
+    for path in (f"/u/{token}", f"/leads?q={ACCESS_SECRET}", f"/suppressions?q={ACCESS_SECRET}&page=2"):
+        try:
+            urlopen(live_server + path).close()
+        except HTTPError:
+            pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert len(lines) >= 3 and any("/u/" in line for line in lines)  # the requests are logged ...
+    for line in lines:
+        assert token not in line and ACCESS_SECRET not in line and "private.person" not in line, line
+
+
+def test_gunicorn_access_log_leaves_out_tokens_and_search_terms(app, config, tmp_path):
+    token = make_token(app.config["SECRET_KEY"], "private.person@example.com", 1)
+    log = tmp_path / "access.log"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
+                               "--access-logfile", str(log), "app:create_app()"], cwd=ROOT,
+                              env=env_for(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        for path in (f"/u/{token}", f"/leads?q={ACCESS_SECRET}"):
+            _answers(f"http://127.0.0.1:{port}{path}")
+        wait_for(lambda: log.exists() and log.read_text().count("\n") >= 3, timeout=30)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    text = log.read_text()
+    assert "/u/" in text and "/leads" in text
+    assert token not in text and ACCESS_SECRET not in text and "private.person" not in text, text
+
+
+def _answers(url: str) -> bool:
+    try:
+        urlopen(url).close()
+    except HTTPError:
+        pass
+    except OSError:
+        return False
+    return True

@@ -381,7 +381,8 @@ def test_smtp_password_is_never_logged(tmp_path, caplog, server):
     with SmtpSink(password="something-else" if server == "wrong password" else SMTP_SECRET) as sink:
         port = free_port() if server == "down" else sink.port
         app = create_app(app_config(tmp_path / "db.sqlite", port, SMTP_USERNAME="team",
-                                    SMTP_PASSWORD=SMTP_SECRET, LOG_LEVEL="DEBUG"))
+                                    SMTP_PASSWORD=SMTP_SECRET, SMTP_ALLOW_PLAINTEXT_AUTH=True,
+                                    LOG_LEVEL="DEBUG"))
         with app.app_context():
             db.create_all()
             cid = make_campaign(db.engine, 2, batch_size=2)
@@ -396,7 +397,7 @@ def test_smtp_password_is_never_logged(tmp_path, caplog, server):
 def test_smtp_password_is_never_rendered_into_a_page(tmp_path):
     with SmtpSink(password="something-else") as sink:
         app = create_app(app_config(tmp_path / "db.sqlite", sink.port, SMTP_USERNAME="team",
-                                    SMTP_PASSWORD=SMTP_SECRET))
+                                    SMTP_PASSWORD=SMTP_SECRET, SMTP_ALLOW_PLAINTEXT_AUTH=True))
         with app.app_context():
             db.create_all()
             engine = db.engine

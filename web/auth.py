@@ -36,6 +36,7 @@ def local_path(target: str | None) -> str:
     read as another host) must not turn our redirects into an open redirector.
     """
     if (not target or not target.startswith("/") or target.startswith(("//", "/\\"))
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)  # CR/LF cannot go into a header
             or urlsplit(target).netloc or urlsplit(target).scheme):
         return url_for("views.dashboard")
     return target

@@ -8,7 +8,7 @@ from datetime import datetime
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from flask_babel import gettext as _
 from flask_babel import ngettext
-from flask_login import login_required
+from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -139,10 +139,13 @@ def change_status(campaign_id: int, action: str):
 
 @bp.route("/healthz")
 def healthz():
-    """No login: database reachable? scheduler lease state? 503 if the database is not."""
+    """No login: database reachable? lease state (its holder only when logged in)? 503 if no database."""
     try:
         db.session.execute(text("SELECT 1"))
         state = stats.scheduler_state(db.session)
     except SQLAlchemyError:
         return jsonify(database="error"), 503
-    return jsonify(database="ok", scheduler=state.as_json())
+    scheduler = state.as_json()
+    if not current_user.is_authenticated:
+        scheduler.pop("holder")  # host name and pid: for the team, not for anyone on the network
+    return jsonify(database="ok", scheduler=scheduler)

@@ -29,6 +29,7 @@ from delivery.transport import make_transport
 from models import Campaign, CampaignLead, Lead, Variant, db
 from storage.database import write_session
 from web.campaigns import ActionForm
+from web.common import id_arg
 
 bp = Blueprint("editor", __name__)
 TIMEZONES = sorted(available_timezones())
@@ -66,7 +67,7 @@ class CampaignForm(FlaskForm):
 
 
 class VariantForm(FlaskForm):
-    letter = StringField(_l("Letter"), validators=[DataRequired(), Regexp(r"^[A-Za-z]$")])
+    letter = StringField(_l("Letter"), validators=[DataRequired(), Regexp(r"\A[A-Za-z]\Z")])
     subject = StringField(_l("Subject"), validators=[DataRequired(), Length(max=500)])
     body = TextAreaField(_l("Body"), validators=[DataRequired()])
     weight = IntegerField(_l("Weight"), default=1, validators=[InputRequired(), NumberRange(min=0, max=1000)])
@@ -188,7 +189,7 @@ def _some_leads(campaign_id: int) -> list[Lead]:
 
 
 def _preview_lead(campaign_id: int) -> Lead | None:
-    lead_id = request.values.get("lead", type=int)
+    lead_id = id_arg("lead", request.values)
     if lead_id:
         return db.session.get(Lead, lead_id)
     leads = _some_leads(campaign_id)
@@ -259,8 +260,11 @@ def send_test(campaign_id: int, letter: str):
         result = transport.send(msg, campaign.from_address, current_user.email)
     finally:
         transport.close()
-    flash(_("Test sent to %(email)s: %(reply)s", email=current_user.email, reply=result.reply),
-          "ok" if result.status == "sent" else "error")
+    if result.status == "sent":
+        flash(_("Test sent to %(email)s: %(reply)s", email=current_user.email, reply=result.reply), "ok")
+    else:
+        flash(_("The test to %(email)s was not sent: %(reply)s", email=current_user.email,
+                reply=result.reply), "error")
     return redirect(url_for("editor.variant", campaign_id=campaign_id, letter=letter))
 
 

@@ -25,6 +25,7 @@ from wtforms import SelectChoice, SelectField
 
 from core import importer
 from models import Campaign, CampaignLead, Lead, SendLog, db
+from web.common import MAX_TOKEN, id_arg, page_arg, uploads_folder, write_private
 
 bp = Blueprint("leads", __name__)
 PAGE_SIZE = 50
@@ -46,7 +47,7 @@ def _search(q: str) -> tuple:
 def index():
     """All leads, searchable by email, name, company or tag, 50 a page."""
     q = request.args.get("q", "")
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     conditions = _search(q)
     total = db.session.scalar(select(func.count()).select_from(Lead).where(*conditions))
     # Plain rows of the shown columns: no ORM objects, no JSON `fields` decoded 50 times.
@@ -78,13 +79,11 @@ class MappingForm(FlaskForm):
 
 
 def _uploads() -> Path:
-    folder = Path(current_app.instance_path) / "uploads"
-    folder.mkdir(exist_ok=True)
-    return folder
+    return uploads_folder(current_app.instance_path)
 
 
 def _upload_path(token: str, suffix: str = ".csv") -> Path:
-    if not token.isalnum():
+    if not token.isalnum() or len(token) > MAX_TOKEN:
         abort(404)
     return _uploads() / f"{token}{suffix}"
 
@@ -107,9 +106,9 @@ def upload():
             form.file.errors.append(str(exc))
             return render_template("import_upload.html", form=form), 400
         token = secrets.token_hex(12)
-        _upload_path(token).write_bytes(data)
+        write_private(_upload_path(token), data)
         return redirect(url_for("leads.mapping", token=token,
-                                campaign=request.args.get("campaign", 0, type=int)))
+                                campaign=id_arg("campaign") or 0))
     return render_template("import_upload.html", form=form)
 
 
@@ -122,7 +121,7 @@ def mapping(token: str):
         abort(404)
     data = path.read_bytes()
     sniffed = importer.sniff(data)
-    form = MappingForm(campaign=request.args.get("campaign", 0, type=int))
+    form = MappingForm(campaign=id_arg("campaign") or 0)
     form.campaign.choices = _campaign_choices()
     targets = sniffed.targets()  # the importer's own names, e.g. field:Telefon_4 for a repeated header
     if form.validate_on_submit():
@@ -133,8 +132,8 @@ def mapping(token: str):
             flash(str(exc), "error")
         else:
             # utf-8-sig: Excel on Windows reads Polish letters right only with the BOM.
-            _upload_path(token, ".rejected.csv").write_text(importer.rejected_csv(report),
-                                                            encoding="utf-8-sig")
+            write_private(_upload_path(token, ".rejected.csv"),
+                          importer.rejected_csv(report).encode("utf-8-sig"))
             path.unlink()
             return render_template("import_result.html", report=report, token=token)
     return render_template("import_mapping.html", form=form, sniffed=sniffed, targets=targets,

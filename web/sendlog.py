@@ -14,9 +14,11 @@ from models import Campaign, SendLog, SendStatus, Trigger, db
 from sender import Settings, decidable_at, resolve_unknown
 from storage.timeutil import utcnow
 from web.campaigns import ActionForm
+from web.common import link_args, page_arg
 
 bp = Blueprint("sendlog", __name__)
 PAGE_SIZE = 50
+FILTERS = ("status", "variant", "trigger", "from", "to")  # the query keys this page reads
 ACTIONS = ("mark-sent", "send-again")
 
 
@@ -59,12 +61,12 @@ def index(campaign_id: int):
     """Every delivery row of a campaign, newest first, filtered by status/variant/trigger/time."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404)
     conditions = _filtered(campaign_id, request.args)
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     total = db.session.scalar(select(func.count()).select_from(SendLog).where(*conditions))
     rows = stats.send_rows(db.session, conditions, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     return render_template("sendlog.html", campaign=campaign, rows=rows, total=total, page=page,
                            pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1), args=request.args,
-                           filters={k: v for k, v in request.args.items() if k != "page" and v},
+                           filters=link_args(FILTERS),
                            statuses=list(SendStatus), triggers=list(Trigger))
 
 

@@ -18,6 +18,7 @@ from models import Suppression, db
 from storage.database import immediate, write_session
 from storage.timeutil import utcnow
 from web.campaigns import ActionForm
+from web.common import page_arg
 from web.leads import PAGE_SIZE
 
 bp = Blueprint("suppression", __name__)
@@ -45,7 +46,7 @@ def index():
               if added else _("%(email)s was suppressed already.", email=form.email.data), "ok")
         return redirect(url_for("suppression.index"))
     q = request.args.get("q", "").strip()
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     where = (Suppression.email.contains(q.lower(), autoescape=True),) if q else ()  # "%", "_" literal
     total = db.session.scalar(select(func.count()).select_from(Suppression).where(*where))
     rows = db.session.scalars(select(Suppression).where(*where).order_by(Suppression.id.desc())

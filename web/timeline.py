@@ -38,6 +38,7 @@ from timeline.analysis import bucket as bucket_events
 from timeline.live import Scope
 from timeline.words import finding
 from web import timeline_chart
+from web.common import MAX_TOKEN, id_arg, link_args, page_arg, uploads_folder, write_private
 
 bp = Blueprint("timeline", __name__)
 PAGE_SIZE = 50
@@ -102,7 +103,7 @@ def _scope(campaign_id: int | None, tz: str) -> Scope:
 def live(campaign_id: int | None = None):
     """SendOnce's own sends: chart, totals, duplicate groups, finding, paged events."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404) if campaign_id else None
-    tz, page = _zone(), max(request.args.get("page", 1, type=int), 1)
+    tz, page = _zone(), page_arg()
     scope = _scope(campaign_id, tz)
     with db.engine.connect() as conn:
         analysis, minutes, buckets = live_sql.overview(conn, scope)
@@ -121,7 +122,7 @@ def _row(row) -> dict:
 
 
 def _args() -> dict:
-    return {k: v for k, v in request.args.items() if k not in ("page", "fragment") and v}
+    return link_args(("tz", "from", "to"))
 
 
 @bp.route("/timeline/export.csv")
@@ -129,7 +130,7 @@ def _args() -> dict:
 def export():
     """The event table as CSV (formula-looking cells neutralized for spreadsheets)."""
     tz = _zone()
-    scope = _scope(request.args.get("campaign", type=int), tz)
+    scope = _scope(id_arg("campaign"), tz)
 
     def generate():
         out = io.StringIO()
@@ -150,11 +151,9 @@ def export():
 
 
 def _legacy_path(token: str) -> Path:
-    if not token.isalnum():
+    if not token.isalnum() or len(token) > MAX_TOKEN:
         abort(404)
-    folder = Path(current_app.instance_path) / "uploads"
-    folder.mkdir(exist_ok=True)
-    return folder / f"{token}.log.csv"
+    return uploads_folder(current_app.instance_path) / f"{token}.log.csv"
 
 
 @bp.route("/timeline/legacy", methods=["POST"])
@@ -165,7 +164,7 @@ def upload_legacy():
     if not form.validate_on_submit():
         abort(400)
     token = secrets.token_hex(12)
-    _legacy_path(token).write_bytes(form.file.data.read())
+    write_private(_legacy_path(token), form.file.data.read())
     return redirect(url_for("timeline.legacy", token=token, tz=form.tz.data))
 
 
@@ -176,7 +175,7 @@ def legacy(token: str):
     path = _legacy_path(token)
     if not path.exists():
         abort(404)
-    tz, page = _zone(), max(request.args.get("page", 1, type=int), 1)
+    tz, page = _zone(), page_arg()
     try:
         parsed = legacy_log.parse_log(path.read_bytes(), tz)
     except legacy_log.LegacyLogError as exc:
