@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 import scheduler
+from cli.terminal import echo, visible, visible_fields, visible_json, visible_lines
 from core import campaigns, importer, leads, stats
 from models import Campaign, CampaignLead, Trigger, User, db
 from sender import Settings, decidable_at, recover, resolve_unknown
@@ -51,6 +52,9 @@ def _database_errors_in_one_line(command: click.Command) -> click.Command:
             return callback(*args, **kwargs)
         except OperationalError as exc:
             raise click.ClickException(database_problem(exc)) from exc
+        except click.ClickException as exc:  # messages may quote a file's or a lead's text
+            exc.message = visible_lines(exc.message)
+            raise
 
     run._one_line_errors = True  # type: ignore[attr-defined]
     command.callback = run
@@ -78,7 +82,7 @@ def _engine():
 def init_db() -> None:
     """Create the tables and triggers (safe to run again, and after an upgrade: data is kept)."""
     schema.install(db.engine, db.metadata)
-    click.echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
+    echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
 
 
 @click.command("create-user")
@@ -88,7 +92,7 @@ def init_db() -> None:
 def create_user(email: str, password: str) -> None:
     """Create an admin login (the password is prompted for unless --password is given)."""
     _add_user(email, password)
-    click.echo(f"user {email} created")
+    echo(f"user {email} created")
 
 
 def _add_user(email: str, password: str) -> None:
@@ -112,13 +116,13 @@ def import_leads(path: Path, campaign_id: int | None) -> None:
     except importer.CsvImportError as exc:  # unreadable as a whole: exit 1, so scripts stop here
         raise click.ClickException(f"{path}: {exc}; nothing was imported") from exc
     for line, reason in report.rejected:
-        click.echo(f"line {line}: {reason}", err=True)
-    click.echo(f"imported {report.imported}, merged {report.merged}, rejected {len(report.rejected)}")
+        echo(f"line {line}: {visible(reason)}", err=True)
+    echo(f"imported {report.imported}, merged {report.merged}, rejected {len(report.rejected)}")
     if not report.lead_ids:  # every row rejected (or none there): a script must not go on
         raise click.ClickException(f"{path}: no lead was imported")
     if campaign_id is not None:
         added = leads.enroll(_engine(), campaign_id, report.lead_ids)
-        click.echo(f"enrolled {added} new in campaign {campaign_id}")
+        echo(f"enrolled {added} new in campaign {campaign_id}")
 
 
 @click.group("campaign")
@@ -152,7 +156,7 @@ def campaign_create(name: str, from_address: str | None, from_name: str, interva
         from_name=from_name, interval_seconds=interval, batch_size=batch_size,
         daily_cap=daily_cap, window_weekdays=weekdays, window_start_hour=int(start),
         window_end_hour=int(end or 24), timezone=timezone)
-    click.echo(campaign_id)
+    echo(campaign_id)
 
 
 @campaign_group.command("variant")
@@ -191,7 +195,7 @@ def campaign_enroll(campaign_id: int, all_leads: bool, tag: str | None) -> None:
     if not matched:
         raise click.ClickException(f"no lead carries tag {tag!r}; nothing enrolled" if tag else
                                    "there are no leads; nothing enrolled")
-    click.echo(f"enrolled {added} new ({matched - added} were enrolled already)")
+    echo(f"enrolled {added} new ({matched - added} were enrolled already)")
 
 
 def _status_command(name: str, action, doc: str):
@@ -203,7 +207,7 @@ def _status_command(name: str, action, doc: str):
             action(_engine(), campaign_id)
         except campaigns.CampaignError as exc:
             raise click.ClickException(str(exc)) from exc
-        click.echo(f"campaign {campaign_id}: {name} done")
+        echo(f"campaign {campaign_id}: {name} done")
 
     return command
 
@@ -221,16 +225,16 @@ def campaign_show(campaign_id: int) -> None:
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
         raise click.ClickException(f"no campaign {campaign_id}")
-    click.echo(f"#{campaign.id} {campaign.name} [{campaign.status}]"
-               + (f" — {campaign.pause_reason}" if campaign.pause_reason else ""))
-    click.echo(f"  from {campaign.from_address}, every {campaign.interval_seconds}s, "
-               f"batch {campaign.batch_size}, cap {campaign.daily_cap or '-'}")
+    echo(f"#{campaign.id} {visible(campaign.name)} [{campaign.status}]"
+         + (f" — {visible(campaign.pause_reason)}" if campaign.pause_reason else ""))
+    echo(f"  from {visible(campaign.from_address)}, every {campaign.interval_seconds}s, "
+         f"batch {campaign.batch_size}, cap {campaign.daily_cap or '-'}")
     for v in campaign.variants:
-        click.echo(f"  variant {v.letter} (weight {v.weight}): {v.subject}")
+        echo(f"  variant {v.letter} (weight {v.weight}): {visible(v.subject)}")
     states = db.session.execute(
         select(CampaignLead.state, func.count()).where(CampaignLead.campaign_id == campaign_id)
         .group_by(CampaignLead.state)).all()
-    click.echo("  " + ", ".join(f"{state}: {n}" for state, n in states) if states else "  no leads")
+    echo("  " + ", ".join(f"{state}: {n}" for state, n in states) if states else "  no leads")
 
 
 @click.command("send-due")
@@ -244,18 +248,18 @@ def send_due(campaign_id: int | None) -> None:
     finally:
         ticker.release()
     if results is None:
-        click.echo("another process holds the scheduler lease; nothing sent")
+        echo("another process holds the scheduler lease; nothing sent")
         return
     for cid, batch in results.items():
-        click.echo(f"campaign {cid}: sent {batch.sent}"
-                   + (f" ({batch.stopped_by})" if batch.stopped_by else ""))
+        echo(f"campaign {cid}: sent {batch.sent}"
+             + (f" ({visible(batch.stopped_by)})" if batch.stopped_by else ""))
 
 
 @click.command("scheduler")
 @with_appcontext
 def run_scheduler() -> None:
     """Run a dedicated foreground scheduler until SIGTERM/Ctrl-C."""
-    click.echo(f"scheduler: ticking every {current_app.config['TICK_SECONDS']}s")
+    echo(f"scheduler: ticking every {current_app.config['TICK_SECONDS']}s")
     scheduler.run_forever(current_app._get_current_object())
 
 
@@ -264,7 +268,7 @@ def run_scheduler() -> None:
 def recover_command() -> None:
     """Mark `sending` rows of dead or silent workers `unknown` (never re-sent)."""
     settings = Settings.from_config(current_app.config)
-    click.echo(f"{recover(_engine(), settings, utcnow())} marked unknown")
+    echo(f"{recover(_engine(), settings, utcnow())} marked unknown")
 
 
 @click.command("resolve")
@@ -281,8 +285,9 @@ def resolve_command(send_log_id: int | None, action: str | None, who: str) -> No
         for row in rows:
             until = decidable_at(settings, row.claimed_at, row.beat_at)
             wait = f"\tstill sending: decide after {until:%Y-%m-%d %H:%M:%S} UTC" if until > now else ""
-            click.echo(f"{row.id}\tcampaign {row.campaign_id}\t{row.email}\t{row.smtp_reply}{wait}")
-        click.echo(f"{len(rows)} unknown")
+            echo(f"{row.id}\tcampaign {row.campaign_id}\t{visible(row.email)}\t"
+                 f"{visible(row.smtp_reply)}{wait}")
+        echo(f"{len(rows)} unknown")
         return
     if action is None:
         raise click.UsageError("give --mark-sent or --send-again")
@@ -293,7 +298,7 @@ def resolve_command(send_log_id: int | None, action: str | None, who: str) -> No
             f"it); nothing changed. Decide after {refusal.detail} UTC.")
     if refusal is not None:
         raise click.ClickException(f"send {send_log_id} is not unknown; nothing changed")
-    click.echo(f"send {send_log_id}: {action}")
+    echo(f"send {send_log_id}: {action}")
 
 
 DEMO_LEADS = b"""email,first_name,last_name,company,city
@@ -321,7 +326,7 @@ def demo() -> None:
                           "szuka nowych klientów?\n\nWypisz się: {{ unsubscribe_url }}\n")
     leads.enroll(engine, campaign_id, report.lead_ids)
     campaigns.start(engine, campaign_id)
-    click.echo(f"demo campaign {campaign_id} started with {len(report.lead_ids)} leads")
+    echo(f"demo campaign {campaign_id} started with {len(report.lead_ids)} leads")
 
 
 @click.command("first-run")
@@ -330,12 +335,12 @@ def first_run() -> None:
     """Create tables; on an empty database add the demo data and an admin login."""
     schema.install(db.engine, db.metadata)
     if db.session.scalar(select(func.count()).select_from(User)):
-        click.echo("database ready (existing data kept)")
+        echo("database ready (existing data kept)")
         return
     password = secrets.token_urlsafe(12)
     _add_user("admin@example.com", password)
     click.get_current_context().invoke(demo)
-    click.echo(f"\n  Log in at {current_app.config['BASE_URL']} as admin@example.com "
+    echo(f"\n  Log in at {current_app.config['BASE_URL']} as admin@example.com "
                f"with password: {password}\n  (shown once; change it with create-user)\n")
 
 
@@ -358,12 +363,14 @@ def timeline_command(campaign_id: int | None, log_file: Path | None, as_json: bo
         except legacy_log.LegacyLogError as exc:
             raise click.ClickException(str(exc)) from exc
         for line, reason in parsed.rejected:
-            click.echo(f"line {line}: {reason}", err=True)
-        analysis = timeline.analyse(parsed.events)
+            echo(f"line {line}: {visible(reason)}", err=True)
+        # The report quotes the log's own values: a line break or an escape sequence in one
+        # must show as text, not end the line or rewrite the screen.
+        analysis = timeline.analyse([visible_fields(event) for event in parsed.events])
     else:
         with _engine().connect() as conn:
             analysis = timeline_sql.analyse(conn, timeline_sql.Scope(campaign_id))
     if as_json:
-        click.echo(json.dumps(timeline.to_json(analysis), ensure_ascii=False, indent=2))
+        echo(visible_json(json.dumps(timeline.to_json(analysis), ensure_ascii=False, indent=2)))
     else:
-        click.echo(words.text_report(analysis, lang, tz))
+        echo(words.text_report(analysis, lang, tz))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ from urllib.parse import quote, urlsplit
 from urllib.request import urlopen
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app import create_app
 from conftest import ROOT, app_config, env_for
@@ -27,11 +28,11 @@ from core.csvfile import neutralized
 from delivery.lease import acquire
 from delivery.tokens import make_token
 from helpers import make_campaign
-from models import CampaignLead, Lead, Suppression, User, Variant, db
+from models import Campaign, CampaignLead, Lead, SendLog, Suppression, User, Variant, db
 from procs import wait_for
 from smtp_sink import free_port
 from storage import schema
-from storage.database import write_session
+from storage.database import immediate, write_session
 from storage.timeutil import utcnow
 from test_security import quick_user, send_now  # noqa: F401 - a fixture
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
@@ -298,3 +299,57 @@ def _answers(url: str) -> bool:
     except OSError:
         return False
     return True
+
+
+# --- 6. control characters from outside are shown, never obeyed, on the terminal ---------------
+
+ERASE = "\x1b[1A\x1b[2K"  # cursor up one line, erase it
+FAKE = "Duplicates: 0"
+HOSTILE_VALUES = [f"{ERASE}{FAKE}", f"w\n{FAKE}\n", "\x9b2J", "x\u202eevil", "a\rb", "bell\x07"]
+RAW = ("\x1b", "\x9b", "\u202e", "\x07", "\r")
+
+
+def assert_harmless(text: str) -> None:
+    assert not any(char in text for char in RAW), repr(text)
+    assert not any(line.startswith(FAKE) for line in text.splitlines()), text
+
+
+def test_cli_timeline_of_a_hostile_legacy_log_shows_control_characters(runner, tmp_path):
+    rows = ["sentAt,lead,campaignId,variantLetter,trigger,worker"]
+    for i, value in enumerate(HOSTILE_VALUES * 2):  # each twice: duplicates, so the report quotes them
+        rows.append(f'2025-01-14T09:{i % 6:02d}:0{i // 6}Z,"{value}","{value}",A,"{value}","{value}"')
+    rows.append(f'not a time{ERASE}{FAKE},x,1,A,cli,w')
+    log = tmp_path / "hostile.csv"
+    log.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    text = runner.invoke(args=["timeline", "--log", str(log), "--lang", "en"])
+    assert text.exit_code == 0, text.output
+    assert_harmless(text.output)
+    assert "\\x1b[2K" in text.output  # shown, as an escape
+    as_json = runner.invoke(args=["timeline", "--log", str(log), "--json"])
+    assert as_json.exit_code == 0
+    assert_harmless(as_json.output)
+    assert json.loads(as_json.stdout)  # still JSON a script can read
+
+
+def test_cli_outputs_of_lead_campaign_and_smtp_text_show_control_characters(app, runner, engine, tmp_path):
+    cid = make_campaign(engine, 1, start=False, name=f"n{ERASE}{FAKE}")
+    with immediate(engine) as conn:
+        conn.execute(update(Campaign.__table__).values(pause_reason=f"550 {ERASE}{FAKE}"))
+        conn.execute(SendLog.__table__.insert().values(
+            campaign_id=cid, lead_id=1, variant_letter="A", status="unknown", trigger="cli", worker="w",
+            smtp_reply=f"421 \n{FAKE}\x1b]0;title\x07"))
+    for args in (["campaign", "show", str(cid)], ["resolve"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 0, result.output
+        assert_harmless(result.output)
+        assert "\\x1b" in result.output, args
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(f"email\n{ERASE}{FAKE}@x\nx\x9b@example.com\n".encode())
+    result = runner.invoke(args=["import-leads", str(bad)])
+    assert result.exit_code == 1
+    assert_harmless(result.output)
+    header = tmp_path / "header.csv"
+    header.write_bytes(f"name{ERASE}{FAKE}\nx\n".encode())
+    result = runner.invoke(args=["import-leads", str(header)])
+    assert result.exit_code == 1 and "nothing was imported" in result.output
+    assert_harmless(result.output)
