@@ -19,6 +19,7 @@ from flask_babel import lazy_gettext
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 import cli
 import scheduler
@@ -77,6 +78,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _register_pages(app)
     app.after_request(_security_headers)
     app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
     cli.register(app)
     scheduler.init_app(app)
     return app
@@ -110,6 +112,12 @@ def _database_unavailable(exc: OperationalError) -> tuple[str, int, dict[str, st
     return page, 503, {"Retry-After": "5"}
 
 
+def _too_large(_exc: RequestEntityTooLarge) -> tuple[str, int]:
+    """An upload over MAX_CONTENT_LENGTH: say so and what the limit is, in the UI language."""
+    return render_template("too_large.html", limit=common.megabytes(current_app.config["MAX_CONTENT_LENGTH"]),
+                           setting="MAX_CONTENT_LENGTH"), 413
+
+
 def _defaults(instance: Path) -> dict[str, Any]:
     return {
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'sendonce.db'}",
@@ -135,7 +143,9 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "LOG_LEVEL": "INFO",
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
-        "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # uploads (CSV imports)
+        "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # any request body: uploads (CSV imports, legacy logs)
+        # A legacy log is analysed on the server; its size bounds that work (refused above it).
+        "LEGACY_LOG_MAX_BYTES": 64 * 1024 * 1024,
         "BABEL_DEFAULT_LOCALE": i18n.DEFAULT,
         "BABEL_TRANSLATION_DIRECTORIES": str(Path(__file__).parent / "translations"),
     }

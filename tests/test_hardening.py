@@ -353,3 +353,41 @@ def test_cli_outputs_of_lead_campaign_and_smtp_text_show_control_characters(app,
     result = runner.invoke(args=["import-leads", str(header)])
     assert result.exit_code == 1 and "nothing was imported" in result.output
     assert_harmless(result.output)
+
+
+# --- 7. an upload's cost is bounded, and a refusal says why -------------------------------------
+
+
+def upload_names(app) -> set[str]:
+    folder = Path(app.instance_path) / "uploads"
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+def test_an_oversized_legacy_log_is_refused_with_its_limit_and_not_stored(app, client, login):  # noqa: F811
+    app.config["LEGACY_LOG_MAX_BYTES"] = 2 * 1024 * 1024
+    login()
+    token = csrf_token(client.get("/timeline").data)
+    before = upload_names(app)
+    big = b"sentAt,lead\n" + b"2025-01-14T09:00:00Z,lead@example.com\n" * 60_000  # 2.3 MB
+    response = client.post("/timeline/legacy", data={"csrf_token": token, "tz": "UTC",
+                                                     "file": (io.BytesIO(big), "big.csv")})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 413
+    assert "Plik jest większy niż 2 MB" in page and "LEGACY_LOG_MAX_BYTES" in page
+    assert upload_names(app) == before
+    ok = client.post("/timeline/legacy", data={"csrf_token": token, "tz": "UTC",
+                                               "file": (io.BytesIO(big[:100_000]), "small.csv")})
+    assert ok.status_code == 302  # under the limit: kept and analysed
+
+
+def test_a_request_over_max_content_length_gets_a_clear_page(app, client, login):  # noqa: F811
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    login()
+    token = csrf_token(client.get("/leads/import").data)
+    before = upload_names(app)
+    big = (io.BytesIO(b"email\n" + b"x" * 2_000_000), "a.csv")
+    response = client.post("/leads/import", data={"csrf_token": token, "file": big})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 413
+    assert "Plik jest większy niż 1 MB" in page and "MAX_CONTENT_LENGTH" in page
+    assert upload_names(app) == before

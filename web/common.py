@@ -42,6 +42,11 @@ def link_args(names: Iterable[str]) -> dict[str, str]:
     return {name: request.args[name] for name in names if request.args.get(name)}
 
 
+def megabytes(size: int | float) -> str:
+    """A byte count as the pages show a limit: MB with at most one decimal."""
+    return f"{size / (1024 * 1024):.1f}".removesuffix(".0")
+
+
 def uploads_folder(instance_path: str) -> Path:
     """instance/uploads, readable by the service account only (uploads hold personal data)."""
     folder = Path(instance_path) / "uploads"

@@ -38,7 +38,7 @@ from timeline.analysis import bucket as bucket_events
 from timeline.live import Scope
 from timeline.words import finding
 from web import timeline_chart
-from web.common import MAX_TOKEN, id_arg, link_args, page_arg, uploads_folder, write_private
+from web.common import MAX_TOKEN, id_arg, link_args, megabytes, page_arg, uploads_folder, write_private
 
 bp = Blueprint("timeline", __name__)
 PAGE_SIZE = 50
@@ -163,8 +163,12 @@ def upload_legacy():
     form = LegacyForm()
     if not form.validate_on_submit():
         abort(400)
+    limit = current_app.config["LEGACY_LOG_MAX_BYTES"]
+    data = form.file.data.read(limit + 1)  # no more than one byte past the limit is read
+    if len(data) > limit:
+        return render_template("too_large.html", limit=megabytes(limit), setting="LEGACY_LOG_MAX_BYTES"), 413
     token = secrets.token_hex(12)
-    write_private(_legacy_path(token), form.file.data.read())
+    write_private(_legacy_path(token), data)
     return redirect(url_for("timeline.legacy", token=token, tz=form.tz.data))
 
 
