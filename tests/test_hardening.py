@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from urllib.error import HTTPError
 from urllib.parse import quote, urlsplit
@@ -20,11 +21,14 @@ from urllib.request import urlopen
 
 import pytest
 from sqlalchemy import func, select, update
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import encode_multipart
 
 from app import create_app
 from conftest import ROOT, app_config, env_for
 from core import campaigns, importer
 from core.csvfile import neutralized
+from delivery import templating
 from delivery.lease import acquire
 from delivery.tokens import make_token
 from helpers import make_campaign
@@ -263,8 +267,8 @@ def test_unsubscribe_tokens_and_search_terms_stay_out_of_the_access_log(app, liv
     for path in (f"/u/{token}", f"/leads?q={ACCESS_SECRET}", f"/suppressions?q={ACCESS_SECRET}&page=2"):
         try:
             urlopen(live_server + path).close()
-        except HTTPError:
-            pass
+        except HTTPError as exc:
+            exc.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
     assert len(lines) >= 3 and any("/u/" in line for line in lines)  # the requests are logged ...
     for line in lines:
@@ -294,8 +298,8 @@ def test_gunicorn_access_log_leaves_out_tokens_and_search_terms(app, config, tmp
 def _answers(url: str) -> bool:
     try:
         urlopen(url).close()
-    except HTTPError:
-        pass
+    except HTTPError as exc:
+        exc.close()
     except OSError:
         return False
     return True
@@ -358,6 +362,13 @@ def test_cli_outputs_of_lead_campaign_and_smtp_text_show_control_characters(app,
 # --- 7. an upload's cost is bounded, and a refusal says why -------------------------------------
 
 
+def post_big(client, url: str, data: dict):
+    """A multipart POST built in memory (the test client spools a big body to a temporary
+    file that it never closes: a ResourceWarning, an error under this suite's settings)."""
+    boundary, body = encode_multipart(MultiDict(data))
+    return client.post(url, data=body, content_type=f"multipart/form-data; boundary={boundary}")
+
+
 def upload_names(app) -> set[str]:
     folder = Path(app.instance_path) / "uploads"
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
@@ -369,8 +380,8 @@ def test_an_oversized_legacy_log_is_refused_with_its_limit_and_not_stored(app, c
     token = csrf_token(client.get("/timeline").data)
     before = upload_names(app)
     big = b"sentAt,lead\n" + b"2025-01-14T09:00:00Z,lead@example.com\n" * 60_000  # 2.3 MB
-    response = client.post("/timeline/legacy", data={"csrf_token": token, "tz": "UTC",
-                                                     "file": (io.BytesIO(big), "big.csv")})
+    response = post_big(client, "/timeline/legacy", {"csrf_token": token, "tz": "UTC",
+                                                     "file": FileStorage(io.BytesIO(big), "big.csv")})
     page = response.get_data(as_text=True)
     assert response.status_code == 413
     assert "Plik jest większy niż 2 MB" in page and "LEGACY_LOG_MAX_BYTES" in page
@@ -385,9 +396,107 @@ def test_a_request_over_max_content_length_gets_a_clear_page(app, client, login)
     login()
     token = csrf_token(client.get("/leads/import").data)
     before = upload_names(app)
-    big = (io.BytesIO(b"email\n" + b"x" * 2_000_000), "a.csv")
-    response = client.post("/leads/import", data={"csrf_token": token, "file": big})
+    big = FileStorage(io.BytesIO(b"email\n" + b"x" * 2_000_000), "a.csv")
+    response = post_big(client, "/leads/import", {"csrf_token": token, "file": big})
     page = response.get_data(as_text=True)
     assert response.status_code == 413
     assert "Plik jest większy niż 1 MB" in page and "MAX_CONTENT_LENGTH" in page
     assert upload_names(app) == before
+
+
+# --- 5. templates have a time and memory budget -----------------------------------------------
+
+COSTLY = [
+    "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",  # 10**10 steps
+    "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+    "{{ lipsum(10**6) }}",
+    "{{ 'a' * 10**9 }}",
+    "{{ ['a'] * 10**9 }}",
+    "{{ 2 ** 999999999 }}",
+    "{{ 10 ** 10000 }}",
+    "{{ '%0999999999d'|format(1) }}",
+    "{{ '%0999999999d' % 1 }}",
+    "{{ '%*d' % (999999999, 1) }}",
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ 'x'.rjust(999999999) }}",
+    "{{ 'x'|center(999999999) }}",
+    "{{ ('a' * 100000)|replace('a', 'a' * 100000) }}",
+    "{{ ('a' * 100000)|indent(100000) }}",
+    "{% set s = 'a' * 500000 %}{% set s = s ~ s %}{% set s = s ~ s %}{% set s = s ~ s %}{{ s ~ s }}",
+    "{% set s = 'a' * 500000 %}{{ (s + s) + (s + s) + (s + s) + (s + s) + (s + s) }}",
+    "{% set s %}{% for i in range(100000) %}{{ 'a' * 1000 }}{% endfor %}{% endset %}{{ s|length }}",
+    "{{ ('a' * 1000000)|join('b' * 1000000) }}",
+    "{{ range(100000)|batch(999999999, 'x')|list|length }}",
+    "{% macro m(s) %}{{ m(s ~ s) }}{% endmacro %}{{ m('a') }}",
+    "{{ ['x'] * 1000 }}" * 2000,
+]
+
+
+def outcome_within(seconds: float, function) -> BaseException | object:
+    """What `function()` returned or raised, or a failure if it was still running after `seconds`
+    (so that, without the limits, this test fails instead of hanging the suite)."""
+    done: list = []
+
+    def run() -> None:
+        try:
+            done.append(function())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            done.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert done, f"still rendering after {seconds} s"
+    return done[0]
+
+
+@pytest.mark.parametrize("source", COSTLY, ids=range(len(COSTLY)))
+def test_a_costly_template_is_refused_quickly_with_a_clear_problem(source):
+    context = {"first_name": "Anna"}
+    refused = outcome_within(30, lambda: templating.render(source, context))
+    assert isinstance(refused, templating.TemplateTooCostly), refused
+    assert str(refused).startswith("template too large or slow")
+    [problem] = [p for p in templating.check("A", source, "ok", context) if p.part == "subject"]
+    assert problem.too_costly and "too large or slow" in problem.message
+
+
+def test_ordinary_templates_still_render():
+    context = {"first_name": "Anna", "items": ["a", "b"], "n": 3}
+    cases = {
+        "Hi {{ first_name }}!": "Hi Anna!",
+        "{% for i in items %}{{ loop.index }}{{ i }}{% if not loop.last %}, {% endif %}{% endfor %}":
+            "1a, 2b",
+        "{{ '%05.1f'|format(3.14159) }} {{ '%s-%s' % ('a', 'b') }} {{ '{:>4}'.format(7) }}": "003.1 a-b    7",
+        "{{ 'ab' * 3 }} {{ 2 ** 10 }} {{ items|join('+') }} {{ 'x'|center(5) }}|": "ababab 1024 a+b   x  |",
+        "{% set ns = namespace(s='') %}{% for i in range(3) %}{% set ns.s = ns.s ~ i %}{% endfor %}"
+        "{{ ns.s }}": "012",
+        "{{ range(1000)|sum }} {{ lipsum(1, False, 5, 6)|wordcount }}": "499500 5",
+    }
+    for source, expected in cases.items():
+        assert templating.render(source, context) == expected, source
+
+
+def test_the_editor_reports_a_costly_template_at_its_field(app, client, admin):
+    page = client.get(f"/campaigns/{admin}/variants/new").data
+    response = client.post(f"/campaigns/{admin}/variants/new", data={
+        "csrf_token": csrf_token(page), "letter": "C", "subject": "{{ 'a' * 10**9 }}",
+        "body": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        "weight": "1"})
+    text = html.unescape(response.get_data(as_text=True))
+    assert response.status_code == 200
+    assert text.count("Szablon jest za duży albo renderuje się za długo") == 2  # subject and body
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Variant).where(Variant.letter == "C")) == 0
+
+
+def test_the_sender_renders_with_the_same_limits(app, engine, smtp):
+    cid = make_campaign(engine, 2, variants="A", batch_size=2)
+    with immediate(engine) as conn:  # as if saved before the limits existed
+        conn.execute(update(Variant.__table__).values(body=COSTLY[0]))
+    send_now(app, cid)
+    assert sum(smtp.recorder.received.values()) == 0
+    with engine.connect() as conn:
+        campaign = conn.execute(select(Campaign.status, Campaign.pause_reason)).one()
+        statuses = conn.execute(select(SendLog.status)).scalars().all()
+    assert campaign.status == "paused" and "too large or slow" in campaign.pause_reason
+    assert statuses and set(statuses) <= {"retry"}  # nothing sent, nothing lost: back in the queue

@@ -83,6 +83,9 @@ def _check_template(source: str) -> None:
     # Syntax and sandbox errors belong to the field; unknown merge fields depend on the
     # leads and are checked against every enrolled lead when the campaign starts.
     for problem in templating.check("-", "field", source, _sample_context()):
+        if problem.too_costly:
+            raise ValidationError(_("The template is too large or renders too slowly (%(detail)s).",
+                                    detail=problem.message.removeprefix(templating.TOO_COSTLY)))
         if not problem.undefined:
             raise ValidationError(problem.message)
 
