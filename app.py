@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 import cli
 import scheduler
 from delivery.transport import stale_floor
-from models import User, db
+from models import db
 from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
-from web import accesslog, auth, common, editor, i18n, unsubscribe
+from web import accesslog, accounts, auth, common, editor, i18n, unsubscribe
 from web import campaigns as views
 from web import leads as lead_pages
 from web import sendlog as sendlog_pages
@@ -86,8 +87,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 def _register_pages(app: Flask) -> None:
     app.url_map.converters["int"] = common.BoundedIntConverter
-    for module in (auth, views, editor, lead_pages, sendlog_pages, suppression_pages, timeline_pages,
-                   i18n, unsubscribe):
+    for module in (auth, accounts, views, editor, lead_pages, sendlog_pages, suppression_pages,
+                   timeline_pages, i18n, unsubscribe):
         app.register_blueprint(module.bp)
     csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 
@@ -143,6 +144,10 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "LOG_LEVEL": "INFO",
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
+        # A login ends after this long without a request (the signed cookie's own age is
+        # checked) and, however active, SESSION_ABSOLUTE_LIFETIME (seconds) after it began.
+        "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),
+        "SESSION_ABSOLUTE_LIFETIME": 14 * 86400,
         "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # any request body: uploads (CSV imports, legacy logs)
         # A legacy log is analysed on the server; its size bounds that work (refused above it).
         "LEGACY_LOG_MAX_BYTES": 64 * 1024 * 1024,
@@ -197,6 +202,4 @@ def _instance_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-@login_manager.user_loader
-def _load_user(user_id: str) -> User | None:
-    return db.session.get(User, int(user_id))
+login_manager.user_loader(auth.load_user)

@@ -15,11 +15,10 @@ from sqlalchemy.exc import OperationalError
 
 import scheduler
 from cli.terminal import echo, visible, visible_fields, visible_json, visible_lines
-from core import campaigns, importer, leads, stats
+from core import accounts, campaigns, importer, leads, stats
 from models import Campaign, CampaignLead, Trigger, User, db
 from sender import Settings, decidable_at, recover, resolve_unknown
 from storage import schema
-from storage.database import write_session
 from storage.timeutil import utcnow
 from timeline import analysis as timeline
 from timeline import legacy_log, words
@@ -28,7 +27,7 @@ from timeline import live as timeline_sql
 
 def register(app: Flask) -> None:
     """Attach every command to the app's CLI."""
-    for command in (init_db, create_user, import_leads, send_due, run_scheduler,
+    for command in (init_db, create_user, set_password, import_leads, send_due, run_scheduler,
                     recover_command, resolve_command, demo, first_run, timeline_command):
         app.cli.add_command(_database_errors_in_one_line(command))
     app.cli.add_command(_database_errors_in_one_line(campaign_group))
@@ -90,19 +89,31 @@ def init_db() -> None:
 @click.argument("email")
 @click.password_option()
 def create_user(email: str, password: str) -> None:
-    """Create an admin login (the password is prompted for unless --password is given)."""
-    _add_user(email, password)
-    echo(f"user {email} created")
+    """Create an admin login (the password is prompted for unless --password is given).
+
+    The password needs at least 12 characters and must not be a common one. An existing
+    address is refused: change its password with set-password.
+    """
+    _account_change(accounts.create_user, _engine(), email, password)
+    echo(f"user {leads.normalize_email(email)} created")
 
 
-def _add_user(email: str, password: str) -> None:
-    email = leads.normalize_email(email)
-    with write_session(_engine()) as session:
-        if session.scalar(select(User).where(User.email == email)):
-            raise click.ClickException(f"user {email} exists already")
-        user = User(email=email)
-        user.set_password(password)
-        session.add(user)
+@click.command("set-password")
+@with_appcontext
+@click.argument("email")
+@click.password_option()
+def set_password(email: str, password: str) -> None:
+    """Change a login's password (prompted unless --password is given); ends all its sessions."""
+    user_id = _account_change(accounts.user_id_of, _engine(), email)
+    _account_change(accounts.set_password, _engine(), user_id, password)
+    echo(f"password of {leads.normalize_email(email)} changed; its sessions have ended")
+
+
+def _account_change(action, *args):
+    try:
+        return action(*args)
+    except accounts.AccountError as exc:  # a rule of the account policy: exit 1 with the reason
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command("import-leads")
@@ -338,10 +349,10 @@ def first_run() -> None:
         echo("database ready (existing data kept)")
         return
     password = secrets.token_urlsafe(12)
-    _add_user("admin@example.com", password)
+    accounts.create_user(_engine(), "admin@example.com", password)
     click.get_current_context().invoke(demo)
     echo(f"\n  Log in at {current_app.config['BASE_URL']} as admin@example.com "
-               f"with password: {password}\n  (shown once; change it with create-user)\n")
+               f"with password: {password}\n  (shown once; change it with set-password)\n")
 
 
 @click.command("timeline")

@@ -123,7 +123,7 @@ def edit(campaign_id: int):
     """Change a campaign's settings (they apply from the next claim on)."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404)
     form = CampaignForm(obj=campaign)
-    if request.method == "GET":
+    if request.method != "POST":
         form.window_weekdays.data = [int(d) for d in campaign.window_weekdays.split(",") if d]
     if form.validate_on_submit():
         with write_session(db.engine) as session:

@@ -79,7 +79,7 @@ def resolve(send_log_id: int):
     if action not in ACTIONS:
         abort(400)
     form = ActionForm()
-    if request.method == "GET" or not form.validate_on_submit():
+    if request.method != "POST" or not form.validate_on_submit():
         if request.method == "POST":
             abort(400)
         return render_template("resolve.html", row=row, action=action, form=form)

@@ -84,7 +84,7 @@ def remove(suppression_id: int):
     """GET asks for confirmation; POST removes the address from the list."""
     row = db.session.get(Suppression, suppression_id) or abort(404)
     form = ActionForm()
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD: the confirmation page
         return render_template("suppression_remove.html", row=row, form=form)
     if not form.validate_on_submit():
         abort(400)
