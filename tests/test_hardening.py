@@ -429,6 +429,7 @@ COSTLY = [
     "{{ range(100000)|batch(999999999, 'x')|list|length }}",
     "{% macro m(s) %}{{ m(s ~ s) }}{% endmacro %}{{ m('a') }}",
     "{{ ['x'] * 1000 }}" * 2000,
+    "{% for i in range(1500) %}{{ 'a' * 999 }}{% endfor %}",  # 1.5 M characters of output
 ]
 
 
