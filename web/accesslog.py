@@ -26,8 +26,10 @@ class RedactRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, dict):
-            record.args = {key: redacted(value) if isinstance(value, str) else value
-                           for key, value in record.args.items()}
+            # In place: gunicorn's dict (SafeAtoms) answers "-" for a header the request lacks.
+            for key, value in list(record.args.items()):
+                if isinstance(value, str):
+                    record.args[key] = redacted(value)
         elif isinstance(record.args, tuple):
             record.args = tuple(redacted(value) if isinstance(value, str) else value for value in record.args)
         if isinstance(record.msg, str):
