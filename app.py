@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 import cli
 import scheduler
 from delivery.transport import stale_floor
-from models import User, db
+from models import db
 from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
-from web import auth, editor, i18n, unsubscribe
+from web import accesslog, accounts, auth, common, editor, i18n, unsubscribe
 from web import campaigns as views
 from web import leads as lead_pages
 from web import sendlog as sendlog_pages
@@ -55,7 +57,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: config, database, login, CSRF, pages, CLI and (if enabled) scheduler."""
     app = Flask(__name__, instance_relative_config=True)
     instance = Path(app.instance_path)
-    instance.mkdir(parents=True, exist_ok=True)
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)  # database, secret key, uploads
     app.config.from_mapping(_defaults(instance))
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
@@ -65,6 +67,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _finish_config(app, instance)
     logging.basicConfig(level=app.config["LOG_LEVEL"],
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    accesslog.install()
 
     db.init_app(app)
     with app.app_context():
@@ -81,14 +84,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _register_pages(app)
     app.after_request(_security_headers)
     app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
     cli.register(app)
     scheduler.init_app(app)
     return app
 
 
 def _register_pages(app: Flask) -> None:
-    for module in (auth, views, editor, lead_pages, sendlog_pages, suppression_pages, timeline_pages,
-                   i18n, unsubscribe):
+    app.url_map.converters["int"] = common.BoundedIntConverter
+    for module in (auth, accounts, views, editor, lead_pages, sendlog_pages, suppression_pages,
+                   timeline_pages, i18n, unsubscribe):
         app.register_blueprint(module.bp)
     csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 
@@ -113,6 +118,12 @@ def _database_unavailable(exc: OperationalError) -> tuple[str, int, dict[str, st
     return page, 503, {"Retry-After": "5"}
 
 
+def _too_large(_exc: RequestEntityTooLarge) -> tuple[str, int]:
+    """An upload over MAX_CONTENT_LENGTH: say so and what the limit is, in the UI language."""
+    return render_template("too_large.html", limit=common.megabytes(current_app.config["MAX_CONTENT_LENGTH"]),
+                           setting="MAX_CONTENT_LENGTH"), 413
+
+
 def _defaults(instance: Path) -> dict[str, Any]:
     return {
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'sendonce.db'}",
@@ -125,6 +136,7 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "SMTP_USERNAME": "",
         "SMTP_PASSWORD": "",
         "SMTP_SECURITY": "none",  # none | starttls | ssl
+        "SMTP_ALLOW_PLAINTEXT_AUTH": False,  # send SMTP_USERNAME/PASSWORD over an unencrypted link
         "SMTP_TIMEOUT": 30,
         "MAIL_FROM": "sendonce@localhost",
         "BASE_URL": "http://127.0.0.1:5000",
@@ -143,7 +155,13 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "BACKUP_KEEP": 14,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
-        "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # uploads (CSV imports)
+        # A login ends after this long without a request (the signed cookie's own age is
+        # checked) and, however active, SESSION_ABSOLUTE_LIFETIME (seconds) after it began.
+        "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),
+        "SESSION_ABSOLUTE_LIFETIME": 14 * 86400,
+        "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # any request body: uploads (CSV imports, legacy logs)
+        # A legacy log is analysed on the server; its size bounds that work (refused above it).
+        "LEGACY_LOG_MAX_BYTES": 64 * 1024 * 1024,
         "BABEL_DEFAULT_LOCALE": i18n.DEFAULT,
         "BABEL_TRANSLATION_DIRECTORIES": str(Path(__file__).parent / "translations"),
     }
@@ -169,6 +187,12 @@ def _finish_config(app: Flask, instance: Path) -> None:
                          "expires between two ticks of its own holder")
     if config["SMTP_SECURITY"] not in ("none", "starttls", "ssl"):
         raise ValueError("SMTP_SECURITY must be none, starttls or ssl")
+    if (config["MAIL_BACKEND"] == "smtp" and config["SMTP_USERNAME"] and config["SMTP_SECURITY"] == "none"
+            and not config["SMTP_ALLOW_PLAINTEXT_AUTH"]):
+        # Anyone on the path would read the password: TLS first, or the operator's explicit choice.
+        raise ValueError("SMTP_USERNAME is set but SMTP_SECURITY is none: the password would cross the "
+                         "network in clear; set SMTP_SECURITY to starttls or ssl, or "
+                         "SMTP_ALLOW_PLAINTEXT_AUTH=true if the link is safe (e.g. a relay on this host)")
 
 
 def _instance_secret(path: Path) -> str:
@@ -189,6 +213,4 @@ def _instance_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-@login_manager.user_loader
-def _load_user(user_id: str) -> User | None:
-    return db.session.get(User, int(user_id))
+login_manager.user_loader(auth.load_user)

@@ -266,6 +266,14 @@ class User(UserMixin, db.Model):
     language: Mapped[str] = mapped_column(String(5), default="pl")
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    # Part of every session cookie made for this user (get_id): bumping it ends them all
+    # (logout, a password change, "log out everywhere"; core/accounts.py).
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+    disabled: Mapped[bool] = mapped_column(default=False, server_default="0")  # no login, no session
+
+    def get_id(self) -> str:
+        """The session's user key: id and session generation (Flask-Login stores it in the cookie)."""
+        return f"{self.id}:{self.session_generation}"
 
     def set_password(self, password: str) -> None:
         """Store a salted scrypt hash, never the password."""

@@ -9,11 +9,13 @@ from flask import Flask
 from sqlalchemy.exc import OperationalError
 
 from cli import campaigns, operations, sending, setup, timeline
+from cli.terminal import visible_lines
 
 
 def register(app: Flask) -> None:
     """Attach every command to the app's CLI."""
-    for command in (setup.init_db, setup.create_user, campaigns.import_leads, sending.send_due,
+    for command in (setup.init_db, setup.create_user, setup.set_password, campaigns.import_leads,
+                    sending.send_due,
                     sending.run_scheduler, sending.recover_command, sending.resolve_command,
                     setup.demo, setup.first_run, timeline.timeline_command, operations.backup_command,
                     operations.restore_command, operations.reconcile_command):
@@ -39,6 +41,9 @@ def _database_errors_in_one_line(command: click.Command) -> click.Command:
             return callback(*args, **kwargs)
         except OperationalError as exc:
             raise click.ClickException(database_problem(exc)) from exc
+        except click.ClickException as exc:  # messages may quote a file's or a lead's text
+            exc.message = visible_lines(exc.message)
+            raise
 
     run._one_line_errors = True  # type: ignore[attr-defined]
     command.callback = run

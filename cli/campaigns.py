@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
+from cli.terminal import echo, visible
 from core import campaigns, importer, leads
 from models import Campaign, CampaignLead, db
 
@@ -24,13 +25,13 @@ def import_leads(path: Path, campaign_id: int | None) -> None:
     except importer.CsvImportError as exc:  # unreadable as a whole: exit 1, so scripts stop here
         raise click.ClickException(f"{path}: {exc}; nothing was imported") from exc
     for line, reason in report.rejected:
-        click.echo(f"line {line}: {reason}", err=True)
-    click.echo(f"imported {report.imported}, merged {report.merged}, rejected {len(report.rejected)}")
+        echo(f"line {line}: {visible(reason)}", err=True)
+    echo(f"imported {report.imported}, merged {report.merged}, rejected {len(report.rejected)}")
     if not report.lead_ids:  # every row rejected (or none there): a script must not go on
         raise click.ClickException(f"{path}: no lead was imported")
     if campaign_id is not None:
         added = leads.enroll(db.engine, campaign_id, report.lead_ids)
-        click.echo(f"enrolled {added} new in campaign {campaign_id}")
+        echo(f"enrolled {added} new in campaign {campaign_id}")
 
 
 @click.group("campaign")
@@ -64,7 +65,7 @@ def campaign_create(name: str, from_address: str | None, from_name: str, interva
         from_name=from_name, interval_seconds=interval, batch_size=batch_size,
         daily_cap=daily_cap, window_weekdays=weekdays, window_start_hour=int(start),
         window_end_hour=int(end or 24), timezone=timezone)
-    click.echo(campaign_id)
+    echo(campaign_id)
 
 
 @campaign_group.command("variant")
@@ -103,7 +104,7 @@ def campaign_enroll(campaign_id: int, all_leads: bool, tag: str | None) -> None:
     if not matched:
         raise click.ClickException(f"no lead carries tag {tag!r}; nothing enrolled" if tag else
                                    "there are no leads; nothing enrolled")
-    click.echo(f"enrolled {added} new ({matched - added} were enrolled already)")
+    echo(f"enrolled {added} new ({matched - added} were enrolled already)")
 
 
 def _status_command(name: str, action, doc: str):
@@ -115,7 +116,7 @@ def _status_command(name: str, action, doc: str):
             action(db.engine, campaign_id)
         except campaigns.CampaignError as exc:
             raise click.ClickException(str(exc)) from exc
-        click.echo(f"campaign {campaign_id}: {name} done")
+        echo(f"campaign {campaign_id}: {name} done")
 
     return command
 
@@ -133,13 +134,13 @@ def campaign_show(campaign_id: int) -> None:
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
         raise click.ClickException(f"no campaign {campaign_id}")
-    click.echo(f"#{campaign.id} {campaign.name} [{campaign.status}]"
-               + (f" — {campaign.pause_reason}" if campaign.pause_reason else ""))
-    click.echo(f"  from {campaign.from_address}, every {campaign.interval_seconds}s, "
-               f"batch {campaign.batch_size}, cap {campaign.daily_cap or '-'}")
+    echo(f"#{campaign.id} {visible(campaign.name)} [{campaign.status}]"
+         + (f" — {visible(campaign.pause_reason)}" if campaign.pause_reason else ""))
+    echo(f"  from {visible(campaign.from_address)}, every {campaign.interval_seconds}s, "
+         f"batch {campaign.batch_size}, cap {campaign.daily_cap or '-'}")
     for v in campaign.variants:
-        click.echo(f"  variant {v.letter} (weight {v.weight}): {v.subject}")
+        echo(f"  variant {v.letter} (weight {v.weight}): {visible(v.subject)}")
     states = db.session.execute(
         select(CampaignLead.state, func.count()).where(CampaignLead.campaign_id == campaign_id)
         .group_by(CampaignLead.state)).all()
-    click.echo("  " + ", ".join(f"{state}: {n}" for state, n in states) if states else "  no leads")
+    echo("  " + ", ".join(f"{state}: {n}" for state, n in states) if states else "  no leads")

@@ -15,6 +15,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import create_engine
 
+from cli.terminal import echo
 from core import campaigns
 from models import db
 from sender import Settings
@@ -79,10 +80,10 @@ def backup_command(file: Path | None, keep: int | None) -> None:
         files.write_meta(_live_path(), {"last_backup_at": taken.strftime(TIME_FORMAT),
                                         "last_backup_file": str(target)})
     except sqlite3.Error as exc:
-        click.echo(f"warning: the backup's time was not noted in the database ({exc}); /healthz "
+        echo(f"warning: the backup's time was not noted in the database ({exc}); /healthz "
                    "still shows the previous one", err=True)
     pruned = _prune(keep or int(current_app.config["BACKUP_KEEP"])) if target.parent == _backup_dir() else []
-    click.echo(f"backup {target}: verified (integrity_check ok, counts equal recounts), revision "
+    echo(f"backup {target}: verified (integrity_check ok, counts equal recounts), revision "
                f"{found.revision}, {found.counts.get('send_log', 0)} sends, "
                f"{found.counts.get('campaign_lead', 0)} enrollments"
                + (f"; removed {len(pruned)} old" if pruned else ""))
@@ -111,7 +112,7 @@ def _copy_keys(target: Path) -> list[str]:
         copy = target.with_name(target.name + ".secret_key")
         files.private_copy(secret, copy)
         return [copy.name]
-    click.echo("WARNING: SECRET_KEY is set in the configuration or environment, not in "
+    echo("WARNING: SECRET_KEY is set in the configuration or environment, not in "
                "SECRET_KEY_FILE (instance/secret_key): it is NOT in this backup. Keep a copy of it "
                "elsewhere: without it, logins and every unsubscribe link already sent stop working "
                "after a restore on a new machine.", err=True)
@@ -162,12 +163,12 @@ def restore_command(file: Path, wait: int, yes: bool) -> None:
             f"not restored: {live} cannot be written ({exc}). If it is damaged, move it away, run "
             "`flask --app app init-db` to make a new one, then restore again.") from exc
     aside, paused = _restore(file, live, taken, wait)
-    click.echo(f"restored {file} (taken {taken} UTC) into {live}; the previous content is kept in {aside}")
+    echo(f"restored {file} (taken {taken} UTC) into {live}; the previous content is kept in {aside}")
     if paused:
-        click.echo(f"paused campaigns {', '.join(map(str, paused))}: sends after {taken} UTC are not in this "
+        echo(f"paused campaigns {', '.join(map(str, paused))}: sends after {taken} UTC are not in this "
                    "database. Reconcile first (flask --app app reconcile <send log>), then resume each.")
     if file.with_name(file.name + ".secret_key").is_file():
-        click.echo(f"the backup's secret key is in {file.name}.secret_key; SECRET_KEY_FILE was left as is "
+        echo(f"the backup's secret key is in {file.name}.secret_key; SECRET_KEY_FILE was left as is "
                    "(copy it over only when restoring on a new machine)")
 
 
@@ -229,16 +230,16 @@ def reconcile_command(log_file: Path, source: str | None, tz: str, dry_run: bool
         raise click.ClickException(f"{log_file}: {exc}; nothing was changed") from exc
     report = reconciling.reconcile(db.engine, rows, source or log_file.name, apply=not dry_run)
     for line, reason in rejected:
-        click.echo(f"line {line}: unreadable, not applied: {reason}", err=True)
+        echo(f"line {line}: unreadable, not applied: {reason}", err=True)
     for line, reason in report.unmatched:
-        click.echo(f"line {line}: not applied: {reason}", err=True)
+        echo(f"line {line}: not applied: {reason}", err=True)
     for line, status in report.not_delivered:
-        click.echo(f"line {line}: not applied: status {status!r} is not a delivery", err=True)
+        echo(f"line {line}: not applied: status {status!r} is not a delivery", err=True)
     for line, campaign_id, lead_id in report.uncertain:
-        click.echo(f"line {line}: unknown in the log: lead {lead_id} of campaign {campaign_id} is now "
+        echo(f"line {line}: unknown in the log: lead {lead_id} of campaign {campaign_id} is now "
                    "`unknown` here; decide it with `flask --app app resolve`", err=True)
     verb = "would mark" if dry_run else "marked"
-    click.echo(f"{verb} {len(report.applied)} sent, {len(report.uncertain)} unknown, "
+    echo(f"{verb} {len(report.applied)} sent, {len(report.uncertain)} unknown, "
                f"{report.already_sent} were sent already, "
                f"{len(report.unmatched)} unmatched, {len(report.not_delivered)} not delivered, "
                f"{len(rejected)} unreadable")

@@ -7,6 +7,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 import scheduler
+from cli.terminal import echo, visible
 from core import stats
 from models import Trigger, db
 from sender import Settings, decidable_at, recover, resolve_unknown
@@ -27,11 +28,11 @@ def send_due(campaign_id: int | None) -> None:
     finally:
         ticker.release()
     if results is None:
-        click.echo("another process holds the scheduler lease; nothing sent")
+        echo("another process holds the scheduler lease; nothing sent")
         return
     for cid, batch in results.items():
-        click.echo(f"campaign {cid}: sent {batch.sent}"
-                   + (f" ({batch.stopped_by})" if batch.stopped_by else ""))
+        echo(f"campaign {cid}: sent {batch.sent}"
+             + (f" ({visible(batch.stopped_by)})" if batch.stopped_by else ""))
     refused = {b.stopped_by.detail for b in results.values() if b.stopped_by and b.stopped_by.code in GATE}
     if refused:  # the whole process must not send here: cron's mail should say why, exit 1
         raise click.ClickException("; ".join(sorted(refused)))
@@ -41,7 +42,7 @@ def send_due(campaign_id: int | None) -> None:
 @with_appcontext
 def run_scheduler() -> None:
     """Run a dedicated foreground scheduler until SIGTERM/Ctrl-C."""
-    click.echo(f"scheduler: ticking every {current_app.config['TICK_SECONDS']}s")
+    echo(f"scheduler: ticking every {current_app.config['TICK_SECONDS']}s")
     scheduler.run_forever(current_app._get_current_object())
 
 
@@ -50,7 +51,7 @@ def run_scheduler() -> None:
 def recover_command() -> None:
     """Mark `sending` rows of dead or silent workers `unknown` (never re-sent)."""
     settings = Settings.from_config(current_app.config)
-    click.echo(f"{recover(db.engine, settings, utcnow())} marked unknown")
+    echo(f"{recover(db.engine, settings, utcnow())} marked unknown")
 
 
 @click.command("resolve")
@@ -67,8 +68,9 @@ def resolve_command(send_log_id: int | None, action: str | None, who: str) -> No
         for row in rows:
             until = decidable_at(settings, row.claimed_at, row.beat_at)
             wait = f"\tstill sending: decide after {until:%Y-%m-%d %H:%M:%S} UTC" if until > now else ""
-            click.echo(f"{row.id}\tcampaign {row.campaign_id}\t{row.email}\t{row.smtp_reply}{wait}")
-        click.echo(f"{len(rows)} unknown")
+            echo(f"{row.id}\tcampaign {row.campaign_id}\t{visible(row.email)}\t"
+                 f"{visible(row.smtp_reply)}{wait}")
+        echo(f"{len(rows)} unknown")
         return
     if action is None:
         raise click.UsageError("give --mark-sent or --send-again")
@@ -79,4 +81,4 @@ def resolve_command(send_log_id: int | None, action: str | None, who: str) -> No
             f"it); nothing changed. Decide after {refusal.detail} UTC.")
     if refusal is not None:
         raise click.ClickException(f"send {send_log_id} is not unknown; nothing changed")
-    click.echo(f"send {send_log_id}: {action}")
+    echo(f"send {send_log_id}: {action}")

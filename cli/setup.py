@@ -10,17 +10,17 @@ from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
 from cli.operations import upgrade_database
-from core import campaigns, importer, leads
+from cli.terminal import echo
+from core import accounts, campaigns, importer, leads
 from models import User, db
-from storage.database import write_session
 
 
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
     """Create or upgrade the schema (migrations) and its triggers; safe to run again: data is kept."""
-    click.echo(upgrade_database())
-    click.echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
+    echo(upgrade_database())
+    echo(f"database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
 
 
 @click.command("create-user")
@@ -28,19 +28,31 @@ def init_db() -> None:
 @click.argument("email")
 @click.password_option()
 def create_user(email: str, password: str) -> None:
-    """Create an admin login (the password is prompted for unless --password is given)."""
-    _add_user(email, password)
-    click.echo(f"user {email} created")
+    """Create an admin login (the password is prompted for unless --password is given).
+
+    The password needs at least 12 characters and must not be a common one. An existing
+    address is refused: change its password with set-password.
+    """
+    _account_change(accounts.create_user, db.engine, email, password)
+    echo(f"user {leads.normalize_email(email)} created")
 
 
-def _add_user(email: str, password: str) -> None:
-    email = leads.normalize_email(email)
-    with write_session(db.engine) as session:
-        if session.scalar(select(User).where(User.email == email)):
-            raise click.ClickException(f"user {email} exists already")
-        user = User(email=email)
-        user.set_password(password)
-        session.add(user)
+@click.command("set-password")
+@with_appcontext
+@click.argument("email")
+@click.password_option()
+def set_password(email: str, password: str) -> None:
+    """Change a login's password (prompted unless --password is given); ends all its sessions."""
+    user_id = _account_change(accounts.user_id_of, db.engine, email)
+    _account_change(accounts.set_password, db.engine, user_id, password)
+    echo(f"password of {leads.normalize_email(email)} changed; its sessions have ended")
+
+
+def _account_change(action, *args):
+    try:
+        return action(*args)
+    except accounts.AccountError as exc:  # a rule of the account policy: exit 1 with the reason
+        raise click.ClickException(str(exc)) from exc
 
 
 DEMO_LEADS = b"""email,first_name,last_name,company,city
@@ -68,19 +80,19 @@ def demo() -> None:
                           "szuka nowych klientów?\n\nWypisz się: {{ unsubscribe_url }}\n")
     leads.enroll(engine, campaign_id, report.lead_ids)
     campaigns.start(engine, campaign_id)
-    click.echo(f"demo campaign {campaign_id} started with {len(report.lead_ids)} leads")
+    echo(f"demo campaign {campaign_id} started with {len(report.lead_ids)} leads")
 
 
 @click.command("first-run")
 @with_appcontext
 def first_run() -> None:
     """Create or upgrade the schema; on an empty database add the demo data and an admin login."""
-    click.echo(upgrade_database())
+    echo(upgrade_database())
     if db.session.scalar(select(func.count()).select_from(User)):
-        click.echo("database ready (existing data kept)")
+        echo("database ready (existing data kept)")
         return
     password = secrets.token_urlsafe(12)
-    _add_user("admin@example.com", password)
+    accounts.create_user(db.engine, "admin@example.com", password)
     click.get_current_context().invoke(demo)
-    click.echo(f"\n  Log in at {current_app.config['BASE_URL']} as admin@example.com "
-               f"with password: {password}\n  (shown once; change it with create-user)\n")
+    echo(f"\n  Log in at {current_app.config['BASE_URL']} as admin@example.com "
+               f"with password: {password}\n  (shown once; change it with set-password)\n")

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 from flask.cli import with_appcontext
 
+from cli.terminal import echo, visible, visible_fields, visible_json
 from models import db
 from timeline import analysis as timeline
 from timeline import legacy_log, words
@@ -53,12 +54,12 @@ def _read_log(log_file: Path, tz: str, columns: str | None) -> legacy_log.ParseR
 def _echo_rejected(parsed: legacy_log.ParseResult, lang: str, shown: int = 20) -> None:
     """The first rejected rows, a count per kind of reason and the rows left out, on stderr."""
     for item in parsed.rejections[:shown]:
-        click.echo(f"line {item.line}: {words.rejection(item, lang)}", err=True)
+        echo(f"line {item.line}: {visible(words.rejection(item, lang))}", err=True)
     if len(parsed.rejections) > shown:
-        click.echo(f"… {len(parsed.rejections) - shown} more rejected rows: " + ", ".join(
+        echo(f"… {len(parsed.rejections) - shown} more rejected rows: " + ", ".join(
             f"{kind} ×{n}" for kind, n in parsed.rejected_by_kind().items()), err=True)
     for line in words.left_out_lines(parsed.left_out, lang):
-        click.echo(line, err=True)
+        echo(line, err=True)
 
 
 def _log_json(parsed: legacy_log.ParseResult) -> dict:
@@ -101,18 +102,20 @@ def timeline_command(campaign_id: int | None, log_file: Path | None, as_json: bo
     if log_file is not None:
         parsed = _read_log(log_file, tz, columns)
         _echo_rejected(parsed, lang)
-        analysis = timeline.analyse(parsed.events, view=view)
+        # The report quotes the log's own values: a line break or an escape sequence in one
+        # must show as text, not end the line or rewrite the screen.
+        analysis = timeline.analyse([visible_fields(event) for event in parsed.events], view=view)
     else:
         _check_zone(tz)
         with db.engine.connect() as conn:
             analysis = timeline_sql.analyse(conn, timeline_sql.Scope(campaign_id))
     if as_json:
         extra = _log_json(parsed) if parsed is not None else {}
-        click.echo(json.dumps(timeline.to_json(analysis) | extra, ensure_ascii=False, indent=2))
+        echo(visible_json(json.dumps(timeline.to_json(analysis) | extra, ensure_ascii=False, indent=2)))
     else:
-        click.echo(words.text_report(analysis, lang, tz))
+        echo(words.text_report(analysis, lang, tz))
     if parsed is not None and not parsed.events and (parsed.rejections or parsed.left_out):
-        click.echo("Error: no row of the log is a delivered send that could be read", err=True)
+        echo("Error: no row of the log is a delivered send that could be read", err=True)
         raise click.exceptions.Exit(1)
 
 

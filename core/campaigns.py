@@ -7,9 +7,10 @@ half-way through a campaign.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import ColumnElement, Engine, false, func, select, update
 
 from core import leads
 from delivery import templating
@@ -42,6 +43,8 @@ def create(engine: Engine, **values: Any) -> int:
 def add_variant(engine: Engine, campaign_id: int, letter: str, subject: str, body: str,
                 weight: int = 1) -> None:
     """Add a variant; its templates are checked for syntax (and the sandbox) right away."""
+    if not re.fullmatch(r"[A-Za-z]", letter):  # fullmatch: "A\n" is not a second "A"
+        raise CampaignError(f"a variant letter is one letter A-Z, not {letter!r}")
     problems = templating.check(letter, subject, body, _sample_context(), "")
     syntax = [p for p in problems if not p.undefined]  # fields are checked per lead at start
     if syntax:
@@ -90,12 +93,20 @@ def enroll_leads(engine: Engine, campaign_id: int, tag: str | None = None) -> tu
     """Enroll every lead (or those carrying `tag`); returns (how many were new, matched)."""
     query = select(Lead.id)
     if tag:
-        query = query.where(("," + Lead.tags + ",").contains(f",{tag.strip()},"))
+        query = query.where(_carries_tag(tag.strip()))
     with engine.connect() as conn:
         ids = conn.execute(query.order_by(Lead.id)).scalars().all()
     if not _has_variants(engine, campaign_id):
         raise CampaignError("add a variant first: each lead is bound to one variant when enrolled")
     return leads.enroll(engine, campaign_id, ids), len(ids)
+
+
+def _carries_tag(tag: str) -> ColumnElement[bool]:
+    """Leads whose comma-separated tags include exactly `tag` (a set member, not a substring)."""
+    if "," in tag or ";" in tag:
+        return false()  # tags are stored split at these: no single tag contains one
+    # autoescape: "%" and "_" are text, not LIKE wildcards ("%" would match every lead).
+    return ("," + Lead.tags + ",").contains(f",{tag},", autoescape=True)
 
 
 def _has_variants(engine: Engine, campaign_id: int) -> bool:

@@ -1,4 +1,4 @@
-"""CSV cells that are safe to open in a spreadsheet."""
+"""CSV files in and out: the one reader (leads, suppressions, legacy logs) and formula-safe cells."""
 
 from __future__ import annotations
 
@@ -11,12 +11,16 @@ from dataclasses import dataclass
 from itertools import chain, islice
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet starts a cell at the field's start and, when it splits the line with
+# another list separator than ours (Excel in Polish uses ";"), after any ",", ";", tab
+# or line break inside it: each such spot followed by a formula character gets a quote.
+_CELL_STARTS = re.compile(r"(^|[,;\t\r\n])(?=[=+\-@\t\r])")
 
 
 def neutralized(cell: object) -> str:
-    """A cell that a spreadsheet will not run as a formula (CSV injection): prefix a quote."""
+    """A cell that a spreadsheet will not run as a formula (CSV injection): quote every cell start."""
     text = "" if cell is None else str(cell)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return _CELL_STARTS.sub(r"\1'", text)
 
 
 # The ONE CSV reader, shared by the lead import, the suppression import and legacy send logs:
@@ -188,3 +192,7 @@ def peek(table: Table, count: int) -> list[list[str]]:
     head = list(islice(table.records, count))
     table.records = chain(head, table.records)
     return [cells for _, _, cells in head]
+
+def quoted(raw: str) -> str:
+    """Untrusted text for a message (e.g. a rejection reason): neutralized, then repr-quoted."""
+    return repr(neutralized(raw))

@@ -33,7 +33,7 @@ from email_validator.syntax import validate_email_domain_name, validate_email_lo
 from sqlalchemy import Column, Connection, Engine, Executable, Text, bindparam, func, select, update
 
 from core import csvfile, leads
-from core.csvfile import neutralized
+from core.csvfile import neutralized, quoted
 from models import Campaign, Lead, Variant
 from storage.database import immediate
 from storage.timeutil import utcnow
@@ -389,7 +389,7 @@ def _address_problem(raw: str, address: str) -> str:
     try:
         leads.check_email(raw)
     except EmailNotValidError as exc:
-        return f"invalid email {raw!r}: {exc}"
+        return f"invalid email {quoted(raw)}: {neutralized(exc)}"
     return ""
 
 

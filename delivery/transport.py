@@ -228,10 +228,11 @@ class OutboxTransport:
 
     def send(self, msg: Message, sender: str, recipient: str, deadline: float = math.inf) -> Result:
         """Write the message atomically (temp file, then rename); the rename is the dot."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # mails carry personal data
         name = re.sub(r"[^A-Za-z0-9.@_-]", "", str(msg["Message-ID"])) + ".eml"
         tmp = self.folder / f".{name}.tmp"
-        tmp.write_bytes(msg.as_bytes(policy=MAIL_POLICY))
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(msg.as_bytes(policy=MAIL_POLICY))
         if time.monotonic() >= deadline:
             tmp.unlink()
             return Result(SendStatus.RETRY, NOT_SENT_LATE)

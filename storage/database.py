@@ -9,6 +9,7 @@ write lock up front so two claimers queue instead of interleaving.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,10 +33,28 @@ def configure_engine(engine: Engine) -> None:
     if getattr(engine, "_sendonce_configured", False):
         return
     engine._sendonce_configured = True  # type: ignore[attr-defined]
+    if engine.dialect.name == "sqlite":
+        _create_private_file(engine.url.database)
     busy_ms = int(current_app.config.get("SQLITE_BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS)
                   if has_app_context() else BUSY_TIMEOUT_MS)
     event.listen(engine, "connect", lambda dbapi_connection, record: _on_connect(dbapi_connection, busy_ms))
     event.listen(engine, "begin", _on_begin)
+
+
+def _create_private_file(path: str | None) -> None:
+    """Create a new database file readable by its owner only (0600) before SQLite does (0644).
+
+    The file holds every lead's personal data; SQLite gives its -wal and -shm files the
+    database file's own permissions. An existing file is left as it is.
+    """
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        return  # no folder: connecting fails with SQLite's own error
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _on_connect(dbapi_connection, busy_ms: int) -> None:

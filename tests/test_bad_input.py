@@ -380,7 +380,7 @@ def test_the_cli_says_the_database_is_locked_in_one_line(app, engine, config, tm
         assert_one_line_error(flask_cli(fast, "send-due"), "the database is locked")
         quick = create_app(fast).test_cli_runner()
         for args in (["campaign", "create", "--name", "X"], ["campaign", "pause", "1"], ["recover"],
-                     ["create-user", "a@example.com", "--password", "p"]):
+                     ["create-user", "a@example.com", "--password", "a long enough passphrase"]):
             result = quick.invoke(args=args)
             assert result.exit_code == 1, (args, result.output)
             assert result.output.startswith("Error: the database is locked"), (args, result.output)

@@ -162,3 +162,44 @@ def test_an_exported_log_reads_in_the_browsers_zone(browser, live_server, admin,
         expect(page.locator("table.legacy-logs")).to_contain_text("Eksport ze starego systemu")
     finally:
         context.close()
+
+
+def test_accounts_in_a_real_browser(page: Page, live_server, admin, app, browser, screenshot):
+    """Users page: add a colleague, who logs in elsewhere; disabling them ends that session.
+    Account page: a new password keeps this browser logged in."""
+    base = live_server
+    log_in(page, base)
+    page.click("nav >> text=Użytkownicy")
+    page.fill("input[name=email]", "ola@example.com")
+    page.fill("input[name=password]", "krótkie")
+    page.click("button >> text=Dodaj")
+    expect(page.locator("small.error")).to_contain_text("co najmniej 12 znaków")
+    page.fill("input[name=email]", "ola@example.com")
+    page.fill("input[name=password]", "ola ma kota i psa")
+    page.click("button >> text=Dodaj")
+    expect(page.locator(".flash.ok")).to_contain_text("Dodano użytkownika ola@example.com")
+    screenshot("20-users")
+
+    ola = browser.new_context().new_page()
+    ola.goto(f"{base}/login")
+    ola.fill("input[name=email]", "ola@example.com")
+    ola.fill("input[name=password]", "ola ma kota i psa")
+    ola.click("button[type=submit] >> text=Zaloguj")
+    expect(ola.locator("h1")).to_have_text("Kampanie")
+
+    page.locator("tr", has_text="ola@example.com").locator("button", has_text="Wyłącz").click()
+    expect(page.locator(".flash.ok")).to_contain_text("jest wyłączony")
+    ola.goto(f"{base}/")
+    expect(ola).to_have_url(re.compile(r"/login"))  # her session ended at once
+    ola.context.close()
+
+    page.click("header >> text=admin@example.com")
+    expect(page.locator("h1")).to_have_text("Moje konto")
+    page.fill("input[name=pw-current]", "correct horse")
+    page.fill("input[name=pw-new]", "nowe długie hasło 2026")
+    page.fill("input[name=pw-repeat]", "nowe długie hasło 2026")
+    page.click("button >> text=Zmień hasło")
+    expect(page.locator(".flash.ok")).to_contain_text("Hasło zmienione")
+    screenshot("21-account")
+    page.goto(f"{base}/")
+    expect(page.locator("h1")).to_have_text("Kampanie")  # still logged in here

@@ -24,6 +24,7 @@ from werkzeug.security import generate_password_hash
 from app import SECURITY_HEADERS, create_app
 from conftest import app_config
 from core import campaigns, importer, leads
+from core.csvfile import quoted
 from delivery.tokens import make_token
 from delivery.transport import make_transport
 from helpers import make_campaign, make_unknown
@@ -106,6 +107,15 @@ ACCESS = {
     ("/timeline/legacy/<token>", "GET"): (302, 200),
     ("/timeline/legacy/map/<token>", "POST"): (302, 404),  # the world's token names no waiting upload
     ("/timeline/legacy/<token>/delete", "POST"): (302, 302),
+    ("/account", "GET"): (302, 200),
+    ("/account/password", "POST"): (302, 400),  # no passwords: the form again, with errors
+    ("/account/email", "POST"): (302, 400),
+    ("/account/logout-everywhere", "POST"): (302, 302),
+    ("/users", "GET"): (302, 200),
+    ("/users", "POST"): (302, 400),  # no address or password: the form again
+    ("/users/<int:user_id>/disable", "POST"): (302, 302),  # refused: the last active user
+    ("/users/<int:user_id>/enable", "POST"): (302, 302),
+    ("/users/<int:user_id>/remove", "POST"): (302, 302),  # refused: the last active user
 }
 PUBLIC = {"/healthz", "/login", "/language", "/static/<path:filename>", "/u/<token>"}
 
@@ -129,7 +139,7 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     client.post("/logout", data={"csrf_token": csrf_token(client.get("/").data)})
     unsubscribe = make_token(app.config["SECRET_KEY"], "lead0002@example.com", cid)
     return {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1, "suppression_id": 1,
-            "action": "pause", "filename": "style.css",
+            "user_id": 1, "action": "pause", "filename": "style.css",
             "tokens": {"leads.mapping": waiting, "leads.rejected": done, "timeline.legacy": legacy,
                        "timeline.map_legacy": legacy, "timeline.delete_legacy": legacy,
                        "unsubscribe.unsubscribe": unsubscribe}}
@@ -172,6 +182,81 @@ def test_every_route_has_an_access_rule_and_keeps_it(app, world, client, login):
             assert response.status_code == ACCESS[rule, method][1], (method, url, response.status_code)
             if response.status_code == 302 and rule != "/logout":
                 assert urlsplit(response.location).path != "/login", (method, url)
+        if rule == "/account/logout-everywhere":  # a new session, so a new token
+            token = csrf_token(client.get("/").data)
+
+
+SWEEP_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+
+
+def every_url(app, world) -> list[tuple[str, set[str], str]]:
+    """(rule, methods it allows, url) for every route, in URL-map order."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        values = {k: v for k, v in world.items() if k in rule.arguments}
+        if "token" in rule.arguments:
+            values["token"] = world["tokens"][rule.endpoint]
+        url = rule.build(values)[1] + ("?action=mark-sent" if rule.endpoint == "sendlog.resolve" else "")
+        found.append((rule.rule, set(rule.methods), url))
+    return found
+
+
+def expected_status(rule: str, allowed: set[str], method: str, logged_in: bool, with_csrf: bool) -> int:
+    """What each (route, method, login, CSRF) combination must answer."""
+    if method == "OPTIONS":
+        return 200  # the Allow header only; the view does not run
+    if method not in allowed:
+        return 405
+    if method == "POST" and not with_csrf and rule != "/u/<token>":
+        return 400  # CSRF is checked before anything else, logged in or not
+    return ACCESS[rule, "GET" if method == "HEAD" else method][logged_in]
+
+
+def database_rows(engine) -> dict[str, list]:
+    """Every row of every table, in a stable order: what "nothing changed" is compared on."""
+    with engine.connect() as conn:
+        return {table.name: sorted(map(repr, conn.execute(select(table)).all()))
+                for table in db.metadata.sorted_tables}
+
+
+def test_every_route_and_method_logged_out_and_in_with_and_without_csrf(app, world, client, login,  # noqa: F811
+                                                                       engine):
+    """GET, HEAD, POST and OPTIONS on every route, logged out and in, with and without a
+    CSRF token: each answers its expected status, and nothing but a logged-in POST with a
+    valid token (or the one-click unsubscribe POST) changes the database."""
+    urls = every_url(app, world)
+    assert {(rule, m) for rule, allowed, _ in urls for m in allowed - {"HEAD", "OPTIONS"}} == set(ACCESS)
+    stranger = app.test_client()
+    states = [("logged out", stranger, False), ("logged in", client, True)]
+    login()
+    checked = 0
+    for name, browser, logged_in in states:
+        token = csrf_token(browser.get("/login").data)
+        for with_csrf in (False, True):
+            for rule, allowed, url in urls:
+                for method in SWEEP_METHODS:
+                    if method == "POST" and (rule == "/u/<token>" or (logged_in and with_csrf)):
+                        continue  # the changes that are meant to happen: last, below
+                    before = database_rows(engine)
+                    data = {"csrf_token": token, "key": "k"} if with_csrf else {"key": "k"}
+                    with browser.open(url, method=method, data=data) as response:
+                        status = response.status_code
+                    assert status == expected_status(rule, allowed, method, logged_in, with_csrf), (
+                        name, with_csrf, method, url, status)
+                    assert database_rows(engine) == before, (name, with_csrf, method, url)
+                    checked += 1
+    assert checked > 4 * len(urls) * 3
+    # The POSTs that may change things, with a valid token: their statuses (destructive ones last).
+    token = csrf_token(client.get("/").data)
+    posts = sorted([(rule, url) for rule, allowed, url in urls if "POST" in allowed],
+                   key=lambda r: (r[0] == "/logout", r[0] == "/account/logout-everywhere"))
+    for rule, url in posts:
+        with client.post(url, data={"csrf_token": token, "key": "k3", "action": "mark-sent"}) as response:
+            assert response.status_code == ACCESS[rule, "POST"][1], (url, response.status_code)
+        if rule == "/account/logout-everywhere":  # a new session, so a new token
+            token = csrf_token(client.get("/").data)
+    unsubscribe = next(url for rule, _, url in urls if rule == "/u/<token>")
+    assert stranger.post(unsubscribe).status_code == 200  # one-click: no session, no CSRF token
 
 
 def test_a_token_from_another_session_is_refused_on_every_post(app, world, client, login):  # noqa: F811
@@ -230,13 +315,14 @@ def quick_user(engine):
 
 
 def test_login_next_never_leaves_the_site(client, quick_user):
-    token = csrf_token(client.get("/login").data)
     for target in OFF_SITE:
+        token = csrf_token(client.get("/login").data)  # each login starts a new session (and token)
         response = client.post(f"/login?next={quote(target, safe='%')}", data={
             "email": "admin@example.com", "password": "correct horse", "csrf_token": token})
         assert response.status_code == 302, target
         assert browser_target(response.location) == ("http", "localhost"), (target, response.location)
         # The language switch's "back" field goes through the same check.
+        token = csrf_token(client.get("/login").data)
         back = client.post("/language", data={"language": "en", "back": target, "csrf_token": token})
         assert browser_target(back.location) == ("http", "localhost"), (target, back.location)
 
@@ -246,6 +332,7 @@ def test_login_next_on_the_site_is_kept(client, quick_user):
     response = client.post("/login?next=/leads%3Fq%3Dx", data={
         "email": "admin@example.com", "password": "correct horse", "csrf_token": token})
     assert response.location == "/leads?q=x"
+    token = csrf_token(client.get("/").data)
     back = client.post("/language", data={"language": "en", "back": "/leads?q=x", "csrf_token": token})
     assert back.location == "/leads?q=x"
 
@@ -383,7 +470,8 @@ def test_smtp_password_is_never_logged(tmp_path, caplog, server):
     with SmtpSink(password="something-else" if server == "wrong password" else SMTP_SECRET) as sink:
         port = free_port() if server == "down" else sink.port
         app = create_app(app_config(tmp_path / "db.sqlite", port, SMTP_USERNAME="team",
-                                    SMTP_PASSWORD=SMTP_SECRET, LOG_LEVEL="DEBUG"))
+                                    SMTP_PASSWORD=SMTP_SECRET, SMTP_ALLOW_PLAINTEXT_AUTH=True,
+                                    LOG_LEVEL="DEBUG"))
         with app.app_context():
             db.create_all()
             cid = make_campaign(db.engine, 2, batch_size=2)
@@ -398,7 +486,7 @@ def test_smtp_password_is_never_logged(tmp_path, caplog, server):
 def test_smtp_password_is_never_rendered_into_a_page(tmp_path):
     with SmtpSink(password="something-else") as sink:
         app = create_app(app_config(tmp_path / "db.sqlite", sink.port, SMTP_USERNAME="team",
-                                    SMTP_PASSWORD=SMTP_SECRET))
+                                    SMTP_PASSWORD=SMTP_SECRET, SMTP_ALLOW_PLAINTEXT_AUTH=True))
         with app.app_context():
             db.create_all()
             engine = db.engine
@@ -537,7 +625,7 @@ def test_import_rejected_rows_are_escaped_and_their_csv_neutralized(client, logi
     assert [row[0] for row in rows] == ["line", "2", "3", "4", "5", "6", "7"]
     assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row)
     for cell, (_, reason) in zip(bad, rows[1:], strict=True):
-        assert repr(cell) in reason  # the reason names what was read
+        assert quoted(cell) in reason  # the reason names what was read, neutralized
     lead_page = client.get("/leads").get_data(as_text=True)
     assert SCRIPT not in lead_page and "&lt;script&gt;" in lead_page
 

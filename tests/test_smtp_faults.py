@@ -88,7 +88,8 @@ def test_wrong_credentials_pause_the_campaign_with_the_reason(tmp_path):
         from conftest import app_config
 
         app = create_app(app_config(tmp_path / "db.sqlite", sink.port,
-                                    SMTP_USERNAME="team", SMTP_PASSWORD="wrong"))
+                                    SMTP_USERNAME="team", SMTP_PASSWORD="wrong",
+                                    SMTP_ALLOW_PLAINTEXT_AUTH=True))
         with app.app_context():
             db.create_all()
             cid = make_campaign(db.engine, 3)

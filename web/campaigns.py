@@ -8,7 +8,7 @@ from datetime import datetime
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from flask_babel import gettext as _
 from flask_babel import ngettext
-from flask_login import login_required
+from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -148,4 +148,7 @@ def healthz():
         upkeep = stats.operations_state(db.session, utcnow())
     except SQLAlchemyError:
         return jsonify(database="error"), 503
-    return jsonify(database="ok", scheduler=state.as_json(), **upkeep)
+    scheduler = state.as_json()
+    if not current_user.is_authenticated:
+        scheduler.pop("holder")  # host name and pid: for the team, not for anyone on the network
+    return jsonify(database="ok", scheduler=scheduler, **upkeep)

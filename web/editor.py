@@ -28,7 +28,7 @@ from delivery import messages, templating
 from delivery.transport import make_transport
 from models import Campaign, CampaignLead, Lead, Variant, db
 from storage.database import write_session
-from web.common import ActionForm
+from web.common import ActionForm, id_arg
 
 bp = Blueprint("editor", __name__)
 TIMEZONES = sorted(available_timezones())
@@ -66,7 +66,7 @@ class CampaignForm(FlaskForm):
 
 
 class VariantForm(FlaskForm):
-    letter = StringField(_l("Letter"), validators=[DataRequired(), Regexp(r"^[A-Za-z]$")])
+    letter = StringField(_l("Letter"), validators=[DataRequired(), Regexp(r"\A[A-Za-z]\Z")])
     subject = StringField(_l("Subject"), validators=[DataRequired(), Length(max=500)])
     body = TextAreaField(_l("Body"), validators=[DataRequired()])
     weight = IntegerField(_l("Weight"), default=1, validators=[InputRequired(), NumberRange(min=0, max=1000)])
@@ -82,6 +82,9 @@ def _check_template(source: str) -> None:
     # Syntax and sandbox errors belong to the field; unknown merge fields depend on the
     # leads and are checked against every enrolled lead when the campaign starts.
     for problem in templating.check("-", "field", source, _sample_context()):
+        if problem.too_costly:
+            raise ValidationError(_("The template is too large or renders too slowly (%(detail)s).",
+                                    detail=problem.message.removeprefix(templating.TOO_COSTLY)))
         if not problem.undefined:
             raise ValidationError(problem.message)
 
@@ -119,7 +122,7 @@ def edit(campaign_id: int):
     """Change a campaign's settings (they apply from the next claim on)."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404)
     form = CampaignForm(obj=campaign)
-    if request.method == "GET":
+    if request.method != "POST":
         form.window_weekdays.data = [int(d) for d in campaign.window_weekdays.split(",") if d]
     if form.validate_on_submit():
         with write_session(db.engine) as session:
@@ -188,7 +191,7 @@ def _some_leads(campaign_id: int) -> list[Lead]:
 
 
 def _preview_lead(campaign_id: int) -> Lead | None:
-    lead_id = request.values.get("lead", type=int)
+    lead_id = id_arg("lead", request.values)
     if lead_id:
         return db.session.get(Lead, lead_id)
     leads = _some_leads(campaign_id)
@@ -259,8 +262,11 @@ def send_test(campaign_id: int, letter: str):
         result = transport.send(msg, campaign.from_address, current_user.email)
     finally:
         transport.close()
-    flash(_("Test sent to %(email)s: %(reply)s", email=current_user.email, reply=result.reply),
-          "ok" if result.status == "sent" else "error")
+    if result.status == "sent":
+        flash(_("Test sent to %(email)s: %(reply)s", email=current_user.email, reply=result.reply), "ok")
+    else:
+        flash(_("The test to %(email)s was not sent: %(reply)s", email=current_user.email,
+                reply=result.reply), "error")
     return redirect(url_for("editor.variant", campaign_id=campaign_id, letter=letter))
 
 

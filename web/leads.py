@@ -23,7 +23,7 @@ from wtforms import SelectChoice, SelectField
 
 from core import importer
 from models import Campaign, CampaignLead, Lead, SendLog, db
-from web.common import PAGE_SIZE, page_count, upload_path
+from web.common import PAGE_SIZE, id_arg, page_arg, page_count, upload_path, write_private
 
 bp = Blueprint("leads", __name__)
 LIST_COLUMNS = (Lead.id, Lead.email, Lead.first_name, Lead.last_name, Lead.company, Lead.tags)
@@ -44,7 +44,7 @@ def _search(q: str) -> tuple:
 def index():
     """All leads, searchable by email, name, company or tag, 50 a page."""
     q = request.args.get("q", "")
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     conditions = _search(q)
     total = db.session.scalar(select(func.count()).select_from(Lead).where(*conditions))
     # Plain rows of the shown columns: no ORM objects, no JSON `fields` decoded 50 times.
@@ -93,9 +93,9 @@ def upload():
             form.file.errors.append(str(exc))
             return render_template("import_upload.html", form=form), 400
         token = secrets.token_hex(12)
-        upload_path(token, ".csv").write_bytes(data)
+        write_private(upload_path(token, ".csv"), data)
         return redirect(url_for("leads.mapping", token=token,
-                                campaign=request.args.get("campaign", 0, type=int)))
+                                campaign=id_arg("campaign") or 0))
     return render_template("import_upload.html", form=form)
 
 
@@ -108,7 +108,7 @@ def mapping(token: str):
         abort(404)
     data = path.read_bytes()
     sniffed = importer.sniff(data)
-    form = MappingForm(campaign=request.args.get("campaign", 0, type=int))
+    form = MappingForm(campaign=id_arg("campaign") or 0)
     form.campaign.choices = _campaign_choices()
     targets = sniffed.targets()  # the importer's own names, e.g. field:Telefon_4 for a repeated header
     if form.validate_on_submit():
@@ -119,8 +119,8 @@ def mapping(token: str):
             flash(str(exc), "error")
         else:
             # utf-8-sig: Excel on Windows reads Polish letters right only with the BOM.
-            upload_path(token, ".rejected.csv").write_text(importer.rejected_csv(report),
-                                                            encoding="utf-8-sig")
+            write_private(upload_path(token, ".rejected.csv"),
+                          importer.rejected_csv(report).encode("utf-8-sig"))
             path.unlink()
             return render_template("import_result.html", report=report, token=token)
     return render_template("import_mapping.html", form=form, sniffed=sniffed, targets=targets,

@@ -13,9 +13,10 @@ from core import stats
 from models import Campaign, SendLog, SendStatus, Trigger, db
 from sender import Settings, decidable_at, resolve_unknown
 from storage.timeutil import utcnow
-from web.common import PAGE_SIZE, ActionForm, page_count
+from web.common import PAGE_SIZE, ActionForm, link_args, page_arg, page_count
 
 bp = Blueprint("sendlog", __name__)
+FILTERS = ("status", "variant", "trigger", "from", "to")  # the query keys this page reads
 ACTIONS = ("mark-sent", "send-again")
 
 
@@ -58,12 +59,12 @@ def index(campaign_id: int):
     """Every delivery row of a campaign, newest first, filtered by status/variant/trigger/time."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404)
     conditions = _filtered(campaign_id, request.args)
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     total = db.session.scalar(select(func.count()).select_from(SendLog).where(*conditions))
     rows = stats.send_rows(db.session, conditions, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     return render_template("sendlog.html", campaign=campaign, rows=rows, total=total, page=page,
                            pages=page_count(total), args=request.args,
-                           filters={k: v for k, v in request.args.items() if k != "page" and v},
+                           filters=link_args(FILTERS),
                            statuses=list(SendStatus), triggers=list(Trigger))
 
 
@@ -76,7 +77,7 @@ def resolve(send_log_id: int):
     if action not in ACTIONS:
         abort(400)
     form = ActionForm()
-    if request.method == "GET" or not form.validate_on_submit():
+    if request.method != "POST" or not form.validate_on_submit():
         if request.method == "POST":
             abort(400)
         return render_template("resolve.html", row=row, action=action, form=form)

@@ -17,7 +17,7 @@ from core.suppressions import import_csv, suppress
 from models import Suppression, db
 from storage.database import immediate, write_session
 from storage.timeutil import utcnow
-from web.common import PAGE_SIZE, ActionForm, page_count
+from web.common import PAGE_SIZE, ActionForm, page_arg, page_count
 
 bp = Blueprint("suppression", __name__)
 SHOWN_REJECTED = 10  # rejected lines listed one by one after an import; the rest are counted
@@ -44,7 +44,7 @@ def index():
               if added else _("%(email)s was suppressed already.", email=form.email.data), "ok")
         return redirect(url_for("suppression.index"))
     q = request.args.get("q", "").strip()
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     where = (Suppression.email.contains(q.lower(), autoescape=True),) if q else ()  # "%", "_" literal
     total = db.session.scalar(select(func.count()).select_from(Suppression).where(*where))
     rows = db.session.scalars(select(Suppression).where(*where).order_by(Suppression.id.desc())
@@ -82,7 +82,7 @@ def remove(suppression_id: int):
     """GET asks for confirmation; POST removes the address from the list."""
     row = db.session.get(Suppression, suppression_id) or abort(404)
     form = ActionForm()
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD: the confirmation page
         return render_template("suppression_remove.html", row=row, form=form)
     if not form.validate_on_submit():
         abort(400)

@@ -40,7 +40,15 @@ from timeline.analysis import bucket as bucket_events
 from timeline.live import Scope
 from timeline.words import finding
 from web import timeline_chart
-from web.common import PAGE_SIZE, page_count, upload_path
+from web.common import (
+    PAGE_SIZE,
+    id_arg,
+    link_args,
+    page_arg,
+    page_count,
+    upload_path,
+    write_private,
+)
 
 bp = Blueprint("timeline", __name__)
 ZONES = sorted(available_timezones())
@@ -141,7 +149,7 @@ def _scope(campaign_id: int | None, tz: str) -> Scope:
 def live(campaign_id: int | None = None):
     """SendOnce's own sends: chart, totals, duplicate groups, finding, paged events."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404) if campaign_id else None
-    (tz, tz_note), page = _zone_and_note(), max(request.args.get("page", 1, type=int), 1)
+    (tz, tz_note), page = _zone_and_note(), page_arg()
     scope = _scope(campaign_id, tz)
     with db.engine.connect() as conn:
         analysis, minutes, buckets = live_sql.overview(conn, scope)
@@ -161,7 +169,7 @@ def _row(row) -> dict:
 
 
 def _args() -> dict:
-    return {k: v for k, v in request.args.items() if k not in ("page", "fragment") and v}
+    return link_args(("tz", "from", "to"))
 
 
 @bp.route("/timeline/export.csv")
@@ -169,7 +177,7 @@ def _args() -> dict:
 def export():
     """The event table as CSV (formula-looking cells neutralized for spreadsheets)."""
     tz = _zone()
-    scope = _scope(request.args.get("campaign", type=int), tz)
+    scope = _scope(id_arg("campaign"), tz)
 
     def generate():
         out = io.StringIO()
@@ -210,7 +218,8 @@ def too_large(_error):
     """An upload over the limit: said in the user's language, on the page it came from."""
     limit = _max_bytes()
     size = f"{limit // 2**20} MB" if limit >= 2**20 else f"{max(limit // 1024, 1)} KB"
-    message = _("The file is larger than %(size)s; export a shorter period.", size=size)
+    message = _("The file is larger than %(size)s; export a shorter period, or ask the administrator "
+                "to raise %(setting)s.", size=size, setting="LEGACY_LOG_MAX_BYTES")
     return _legacy_error(message, _default_zone()), 413
 
 
@@ -233,7 +242,7 @@ def upload_legacy():
         parsed = legacy_log.parse_log(data, tz)
     except legacy_log.MissingColumns as exc:
         token = secrets.token_hex(12)
-        upload_path(token, ".log").write_bytes(data)  # kept until the columns are picked
+        write_private(upload_path(token, ".log"), data)  # kept until the columns are picked
         return _mapping_page(token, exc.header, exc.preview, name, tz, view, "")
     except legacy_log.LegacyLogError as exc:
         return _legacy_error(str(exc), tz), 400
@@ -305,7 +314,7 @@ def legacy(token: str):
     if not token.isdigit():
         abort(404)
     tz, tz_note = _zone_and_note()
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     since, until, range_note = _range(tz)
     with db.engine.connect() as conn:
         log = stored.find(conn, int(token))

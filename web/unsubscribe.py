@@ -19,12 +19,14 @@ bp = Blueprint("unsubscribe", __name__)
 
 @bp.route("/u/<token>", methods=["GET", "POST"])
 def unsubscribe(token: str):
-    """GET shows a confirmation page; POST (the button or a one-click client) unsubscribes."""
+    """GET (and HEAD) show a confirmation page; only POST (the button or a one-click client) unsubscribes."""
     found = read_token(current_app.config["SECRET_KEY"], token)
     if found is None:
         abort(404)
     email, campaign_id = found
-    if request.method == "GET":
+    # Only POST changes anything: link scanners and previewers send GET, HEAD and OPTIONS
+    # (Flask answers HEAD on every GET route), and none of them is the recipient's choice.
+    if request.method != "POST":
         return render_template("unsubscribe.html", email=email, done=False)
     with immediate(db.engine) as conn:
         suppress(conn, email, "unsubscribed", f"campaign {campaign_id}", utcnow())
