@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # A spreadsheet starts a cell at the field's start and, when it splits the line with
 # another list separator than ours (Excel in Polish uses ";"), after any ",", ";", tab
 # or line break inside it: each such spot followed by a formula character gets a quote.
