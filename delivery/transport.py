@@ -74,7 +74,7 @@ def _decode(reply: bytes | str) -> str:
 
 
 def _dot_stuffed(data: bytes) -> bytes:
-    """The DATA payload as smtplib.SMTP.data() would send it, without the final dot."""
+    """The DATA payload as smtplib.SMTP.data() would send it, before the final dot."""
     data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", data)
     data = re.sub(rb"(?m)^\.", b"..", data)
     if not data.endswith(b"\r\n"):
@@ -164,23 +164,24 @@ class SmtpTransport:
         before_data = self._before_data(conn, sender, recipient, deadline)
         if before_data is not None:
             return before_data
-        payload = _dot_stuffed(msg.as_bytes(policy=MAIL_POLICY))
+        payload = _dot_stuffed(msg.as_bytes(policy=MAIL_POLICY)) + b".\r\n"
         try:
+            # The point of no return, checked last right here: the payload ends with the
+            # final dot and goes out in one write whose wait is bounded by the deadline, so
+            # the dot is handed over before the deadline or not at all. (One write, not the
+            # body and then the dot: a lone 3-byte write waits out a delayed ACK, ~40 ms.)
             self._arm(conn, deadline)
             conn.send(payload)
-            # The point of no return: the deadline is checked last right here. Without
-            # the dot the server discards the message when we hang up.
-            self._arm(conn, deadline)
         except DeadlinePassed:
             self._drop()
             return Result(SendStatus.RETRY, NOT_SENT_LATE)
         except (smtplib.SMTPException, OSError) as exc:
-            # Lost while sending the body: the dot never went out, so nothing was delivered.
+            # The write did not complete, so its last bytes, the end-of-data dot, never all
+            # went out: the server discards the message when we hang up (RFC 5321 4.1.1.4).
             self._drop()
             return Result(SendStatus.RETRY, f"lost during DATA, before the final dot: {exc!r}")
         try:
             conn.sock.settimeout(self.timeout)  # the answer to a sent dot is worth its wait
-            conn.send(b".\r\n")
             code, reply = conn.getreply()
         except (smtplib.SMTPException, OSError) as exc:
             # The final dot may have reached the server: delivery is unknowable.
