@@ -8,7 +8,9 @@ moments before or after it, on the same file settings (WAL, synchronous=FULL):
    one reused connection sending the same rendered messages to the same sink;
 3. import: importer.run_import of a 100,000-row CSV vs csv.reader + executemany;
 4. pages: median and p95 server time at 100,000 leads / 1,000,000 send_log rows vs the
-   page's own SQL run bare (see pages_worker.py), the timeline page when it exists;
+   page's own SQL run bare (see pages_worker.py), the timeline page when it exists. Targets:
+   p95 ≤ 50 ms, and ≤ 2× the bare SQL only for pages whose own SQL costs more than the empty
+   page's floor (below the floor, the fixed cost of any admin page is what it measures);
 5. memory: peak RSS of an engine process in 1 and of the page-rendering process in 4;
 6. legacy: upload+analysis time of a 1,000,000-row legacy send log, and the time of each view
    of it (page 1, a deep page, another zone, English, a Since/Until period), target ≤ 150 ms.
@@ -490,10 +492,14 @@ def section_pages(ctx: Context) -> None:
             continue
         page, bare = r["page"], r["bare"]
         ratio = page["median_ms"] / bare["median_ms"]
-        met = ratio <= 2 and page["median_ms"] <= 150
+        # The targets: p95 ≤ 50 ms at this scale; and ≤ 2× its bare SQL only where that SQL
+        # costs more than the empty page's floor (below it, the floor is the page's cost).
+        sql_bound = bare["median_ms"] > floor["page"]["median_ms"]
+        met = page["p95_ms"] <= 50 and (ratio <= 2 or not sql_bound)
+        target = "p95 ≤ 50 ms, ≤ 2×" if sql_bound else "p95 ≤ 50 ms (SQL < floor: no ratio)"
         ctx.rows.append(Row("pages", f"{name}: median / p95",
                             f"{page['median_ms']:.1f} / {page['p95_ms']:.1f} ms",
-                            f"{bare['median_ms']:.1f} ms", ratio, "≤ 2×, ≤ 150 ms", met,
+                            f"{bare['median_ms']:.1f} ms", ratio, target, met,
                             f"`{r['url']}`: {r['statements']} SQL statements ({r['distinct']} distinct), "
                             f"{page['n']} runs, {r['bytes'] // 1024} KiB; {scale}"))
 
