@@ -38,6 +38,7 @@ from core import leads
 from core.csvfile import neutralized
 from models import Campaign, Lead, Variant
 from storage.database import immediate
+from storage.texts import N_
 from storage.timeutil import utcnow
 
 TARGETS = ("email", "first_name", "last_name", "company", "tags")  # plus "field:<name>", "skip"
@@ -135,33 +136,25 @@ class _Rows:
 
     build: Callable[[list[str]], _Record]
     fast_values: Callable[[list[str]], _Values]
-    first: dict[str, list[str]] = field(default_factory=dict)  # each address's first row, as read
-    merged: dict[str, _Record] = field(default_factory=dict)  # an address on several rows: all of them
-
-    def repeat(self, address: str, cells: list[str]) -> None:
-        """Merge a later row of an address already in first."""
-        if address not in self.merged:
-            self.merged[address] = self.build(self.first[address])
-        self.merged[address].merge(self.build(cells))
+    first: dict[str, list[str]] = field(default_factory=dict)  # each address's one row, as read
 
     def record(self, address: str) -> _Record:
-        """The address's values from the file, its rows merged."""
-        record = self.merged.get(address)
-        return self.build(self.first[address]) if record is None else record
+        """The address's values from the file."""
+        return self.build(self.first[address])
 
     def values(self, address: str) -> _Values:
         """The address's values from the file, in database form."""
-        record = self.merged.get(address)
-        return self.fast_values(self.first[address]) if record is None else _record_values(record)
+        return self.fast_values(self.first[address])
 
 
 @dataclass
 class ImportReport:
-    """What an import did: every data row is imported, merged or rejected, none dropped."""
+    """What an import did: every data row is imported, merged or rejected, every blank line listed."""
 
     imported: int = 0  # new leads
-    merged: int = 0  # rows that matched an existing lead or an earlier row of the file
+    merged: int = 0  # rows that matched an existing lead (a repeat within the file is rejected)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    blank: list[int] = field(default_factory=list)  # empty lines between rows, skipped
     lead_ids: list[int] = field(default_factory=list)  # distinct, in file order
     enrolled: int = 0  # new enrollments when imported into a campaign
 
@@ -250,12 +243,13 @@ def _enroll(engine: Engine, campaign_id: int, lead_ids: list[int]) -> int:
                for at in range(0, len(lead_ids), _ENROLL_CHUNK))
 
 
-def rejected_csv(report: ImportReport, header: tuple[str, str] = ("line", "reason")) -> str:
+def rejected_csv(report: ImportReport, header: tuple[str, str] = ("line", "reason"),
+                 translate: Callable[[str], str] = str) -> str:
     """The rejected rows as CSV text (line, reason), safe to open in a spreadsheet."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
-    writer.writerows((line, neutralized(reason)) for line, reason in report.rejected)
+    writer.writerows((line, neutralized(translate(reason))) for line, reason in report.rejected)
     return out.getvalue()
 
 
@@ -452,8 +446,11 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> _R
     # at insert time (_stored_values), a _Record is built only for an address on several rows.
     width, email_at = len(table.header), next(i for i, target in mapping.items() if target == "email")
     rows = _Rows(_builder(mapping), _stored_values(mapping))
-    first = rows.first
+    first, first_line, previous_end = rows.first, {}, None
     for start, end, cells in table.rows:
+        if previous_end is not None:  # the reader skips blank lines: say so, line by line
+            report.blank.extend(range(previous_end + 1, start))
+        previous_end = end
         if len(cells) != width or max(map(len, cells)) > MAX_CELL:
             reason = _too_long(cells, mapping) or _width_problem(cells, width, start, end)
             if reason:
@@ -461,13 +458,14 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> _R
                 continue
         raw = cells[email_at]
         address = leads.normalize_email(raw)
-        if address in first:  # valid, as its first row showed: only the values merge
-            rows.repeat(address, cells)
-            report.merged += 1
+        if address in first:
+            # Two rows for one person are a mistake to show, not a merge to guess at: a
+            # silent merge replaced a surname with a colleague's and listed nothing.
+            report.rejected.append((start, N_("same address as line %(line)d", line=first_line[address])))
         elif reason := _address_problem(raw, address):
             report.rejected.append((start, reason))
         else:
-            first[address] = cells
+            first[address], first_line[address] = cells, start
     return rows
 
 
@@ -476,27 +474,30 @@ def _too_long(cells: list[str], mapping: dict[int, str]) -> str:
     longest = max((len(cells[index]) for index in mapping if index < len(cells)), default=0)
     if longest <= MAX_CELL:
         return ""
-    return f"a cell holds {longest:,} characters; at most {MAX_CELL:,} are accepted"
+    found, limit = f"{longest:,}", f"{MAX_CELL:,}"
+    return N_("a cell holds %(found)s characters; at most %(limit)s are accepted", found=found, limit=limit)
 
 
 def _width_problem(cells: list[str], width: int, start: int, end: int) -> str:
     """Why the row is rejected if it has too few columns or extra non-empty ones, else ""."""
     if len(cells) == width or (len(cells) > width and not "".join(cells[width:]).strip()):
         return ""
-    spans = f" (the row spans lines {start}-{end}: an unclosed quote?)" if end > start else ""
-    return f"expected {width} columns, found {len(cells)}{spans}"
+    if end > start:
+        return N_("expected %(width)d columns, found %(found)d (the row spans lines %(start)d-%(end)d: "
+                  "an unclosed quote?)", width=width, found=len(cells), start=start, end=end)
+    return N_("expected %(width)d columns, found %(found)d", width=width, found=len(cells))
 
 
 def _address_problem(raw: str, address: str) -> str:
     """Why the row is rejected if its address (raw as in the file, and normalized) is bad, else ""."""
     if not address:
-        return "no email address"
+        return N_("no email address")
     if _parts_accepted(address):  # check_address, without normalizing the address again
         return ""
     try:
         leads.check_email(raw)
     except EmailNotValidError as exc:
-        return f"invalid email {raw!r}: {exc}"
+        return N_("invalid email %(address)s: %(detail)s", address=repr(raw), detail=str(exc))
     return ""
 
 

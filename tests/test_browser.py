@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 
 from helpers import make_campaign
-from models import SendLog, User, db
+from models import Lead, SendLog, User, db
 from procs import wait_for
 from storage.database import write_session
 
@@ -137,3 +137,39 @@ def test_timeline_of_the_incident_in_a_real_browser(page: Page, live_server, adm
     expect(page.locator("table.totals")).to_contain_text("52")
     expect(page.locator("rect.dup")).to_have_count(15)  # 16 duplicates in 15 five-minute ticks
     screenshot("10-timeline-incident")
+
+
+DUPLICATES_CSV = ("email;imię;nazwisko\n"
+                  "anna@example.com;Anna;Nowak\n"
+                  "\n"
+                  "jan@example.com;Jan;Kowalski\n"
+                  "ANNA@example.com ;Anna;Wiśniewska\n"
+                  "zła-linia;X;Y\n")
+
+
+def test_import_lists_in_file_duplicates_and_downloads_the_rejected_rows(page: Page, live_server, admin,
+                                                                          engine, tmp_path, screenshot):
+    log_in(page, live_server)
+    page.goto(f"{live_server}/leads/import")
+    csv_file = tmp_path / "leady.csv"
+    csv_file.write_text(DUPLICATES_CSV, encoding="cp1250")
+    page.set_input_files("input[type=file]", str(csv_file))
+    page.click("text=Wczytaj plik")
+    page.click("button >> text=Importuj")
+    main = page.locator("main")
+    expect(main).to_contain_text("Nowe leady: 2")
+    expect(main).to_contain_text("Odrzucone: 2")
+    expect(main).to_contain_text("Puste wiersze (pominięte): 3")
+    row = page.locator("table tr", has_text="ten sam adres co w wierszu 2")
+    expect(row.locator("td").first).to_have_text("5")
+    expect(page.locator("table")).to_contain_text("nieprawidłowy e-mail 'zła-linia'")
+    screenshot("11-import-duplicates")
+    with page.expect_download() as download_info:
+        page.click("#rejected-csv")
+    data = download_info.value.path().read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf")  # Excel reads the Polish letters right only with the BOM
+    lines = data.decode("utf-8-sig").splitlines()
+    assert lines[0] == "wiersz,powód" and lines[1] == "5,ten sam adres co w wierszu 2"
+    with engine.connect() as conn:
+        surname = conn.execute(select(Lead.last_name).where(Lead.email == "anna@example.com")).scalar()
+    assert surname == "Nowak"  # the later row did not overwrite her

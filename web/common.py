@@ -1,4 +1,4 @@
-"""What the pages share: the bare action form, the page size, upload paths and safe redirects."""
+"""What the pages share: the bare action form, the page size, upload paths, safe redirects, texts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import abort, current_app, url_for
+from flask_babel import gettext
 from flask_wtf import FlaskForm
+
+from storage.texts import Text
 
 PAGE_SIZE = 50  # rows per page of every paged list (leads, suppressions, send log, timeline)
 
@@ -39,3 +42,10 @@ def local_path(target: str | None) -> str:
             or urlsplit(target).netloc or urlsplit(target).scheme):
         return url_for("views.dashboard")
     return target
+
+
+def translate(text: str) -> str:
+    """A text made below the web layer (storage.texts.Text) in the UI language; others as they are."""
+    if isinstance(text, Text):
+        return gettext(text.msgid, **text.values)
+    return text

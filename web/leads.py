@@ -23,7 +23,7 @@ from wtforms import SelectChoice, SelectField
 
 from core import importer
 from models import Campaign, CampaignLead, Lead, SendLog, db
-from web.common import PAGE_SIZE, page_count, upload_path
+from web.common import PAGE_SIZE, page_count, translate, upload_path
 
 bp = Blueprint("leads", __name__)
 LIST_COLUMNS = (Lead.id, Lead.email, Lead.first_name, Lead.last_name, Lead.company, Lead.tags)
@@ -116,11 +116,11 @@ def mapping(token: str):
         try:
             report = importer.run_import(db.engine, data, chosen, campaign_id=form.campaign.data or None)
         except importer.CsvImportError as exc:
-            flash(str(exc), "error")
+            flash(translate(exc.args[0]), "error")
         else:
             # utf-8-sig: Excel on Windows reads Polish letters right only with the BOM.
-            upload_path(token, ".rejected.csv").write_text(importer.rejected_csv(report),
-                                                            encoding="utf-8-sig")
+            upload_path(token, ".rejected.csv").write_text(
+                importer.rejected_csv(report, (_("line"), _("reason")), translate), encoding="utf-8-sig")
             path.unlink()
             return render_template("import_result.html", report=report, token=token)
     return render_template("import_mapping.html", form=form, sniffed=sniffed, targets=targets,
