@@ -25,7 +25,7 @@ import scheduler
 from delivery.transport import stale_floor
 from models import User, db
 from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
-from web import auth, editor, i18n, unsubscribe
+from web import auth, editor, errors, i18n, unsubscribe
 from web import campaigns as views
 from web import leads as lead_pages
 from web import sendlog as sendlog_pages
@@ -85,7 +85,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 def _register_pages(app: Flask) -> None:
     for module in (auth, views, editor, lead_pages, sendlog_pages, suppression_pages, timeline_pages,
-                   i18n, unsubscribe):
+                   i18n, unsubscribe, errors):
         app.register_blueprint(module.bp)
     csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 

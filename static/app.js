@@ -57,6 +57,40 @@
     }, 10000);
   }
 
+  // Session expired: the draft goes with the person through a new login and is put back
+  // into the same form afterwards (sessionStorage: this tab only, gone when it closes).
+  var draft = document.getElementById("draft");
+  var login = document.getElementById("login-again");
+  if (draft && login) {
+    login.addEventListener("click", function () {
+      var fields = [];
+      draft.querySelectorAll("[name]").forEach(function (el) {
+        if (el.name !== "csrf_token") { fields.push([el.name, el.value]); }
+      });
+      sessionStorage.setItem("draft:" + draft.dataset.back,
+                             JSON.stringify({ fields: fields, notice: draft.dataset.notice }));
+    });
+  }
+  var key = "draft:" + location.pathname + location.search;
+  var kept = !draft && sessionStorage.getItem(key);
+  var target = kept && document.querySelector("main form[method=post]");
+  if (target) {
+    sessionStorage.removeItem(key);
+    var saved = JSON.parse(kept);
+    var values = {};
+    saved.fields.forEach(function (pair) { (values[pair[0]] = values[pair[0]] || []).push(pair[1]); });
+    target.querySelectorAll("[name]").forEach(function (el) {
+      if (el.name === "csrf_token" || !(el.name in values)) { return; }
+      if (el.type === "checkbox" || el.type === "radio") {
+        el.checked = values[el.name].indexOf(el.value) >= 0;
+      } else { el.value = values[el.name][0]; }
+    });
+    var notice = document.createElement("p");
+    notice.className = "flash"; notice.setAttribute("role", "status"); notice.id = "draft-restored";
+    notice.textContent = saved.notice;
+    target.parentNode.insertBefore(notice, target);
+  }
+
   // Variant editor: live preview of the unsaved subject and body.
   var editor = document.getElementById("variant-form");
   if (editor) {

@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 
 from helpers import make_campaign
-from models import Lead, SendLog, User, db
+from models import Lead, SendLog, User, Variant, db
 from procs import wait_for
 from storage.database import write_session
 
@@ -169,7 +169,50 @@ def test_import_lists_in_file_duplicates_and_downloads_the_rejected_rows(page: P
     data = download_info.value.path().read_bytes()
     assert data.startswith(b"\xef\xbb\xbf")  # Excel reads the Polish letters right only with the BOM
     lines = data.decode("utf-8-sig").splitlines()
-    assert lines[0] == "wiersz,powód" and lines[1] == "5,ten sam adres co w wierszu 2"
+    assert lines[0] == "line,reason" and lines[1] == "5,ten sam adres co w wierszu 2"
     with engine.connect() as conn:
         surname = conn.execute(select(Lead.last_name).where(Lead.email == "anna@example.com")).scalar()
     assert surname == "Nowak"  # the later row did not overwrite her
+
+
+def _variant_body(engine, cid: int) -> str:
+    with engine.connect() as conn:
+        return conn.execute(select(Variant.body).where(Variant.campaign_id == cid,
+                                                       Variant.letter == "A")).scalar_one()
+
+
+def test_an_expired_session_keeps_the_draft_through_a_new_login(page: Page, live_server, admin, engine,
+                                                                 screenshot):
+    cid = make_campaign(engine, 1, start=False, variants="A")
+    log_in(page, live_server)
+    page.goto(f"{live_server}/campaigns/{cid}/variants/A")
+    draft = "Dzień dobry {{ first_name }},\npisałem to przez godzinę."
+    page.fill("textarea[name=body]", draft)
+    page.context.clear_cookies()  # the session is gone, as after a server restart or a long lunch
+    page.click("text=Zapisz wariant")
+    expect(page.locator("h1")).to_have_text("Sesja wygasła")
+    expect(page.locator(".flash.error")).to_contain_text("zaloguj się ponownie")
+    expect(page.locator("textarea[name=body]")).to_have_value(draft)
+    screenshot("12-session-expired")
+    page.click("#login-again")
+    page.fill("input[name=email]", "admin@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.click("button[type=submit] >> text=Zaloguj")
+    expect(page.locator("#draft-restored")).to_be_visible()
+    expect(page.locator("textarea[name=body]")).to_have_value(draft)
+    page.click("text=Zapisz wariant")
+    expect(page.locator(".flash.ok")).to_be_visible()
+    assert _variant_body(engine, cid).replace("\r\n", "\n") == draft  # browsers post CRLF
+
+
+def test_an_expired_csrf_token_keeps_the_draft_and_saves_it_again(page: Page, live_server, admin, engine):
+    cid = make_campaign(engine, 1, start=False, variants="A")
+    log_in(page, live_server)
+    page.goto(f"{live_server}/campaigns/{cid}/variants/A")
+    page.fill("textarea[name=body]", "Nowa treść")
+    page.eval_on_selector("#variant-form [name=csrf_token]", "el => el.value = 'expired'")
+    page.click("text=Zapisz wariant")
+    expect(page.locator("h1")).to_have_text("Sesja wygasła")
+    page.click("button >> text=Zapisz ponownie")
+    expect(page.locator(".flash.ok")).to_be_visible()
+    assert _variant_body(engine, cid) == "Nowa treść"

@@ -120,7 +120,7 @@ def mapping(token: str):
         else:
             # utf-8-sig: Excel on Windows reads Polish letters right only with the BOM.
             upload_path(token, ".rejected.csv").write_text(
-                importer.rejected_csv(report, (_("line"), _("reason")), translate), encoding="utf-8-sig")
+                importer.rejected_csv(report, translate=translate), encoding="utf-8-sig")
             path.unlink()
             return render_template("import_result.html", report=report, token=token)
     return render_template("import_mapping.html", form=form, sniffed=sniffed, targets=targets,

@@ -1,0 +1,67 @@
+"""Issue #14, a Polish sales team's day one: error pages, texts in Polish, forms that keep work."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from helpers import make_campaign
+from test_web import csrf_token, login  # noqa: F401 - the login fixture
+
+# --- error pages: styled, in Polish, and an expired session keeps the draft ------------------
+
+
+def test_http_errors_are_styled_polish_pages(app, client, login):  # noqa: F811
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("a bug")
+
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    login()
+    token = csrf_token(client.get("/").data)
+    pages = {404: client.get("/no-such-page"), 405: client.get("/logout"), 500: client.get("/boom"),
+             413: client.post("/leads/import", data={"csrf_token": token,
+                                                      "file": (io.BytesIO(b"x" * 5000), "a.csv")})}
+    titles = {404: "Nie ma takiej strony", 405: "Tej czynności nie można wykonać w ten sposób",
+              413: "Plik jest za duży", 500: "Coś poszło nie tak po naszej stronie"}
+    for code, response in pages.items():
+        page = response.get_data(as_text=True)
+        assert response.status_code == code
+        assert f"<h1>{titles[code]}</h1>" in page and "style.css" in page, code
+        assert "Not Found" not in page and "Method Not Allowed" not in page and "a bug" not in page
+
+
+def test_an_expired_token_shows_the_draft_in_polish_and_never_the_password(client, login, engine):  # noqa: F811
+    cid = make_campaign(engine, 1, start=False, variants="A")
+    login()
+    response = client.post(f"/campaigns/{cid}/variants/A", data={
+        "csrf_token": "expired", "subject": "Temat", "body": "Długi <b>tekst</b>\nw dwóch liniach"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "Sesja wygasła" in page and "The CSRF token" not in page
+    assert "Długi &lt;b&gt;tekst&lt;/b&gt;\nw dwóch liniach</textarea>" in page  # kept, escaped
+    assert "Zapisz ponownie" in page  # still logged in: a fresh token saves it again
+    stale = client.post("/login", data={"csrf_token": "old", "email": "a@example.com",
+                                        "password": "tajne-hasło"}).get_data(as_text=True)
+    assert "tajne-hasło" not in stale
+
+
+def test_an_expired_session_offers_a_new_login_back_to_the_form(app, engine):
+    cid = make_campaign(engine, 1, start=False, variants="A")
+    stranger = app.test_client()
+    response = stranger.post(f"/campaigns/{cid}/variants/A", data={"csrf_token": "x", "body": "mój szkic"},
+                             headers={"Referer": f"http://localhost/campaigns/{cid}/variants/A"})
+    page = response.get_data(as_text=True)
+    assert "zaloguj się ponownie" in page and "mój szkic" in page
+    assert f'href="/login?next=/campaigns/{cid}/variants/A"' in page
+
+
+@pytest.mark.parametrize("referer", ["https://evil.example/x", None])
+def test_the_way_back_never_leaves_the_site(app, referer):
+    headers = {"Referer": referer} if referer else {}
+    page = app.test_client().post("/campaigns/1/start", data={"csrf_token": "x"},
+                                  headers=headers).get_data(as_text=True)
+    assert "evil.example" not in page
