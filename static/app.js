@@ -2,6 +2,18 @@
 (function () {
   "use strict";
 
+  // Phones show each table row as a card: every cell gets its column's name as a label.
+  document.querySelectorAll("table").forEach(function (table) {
+    var names = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+      return th.textContent.trim();
+    });
+    table.querySelectorAll("tbody tr").forEach(function (row) {
+      Array.prototype.forEach.call(row.children, function (cell, i) {
+        if (names[i] && !cell.hasAttribute("data-label")) { cell.setAttribute("data-label", names[i]); }
+      });
+    });
+  });
+
   // Selects marked data-autosubmit submit their form on change (language, preview lead).
   document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
     select.addEventListener("change", function () { select.form.submit(); });

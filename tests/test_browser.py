@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 
-from helpers import make_campaign
+from helpers import make_campaign, make_unknown
 from models import Lead, SendLog, User, Variant, db
 from procs import wait_for
 from storage.database import write_session
@@ -216,3 +216,51 @@ def test_an_expired_csrf_token_keeps_the_draft_and_saves_it_again(page: Page, li
     page.click("button >> text=Zapisz ponownie")
     expect(page.locator(".flash.ok")).to_be_visible()
     assert _variant_body(engine, cid) == "Nowa treść"
+
+
+def _no_sideways_scroll(page: Page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], (page.url, width)
+
+
+def test_phone_layout_keeps_status_and_the_unknown_row_actions(page: Page, live_server, admin, engine,
+                                                                smtp, screenshot):
+    cid = make_campaign(engine, 2, batch_size=2, interval=3600)
+    log_in(page, live_server)
+    page.goto(f"{live_server}/campaigns/{cid}")
+    page.click("#send-now")
+    expect(page.locator(".flash.ok")).to_be_visible()
+    make_unknown(engine)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{live_server}/campaigns/{cid}/log")
+    row = page.locator("tbody tr").first
+    expect(row.locator(".status.unknown")).to_be_visible()
+    expect(row.get_by_text("oznacz jako wysłaną")).to_be_visible()
+    expect(row.get_by_text("wyślij ponownie")).to_be_visible()
+    expect(row.locator("td[data-label='Status']")).to_be_visible()  # labelled: a card, not a bare cell
+    _no_sideways_scroll(page)
+    screenshot("13-phone-sendlog-unknown")
+    page.goto(f"{live_server}/")
+    campaign_row = page.locator("tr[data-campaign]").first
+    expect(campaign_row.locator(".status")).to_be_visible()
+    expect(campaign_row.locator("td.unknown")).to_be_visible()
+    expect(campaign_row.locator("td.failed")).to_have_attribute("data-label", "Nieudane")
+    _no_sideways_scroll(page)
+    screenshot("14-phone-dashboard")
+    page.goto(f"{live_server}/campaigns/{cid}/variants/A")
+    _no_sideways_scroll(page)
+    screenshot("15-phone-editor")
+
+
+def test_table_cells_never_break_inside_a_word_on_a_desktop(page: Page, live_server, admin, engine):
+    make_campaign(engine, 1)
+    log_in(page, live_server)
+    page.set_viewport_size({"width": 1366, "height": 768})
+    wraps = page.evaluate("""() => Array.from(document.querySelectorAll('th, td'))
+        .map(cell => getComputedStyle(cell).overflowWrap)""")
+    assert wraps and "anywhere" not in wraps
+    # Every header word fits on its line: a header is one line high unless it has several words.
+    heights = page.evaluate("""() => Array.from(document.querySelectorAll('thead th')).map(th => {
+        const r = document.createRange(); r.selectNodeContents(th);
+        return [th.textContent.trim(), r.getClientRects().length]; })""")
+    assert all(lines == 1 or " " in text for text, lines in heights), heights
