@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -65,3 +66,23 @@ def test_the_way_back_never_leaves_the_site(app, referer):
     page = app.test_client().post("/campaigns/1/start", data={"csrf_token": "x"},
                                   headers=headers).get_data(as_text=True)
     assert "evil.example" not in page
+
+
+# --- the new-campaign form pre-fills only what it accepts (item 8) ---------------------------
+
+
+@pytest.mark.parametrize(("mail_from", "prefilled"), [("sendonce@localhost", ""),
+                                                      ("zespol@firma.pl", "zespol@firma.pl")])
+def test_the_new_campaign_form_prefills_only_an_address_it_accepts(app, client, login, mail_from,  # noqa: F811
+                                                                   prefilled):
+    app.config["MAIL_FROM"] = mail_from
+    login()
+    page = client.get("/campaigns/new").get_data(as_text=True)
+    field = re.search(r'<input[^>]*name="from_address"[^>]*>', page).group(0)
+    assert re.search(r'value="([^"]*)"', field).group(1) == prefilled
+    # Saving the form as shown (with a name) works whenever it pre-filled an address.
+    response = client.post("/campaigns/new", data={
+        "csrf_token": csrf_token(page.encode()), "name": "Jesień", "from_address": prefilled,
+        "interval_seconds": "300", "batch_size": "1", "window_weekdays": ["0", "1"],
+        "window_start_hour": "9", "window_end_hour": "17", "timezone": "Europe/Warsaw"})
+    assert response.status_code == (302 if prefilled else 200)

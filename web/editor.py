@@ -101,11 +101,19 @@ def _campaign_values(form: CampaignForm) -> dict:
     return values
 
 
+def _default_sender() -> str:
+    """MAIL_FROM if the form would accept it, else nothing (never a value the form then rejects)."""
+    # The default MAIL_FROM, sendonce@localhost, is no address a recipient can answer:
+    # pre-filling it only to refuse it on save was the first thing a new user met.
+    form = CampaignForm(formdata=None, from_address=current_app.config["MAIL_FROM"])
+    return form.from_address.data if form.from_address.validate(form) else ""
+
+
 @bp.route("/campaigns/new", methods=["GET", "POST"])
 @login_required
 def create():
     """A new draft campaign; its variants and leads come next."""
-    form = CampaignForm(from_address=current_app.config["MAIL_FROM"])
+    form = CampaignForm(from_address=_default_sender())
     if form.validate_on_submit():
         campaign_id = campaigns.create(db.engine, **_campaign_values(form))
         flash(_("Campaign created. Add a variant next."), "ok")
