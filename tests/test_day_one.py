@@ -6,8 +6,11 @@ import io
 import re
 
 import pytest
+from sqlalchemy import select, update
 
 from helpers import make_campaign
+from models import Campaign, CampaignLead
+from storage.database import immediate
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
 # --- error pages: styled, in Polish, and an expired session keeps the draft ------------------
@@ -86,3 +89,27 @@ def test_the_new_campaign_form_prefills_only_an_address_it_accepts(app, client, 
         "interval_seconds": "300", "batch_size": "1", "window_weekdays": ["0", "1"],
         "window_start_hour": "9", "window_end_hour": "17", "timezone": "Europe/Warsaw"})
     assert response.status_code == (302 if prefilled else 200)
+
+
+# --- empty and finished campaigns offer no start that would do nothing (item 16) -----------
+
+
+def test_an_empty_or_finished_campaign_offers_no_start_but_says_what_to_do(client, login, engine):  # noqa: F811
+    empty = make_campaign(engine, 0, start=False)
+    done = make_campaign(engine, 1, start=False)
+    with immediate(engine) as conn:
+        conn.execute(update(CampaignLead.__table__).where(CampaignLead.campaign_id == done)
+                     .values(state="sent"))
+        conn.execute(update(Campaign.__table__).where(Campaign.id == done).values(status="finished"))
+    login()
+    page = client.get(f"/campaigns/{empty}").get_data(as_text=True)
+    assert "Sprawdź i uruchom" not in page and "nie ma jeszcze leadów" in page
+    page = client.get(f"/campaigns/{done}").get_data(as_text=True)
+    assert "Sprawdź i uruchom" not in page and "Dodaj nowe leady" in page
+    # The POST itself still refuses (a stale tab), in Polish, and the campaign stays finished.
+    token = csrf_token(page.encode())
+    page = client.post(f"/campaigns/{done}/start", data={"csrf_token": token},
+                       follow_redirects=True).get_data(as_text=True)
+    assert "nie ma czego wysyłać" in page
+    with engine.connect() as conn:
+        assert conn.execute(select(Campaign.status).where(Campaign.id == done)).scalar() == "finished"
