@@ -31,7 +31,7 @@ from web import leads as lead_pages
 from web import sendlog as sendlog_pages
 from web import suppressions as suppression_pages
 from web import timeline as timeline_pages
-from web.common import translate
+from web.common import label, pause_text, reply_text, translate
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -74,7 +74,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     i18n.babel.init_app(app, locale_selector=i18n.select_locale)
     app.jinja_env.globals.update(language_form=i18n.language_form, get_locale=flask_babel.get_locale)
-    app.jinja_env.filters["tr"] = translate
+    app.jinja_env.filters.update(tr=translate, reply=reply_text)
+    app.jinja_env.globals.update(label=label, pause_text=pause_text)
     _register_pages(app)
     app.after_request(_security_headers)
     app.register_error_handler(OperationalError, _database_unavailable)

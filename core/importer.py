@@ -199,8 +199,8 @@ def run_import(engine: Engine, data: bytes, mapping: dict[int, str] | None = Non
     table = _open(data)
     if any(_ADDRESS_LIKE.fullmatch(name) for name in table.header):
         # Taking it for a header would silently drop the first lead.
-        raise CsvImportError("the first line holds an address, not column names: "
-                             "add a header line (for example email,first_name)")
+        raise CsvImportError(N_("the first line holds an address, not column names: "
+                                "add a header line (for example email,first_name)"))
     if mapping is None:
         mapping = suggest_mapping(table.header, table.preview)
     mapping = _checked_mapping(mapping, table.header)
@@ -431,11 +431,12 @@ def _checked_mapping(mapping: dict[int, str], header: list[str]) -> dict[int, st
         elif target not in TARGETS:
             raise CsvImportError(f"column {header[index]!r}: unknown target {target!r}")
         if target in used:
-            raise CsvImportError(f"columns {header[used[target]]!r} and {header[index]!r} "
-                                 f"are both mapped to {target}")
+            first, second = repr(header[used[target]]), repr(header[index])
+            raise CsvImportError(N_("columns %(first)s and %(second)s are both mapped to %(target)s",
+                                    first=first, second=second, target=target))
         used[target] = index
     if "email" not in used:
-        raise CsvImportError("no email column: name one 'email' or map a column to email")
+        raise CsvImportError(N_("no email column: name one 'email' or map a column to email"))
     return {index: target for target, index in used.items()}
 
 
@@ -443,7 +444,7 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> _R
     """Good rows by normalized address, in file order; bad ones go to report.rejected."""
     # Runs for every row: a well-formed row costs one length test, one normalization and,
     # for an address not seen before in the file, one address check; its values are read
-    # at insert time (_stored_values), a _Record is built only for an address on several rows.
+    # at insert time (_stored_values).
     width, email_at = len(table.header), next(i for i, target in mapping.items() if target == "email")
     rows = _Rows(_builder(mapping), _stored_values(mapping))
     first, first_line, previous_end = rows.first, {}, None

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import io
 import re
+from html.parser import HTMLParser
 
 import pytest
+from babel.messages.pofile import read_po
 from sqlalchemy import select, update
 
+from conftest import ROOT
+from core import campaigns
 from helpers import make_campaign
 from models import Campaign, CampaignLead
 from storage.database import immediate
+from test_security import requests_from_url_map, world  # noqa: F401 - the world fixture
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
 # --- error pages: styled, in Polish, and an expired session keeps the draft ------------------
@@ -113,3 +118,88 @@ def test_an_empty_or_finished_campaign_offers_no_start_but_says_what_to_do(clien
     assert "nie ma czego wysyłać" in page
     with engine.connect() as conn:
         assert conn.execute(select(Campaign.status).where(Campaign.id == done)).scalar() == "finished"
+
+
+# --- every page in Polish: no English catalog text left (item 5) ------------------------------
+
+PLACEHOLDER = re.compile(r"%\(\w+\)[sd]|%%|\{\{.*?\}\}")
+
+
+class _VisibleText(HTMLParser):
+    """The texts a person reads on a page: text nodes and the attributes a browser shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style", "title"):
+            self._hidden += 1
+        attrs = dict(attrs)
+        for name in ("placeholder", "title", "aria-label", "data-confirm", "data-notice"):
+            if attrs.get(name):
+                self.texts.append(attrs[name])
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style", "title"):
+            self._hidden -= 1
+
+    def handle_data(self, data):
+        if not self._hidden:
+            self.texts += [line.strip() for line in data.splitlines() if line.strip()]
+
+
+def visible_texts(page: str) -> list[str]:
+    parser = _VisibleText()
+    parser.feed(page)
+    return parser.texts
+
+
+def english_catalog() -> tuple[set[str], list[str]]:
+    """Short English msgids (matched as a whole text) and the long literal pieces of the others,
+    for every message whose Polish differs from its English."""
+    with (ROOT / "translations/pl/LC_MESSAGES/messages.po").open("rb") as f:
+        catalog = read_po(f, locale="pl")
+    whole, pieces = set(), []
+    for message in catalog:
+        ids = message.id if isinstance(message.id, tuple) else (message.id,)
+        strings = message.string if isinstance(message.string, tuple) else (message.string,)
+        if not message.id or ids[0] in strings:
+            continue
+        for msgid in ids:
+            whole.add(msgid)
+            pieces += [p.strip() for p in PLACEHOLDER.split(msgid) if len(p.strip()) >= 16]
+    return whole, pieces
+
+
+def rendered_pages(app, names: dict, client) -> dict[str, str]:
+    pages = {}
+    for rule, method, url in requests_from_url_map(app, names):
+        if method != "GET" or rule.startswith("/static"):
+            continue
+        response = client.get(url)
+        if response.mimetype == "text/html":
+            pages[url] = response.get_data(as_text=True)
+    pages["404"] = client.get("/no-such-page").get_data(as_text=True)
+    pages["expired"] = client.post("/campaigns/1/start", data={"csrf_token": "old", "note": "a b"}).get_data(
+        as_text=True)
+    return pages
+
+
+def test_every_page_in_polish_shows_no_english_catalog_text(app, world, client, login, engine):  # noqa: F811
+    campaigns.pause(engine, world["campaign_id"])  # a pause reason on the campaign page
+    login()
+    polish = rendered_pages(app, world, client)
+    token = csrf_token(client.get("/").data)
+    client.post("/language", data={"language": "en", "back": "/", "csrf_token": token})
+    english = rendered_pages(app, world, client)
+    assert "Campaigns" in english["/"] and "Kampanie" in polish["/"]
+    whole, pieces = english_catalog()
+    left = []
+    for url, page in polish.items():
+        shown_in_english = set(visible_texts(english[url]))
+        for text in visible_texts(page):
+            if text in shown_in_english and (text in whole or any(piece in text for piece in pieces)):
+                left.append((url, text))
+    assert left == [], "\n".join(map(str, left))

@@ -580,7 +580,7 @@ def test_suppression_search_matches_only_literal_text(client, quick_user, engine
     for q in PAYLOADS:
         response = client.get("/suppressions", query_string={"q": q})
         assert response.status_code == 200, q
-        shown = {html.unescape(e) for e in re.findall(r"<tr><td>([^<]*)</td><td>manual</td>",
+        shown = {html.unescape(e) for e in re.findall(r"<tr><td>([^<]*)</td><td>dodany ręcznie</td>",
                                                       response.get_data(as_text=True))}
         assert shown == {email for email, _ in SEARCH_LEADS if q.strip().lower() in email}, q
     with engine.connect() as conn:

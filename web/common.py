@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import abort, current_app, url_for
 from flask_babel import gettext
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 
 from storage.texts import Text
@@ -49,3 +51,76 @@ def translate(text: str) -> str:
     if isinstance(text, Text):
         return gettext(text.msgid, **text.values)
     return text
+
+
+# Texts the engine stores in English (send_log.smtp_reply, campaign.pause_reason, the
+# suppression reason, the trigger) shown in the UI language; the server's own words follow
+# in parentheses. A stored text none of these match is shown as it is.
+_REPLY_PREFIXES = [
+    ("connect: ", _l("could not connect to the mail server")),
+    ("lost during DATA, before the final dot: ", _l("connection lost before the end of the message: "
+                                                     "not delivered, tried again")),
+    ("lost after DATA: ", _l("connection lost after the whole message was sent: the server may have "
+                             "accepted it")),
+    ("lost before DATA: ", _l("connection lost before the message was sent")),
+    ("transport error: ", _l("unexpected error while sending")),
+    ("message not built: ", _l("the message could not be built")),
+    ("outbox ", _l("written to the outbox folder")),
+]
+_REPLY_WHOLE = {
+    "not sent: the send deadline passed before the end of DATA": _l(
+        "not sent: the time for this send ran out before the message was complete"),
+    "not sent: a non-ASCII address needs SMTPUTF8, not supported": _l(
+        "not sent: an address with non-Latin letters needs SMTPUTF8, which the server does not offer"),
+    "released before sending: claim or lease lost": _l("not sent: another process took over sending"),
+}
+_PAUSED_AFTER = re.compile(r"(\d+) failed sends in a row; last: (.*)", re.DOTALL)
+LABELS = {
+    "trigger": {"scheduler": _l("scheduler"), "button": _l("button"), "cli": _l("command line")},
+    "suppression": {"manual": _l("added by hand"), "unsubscribed": _l("unsubscribed"),
+                    "bounce": _l("address rejected by the server")},
+    "target": {"email": _l("email address"), "first_name": _l("first name"), "last_name": _l("last name"),
+               "company": _l("company"), "tags": _l("tags"), "skip": _l("— skip this column —")},
+}
+
+
+def reply_text(reply: str | None) -> str:
+    """A stored send outcome in the UI language, the server's own reply in parentheses."""
+    if not reply:
+        return ""
+    if reply in _REPLY_WHOLE:
+        return str(_REPLY_WHOLE[reply])
+    for prefix, text in _REPLY_PREFIXES:
+        if reply.startswith(prefix):
+            return f"{text} ({reply[len(prefix):]})"
+    return reply  # the server's own reply, e.g. "250 OK queued"
+
+
+def pause_text(reason: str | None) -> str:
+    """Why a campaign is paused, in the UI language."""
+    if reason == "paused by hand":
+        return gettext("paused by hand")
+    if match := _PAUSED_AFTER.fullmatch(reason or ""):
+        return gettext("%(n)s failed sends in a row; the last one: %(reply)s", n=match[1],
+                       reply=reply_text(match[2]))
+    return gettext("the mail server refused the settings (%(reply)s)", reply=reply_text(reason))
+
+
+def label(kind: str, value: str) -> str:
+    """A stored code (a trigger, a suppression reason, an import target) as a person reads it."""
+    if kind == "target" and value.startswith("field:"):
+        return gettext("custom field “%(name)s”", name=value[len("field:"):])
+    text = LABELS[kind].get(value)
+    return value if text is None else str(text)
+
+
+_UNDEFINED = re.compile(r"'([^']+)' is undefined|has no attribute '([^']+)'")
+
+
+def template_error(message: str) -> str:
+    """A template's error in the UI language, with how to fix an unknown merge field."""
+    if match := _UNDEFINED.search(message):
+        name = match[1] or match[2]
+        return gettext("unknown merge field {{ %(name)s }}: not every lead has it; write "
+                       "{{ %(name)s|default(\"…\") }} to give the others a text", name=name)
+    return gettext("the template cannot be used (%(detail)s)", detail=message)

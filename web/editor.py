@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from zoneinfo import available_timezones
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import ngettext
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import func, select, update
@@ -28,7 +30,7 @@ from delivery import messages, templating
 from delivery.transport import make_transport
 from models import Campaign, CampaignLead, Lead, Variant, db
 from storage.database import write_session
-from web.common import ActionForm
+from web.common import ActionForm, template_error
 
 bp = Blueprint("editor", __name__)
 TIMEZONES = sorted(available_timezones())
@@ -83,7 +85,7 @@ def _check_template(source: str) -> None:
     # leads and are checked against every enrolled lead when the campaign starts.
     for problem in templating.check("-", "field", source, _sample_context()):
         if not problem.undefined:
-            raise ValidationError(problem.message)
+            raise ValidationError(template_error(problem.message))
 
 
 def _sample_context(lead: Lead | None = None) -> dict:
@@ -211,7 +213,7 @@ def _preview(subject: str, body: str, lead: Lead | None) -> dict:
         try:
             result[part] = templating.render(source, context)
         except Exception as exc:  # noqa: BLE001 - any template error is shown, not raised
-            result[part + "_error"] = str(exc)
+            result[part + "_error"] = template_error(str(exc))
     result["subject"] = messages.one_line(result.get("subject", ""))
     return result
 
@@ -287,6 +289,21 @@ def enroll(campaign_id: int):
     return redirect(url_for("views.campaign", campaign_id=campaign_id))
 
 
+def _grouped(problems: list[templating.TemplateProblem]) -> list[str]:
+    """One line per distinct problem with how many leads have it, not one line per lead."""
+    if problems and problems[0].part == "variants":  # validate's "the campaign has no variant"
+        return [_("The campaign has no variant yet: add one.")]
+    counts = Counter((p.variant, p.part, p.message) for p in problems)
+    parts = {"subject": _("subject"), "body": _("body")}
+    lines = [_("Variant %(letter)s, %(part)s: %(problem)s — %(leads)s", letter=letter,
+               part=parts.get(part, part), problem=template_error(message),
+               leads=ngettext("%(num)d lead", "%(num)d leads", n))
+             for (letter, part, message), n in counts.items()]
+    if len(problems) >= campaigns.MAX_PROBLEMS:
+        lines.append(_("Checking stopped after %(n)d problems; more leads may have them.", n=len(problems)))
+    return lines
+
+
 def _start_refusal(exc: campaigns.CampaignError) -> str:
     """Why a start was refused, in the user's language where the reason is known."""
     if exc.code == "no_leads":
@@ -306,8 +323,8 @@ def start(campaign_id: int):
     problems = campaigns.validate(db.engine, campaign_id)
     if problems:
         flash(_("Not started: fix these first."), "error")
-        for problem in problems:
-            flash(str(problem), "error")
+        for text in _grouped(problems):
+            flash(text, "error")
     else:
         try:
             campaigns.start(db.engine, campaign_id)
