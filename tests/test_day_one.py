@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from zoneinfo import ZoneInfo
 
 import pytest
 from babel.messages.pofile import read_po
 from sqlalchemy import select, update
 
 from conftest import ROOT
-from core import campaigns
+from core import campaigns, stats
+from delivery.lease import LEASE_NAME
 from helpers import make_campaign
-from models import Campaign, CampaignLead
+from models import Campaign, CampaignLead, SchedulerLease
 from storage.database import immediate
+from storage.timeutil import utcnow
 from test_security import requests_from_url_map, world  # noqa: F401 - the world fixture
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
@@ -203,3 +207,55 @@ def test_every_page_in_polish_shows_no_english_catalog_text(app, world, client, 
             if text in shown_in_english and (text in whole or any(piece in text for piece in pieces)):
                 left.append((url, text))
     assert left == [], "\n".join(map(str, left))
+
+
+# --- outside the send window the page says so, and the time does not move (item 4) -----------
+
+SUNDAY_EVENING = datetime(2026, 11, 29, 19, 0)  # UTC: 20:00 in Warsaw, a Sunday
+MONDAY_NINE = datetime(2026, 11, 30, 8, 0)  # UTC: 09:00 in Warsaw
+
+
+def office_hours(**values) -> Campaign:
+    defaults = {"status": "active", "timezone": "Europe/Warsaw", "window_weekdays": "0,1,2,3,4",
+                "window_start_hour": 9, "window_end_hour": 17, "interval_seconds": 60,
+                "last_claim_at": SUNDAY_EVENING - timedelta(seconds=30), "daily_cap": None}
+    return Campaign(**(defaults | values))
+
+
+@pytest.mark.parametrize(("values", "now", "sent_today", "expected"), [
+    ({}, SUNDAY_EVENING, 0, (MONDAY_NINE, "outside_window")),
+    ({}, SUNDAY_EVENING + timedelta(seconds=45), 0, (MONDAY_NINE, "outside_window")),  # does not move
+    ({"last_claim_at": None}, datetime(2026, 11, 30, 10, 0), 0, (datetime(2026, 11, 30, 10, 0), "due")),
+    ({"last_claim_at": datetime(2026, 11, 30, 10, 0)}, datetime(2026, 11, 30, 10, 0, 20), 0,
+     (datetime(2026, 11, 30, 10, 1), "due")),
+    ({"daily_cap": 5, "last_claim_at": None}, datetime(2026, 11, 30, 10, 0), 5,
+     (datetime(2026, 12, 1, 8, 0), "daily_cap")),  # Tuesday 09:00 Warsaw
+    ({"daily_cap": 5, "last_claim_at": None}, datetime(2026, 12, 4, 10, 0), 5,
+     (datetime(2026, 12, 7, 8, 0), "daily_cap")),  # Friday's cap: Monday
+    ({"status": "paused"}, SUNDAY_EVENING, 0, (None, "paused")),
+    ({"window_end_hour": 24, "window_weekdays": "6"}, SUNDAY_EVENING, 0,
+     (SUNDAY_EVENING + timedelta(seconds=30), "due")),  # inside a window that runs to midnight
+    ({"window_start_hour": 9, "window_end_hour": 17, "timezone": "America/New_York", "window_weekdays": "6"},
+     SUNDAY_EVENING, 0, (SUNDAY_EVENING + timedelta(seconds=30), "due")),  # 14:00 in New York
+    ({"window_weekdays": "", "last_claim_at": None}, SUNDAY_EVENING, 0, (None, "outside_window")),
+])
+def test_next_send_is_what_the_claim_would_decide(values, now, sent_today, expected):
+    found = stats.next_send(office_hours(**values), now, sent_today)
+    assert (found.at, found.why) == expected
+
+
+def test_the_campaign_page_says_outside_the_window_and_when_it_opens(app, client, login, engine):  # noqa: F811
+    today = utcnow().replace(tzinfo=UTC).astimezone(ZoneInfo("Europe/Warsaw")).weekday()
+    cid = make_campaign(engine, 2, window_weekdays=str((today + 2) % 7), window_start_hour=9,
+                        window_end_hour=17, timezone="Europe/Warsaw")
+    with immediate(engine) as conn:  # a heartbeat: the scheduler is running
+        conn.execute(SchedulerLease.__table__.insert().values(
+            name=LEASE_NAME, holder="vm:1:abc", epoch=1, heartbeat_at=utcnow(),
+            expires_at=utcnow() + timedelta(minutes=3)))
+    login()
+    first = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert "Poza oknem wysyłki — następna wysyłka" in first and "09:00 (Europe/Warsaw)" in first
+    assert re.search(r'class="next-send">([^<]*)<', first)[1] == re.search(
+        r'class="next-send">([^<]*)<', client.get(f"/campaigns/{cid}").get_data(as_text=True))[1]
+    dashboard = client.get("/").get_data(as_text=True)
+    assert "Poza oknem wysyłki" in dashboard and "epoka" not in dashboard and "Scheduler" not in dashboard
