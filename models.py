@@ -15,7 +15,21 @@ from typing import Any
 
 from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, event
+from sqlalchemy import (
+    JSON,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    event,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -97,6 +111,20 @@ class Variant(db.Model):
     campaign: Mapped[Campaign] = relationship(back_populates="variants")
 
 
+SEARCH_FIELDS = ("email", "first_name", "last_name", "company", "tags")
+
+
+def lead_search_text(values: dict[str, Any]) -> str:
+    """What lead search matches: the searchable fields case-folded, one per line."""
+    # SQLite's LIKE folds ASCII only ("łukasz" missed "Łukasz"): fold in Python, once, when
+    # the lead is written; a search then folds its query the same way.
+    return "\n".join(str(values.get(name) or "").casefold() for name in SEARCH_FIELDS)
+
+
+def _search_default(context: Any) -> str:
+    return lead_search_text(context.get_current_parameters())
+
+
 class Lead(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     # Normalized (trimmed, lower-cased) before insert; see leads.normalize_email.
@@ -107,6 +135,9 @@ class Lead(db.Model):
     fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     tags: Mapped[str] = mapped_column(String(500), default="")  # comma-separated
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # lead_search_text of the row; writers that set a searchable field set it too (the
+    # importer, lead edits). Nullable only so an older database can gain it (install_search).
+    search: Mapped[str | None] = mapped_column("search", Text, default=_search_default)
 
 
 class CampaignLead(db.Model):
@@ -143,6 +174,20 @@ class CampaignStateCount(db.Model):
 # Every create_all (init-db, first-run, the tests, bench and chaos set-ups) also installs
 # the triggers that keep campaign_state_count, and backfills it on an older database.
 event.listen(Base.metadata, "after_create", schema.install_triggers)
+
+
+def install_search(metadata: Any, conn: Any, **_kw: Any) -> None:
+    """The create_all hook for lead.search: add the column to an older database and fill it."""
+    lead = Lead.__table__
+    schema.add_missing_columns(conn, lead)
+    rows = conn.execute(select(lead.c.id, *(lead.c[name] for name in SEARCH_FIELDS))
+                        .where(lead.c.search.is_(None))).mappings().all()
+    if rows:
+        conn.execute(update(lead).where(lead.c.id == bindparam("b_id")).values(search=bindparam("b_search")),
+                     [{"b_id": row["id"], "b_search": lead_search_text(row)} for row in rows])
+
+
+event.listen(Base.metadata, "after_create", install_search)
 
 
 class SendLog(db.Model):

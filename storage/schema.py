@@ -21,8 +21,9 @@ writes campaign_lead with INSERT OR REPLACE (enrollment is ON CONFLICT DO NOTHIN
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, MetaData, bindparam, text
+from sqlalchemy import Engine, MetaData, Table, bindparam, inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import CreateColumn
 
 from storage.database import immediate
 
@@ -60,6 +61,22 @@ def install_triggers(metadata: MetaData, conn: Connection, **_kw) -> None:
         recount(conn)
     if SUMMARY in metadata.tables:
         install_summary_on(conn, metadata)
+
+
+def add_missing_columns(conn: Connection, table: Table) -> list[str]:
+    """ALTER TABLE ... ADD COLUMN for each nullable column of `table` the database lacks.
+
+    create_all makes missing tables only; until migrations land this lets a newer model add
+    a column to an older database (its rows then hold NULL, for the caller to backfill).
+    """
+    present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+    added = []
+    for column in table.columns:
+        if column.name not in present and column.nullable:
+            ddl = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+            added.append(column.name)
+    return added
 
 
 def sync_triggers(conn: Connection, prefix: str, triggers: dict[str, str], force: bool = False) -> bool:

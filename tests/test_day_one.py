@@ -13,10 +13,11 @@ from babel.messages.pofile import read_po
 from sqlalchemy import select, update
 
 from conftest import ROOT
-from core import campaigns, stats
+from core import campaigns, importer, stats
 from delivery.lease import LEASE_NAME
 from helpers import make_campaign
-from models import Campaign, CampaignLead, SchedulerLease
+from models import Campaign, CampaignLead, SchedulerLease, db
+from storage import schema
 from storage.database import immediate
 from storage.timeutil import utcnow
 from test_security import requests_from_url_map, world  # noqa: F401 - the world fixture
@@ -259,3 +260,40 @@ def test_the_campaign_page_says_outside_the_window_and_when_it_opens(app, client
         r'class="next-send">([^<]*)<', client.get(f"/campaigns/{cid}").get_data(as_text=True))[1]
     dashboard = client.get("/").get_data(as_text=True)
     assert "Poza oknem wysyłki" in dashboard and "epoka" not in dashboard and "Scheduler" not in dashboard
+
+
+# --- lead search folds Polish letters (item 9) --------------------------------------------------
+
+POLISH_LEADS = b"email;imi\xc4\x99;nazwisko\nl.nowak@example.com;\xc5\x81ukasz;Nowak\n" \
+    b"zaneta@example.com;\xc5\xbbaneta;D\xc4\x85browska\nother@example.com;Jan;Kowalski\n"
+
+
+def shown_emails(page: str) -> set[str]:
+    return set(re.findall(r'<a href="/leads/\d+">([^<]+)</a>', page))
+
+
+@pytest.mark.parametrize(("q", "expected"), [
+    ("łukasz", {"l.nowak@example.com"}), ("ŁUKASZ", {"l.nowak@example.com"}),
+    ("żaneta", {"zaneta@example.com"}), ("DĄBROWSKA", {"zaneta@example.com"}),
+    ("dąbrowska", {"zaneta@example.com"}), ("NOWAK", {"l.nowak@example.com"}), ("ł", {"l.nowak@example.com"}),
+])
+def test_lead_search_ignores_the_case_of_polish_letters(client, login, engine, q, expected):  # noqa: F811
+    importer.run_import(engine, POLISH_LEADS)
+    login()
+    assert shown_emails(client.get("/leads", query_string={"q": q}).get_data(as_text=True)) == expected
+
+
+def test_an_older_database_gains_the_search_column_filled_in(app, engine, client, login):  # noqa: F811
+    with immediate(engine) as conn:
+        conn.exec_driver_sql("ALTER TABLE lead DROP COLUMN search")  # as a database made before it
+        conn.exec_driver_sql("INSERT INTO lead (email, first_name, last_name, company, tags, fields, "
+                             "created_at) VALUES ('old@example.com', 'Łucja', 'Źrebię', '', '', '{}', "
+                             "'2026-01-01')")
+    schema.install(engine, db.metadata)
+    schema.install(engine, db.metadata)  # idempotent
+    login()
+    assert shown_emails(client.get("/leads?q=łucja").get_data(as_text=True)) == {"old@example.com"}
+    # An import that changes the lead keeps the column right.
+    importer.run_import(engine, "email,nazwisko\nold@example.com,Żak\n".encode())
+    assert shown_emails(client.get("/leads?q=ŻAK").get_data(as_text=True)) == {"old@example.com"}
+    assert shown_emails(client.get("/leads?q=źrebię").get_data(as_text=True)) == set()  # replaced

@@ -18,7 +18,7 @@ from flask_babel import gettext as _
 from flask_login import login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from wtforms import SelectChoice, SelectField
 
 from core import importer
@@ -33,10 +33,9 @@ def _search(q: str) -> tuple:
     if not q:
         return ()
     # A bound parameter, so user text never becomes SQL; autoescape makes "%" and "_"
-    # in it literal characters, not LIKE wildcards that would match every lead.
-    text = q.strip()
-    return (or_(*(column.contains(text, autoescape=True) for column in (
-        Lead.email, Lead.first_name, Lead.last_name, Lead.company, Lead.tags))),)
+    # in it literal characters, not LIKE wildcards that would match every lead. lead.search
+    # holds the fields case-folded (models.lead_search_text): "łukasz" finds "Łukasz".
+    return (Lead.search.contains(q.strip().casefold(), autoescape=True),)
 
 
 @bp.route("/leads")
