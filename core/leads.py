@@ -8,6 +8,7 @@ ever receive that one variant.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 
 from email_validator import validate_email
@@ -76,3 +77,14 @@ def enroll(engine: Engine, campaign_id: int, lead_ids: Iterable[int]) -> int:
             conn.execute(insert(table).on_conflict_do_nothing(index_elements=["campaign_id", "lead_id"]),
                          chunk)
         return conn.execute(count).scalar_one() - before
+
+
+def field_counts(engine: Engine, campaign_id: int) -> dict[str, int]:
+    """Each custom field the campaign's enrolled leads have, with how many have it, most common first."""
+    counts: Counter[str] = Counter()
+    with engine.connect() as conn:
+        for fields in conn.execute(select(Lead.fields).join(CampaignLead, CampaignLead.lead_id == Lead.id)
+                                   .where(CampaignLead.campaign_id == campaign_id)).scalars():
+            # Only names a template can write as {{ name }}; others need fields["..."].
+            counts.update(key for key, value in (fields or {}).items() if key.isidentifier())
+    return dict(counts.most_common())

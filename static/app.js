@@ -103,6 +103,22 @@
     target.parentNode.insertBefore(notice, target);
   }
 
+  // Variant editor: a merge field button inserts its field where the cursor was last.
+  var lastField = document.querySelector("#variant-form [name=body]");
+  document.querySelectorAll("#variant-form [name=subject], #variant-form [name=body]").forEach(function (el) {
+    el.addEventListener("focus", function () { lastField = el; });
+  });
+  document.querySelectorAll("button[data-insert]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      if (!lastField) { return; }
+      var text = button.dataset.insert, at = lastField.selectionStart, end = lastField.selectionEnd;
+      lastField.value = lastField.value.slice(0, at) + text + lastField.value.slice(end);
+      lastField.focus();
+      lastField.setSelectionRange(at + text.length, at + text.length);
+      lastField.dispatchEvent(new Event("input", { bubbles: true }));
+    });
+  });
+
   // Variant editor: live preview of the unsaved subject and body.
   var editor = document.getElementById("variant-form");
   if (editor) {

@@ -16,7 +16,7 @@ from conftest import ROOT
 from core import campaigns, importer, stats
 from delivery.lease import LEASE_NAME
 from helpers import make_campaign
-from models import Campaign, CampaignLead, SchedulerLease, db
+from models import Campaign, CampaignLead, Lead, SchedulerLease, db
 from storage import schema
 from storage.database import immediate
 from storage.timeutil import utcnow
@@ -297,3 +297,43 @@ def test_an_older_database_gains_the_search_column_filled_in(app, engine, client
     importer.run_import(engine, "email,nazwisko\nold@example.com,Żak\n".encode())
     assert shown_emails(client.get("/leads?q=ŻAK").get_data(as_text=True)) == {"old@example.com"}
     assert shown_emails(client.get("/leads?q=źrebię").get_data(as_text=True)) == set()  # replaced
+
+
+# --- merge fields: the real columns, and one grouped error (item 11); tests to any address (10) --
+
+
+def test_the_editor_lists_the_imported_columns_and_groups_an_unknown_field(client, login, engine):  # noqa: F811
+    cid = make_campaign(engine, 0, start=False, variants="A")
+    data = "email,Stanowisko,Miasto\n" + "".join(
+        f"l{i}@example.com,{'Szef' if i < 3 else ''},Łódź\n" for i in range(12))
+    importer.run_import(engine, data.encode(), campaign_id=cid)
+    with immediate(engine) as conn:  # only 3 of 12 have Stanowisko (the others' cell was empty)
+        conn.execute(update(Lead.__table__).where(Lead.email.notin_(["l0@example.com", "l1@example.com",
+                                                                     "l2@example.com"]))
+                     .values(fields={"Miasto": "Łódź"}))
+    login()
+    page = client.get(f"/campaigns/{cid}/variants/A").get_data(as_text=True)
+    assert "{{ Miasto }} <span class=\"muted\">(12)</span>" in page
+    assert "{{ Stanowisko }} <span class=\"muted\">(3)</span>" in page
+    assert 'data-insert="{{ Stanowisko|default(&#34;&#34;) }}"' in page  # not every lead has it
+    assert "{{ city }}" not in page  # no made-up example
+    token = csrf_token(page.encode())
+    page = client.post(f"/campaigns/{cid}/variants/A", data={
+        "csrf_token": token, "letter": "A", "subject": "Hej", "weight": "1",
+        "body": "Dzień dobry, {{ Stanowisko }}"}).get_data(as_text=True)
+    assert page.count("nieznane pole {{ Stanowisko }}") == 1  # once, not once per lead
+    assert "9 leadów" in page and "{{ Stanowisko }} (3)" in page and "{{ Miasto }} (12)" in page
+
+
+def test_a_test_send_goes_to_the_typed_addresses_only(client, login, engine, smtp):  # noqa: F811
+    cid = make_campaign(engine, 1, start=False, variants="A")
+    login()
+    token = csrf_token(client.get(f"/campaigns/{cid}/variants/A").data)
+    page = client.post(f"/campaigns/{cid}/variants/A/test", data={
+        "csrf_token": token, "to": "szef@firma.pl; Handlowiec@Firma.pl"}, follow_redirects=True)
+    assert sorted(smtp.recorder.received) == ["handlowiec@firma.pl", "szef@firma.pl"]
+    assert "Test wysłany" in page.get_data(as_text=True) or "szef@firma.pl" in page.get_data(as_text=True)
+    page = client.post(f"/campaigns/{cid}/variants/A/test", data={"csrf_token": token, "to": "zły-adres"},
+                       follow_redirects=True).get_data(as_text=True)
+    assert "zły-adres nie jest poprawnym adresem." in page
+    assert sum(smtp.recorder.received.values()) == 2  # nothing sent for the bad one

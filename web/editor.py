@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from zoneinfo import available_timezones
 
+from email_validator import EmailNotValidError
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
@@ -25,12 +27,13 @@ from wtforms import (
 from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, Optional, Regexp
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from core import campaigns
+from core import campaigns, leads
+from core.leads import check_email, normalize_email
 from delivery import messages, templating
 from delivery.transport import make_transport
 from models import Campaign, CampaignLead, Lead, Variant, db
 from storage.database import write_session
-from web.common import ActionForm, template_error
+from web.common import ActionForm, reply_text, template_error
 
 bp = Blueprint("editor", __name__)
 TIMEZONES = sorted(available_timezones())
@@ -65,6 +68,32 @@ class CampaignForm(FlaskForm):
         start = self.window_start_hour.data
         if start is not None and field.data is not None and field.data <= start:
             raise ValidationError(_("The window must end after it starts."))
+
+
+class TestForm(FlaskForm):
+    # Empty (or a form from before this field): the logged-in user, as the button always did.
+    to = StringField(_l("Send the test to"), validators=[Optional(), Length(max=1000)])
+
+    def validate_to(self, field) -> None:
+        field.addresses = typed_addresses(field.data)
+
+
+MAX_TEST_ADDRESSES = 10
+
+
+def typed_addresses(text: str) -> list[str]:
+    """The addresses typed for a test send (comma, semicolon or space separated), checked."""
+    addresses = list(dict.fromkeys(filter(None, re.split(r"[\s,;]+", text or ""))))
+    if not addresses:
+        raise ValidationError(_("Type at least one address."))
+    if len(addresses) > MAX_TEST_ADDRESSES:
+        raise ValidationError(_("At most %(n)d addresses for a test.", n=MAX_TEST_ADDRESSES))
+    for address in addresses:
+        try:
+            check_email(address)
+        except EmailNotValidError:
+            raise ValidationError(_("%(address)s is not a valid address.", address=address)) from None
+    return [normalize_email(address) for address in addresses]
 
 
 class VariantForm(FlaskForm):
@@ -156,7 +185,14 @@ def variant(campaign_id: int, letter: str):
     lead = _preview_lead(campaign_id)
     return render_template("variant_form.html", form=form, campaign=campaign, variant=existing,
                            preview=_preview(form.subject.data or "", form.body.data or "", lead),
-                           preview_lead=lead, leads=_some_leads(campaign_id), action=ActionForm())
+                           preview_lead=lead, leads=_some_leads(campaign_id), action=ActionForm(),
+                           fields=leads.field_counts(db.engine, campaign_id), test_form=TestForm(),
+                           enrolled=_enrolled(campaign_id))
+
+
+def _enrolled(campaign_id: int) -> int:
+    return db.session.scalar(select(func.count()).select_from(CampaignLead)
+                             .where(CampaignLead.campaign_id == campaign_id))
 
 
 def _variant(campaign_id: int, letter: str) -> Variant | None:
@@ -179,8 +215,8 @@ def _save_variant(campaign: Campaign, existing: Variant | None, form: VariantFor
         return False
     draft = Variant(campaign_id=campaign.id, letter=letter, subject=form.subject.data, body=form.body.data)
     problems = campaigns.validate(db.engine, campaign.id, draft)
-    for problem in problems:  # e.g. {{ city }} that some enrolled lead does not have
-        getattr(form, problem.part).errors.append(str(problem))
+    for part, text in _grouped(problems, campaign.id):  # e.g. {{ city }} some enrolled lead lacks
+        getattr(form, part if part in ("subject", "body") else "body").errors.append(text)
     if problems:
         return False
     with write_session(db.engine) as session:
@@ -201,8 +237,8 @@ def _preview_lead(campaign_id: int) -> Lead | None:
     lead_id = request.values.get("lead", type=int)
     if lead_id:
         return db.session.get(Lead, lead_id)
-    leads = _some_leads(campaign_id)
-    return leads[0] if leads else None
+    some = _some_leads(campaign_id)
+    return some[0] if some else None
 
 
 def _preview(subject: str, body: str, lead: Lead | None) -> dict:
@@ -249,28 +285,34 @@ def delete_variant(campaign_id: int, letter: str):
 @bp.route("/campaigns/<int:campaign_id>/variants/<letter>/test", methods=["POST"])
 @login_required
 def send_test(campaign_id: int, letter: str):
-    """Send this variant, rendered for the preview lead, to the logged-in user only."""
-    if not ActionForm().validate_on_submit():
-        abort(400)
+    """Send this variant, rendered for the preview lead, to the addresses typed (by default: me)."""
+    form = TestForm()
     campaign = db.session.get(Campaign, campaign_id) or abort(404)
     target = _variant(campaign_id, letter) or abort(404)
+    if not form.validate_on_submit():
+        if not form.csrf_token.data or form.csrf_token.errors:
+            abort(400)
+        for error in form.to.errors:
+            flash(error, "error")
+        return redirect(url_for("editor.variant", campaign_id=campaign_id, letter=letter))
     rendered = _preview(target.subject, target.body, _preview_lead(campaign_id))
     if "subject_error" in rendered or "body_error" in rendered:
         flash(_("The template has an error: %(error)s",
                 error=rendered.get("subject_error") or rendered.get("body_error")), "error")
         return redirect(url_for("editor.variant", campaign_id=campaign_id, letter=letter))
-    msg = messages.build_message(
-        from_address=campaign.from_address, from_name=campaign.from_name,
-        to_address=current_user.email, to_name="", subject="[TEST] " + rendered["subject"],
-        body=rendered["body"], msg_id=messages.test_message_id(campaign.from_address),
-        unsubscribe_url=templating.SAMPLE_UNSUBSCRIBE_URL)
     transport = make_transport(current_app.config)
     try:
-        result = transport.send(msg, campaign.from_address, current_user.email)
+        for address in getattr(form.to, "addresses", None) or [current_user.email]:
+            msg = messages.build_message(
+                from_address=campaign.from_address, from_name=campaign.from_name,
+                to_address=address, to_name="", subject="[TEST] " + rendered["subject"],
+                body=rendered["body"], msg_id=messages.test_message_id(campaign.from_address),
+                unsubscribe_url=templating.SAMPLE_UNSUBSCRIBE_URL)
+            result = transport.send(msg, campaign.from_address, address)
+            flash(_("Test sent to %(email)s: %(reply)s", email=address, reply=reply_text(result.reply)),
+                  "ok" if result.status == "sent" else "error")
     finally:
         transport.close()
-    flash(_("Test sent to %(email)s: %(reply)s", email=current_user.email, reply=result.reply),
-          "ok" if result.status == "sent" else "error")
     return redirect(url_for("editor.variant", campaign_id=campaign_id, letter=letter))
 
 
@@ -289,18 +331,23 @@ def enroll(campaign_id: int):
     return redirect(url_for("views.campaign", campaign_id=campaign_id))
 
 
-def _grouped(problems: list[templating.TemplateProblem]) -> list[str]:
-    """One line per distinct problem with how many leads have it, not one line per lead."""
+def _grouped(problems: list[templating.TemplateProblem], campaign_id: int) -> list[tuple[str, str]]:
+    """(part, text): one line per distinct problem with how many leads have it, not one per lead."""
     if problems and problems[0].part == "variants":  # validate's "the campaign has no variant"
-        return [_("The campaign has no variant yet: add one.")]
+        return [("variants", _("The campaign has no variant yet: add one."))]
     counts = Counter((p.variant, p.part, p.message) for p in problems)
     parts = {"subject": _("subject"), "body": _("body")}
-    lines = [_("Variant %(letter)s, %(part)s: %(problem)s — %(leads)s", letter=letter,
-               part=parts.get(part, part), problem=template_error(message),
-               leads=ngettext("%(num)d lead", "%(num)d leads", n))
+    lines = [(part, _("Variant %(letter)s, %(part)s: %(problem)s — %(leads)s", letter=letter,
+                      part=parts.get(part, part), problem=template_error(message),
+                      leads=ngettext("%(num)d lead", "%(num)d leads", n)))
              for (letter, part, message), n in counts.items()]
+    if any(p.undefined for p in problems):
+        fields = leads.field_counts(db.engine, campaign_id)
+        lines.append(("body", _("Fields the enrolled leads have: %(fields)s",
+                                fields=", ".join(f"{{{{ {name} }}}} ({n})" for name, n in fields.items()))))
     if len(problems) >= campaigns.MAX_PROBLEMS:
-        lines.append(_("Checking stopped after %(n)d problems; more leads may have them.", n=len(problems)))
+        lines.append(("body", _("Checking stopped after %(n)d problems; more leads may have them.",
+                                n=len(problems))))
     return lines
 
 
@@ -323,7 +370,7 @@ def start(campaign_id: int):
     problems = campaigns.validate(db.engine, campaign_id)
     if problems:
         flash(_("Not started: fix these first."), "error")
-        for text in _grouped(problems):
+        for _part, text in _grouped(problems, campaign_id):
             flash(text, "error")
     else:
         try:
