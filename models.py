@@ -49,6 +49,7 @@ class CampaignStatus(enum.StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
     FINISHED = "finished"
+    ARCHIVED = "archived"  # put away by a person; never sends (the claim wants ACTIVE)
 
 
 class EnrollmentState(enum.StrEnum):

@@ -137,6 +137,7 @@ class _Rows:
     build: Callable[[list[str]], _Record]
     fast_values: Callable[[list[str]], _Values]
     first: dict[str, list[str]] = field(default_factory=dict)  # each address's one row, as read
+    lines: dict[str, int] = field(default_factory=dict)  # the line each address is on
 
     def record(self, address: str) -> _Record:
         """The address's values from the file."""
@@ -447,7 +448,7 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> _R
     # at insert time (_stored_values).
     width, email_at = len(table.header), next(i for i, target in mapping.items() if target == "email")
     rows = _Rows(_builder(mapping), _stored_values(mapping))
-    first, first_line, previous_end = rows.first, {}, None
+    first, first_line, previous_end = rows.first, rows.lines, None
     for start, end, cells in table.rows:
         if previous_end is not None:  # the reader skips blank lines: say so, line by line
             report.blank.extend(range(previous_end + 1, start))
@@ -560,6 +561,7 @@ def _check_campaign(conn: Connection, campaign_id: int) -> None:
 
 def _store(conn: Connection, rows: _Rows, report: ImportReport) -> None:
     """Insert new leads and merge into existing ones; fills the report's counts and ids."""
+    _refuse_erased(conn, rows, report)
     existing = _existing(conn, list(rows.first))
     new = [email for email in rows.first if email not in existing]
     ids = dict(zip(new, _insert(conn, new, rows), strict=True))
@@ -569,6 +571,18 @@ def _store(conn: Connection, rows: _Rows, report: ImportReport) -> None:
     report.imported = len(new)
     report.merged += len(existing)
     report.lead_ids = [ids[email] for email in rows.first]
+
+
+def _refuse_erased(conn: Connection, rows: _Rows, report: ImportReport) -> None:
+    """Reject the rows of addresses erased on request (GDPR/RODO): they never come back."""
+    erased = leads.erased_keys(conn)  # read under the import's write lock: no erasure slips by
+    if not erased:
+        return
+    for address in [a for a in rows.first if leads.erased_key(a) in erased]:
+        del rows.first[address]
+        report.rejected.append((rows.lines[address], N_("this address was erased on request (GDPR) "
+                                                        "and cannot be imported again")))
+    report.rejected.sort()
 
 
 def _existing(conn: Connection, emails: list[str]) -> dict[str, tuple[int, _Record]]:

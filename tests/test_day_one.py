@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import io
 import re
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from zoneinfo import ZoneInfo
 
 import pytest
 from babel.messages.pofile import read_po
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from conftest import ROOT
-from core import campaigns, importer, stats
+from core import campaigns, importer, leads, stats
 from delivery.lease import LEASE_NAME
-from helpers import make_campaign
-from models import Campaign, CampaignLead, Lead, SchedulerLease, db
+from helpers import lead_csv, make_campaign
+from models import Campaign, CampaignLead, Lead, SchedulerLease, SendLog, Suppression, Variant, db
 from storage import schema
 from storage.database import immediate
 from storage.timeutil import utcnow
-from test_security import requests_from_url_map, world  # noqa: F401 - the world fixture
+from test_security import requests_from_url_map, send_now, world  # noqa: F401 - the world fixture
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
 # --- error pages: styled, in Polish, and an expired session keeps the draft ------------------
@@ -337,3 +338,109 @@ def test_a_test_send_goes_to_the_typed_addresses_only(client, login, engine, smt
                        follow_redirects=True).get_data(as_text=True)
     assert "zły-adres nie jest poprawnym adresem." in page
     assert sum(smtp.recorder.received.values()) == 2  # nothing sent for the bad one
+
+
+# --- day-one controls: enroll with a count, un-enroll, edit, erase, archive/copy/delete (item 12) ---
+
+
+def enrollment_states(engine, cid: int) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(Lead.email, CampaignLead.state).join(
+            CampaignLead, CampaignLead.lead_id == Lead.id).where(CampaignLead.campaign_id == cid)).all())
+
+
+def test_enrolling_all_leads_asks_first_with_the_count(client, login, engine):  # noqa: F811
+    cid = make_campaign(engine, 0, start=False)
+    importer.run_import(engine, lead_csv(23))
+    login()
+    token = csrf_token(client.get(f"/campaigns/{cid}").data)
+    page = client.post(f"/campaigns/{cid}/enroll", data={"csrf_token": token, "tag": ""})
+    page = page.get_data(as_text=True)
+    assert "WSZYSTKIE leady (23)" in page and "Tak, dodaj leady (23)" in page
+    assert enrollment_states(engine, cid) == {}  # nothing yet
+    client.post(f"/campaigns/{cid}/enroll", data={"csrf_token": token, "tag": "", "confirm": "1"})
+    assert len(enrollment_states(engine, cid)) == 23
+
+
+def test_a_lead_taken_out_of_a_campaign_is_never_sent_it(app, client, login, engine, smtp):  # noqa: F811
+    cid = make_campaign(engine, 2, batch_size=5)
+    login()
+    token = csrf_token(client.get("/leads/1").data)
+    client.post(f"/leads/1/unenroll/{cid}", data={"csrf_token": token})
+    send_now(app, cid)
+    assert sorted(smtp.recorder.received) == ["lead0001@example.com"]
+    assert enrollment_states(engine, cid)["lead0000@example.com"] == "skipped"
+    page = client.post(f"/leads/2/unenroll/{cid}", data={"csrf_token": token}, follow_redirects=True)
+    assert "Za późno" in page.get_data(as_text=True)  # sent already: nothing to take back
+
+
+def test_editing_a_lead_changes_its_names_and_what_search_finds(client, login, engine):  # noqa: F811
+    importer.run_import(engine, b"email,first_name\nanna@example.com,Anna\n")
+    login()
+    token = csrf_token(client.get("/leads/1/edit").data)
+    client.post("/leads/1/edit", data={"csrf_token": token, "first_name": "Łucja", "last_name": "Żak",
+                                       "company": "ACME", "tags": "vip; ciepły"})
+    with engine.connect() as conn:
+        row = conn.execute(select(Lead.first_name, Lead.last_name, Lead.tags)).one()
+    assert tuple(row) == ("Łucja", "Żak", "vip,ciepły")
+    assert shown_emails(client.get("/leads?q=ŁUCJA").get_data(as_text=True)) == {"anna@example.com"}
+
+
+def test_an_erased_lead_keeps_the_counts_and_is_never_mailed_or_imported_again(
+        app, client, login, engine, smtp, tmp_path):  # noqa: F811
+    first = make_campaign(engine, 2, batch_size=1, interval=0)
+    send_now(app, first)  # lead0000 got one message
+    second = make_campaign(engine, 0, start=False)
+    leads.enroll(engine, second, [1, 2])
+    login()
+    token = csrf_token(client.get("/leads/1").data)
+    page = client.post("/leads/1/erase", data={"csrf_token": token}, follow_redirects=True)
+    page = page.get_data(as_text=True)
+    assert "Usunięty lead" in page and "lead0000" not in page
+    with engine.connect() as conn:
+        sends = conn.execute(select(func.count()).select_from(SendLog).where(SendLog.lead_id == 1)).scalar()
+        assert sends == 1
+        assert conn.execute(select(Suppression.email, Suppression.reason)).all() == [
+            (leads.erased_key("lead0000@example.com"), "erased")]
+    # Nowhere in the database file any more (names, company, address).
+    dump = "\n".join(sqlite3.connect(tmp_path / "sendonce.db").iterdump())
+    assert "lead0000@example.com" not in dump and "First0" not in dump and "Company 0" not in dump
+    assert enrollment_states(engine, second)[leads.erased_key("lead0000@example.com")] == "skipped"
+    # Imported again, in another case: refused, with the reason; enrolling all skips it.
+    report = importer.run_import(engine, b"email\n LEAD0000@Example.com \nnew@example.com\n")
+    assert report.rejected == [(2, "this address was erased on request (GDPR) and cannot be imported again")]
+    campaigns.start(engine, second)
+    send_now(app, second)
+    send_now(app, second)
+    assert smtp.recorder.received["lead0000@example.com"] == 1  # only the one before the erasure
+
+
+def test_archive_duplicate_and_delete_a_draft(client, login, engine):  # noqa: F811
+    sent = make_campaign(engine, 1)
+    draft = make_campaign(engine, 0, start=False, name="Szkic")
+    login()
+    token = csrf_token(client.get("/").data)
+    copy = client.post(f"/campaigns/{sent}/duplicate", data={"csrf_token": token})
+    copy_id = int(copy.location.rsplit("/", 1)[1])
+    page = client.get(f"/campaigns/{copy_id}").get_data(as_text=True)
+    assert "test 1 (kopia)" in page and "szkic" in page
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Variant).where(
+            Variant.campaign_id == copy_id)).scalar() == 2
+    page = client.post(f"/campaigns/{sent}/archive", data={"csrf_token": token}, follow_redirects=True)
+    assert "Wstrzymaj kampanię przed zarchiwizowaniem." in page.get_data(as_text=True)
+    assert status_of(engine, sent) == "active"  # a sending campaign is paused first
+    client.post(f"/campaigns/{sent}/pause", data={"csrf_token": token})
+    client.post(f"/campaigns/{sent}/archive", data={"csrf_token": token})
+    assert status_of(engine, sent) == "archived"
+    assert f'href="/campaigns/{sent}"' not in client.get("/").get_data(as_text=True)
+    assert f'href="/campaigns/{sent}"' in client.get("/?archived=1").get_data(as_text=True)
+    client.post(f"/campaigns/{sent}/delete", data={"csrf_token": token})
+    assert status_of(engine, sent) == "archived"  # not a draft: kept
+    client.post(f"/campaigns/{draft}/delete", data={"csrf_token": token})
+    assert status_of(engine, draft) is None
+
+
+def status_of(engine, cid: int) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(select(Campaign.status).where(Campaign.id == cid)).scalar()

@@ -141,7 +141,7 @@ def test_a_campaign_can_be_built_and_started_in_the_browser_forms(app, client, s
         client.post(f"/campaigns/{cid}/variants/new", data={
             "csrf_token": token, "letter": letter, "subject": f"{letter} {{{{ first_name }}}}",
             "body": "Hello {{ company }}", "weight": "1"})
-    client.post(f"/campaigns/{cid}/enroll", data={"csrf_token": token, "tag": ""})
+    client.post(f"/campaigns/{cid}/enroll", data={"csrf_token": token, "tag": "", "confirm": "1"})
     client.post(f"/campaigns/{cid}/start", data={"csrf_token": token})
     with app.app_context():
         campaign = db.session.get(Campaign, cid)

@@ -6,7 +6,7 @@ import secrets
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import format_datetime, ngettext
 from flask_babel import gettext as _
 from flask_login import login_required
@@ -89,8 +89,11 @@ class SendForm(FlaskForm):
 @login_required
 def dashboard():
     """Every campaign with its progress, and the scheduler's state in one line."""
-    all_campaigns = db.session.scalars(select(Campaign).order_by(Campaign.id.desc())).all()
-    return render_template("dashboard.html", campaigns=all_campaigns,
+    archived = request.args.get("archived") == "1"
+    shown = (Campaign.status == CampaignStatus.ARCHIVED) if archived else (
+        Campaign.status != CampaignStatus.ARCHIVED)
+    all_campaigns = db.session.scalars(select(Campaign).where(shown).order_by(Campaign.id.desc())).all()
+    return render_template("dashboard.html", campaigns=all_campaigns, archived=archived,
                            progress=stats.progress(db.session, all_campaigns),
                            scheduler=stats.scheduler_state(db.session))
 

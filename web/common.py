@@ -78,7 +78,7 @@ _PAUSED_AFTER = re.compile(r"(\d+) failed sends in a row; last: (.*)", re.DOTALL
 LABELS = {
     "trigger": {"scheduler": _l("scheduler"), "button": _l("button"), "cli": _l("command line")},
     "suppression": {"manual": _l("added by hand"), "unsubscribed": _l("unsubscribed"),
-                    "bounce": _l("address rejected by the server")},
+                    "bounce": _l("address rejected by the server"), "erased": _l("erased on request (GDPR)")},
     "target": {"email": _l("email address"), "first_name": _l("first name"), "last_name": _l("last name"),
                "company": _l("company"), "tags": _l("tags"), "skip": _l("— skip this column —")},
 }

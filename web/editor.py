@@ -319,15 +319,75 @@ def send_test(campaign_id: int, letter: str):
 @bp.route("/campaigns/<int:campaign_id>/enroll", methods=["POST"])
 @login_required
 def enroll(campaign_id: int):
-    """Enroll existing leads (all, or those with a tag); each lead at most once."""
+    """Enroll existing leads (all, or those with a tag), after a confirmation with the count."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    campaign = db.session.get(Campaign, campaign_id) or abort(404)
+    tag = (request.form.get("tag") or "").strip()
+    if request.form.get("confirm") != "1":
+        # 23,054 leads enrolled by a click on an empty tag field: say how many first.
+        matched, new = campaigns.count_enrollable(db.engine, campaign_id, tag or None)
+        return render_template("enroll_confirm.html", campaign=campaign, tag=tag, matched=matched,
+                               new=new, action=ActionForm())
+    try:
+        added, _matched = campaigns.enroll_leads(db.engine, campaign_id, tag or None)
+        flash(_("%(n)d leads enrolled.", n=added), "ok")
+    except campaigns.CampaignError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.campaign", campaign_id=campaign_id))
+
+
+@bp.route("/campaigns/<int:campaign_id>/duplicate", methods=["POST"])
+@login_required
+def duplicate(campaign_id: int):
+    """A new draft with this campaign's settings and variants, without its leads."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    source = db.session.get(Campaign, campaign_id) or abort(404)
+    copy_id = campaigns.duplicate(db.engine, campaign_id, _("%(name)s (copy)", name=source.name)[:200])
+    flash(_("Copy created as a draft: add leads to it."), "ok")
+    return redirect(url_for("views.campaign", campaign_id=copy_id))
+
+
+@bp.route("/campaigns/<int:campaign_id>/delete", methods=["POST"])
+@login_required
+def delete(campaign_id: int):
+    """Delete a draft that never sent anything; any other campaign can be archived instead."""
     if not ActionForm().validate_on_submit():
         abort(400)
     db.session.get(Campaign, campaign_id) or abort(404)
     try:
-        added, _matched = campaigns.enroll_leads(db.engine, campaign_id, request.form.get("tag") or None)
-        flash(_("%(n)d leads enrolled.", n=added), "ok")
-    except campaigns.CampaignError as exc:
-        flash(str(exc), "error")
+        campaigns.delete_draft(db.engine, campaign_id)
+    except campaigns.CampaignError:
+        flash(_("Only a draft that has sent nothing can be deleted; archive this campaign instead."), "error")
+        return redirect(url_for("views.campaign", campaign_id=campaign_id))
+    flash(_("Draft deleted."), "ok")
+    return redirect(url_for("views.dashboard"))
+
+
+@bp.route("/campaigns/<int:campaign_id>/archive", methods=["POST"])
+@login_required
+def archive(campaign_id: int):
+    """Archive a campaign that is not sending: it leaves the dashboard, its history stays."""
+    return _archiving(campaign_id, campaigns.archive, _("Campaign archived."))
+
+
+@bp.route("/campaigns/<int:campaign_id>/unarchive", methods=["POST"])
+@login_required
+def unarchive(campaign_id: int):
+    """Bring an archived campaign back, paused."""
+    return _archiving(campaign_id, campaigns.unarchive, _("Campaign restored (paused)."))
+
+
+def _archiving(campaign_id: int, change, done: str):
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    db.session.get(Campaign, campaign_id) or abort(404)
+    try:
+        change(db.engine, campaign_id)
+        flash(done, "ok")
+    except campaigns.CampaignError:
+        flash(_("Pause the campaign before archiving it."), "error")
     return redirect(url_for("views.campaign", campaign_id=campaign_id))
 
 

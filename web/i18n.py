@@ -69,7 +69,7 @@ def N_(message: str) -> str:  # noqa: N802 - gettext's name for "extract this, t
 STATUS_LABELS = {
     "draft": N_("draft"), "active": N_("active"), "paused": N_("paused"), "finished": N_("finished"),
     "pending": N_("pending"), "sending": N_("sending"), "sent": N_("sent"), "retry": N_("retry"),
-    "failed": N_("failed"), "unknown": N_("unknown"), "skipped": N_("skipped"),
+    "failed": N_("failed"), "unknown": N_("unknown"), "skipped": N_("skipped"), "archived": N_("archived"),
 }
 
 

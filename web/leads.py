@@ -15,15 +15,18 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from sqlalchemy import func, select
-from wtforms import SelectChoice, SelectField
+from wtforms import SelectChoice, SelectField, StringField
+from wtforms.validators import Length
 
-from core import importer
+from core import importer, leads
 from models import Campaign, CampaignLead, Lead, SendLog, db
-from web.common import PAGE_SIZE, page_count, translate, upload_path
+from storage.timeutil import utcnow
+from web.common import PAGE_SIZE, ActionForm, page_count, translate, upload_path
 
 bp = Blueprint("leads", __name__)
 LIST_COLUMNS = (Lead.id, Lead.email, Lead.first_name, Lead.last_name, Lead.company, Lead.tags)
@@ -63,7 +66,59 @@ def detail(lead_id: int):
         .where(CampaignLead.lead_id == lead_id).order_by(CampaignLead.id)).all()
     sends = db.session.scalars(select(SendLog).where(SendLog.lead_id == lead_id)
                                .order_by(SendLog.id)).all()
-    return render_template("lead.html", lead=lead, enrollments=enrollments, sends=sends)
+    return render_template("lead.html", lead=lead, enrollments=enrollments, sends=sends, action=ActionForm(),
+                           names=dict(db.session.execute(select(Campaign.id, Campaign.name).where(
+                               Campaign.id.in_({s.campaign_id for s in sends}))).all()),
+                           erased=lead.email.startswith(leads.ERASED_PREFIX))
+
+
+class LeadForm(FlaskForm):
+    first_name = StringField(_l("First name"), validators=[Length(max=200)])
+    last_name = StringField(_l("Last name"), validators=[Length(max=200)])
+    company = StringField(_l("Company"), validators=[Length(max=200)])
+    tags = StringField(_l("Tags (comma-separated)"), validators=[Length(max=500)])
+
+
+@bp.route("/leads/<int:lead_id>/edit", methods=["GET", "POST"])
+@login_required
+def edit(lead_id: int):
+    """Change a lead's names, company and tags."""
+    lead = db.session.get(Lead, lead_id) or abort(404)
+    if lead.email.startswith(leads.ERASED_PREFIX):
+        abort(404)
+    form = LeadForm(obj=lead)
+    if form.validate_on_submit():
+        leads.update_lead(db.engine, lead_id, first_name=form.first_name.data, last_name=form.last_name.data,
+                          company=form.company.data, tags=form.tags.data)
+        flash(_("Lead saved."), "ok")
+        return redirect(url_for("leads.detail", lead_id=lead_id))
+    return render_template("lead_form.html", lead=lead, form=form)
+
+
+@bp.route("/leads/<int:lead_id>/erase", methods=["POST"])
+@login_required
+def erase(lead_id: int):
+    """GDPR/RODO erasure: the lead is anonymised and its address never mailed or imported again."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    if not leads.erase(db.engine, lead_id, utcnow()):
+        abort(404)
+    flash(_("The lead's data was erased. Its address is kept only as a fingerprint, so it is never "
+            "mailed or imported again."), "ok")
+    return redirect(url_for("leads.detail", lead_id=lead_id))
+
+
+@bp.route("/leads/<int:lead_id>/unenroll/<int:campaign_id>", methods=["POST"])
+@login_required
+def unenroll(lead_id: int, campaign_id: int):
+    """Take a lead out of a campaign it has not been sent yet."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    if leads.unenroll(db.engine, campaign_id, lead_id):
+        flash(_("The lead will not be sent this campaign."), "ok")
+    else:
+        flash(_("Too late to take the lead out: this campaign is being sent or was sent to it."), "error")
+    return redirect(url_for("leads.detail", lead_id=lead_id))
 
 
 class UploadForm(FlaskForm):
