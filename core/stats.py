@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from delivery import lease as leases
 from models import (
     Campaign,
+    CampaignLead,
     CampaignStateCount,
     CampaignStatus,
     ClaimHeartbeat,
@@ -19,6 +20,7 @@ from models import (
     SchedulerLease,
     SendLog,
     SendStatus,
+    Suppression,
 )
 from storage.timeutil import utcnow
 
@@ -185,3 +187,51 @@ def scheduler_state(session: Session) -> SchedulerState:
     if row is None or not row.holder:
         return SchedulerState(None, row.epoch if row else 0, row.heartbeat_at if row else None, False)
     return SchedulerState(row.holder, row.epoch, row.heartbeat_at, row.expires_at > utcnow())
+
+
+@dataclass
+class VariantResult:
+    """One variant's outcome so far, keyed by (step, letter): step 1 until sequences exist."""
+
+    step: int
+    letter: str
+    enrolled: int = 0
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    unsubscribed: int = 0
+
+    @property
+    def unsubscribe_percent(self) -> float:
+        return round(100 * self.unsubscribed / self.sent, 1) if self.sent else 0.0
+
+
+def variant_results(session: Session, campaign_id: int) -> list[VariantResult]:
+    """Per-variant enrolled, sent, failed, unknown and unsubscribed counts for A/B comparison."""
+    results: dict[str, VariantResult] = {}
+
+    def row(letter: str) -> VariantResult:
+        return results.setdefault(letter, VariantResult(1, letter))
+
+    enrolled = session.execute(select(CampaignLead.variant_letter, func.count())
+                               .where(CampaignLead.campaign_id == campaign_id)
+                               .group_by(CampaignLead.variant_letter))
+    for letter, n in enrolled:
+        row(letter).enrolled = n
+    counted = [SendStatus.SENT, SendStatus.FAILED, SendStatus.UNKNOWN]
+    outcomes = session.execute(select(SendLog.variant_letter, SendLog.status, func.count())
+                               .where(SendLog.campaign_id == campaign_id, SendLog.status.in_(counted))
+                               .group_by(SendLog.variant_letter, SendLog.status))
+    for letter, status, n in outcomes:
+        setattr(row(letter), str(status), n)
+    # An unsubscribe link names its campaign (web/unsubscribe.py: detail "campaign <id>").
+    unsubscribed = session.execute(
+        select(CampaignLead.variant_letter, func.count())
+        .join(Lead, Lead.id == CampaignLead.lead_id)
+        .join(Suppression, Suppression.email == Lead.email)
+        .where(CampaignLead.campaign_id == campaign_id, Suppression.reason == "unsubscribed",
+               Suppression.detail == f"campaign {campaign_id}")
+        .group_by(CampaignLead.variant_letter))
+    for letter, n in unsubscribed:
+        row(letter).unsubscribed = n
+    return [results[letter] for letter in sorted(results)]

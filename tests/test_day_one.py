@@ -444,3 +444,31 @@ def test_archive_duplicate_and_delete_a_draft(client, login, engine):  # noqa: F
 def status_of(engine, cid: int) -> str | None:
     with engine.connect() as conn:
         return conn.execute(select(Campaign.status).where(Campaign.id == cid)).scalar()
+
+
+# --- A/B results per (step, variant) (item 13) -------------------------------------------------
+
+
+def test_the_campaign_page_shows_results_per_variant(app, client, login, engine, smtp):  # noqa: F811
+    cid = make_campaign(engine, 6, batch_size=4)
+    send_now(app, cid)
+    with engine.connect() as conn:
+        sent = dict(conn.execute(select(SendLog.variant_letter, func.count()).group_by(
+            SendLog.variant_letter)).all())
+        one = conn.execute(select(Lead.email, SendLog.variant_letter).join(
+            SendLog, SendLog.lead_id == Lead.id).limit(1)).one()
+    with immediate(engine) as conn:
+        conn.execute(Suppression.__table__.insert().values(email=one.email, reason="unsubscribed",
+                                                           detail=f"campaign {cid}"))
+    login()
+    page = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert "Wyniki A/B" in page
+    for letter in "AB":
+        row = re.search(rf'<tr data-variant="{letter}">(.*?)</tr>', page, re.DOTALL)[1]
+        cells = re.findall(r"<td>(?:<b>)?([^<]*)", row)
+        assert cells[0] == "1" and cells[1] == letter  # step 1, the variant
+        assert int(cells[3]) == sent.get(letter, 0)
+        assert cells[6].strip() == ("1" if letter == one.variant_letter else "0")
+    with app.app_context():
+        results = stats.variant_results(db.session, cid)
+    assert sum(r.enrolled for r in results) == 6 and sum(r.sent for r in results) == 4

@@ -119,6 +119,7 @@ def campaign(campaign_id: int):
     return render_template("campaign.html", campaign=found, scheduler=stats.scheduler_state(db.session),
                            progress=stats.progress(db.session, [found])[campaign_id],
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
+                           results=stats.variant_results(db.session, campaign_id),
                            action=ActionForm(), active=found.status == CampaignStatus.ACTIVE)
 
 
