@@ -31,7 +31,7 @@ from web import leads as lead_pages
 from web import sendlog as sendlog_pages
 from web import suppressions as suppression_pages
 from web import timeline as timeline_pages
-from web.common import label, pause_text, reply_text, translate
+from web.common import csv_with_bom, label, pause_text, reply_text, translate
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -78,6 +78,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.jinja_env.globals.update(label=label, pause_text=pause_text)
     _register_pages(app)
     app.after_request(_security_headers)
+    app.after_request(csv_with_bom)
     app.register_error_handler(OperationalError, _database_unavailable)
     cli.register(app)
     scheduler.init_app(app)

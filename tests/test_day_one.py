@@ -23,6 +23,7 @@ from storage.database import immediate
 from storage.timeutil import utcnow
 from test_security import requests_from_url_map, send_now, world  # noqa: F401 - the world fixture
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
+from web.common import BOM
 
 # --- error pages: styled, in Polish, and an expired session keeps the draft ------------------
 
@@ -472,3 +473,18 @@ def test_the_campaign_page_shows_results_per_variant(app, client, login, engine,
     with app.app_context():
         results = stats.variant_results(db.session, cid)
     assert sum(r.enrolled for r in results) == 6 and sum(r.sent for r in results) == 4
+
+
+# --- every CSV download starts with the BOM (item 22) ----------------------------------------
+
+
+def test_every_csv_download_has_the_bom_once(app, world, client, login):  # noqa: F811
+    login()
+    downloads = [url for rule, method, url in requests_from_url_map(app, world)
+                 if method == "GET" and rule.endswith(".csv")]
+    assert len(downloads) >= 2  # the rejected rows and the timeline export
+    for url in downloads:
+        response = client.get(url)
+        data = response.get_data()
+        assert response.mimetype == "text/csv" and data.startswith(BOM) and not data[3:].startswith(BOM), url
+        data.decode("utf-8")  # the rest is plain UTF-8

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import abort, current_app, url_for
+from flask import Response, abort, current_app, url_for
 from flask_babel import gettext
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
@@ -124,3 +125,25 @@ def template_error(message: str) -> str:
         return gettext("unknown merge field {{ %(name)s }}: not every lead has it; write "
                        "{{ %(name)s|default(\"…\") }} to give the others a text", name=name)
     return gettext("the template cannot be used (%(detail)s)", detail=message)
+
+
+BOM = "\ufeff".encode()
+
+
+def csv_with_bom(response: Response) -> Response:
+    """Every CSV download starts with the UTF-8 BOM: Polish Excel garbles ąęłó without it."""
+    if response.mimetype != "text/csv" or response.direct_passthrough:
+        return response
+    if not response.is_streamed:
+        data = response.get_data()
+        if not data.startswith(BOM):
+            response.set_data(BOM + data)
+        return response
+    response.response = _bom_first(response.iter_encoded())
+    return response
+
+
+def _bom_first(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    first = next(chunks, b"")
+    yield first if first.startswith(BOM) else BOM + first
+    yield from chunks
