@@ -34,24 +34,36 @@
     });
   });
 
-  // Dashboard: refresh progress and the scheduler line every 5 s.
+  // Dashboard and campaign page: refresh progress, its texts and the send times every 5 s.
+  var set = function (box, selector, value) {
+    box.querySelectorAll(selector).forEach(function (el) { el.textContent = value; });
+  };
+  var show = function (box, c) {
+    var bar = box.querySelector("progress");
+    if (bar) { bar.max = c.total || 1; bar.value = c.sent; }
+    ["failed", "skipped", "pending", "sending"].forEach(function (k) { set(box, "." + k, c[k]); });
+    set(box, "span.unknown", c.unknown);
+    set(box, ".sent-count", c.sent_text);
+    set(box, ".last-sent", c.last_sent);
+    set(box, ".next-send", c.next_send);
+  };
   var scheduler = document.getElementById("scheduler");
-  if (scheduler && scheduler.dataset.live) {
+  var single = document.getElementById("campaign-live");
+  var live = (scheduler && scheduler.dataset.live) || (single && single.dataset.live);
+  if (live) {
     setInterval(function () {
-      fetch(scheduler.dataset.live, { credentials: "same-origin" })
+      fetch(live, { credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.json() : null; })
         .then(function (data) {
           if (!data) { return; }
-          scheduler.classList.toggle("ok", data.scheduler.fresh);
-          scheduler.classList.toggle("bad", !data.scheduler.fresh);
+          if (scheduler) {
+            scheduler.classList.toggle("ok", data.scheduler.fresh);
+            scheduler.classList.toggle("bad", !data.scheduler.fresh);
+          }
           Object.keys(data.campaigns).forEach(function (id) {
-            var row = document.querySelector('tr[data-campaign="' + id + '"]');
-            var c = data.campaigns[id];
-            if (!row) { return; }
-            var bar = row.querySelector("progress");
-            bar.max = c.total || 1; bar.value = c.sent;
-            row.querySelector(".failed").textContent = c.failed;
-            row.querySelector(".skipped").textContent = c.skipped;
+            var box = single && single.dataset.campaign === id ? single
+              : document.querySelector('tr[data-campaign="' + id + '"]');
+            if (box) { show(box, data.campaigns[id]); }
           });
         })
         .catch(function () { /* offline: keep what is shown */ });

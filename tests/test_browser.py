@@ -8,9 +8,11 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 
+from delivery.transport import make_transport
 from helpers import make_campaign, make_unknown
-from models import Lead, SendLog, User, Variant, db
+from models import Lead, SendLog, Trigger, User, Variant, db
 from procs import wait_for
+from sender import Settings, send_batch
 from storage.database import write_session
 
 pytestmark = pytest.mark.slow
@@ -264,3 +266,23 @@ def test_table_cells_never_break_inside_a_word_on_a_desktop(page: Page, live_ser
         const r = document.createRange(); r.selectNodeContents(th);
         return [th.textContent.trim(), r.getClientRects().length]; })""")
     assert all(lines == 1 or " " in text for text, lines in heights), heights
+
+
+def test_the_dashboard_and_the_campaign_page_refresh_their_texts_live(page: Page, browser, live_server,
+                                                                      admin, app, engine, smtp):
+    cid = make_campaign(engine, 4, batch_size=2, interval=0)
+    log_in(page, live_server)
+    campaign_page = page.context.new_page()
+    campaign_page.goto(f"{live_server}/campaigns/{cid}")
+    expect(page.locator(f"tr[data-campaign='{cid}'] .sent-count")).to_have_text("Wysłano 0 z 4")
+    with app.app_context():
+        transport = make_transport(app.config)
+        send_batch(db.engine, Settings.from_config(app.config), transport, cid, Trigger.CLI)
+        transport.close()
+    # No reload: the 5-second refresh moves the words, not only the bar.
+    row = page.locator(f"tr[data-campaign='{cid}']")
+    expect(row.locator(".sent-count")).to_have_text("Wysłano 2 z 4", timeout=12_000)
+    expect(row.locator(".last-sent")).to_contain_text("(Europe/Warsaw)")
+    expect(campaign_page.locator("#campaign-live .sent-count")).to_have_text("Wysłano 2 z 4", timeout=12_000)
+    expect(campaign_page.locator("#campaign-live .pending")).to_have_text("2")
+    expect(campaign_page.locator("#campaign-live .last-sent")).to_contain_text("(Europe/Warsaw)")

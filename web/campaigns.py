@@ -104,9 +104,16 @@ def status_json():
     """What the dashboard's live refresh polls: progress and the scheduler line."""
     all_campaigns = db.session.scalars(select(Campaign)).all()
     progress = stats.progress(db.session, all_campaigns)
-    return jsonify(scheduler=stats.scheduler_state(db.session).as_json(), campaigns={
+    scheduler = stats.scheduler_state(db.session)
+    return jsonify(scheduler=scheduler.as_json(), campaigns={
         c.id: {"status": c.status, "percent": progress[c.id].done_percent, **{
-            k: getattr(progress[c.id], k) for k in ("total", "sent", "failed", "unknown", "skipped")}}
+            k: getattr(progress[c.id], k) for k in ("total", "sent", "failed", "unknown", "skipped",
+                                                     "pending", "sending")},
+               # The texts as the pages show them, so the live refresh moves words, not only bars.
+               "sent_text": _("%(sent)d of %(total)d sent", sent=progress[c.id].sent,
+                              total=progress[c.id].total),
+               "last_sent": zoned_time(progress[c.id].last_sent_at, c.timezone),
+               "next_send": next_send_text(progress[c.id], c, scheduler.fresh)}
         for c in all_campaigns})
 
 
