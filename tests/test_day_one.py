@@ -468,11 +468,11 @@ def test_the_campaign_page_shows_results_per_variant(app, client, login, engine,
         row = re.search(rf'<tr data-variant="{letter}">(.*?)</tr>', page, re.DOTALL)[1]
         cells = re.findall(r"<td>(?:<b>)?([^<]*)", row)
         assert cells[0] == "1" and cells[1] == letter  # step 1, the variant
-        assert int(cells[3]) == sent.get(letter, 0)
-        assert cells[6].strip() == ("1" if letter == one.variant_letter else "0")
+        assert int(cells[2]) == sent.get(letter, 0)
+        assert cells[5].strip() == ("1" if letter == one.variant_letter else "0")
     with app.app_context():
         results = stats.variant_results(db.session, cid)
-    assert sum(r.enrolled for r in results) == 6 and sum(r.sent for r in results) == 4
+    assert [r.step for r in results] == [1, 1] and sum(r.sent for r in results) == 4
 
 
 # --- every CSV download starts with the BOM (item 22) ----------------------------------------
@@ -488,3 +488,22 @@ def test_every_csv_download_has_the_bom_once(app, world, client, login):  # noqa
         data = response.get_data()
         assert response.mimetype == "text/csv" and data.startswith(BOM) and not data[3:].startswith(BOM), url
         data.decode("utf-8")  # the rest is plain UTF-8
+
+
+# --- times in the campaign's zone, labelled (item 15) ------------------------------------------
+
+
+def test_send_times_are_shown_and_filtered_in_the_campaigns_zone(app, client, login, engine, smtp):  # noqa: F811
+    cid = make_campaign(engine, 1, timezone="Asia/Tokyo")
+    send_now(app, cid)
+    with engine.connect() as conn:
+        claimed = conn.execute(select(SendLog.claimed_at)).scalar_one()
+    local = claimed.replace(tzinfo=UTC).astimezone(ZoneInfo("Asia/Tokyo"))
+    login()
+    for url in (f"/campaigns/{cid}/log", f"/campaigns/{cid}", "/leads/1"):
+        page = client.get(url).get_data(as_text=True)
+        assert f"{local:%Y-%m-%d %H:%M:%S} (Asia/Tokyo)" in page, url
+        assert "(UTC)" not in page, url
+    before, after = (f"{(local + timedelta(minutes=m)):%Y-%m-%dT%H:%M}" for m in (-1, 1))
+    assert "Wiersze: 1" in client.get(f"/campaigns/{cid}/log?from={before}").get_data(as_text=True)
+    assert "Wiersze: 0" in client.get(f"/campaigns/{cid}/log?from={after}").get_data(as_text=True)

@@ -48,11 +48,16 @@ def utc_time(value: datetime | None) -> str:
 
 
 @bp.app_template_global()
-def zoned_time(value: datetime | None, zone: str) -> str:
-    """A stored (UTC) time in a campaign's zone, labelled with it: "pon. 30.11 09:00 (Europe/Warsaw)"."""
+def zoned_time(value: datetime | None, zone: str, exact: bool = False) -> str:
+    """A stored (UTC) time in a campaign's zone, labelled with it: "pon. 30.11 09:00 (Europe/Warsaw)".
+
+    exact: to the second, with the year, for logs ("2026-11-30 09:00:07 (Europe/Warsaw)").
+    """
     if value is None:
         return "—"
     local = value.replace(tzinfo=UTC).astimezone(ZoneInfo(zone))
+    if exact:
+        return f"{local:%Y-%m-%d %H:%M:%S} ({zone})"
     return f"{format_datetime(local, 'EEE d.MM HH:mm', rebase=False)} ({zone})"
 
 

@@ -67,9 +67,15 @@ def detail(lead_id: int):
     sends = db.session.scalars(select(SendLog).where(SendLog.lead_id == lead_id)
                                .order_by(SendLog.id)).all()
     return render_template("lead.html", lead=lead, enrollments=enrollments, sends=sends, action=ActionForm(),
-                           names=dict(db.session.execute(select(Campaign.id, Campaign.name).where(
-                               Campaign.id.in_({s.campaign_id for s in sends}))).all()),
+                           **_campaign_names_and_zones({s.campaign_id for s in sends}),
                            erased=lead.email.startswith(leads.ERASED_PREFIX))
+
+
+def _campaign_names_and_zones(ids: set[int]) -> dict:
+    rows = db.session.execute(select(Campaign.id, Campaign.name, Campaign.timezone)
+                              .where(Campaign.id.in_(ids))).all()
+    return {"names": {cid: name for cid, name, _zone in rows},
+            "zones": {cid: zone for cid, _name, zone in rows}}
 
 
 class LeadForm(FlaskForm):
