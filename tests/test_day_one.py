@@ -507,3 +507,25 @@ def test_send_times_are_shown_and_filtered_in_the_campaigns_zone(app, client, lo
     before, after = (f"{(local + timedelta(minutes=m)):%Y-%m-%dT%H:%M}" for m in (-1, 1))
     assert "Wiersze: 1" in client.get(f"/campaigns/{cid}/log?from={before}").get_data(as_text=True)
     assert "Wiersze: 0" in client.get(f"/campaigns/{cid}/log?from={after}").get_data(as_text=True)
+
+
+# --- wording (item 18) --------------------------------------------------------------------------
+
+
+def test_polish_wording_of_the_forms_and_the_campaign_page(client, login, engine):  # noqa: F811
+    cid = make_campaign(engine, 0, start=False, from_name="")
+    login()
+    page = client.get("/campaigns/new").get_data(as_text=True)
+    assert "Do godziny (wyłącznie)" in page and "Rozmiar partii" in page
+    response = client.post("/campaigns/new", data={"csrf_token": csrf_token(page.encode()), "name": "X",
+                                                   "from_address": "a@firma.pl", "interval_seconds": "999999",
+                                                   "batch_size": "1", "window_weekdays": ["0"],
+                                                   "window_start_hour": "9", "window_end_hour": "17",
+                                                   "timezone": "Europe/Warsaw"})
+    assert "Wpisz liczbę całkowitą od 0 do 604800." in response.get_data(as_text=True)
+    page = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert "Nadawca: team@sendonce.test ·" in page and "&lt;team" not in page
+    assert "Ostatnia wysyłka: <span class=\"last-sent\">jeszcze żadnej</span>" in page
+    assert "partię" in page and "paczk" not in page
+    log = client.get(f"/campaigns/{cid}/log?status=sent").get_data(as_text=True)
+    assert "Żadna wysyłka nie pasuje do filtra." in log and "Wyzwalacz" not in log

@@ -36,6 +36,9 @@ from storage.database import write_session
 from web.common import ActionForm, reply_text, template_error
 
 bp = Blueprint("editor", __name__)
+# WTForms' own Polish says "z zakresu 0 i 604800"; ours reads "od 0 do 604800".
+RANGE = _l("Enter a whole number from %(min)s to %(max)s.")
+AT_LEAST = _l("Enter a whole number of at least %(min)s.")
 TIMEZONES = sorted(available_timezones())
 WEEKDAYS = [SelectChoice(day, label) for day, label in enumerate(
     [_l("Mon"), _l("Tue"), _l("Wed"), _l("Thu"), _l("Fri"), _l("Sat"), _l("Sun")])]
@@ -46,17 +49,19 @@ class CampaignForm(FlaskForm):
     from_address = EmailField(_l("Sender address"), validators=[DataRequired(), Email(), Length(max=320)])
     from_name = StringField(_l("Sender name"), validators=[Optional(), Length(max=200)])
     interval_seconds = IntegerField(_l("Seconds between sends"), default=300,
-                                    validators=[InputRequired(), NumberRange(min=0, max=7 * 86400)])
+                                    validators=[InputRequired(),
+                                                NumberRange(min=0, max=7 * 86400, message=RANGE)])
     batch_size = IntegerField(_l("Batch size"), default=1,
-                              validators=[InputRequired(), NumberRange(min=1, max=1000)])
-    daily_cap = IntegerField(_l("Daily cap (empty: none)"), validators=[Optional(), NumberRange(min=1)])
+                              validators=[InputRequired(), NumberRange(min=1, max=1000, message=RANGE)])
+    daily_cap = IntegerField(_l("Daily cap (empty: none)"),
+                             validators=[Optional(), NumberRange(min=1, message=AT_LEAST)])
     window_weekdays = SelectMultipleField(_l("Send on"), coerce=int, choices=WEEKDAYS,
                                           default=[0, 1, 2, 3, 4], option_widget=CheckboxInput(),
                                           widget=ListWidget(prefix_label=False))
     window_start_hour = IntegerField(_l("From hour"), default=9,
-                                     validators=[InputRequired(), NumberRange(min=0, max=23)])
+                                     validators=[InputRequired(), NumberRange(min=0, max=23, message=RANGE)])
     window_end_hour = IntegerField(_l("To hour (exclusive)"), default=17,
-                                   validators=[InputRequired(), NumberRange(min=1, max=24)])
+                                   validators=[InputRequired(), NumberRange(min=1, max=24, message=RANGE)])
     timezone = SelectField(_l("Time zone"), choices=[SelectChoice(tz) for tz in TIMEZONES],
                            default="Europe/Warsaw")
 
@@ -100,7 +105,8 @@ class VariantForm(FlaskForm):
     letter = StringField(_l("Letter"), validators=[DataRequired(), Regexp(r"^[A-Za-z]$")])
     subject = StringField(_l("Subject"), validators=[DataRequired(), Length(max=500)])
     body = TextAreaField(_l("Body"), validators=[DataRequired()])
-    weight = IntegerField(_l("Weight"), default=1, validators=[InputRequired(), NumberRange(min=0, max=1000)])
+    weight = IntegerField(_l("Weight"), default=1,
+                          validators=[InputRequired(), NumberRange(min=0, max=1000, message=RANGE)])
 
     def validate_subject(self, field) -> None:
         _check_template(field.data)
