@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -529,3 +532,25 @@ def test_polish_wording_of_the_forms_and_the_campaign_page(client, login, engine
     assert "partię" in page and "paczk" not in page
     log = client.get(f"/campaigns/{cid}/log?status=sent").get_data(as_text=True)
     assert "Żadna wysyłka nie pasuje do filtra." in log and "Wyzwalacz" not in log
+
+
+# --- abandoned lead-import uploads go after a day (item 20) -------------------------------------
+
+
+def test_abandoned_lead_uploads_are_removed_after_a_day(app, client, login):  # noqa: F811
+    folder = Path(app.instance_path) / "uploads"
+    folder.mkdir(exist_ok=True)
+    old, fresh = "a" * 24, "b" * 24
+    files = {name: folder / name for name in (f"{old}.csv", f"{old}.rejected.csv", f"{fresh}.csv",
+                                                f"{old}.log.csv", "notes.csv")}
+    for path in files.values():
+        path.write_text("email\nx@example.com\n")
+    two_days_ago = time.time() - 2 * 86400
+    for name in (f"{old}.csv", f"{old}.rejected.csv", f"{old}.log.csv", "notes.csv"):
+        os.utime(files[name], (two_days_ago, two_days_ago))
+    login()
+    assert client.get("/leads/import").status_code == 200
+    left = {name for name, path in files.items() if path.exists()}
+    assert left == {f"{fresh}.csv", f"{old}.log.csv", "notes.csv"}  # the timeline's log is not ours
+    for path in files.values():
+        path.unlink(missing_ok=True)

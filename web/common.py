@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +35,28 @@ def upload_path(token: str, suffix: str) -> Path:
     folder = Path(current_app.instance_path) / "uploads"
     folder.mkdir(exist_ok=True)
     return folder / f"{token}{suffix}"
+
+
+LEAD_UPLOAD = re.compile(r"[0-9a-f]{24}(\.rejected)?\.csv")  # not the timeline's <token>.log.csv
+UPLOAD_MAX_AGE = timedelta(days=1)
+
+
+def remove_stale_lead_uploads(now: float | None = None) -> int:
+    """Delete lead-import uploads (and rejected-rows files) older than a day; how many.
+
+    An upload waits for its mapping and a rejected-rows file for its download; one a day old
+    was abandoned, and it holds people's addresses that nobody needs kept.
+    """
+    folder = Path(current_app.instance_path) / "uploads"
+    if not folder.is_dir():
+        return 0
+    limit = (time.time() if now is None else now) - UPLOAD_MAX_AGE.total_seconds()
+    removed = 0
+    for path in folder.iterdir():
+        if LEAD_UPLOAD.fullmatch(path.name) and path.stat().st_mtime < limit:
+            path.unlink(missing_ok=True)  # another worker may have removed it a moment ago
+            removed += 1
+    return removed
 
 
 def local_path(target: str | None) -> str:

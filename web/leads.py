@@ -26,7 +26,7 @@ from wtforms.validators import Length
 from core import importer, leads
 from models import Campaign, CampaignLead, Lead, SendLog, db
 from storage.timeutil import utcnow
-from web.common import PAGE_SIZE, ActionForm, page_count, translate, upload_path
+from web.common import PAGE_SIZE, ActionForm, page_count, remove_stale_lead_uploads, translate, upload_path
 
 bp = Blueprint("leads", __name__)
 LIST_COLUMNS = (Lead.id, Lead.email, Lead.first_name, Lead.last_name, Lead.company, Lead.tags)
@@ -144,6 +144,7 @@ def _campaign_choices() -> list[SelectChoice]:
 @login_required
 def upload():
     """Step 1: upload a CSV; it is read (not imported) and its columns shown for mapping."""
+    remove_stale_lead_uploads()
     form = UploadForm()
     if form.validate_on_submit():
         data = form.file.data.read()
