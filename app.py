@@ -31,7 +31,7 @@ from web import leads as lead_pages
 from web import sendlog as sendlog_pages
 from web import suppressions as suppression_pages
 from web import timeline as timeline_pages
-from web.common import csv_with_bom, label, pause_text, reply_text, translate
+from web.common import csv_with_bom, label, pause_text, reply_text, translate, unsubscribe_company
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -75,7 +75,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     i18n.babel.init_app(app, locale_selector=i18n.select_locale)
     app.jinja_env.globals.update(language_form=i18n.language_form, get_locale=flask_babel.get_locale)
     app.jinja_env.filters.update(tr=translate, reply=reply_text)
-    app.jinja_env.globals.update(label=label, pause_text=pause_text)
+    app.jinja_env.globals.update(label=label, pause_text=pause_text, unsubscribe_company=unsubscribe_company)
     _register_pages(app)
     app.after_request(_security_headers)
     app.after_request(csv_with_bom)
@@ -124,6 +124,7 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "SMTP_SECURITY": "none",  # none | starttls | ssl
         "SMTP_TIMEOUT": 30,
         "MAIL_FROM": "sendonce@localhost",
+        "COMPANY_NAME": "",  # shown to recipients (unsubscribe page); empty: the campaign's sender name
         "BASE_URL": "http://127.0.0.1:5000",
         "SCHEDULER_ENABLED": True,
         "TICK_SECONDS": 60,

@@ -19,6 +19,7 @@ from sqlalchemy import func, select, update
 from conftest import ROOT
 from core import campaigns, importer, leads, stats
 from delivery.lease import LEASE_NAME
+from delivery.tokens import make_token
 from helpers import lead_csv, make_campaign
 from models import Campaign, CampaignLead, Lead, SchedulerLease, SendLog, Suppression, Variant, db
 from storage import schema
@@ -554,3 +555,21 @@ def test_abandoned_lead_uploads_are_removed_after_a_day(app, client, login):  # 
     assert left == {f"{fresh}.csv", f"{old}.log.csv", "notes.csv"}  # the timeline's log is not ours
     for path in files.values():
         path.unlink(missing_ok=True)
+
+
+# --- the unsubscribe page shows the sender, in the recipient's language (item 21) --------------
+
+
+def test_the_unsubscribe_page_shows_the_sender_in_the_recipients_language(app, engine):
+    cid = make_campaign(engine, 1, from_name="Firma Nowak")
+    token = make_token(app.config["SECRET_KEY"], "lead0000@example.com", cid)
+    recipient = app.test_client()
+    page = recipient.get(f"/u/{token}", headers={"Accept-Language": "pl-PL,pl;q=0.9"}).get_data(as_text=True)
+    assert '<span class="brand">Firma Nowak</span>' in page and ">SendOnce<" not in page
+    assert "Czy Firma Nowak ma przestać wysyłać wiadomości na adres lead0000@example.com?" in page
+    page = app.test_client().get(f"/u/{token}", headers={"Accept-Language": "en-GB,en;q=0.8"}).get_data(
+        as_text=True)
+    assert "Stop all messages from Firma Nowak to lead0000@example.com?" in page
+    app.config["COMPANY_NAME"] = "Nowak Sp. z o.o."
+    page = app.test_client().post(f"/u/{token}").get_data(as_text=True)
+    assert "Nowak Sp. z o.o. nie będzie już wysyłać wiadomości na adres lead0000@example.com." in page

@@ -9,11 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import Response, abort, current_app, url_for
+from flask import Response, abort, current_app, request, url_for
 from flask_babel import gettext
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 
+from delivery.tokens import read_token
+from models import Campaign, db
 from storage.texts import Text
 
 PAGE_SIZE = 50  # rows per page of every paged list (leads, suppressions, send log, timeline)
@@ -57,6 +59,17 @@ def remove_stale_lead_uploads(now: float | None = None) -> int:
             path.unlink(missing_ok=True)  # another worker may have removed it a moment ago
             removed += 1
     return removed
+
+
+def unsubscribe_company() -> str:
+    """Who sends the mail an unsubscribe link came in: COMPANY_NAME, else the campaign's sender."""
+    if current_app.config.get("COMPANY_NAME"):
+        return current_app.config["COMPANY_NAME"]
+    found = read_token(current_app.config["SECRET_KEY"], (request.view_args or {}).get("token", ""))
+    campaign = db.session.get(Campaign, found[1]) if found else None
+    if campaign is None:
+        return ""
+    return campaign.from_name or campaign.from_address.rsplit("@", 1)[-1]
 
 
 def local_path(target: str | None) -> str:

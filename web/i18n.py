@@ -93,7 +93,11 @@ def select_locale() -> str:
     """The logged-in user's language, else this browser's choice, else Polish."""
     if current_user.is_authenticated and current_user.language in LANGUAGES:
         return current_user.language
-    return session.get("language") if session.get("language") in LANGUAGES else DEFAULT
+    if session.get("language") in LANGUAGES:
+        return session["language"]
+    if request.blueprint == "unsubscribe":  # a recipient, not our team: their browser's language
+        return request.accept_languages.best_match(LANGUAGES) or DEFAULT
+    return DEFAULT
 
 
 @dataclass(frozen=True)
