@@ -114,7 +114,7 @@ def test_a_10_mb_line_rejects_its_row_and_the_good_rows_go_in(app, client, login
     page = result.get_data(as_text=True)
     assert result.status_code == 200 and len(page) < 100_000
     assert result_counts(page) == (5, 0, 1, 0)
-    assert re.search(rf"<td>{line}</td><td>a cell holds 10,485,7\d\d characters", page), page[-3000:]
+    assert re.search(rf"<td>{line}</td><td>komórka ma 10,485,7\d\d znaków", page), page[-3000:]
     with engine.connect() as conn:
         stored = conn.execute(select(Lead.email, Lead.fields)).all()
     assert sorted(email for email, _ in stored) == [f"good{i}@example.com" for i in range(5)]
