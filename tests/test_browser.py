@@ -8,6 +8,8 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 
+from conftest import SCREENSHOTS
+from delivery.tokens import make_token
 from delivery.transport import make_transport
 from helpers import make_campaign, make_unknown
 from models import Lead, SendLog, Trigger, User, Variant, db
@@ -286,3 +288,38 @@ def test_the_dashboard_and_the_campaign_page_refresh_their_texts_live(page: Page
     expect(campaign_page.locator("#campaign-live .sent-count")).to_have_text("Wysłano 2 z 4", timeout=12_000)
     expect(campaign_page.locator("#campaign-live .pending")).to_have_text("2")
     expect(campaign_page.locator("#campaign-live .last-sent")).to_contain_text("(Europe/Warsaw)")
+
+
+def test_every_page_at_both_sizes_in_polish_and_english(page: Page, live_server, admin, app, engine, smtp,
+                                                        screenshot):
+    """Screenshots of every page for a person to look at; a phone never scrolls sideways."""
+    cid = make_campaign(engine, 6, batch_size=3, interval=3600)
+    with app.app_context():
+        transport = make_transport(app.config)
+        send_batch(db.engine, Settings.from_config(app.config), transport, cid, Trigger.CLI)
+        transport.close()
+    make_unknown(engine)
+    token = make_token(app.config["SECRET_KEY"], "lead0005@example.com", cid)
+    pages = {"dashboard": "/", "campaign": f"/campaigns/{cid}", "settings": f"/campaigns/{cid}/edit",
+             "new-campaign": "/campaigns/new", "variant": f"/campaigns/{cid}/variants/A",
+             "sendlog": f"/campaigns/{cid}/log", "resolve": "/sends/1/resolve?action=mark-sent",
+             "leads": "/leads", "lead": "/leads/1", "lead-edit": "/leads/1/edit", "import": "/leads/import",
+             "suppressions": "/suppressions", "timeline": "/timeline", "not-found": "/no-such-page"}
+    log_in(page, live_server)
+    for language in ("pl", "en"):
+        if language == "en":
+            page.select_option("select[name=language]", "en")
+            expect(page.locator("header")).to_contain_text("Campaigns")
+        for size, (width, height) in (("desktop", (1366, 768)), ("phone", (390, 844))):
+            page.set_viewport_size({"width": width, "height": height})
+            for name, url in pages.items():
+                page.goto(f"{live_server}{url}")
+                expect(page.locator("h1")).to_be_visible()
+                if size == "phone":
+                    _no_sideways_scroll(page)
+                screenshot(f"all-{language}-{size}-{name}")
+    recipient = page.context.browser.new_page(viewport={"width": 390, "height": 844}, locale="pl-PL")
+    recipient.goto(f"{live_server}/u/{token}")
+    expect(recipient.locator(".brand")).to_have_text("Team")
+    recipient.screenshot(path=str(SCREENSHOTS / "all-pl-phone-unsubscribe.png"), full_page=True)
+    recipient.close()
