@@ -193,8 +193,8 @@ def rendered_pages(app, names: dict, client) -> dict[str, str]:
         if response.mimetype == "text/html":
             pages[url] = response.get_data(as_text=True)
     pages["404"] = client.get("/no-such-page").get_data(as_text=True)
-    pages["expired"] = client.post("/campaigns/1/start", data={"csrf_token": "old", "note": "a b"}).get_data(
-        as_text=True)
+    pages["expired"] = client.post("/campaigns/1/variants/A", data={
+        "csrf_token": "old", "subject": "a b", "body": "c d"}).get_data(as_text=True)
     return pages
 
 

@@ -117,6 +117,10 @@ LABELS = {
     "trigger": {"scheduler": _l("scheduler"), "button": _l("button"), "cli": _l("command line")},
     "suppression": {"manual": _l("added by hand"), "unsubscribed": _l("unsubscribed"),
                     "bounce": _l("address rejected by the server"), "erased": _l("erased on request (GDPR)")},
+    # Form fields as the session-expired page names them when it gives a draft back.
+    "field": {"subject": _l("Subject"), "body": _l("Body"), "name": _l("Name"), "tag": _l("tag"),
+              "from_name": _l("Sender name"), "detail": _l("Note"), "first_name": _l("First name"),
+              "last_name": _l("Last name"), "company": _l("Company"), "tags": _l("Tags")},
     "target": {"email": _l("email address"), "first_name": _l("first name"), "last_name": _l("last name"),
                "company": _l("company"), "tags": _l("tags"), "skip": _l("— skip this column —")},
 }
