@@ -28,12 +28,13 @@ import scheduler
 from delivery.transport import stale_floor
 from models import db
 from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
-from web import accesslog, accounts, auth, common, editor, i18n, unsubscribe
+from web import accesslog, accounts, auth, common, editor, errors, i18n, unsubscribe
 from web import campaigns as views
 from web import leads as lead_pages
 from web import sendlog as sendlog_pages
 from web import suppressions as suppression_pages
 from web import timeline as timeline_pages
+from web.common import csv_with_bom, label, pause_text, reply_text, translate, unsubscribe_company
 
 csrf = CSRFProtect()
 # migrations/ beside this file (Flask-Migrate's convention), whatever the working directory.
@@ -81,8 +82,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     i18n.babel.init_app(app, locale_selector=i18n.select_locale)
     app.jinja_env.globals.update(language_form=i18n.language_form, get_locale=flask_babel.get_locale)
+    app.jinja_env.filters.update(tr=translate, reply=reply_text)
+    app.jinja_env.globals.update(label=label, pause_text=pause_text, unsubscribe_company=unsubscribe_company)
     _register_pages(app)
     app.after_request(_security_headers)
+    app.after_request(csv_with_bom)
     app.register_error_handler(OperationalError, _database_unavailable)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     cli.register(app)
@@ -93,7 +97,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _register_pages(app: Flask) -> None:
     app.url_map.converters["int"] = common.BoundedIntConverter
     for module in (auth, accounts, views, editor, lead_pages, sendlog_pages, suppression_pages,
-                   timeline_pages, i18n, unsubscribe):
+                   timeline_pages, i18n, unsubscribe, errors):
         app.register_blueprint(module.bp)
     csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 
@@ -139,6 +143,7 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "SMTP_ALLOW_PLAINTEXT_AUTH": False,  # send SMTP_USERNAME/PASSWORD over an unencrypted link
         "SMTP_TIMEOUT": 30,
         "MAIL_FROM": "sendonce@localhost",
+        "COMPANY_NAME": "",  # shown to recipients (unsubscribe page); empty: the campaign's sender name
         "BASE_URL": "http://127.0.0.1:5000",
         "SCHEDULER_ENABLED": True,
         "TICK_SECONDS": 60,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, false, func, select, update
+from sqlalchemy import ColumnElement, Engine, delete, false, func, select, update
 
 from core import leads
 from delivery import templating
-from models import Campaign, CampaignLead, CampaignStatus, EnrollmentState, Lead, Variant
+from models import Campaign, CampaignLead, CampaignStatus, EnrollmentState, Lead, SendLog, Variant
 from storage.database import immediate, write_session
 
 MAX_PROBLEMS = 20
@@ -89,13 +89,28 @@ def validate(engine: Engine, campaign_id: int,
     return problems[:MAX_PROBLEMS]
 
 
+def _matching(tag: str | None) -> tuple:
+    """The leads enroll_leads takes: all (but erased ones), or those carrying `tag`."""
+    conditions = (Lead.email.not_like(leads.ERASED_PREFIX + "%"),)
+    if tag:
+        conditions += (_carries_tag(tag.strip()),)
+    return conditions
+
+
+def count_enrollable(engine: Engine, campaign_id: int, tag: str | None = None) -> tuple[int, int]:
+    """(leads matching `tag` or all, of them not yet in the campaign): what enroll_leads would do."""
+    enrolled = select(CampaignLead.lead_id).where(CampaignLead.campaign_id == campaign_id)
+    with engine.connect() as conn:
+        matched = conn.execute(select(func.count()).select_from(Lead).where(*_matching(tag))).scalar_one()
+        new = conn.execute(select(func.count()).select_from(Lead).where(
+            *_matching(tag), Lead.id.not_in(enrolled))).scalar_one()
+    return matched, new
+
+
 def enroll_leads(engine: Engine, campaign_id: int, tag: str | None = None) -> tuple[int, int]:
     """Enroll every lead (or those carrying `tag`); returns (how many were new, matched)."""
-    query = select(Lead.id)
-    if tag:
-        query = query.where(_carries_tag(tag.strip()))
     with engine.connect() as conn:
-        ids = conn.execute(query.order_by(Lead.id)).scalars().all()
+        ids = conn.execute(select(Lead.id).where(*_matching(tag)).order_by(Lead.id)).scalars().all()
     if not _has_variants(engine, campaign_id):
         raise CampaignError("add a variant first: each lead is bound to one variant when enrolled")
     return leads.enroll(engine, campaign_id, ids), len(ids)
@@ -140,6 +155,48 @@ def _refuse_without_work(engine: Engine, campaign_id: int) -> None:
     if not open_work and status != CampaignStatus.PAUSED:
         raise CampaignError("every enrolled lead is already handled (sent, failed, skipped or unknown): "
                             "nothing to send", "nothing_to_send")
+
+
+def archive(engine: Engine, campaign_id: int) -> None:
+    """Put a campaign that is not sending away: off the dashboard, its history kept."""
+    _set_status(engine, campaign_id, CampaignStatus.ARCHIVED,
+                [CampaignStatus.DRAFT, CampaignStatus.PAUSED, CampaignStatus.FINISHED])
+
+
+def unarchive(engine: Engine, campaign_id: int) -> None:
+    """Bring an archived campaign back, paused (a person resumes it, which validates again)."""
+    _set_status(engine, campaign_id, CampaignStatus.PAUSED, [CampaignStatus.ARCHIVED],
+                pause_reason="paused by hand")
+
+
+def duplicate(engine: Engine, campaign_id: int, name: str) -> int:
+    """A new draft with the same settings and variants, and no leads; returns its id."""
+    settings = ("from_address", "from_name", "interval_seconds", "batch_size", "daily_cap", "window_weekdays",
+                "window_start_hour", "window_end_hour", "timezone")
+    with write_session(engine) as session:
+        source = session.get(Campaign, campaign_id)
+        if source is None:
+            raise CampaignError(f"no campaign {campaign_id}")
+        copy = Campaign(name=name, **{key: getattr(source, key) for key in settings})
+        copy.variants = [Variant(letter=v.letter, subject=v.subject, body=v.body, weight=v.weight)
+                         for v in source.variants]
+        session.add(copy)
+        session.flush()
+        return copy.id
+
+
+def delete_draft(engine: Engine, campaign_id: int) -> None:
+    """Delete a draft that never sent anything, with its variants and enrollments."""
+    with immediate(engine) as conn:
+        status = conn.execute(select(Campaign.status).where(Campaign.id == campaign_id)).scalar()
+        if status != CampaignStatus.DRAFT:
+            raise CampaignError(f"campaign {campaign_id} is {status}: only a draft can be deleted",
+                                "not_draft")
+        if conn.execute(select(SendLog.id).where(SendLog.campaign_id == campaign_id).limit(1)).first():
+            raise CampaignError(f"campaign {campaign_id} has sends: archive it instead", "has_sends")
+        for table in (CampaignLead.__table__, Variant.__table__):
+            conn.execute(delete(table).where(table.c.campaign_id == campaign_id))
+        conn.execute(delete(Campaign.__table__).where(Campaign.id == campaign_id))
 
 
 def pause(engine: Engine, campaign_id: int, reason: str = "paused by hand") -> None:

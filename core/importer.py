@@ -34,8 +34,9 @@ from sqlalchemy import Column, Connection, Engine, Executable, Text, bindparam, 
 
 from core import csvfile, leads
 from core.csvfile import neutralized, quoted
-from models import Campaign, Lead, Variant
+from models import SEARCH_FIELDS, Campaign, Lead, Variant, lead_search_text
 from storage.database import immediate
+from storage.texts import N_
 from storage.timeutil import utcnow
 
 TARGETS = ("email", "first_name", "last_name", "company", "tags")  # plus "field:<name>", "skip"
@@ -124,33 +125,26 @@ class _Rows:
 
     build: Callable[[list[str]], _Record]
     fast_values: Callable[[list[str]], _Values]
-    first: dict[str, list[str]] = field(default_factory=dict)  # each address's first row, as read
-    merged: dict[str, _Record] = field(default_factory=dict)  # an address on several rows: all of them
-
-    def repeat(self, address: str, cells: list[str]) -> None:
-        """Merge a later row of an address already in first."""
-        if address not in self.merged:
-            self.merged[address] = self.build(self.first[address])
-        self.merged[address].merge(self.build(cells))
+    first: dict[str, list[str]] = field(default_factory=dict)  # each address's one row, as read
+    lines: dict[str, int] = field(default_factory=dict)  # the line each address is on
 
     def record(self, address: str) -> _Record:
-        """The address's values from the file, its rows merged."""
-        record = self.merged.get(address)
-        return self.build(self.first[address]) if record is None else record
+        """The address's values from the file."""
+        return self.build(self.first[address])
 
     def values(self, address: str) -> _Values:
         """The address's values from the file, in database form."""
-        record = self.merged.get(address)
-        return self.fast_values(self.first[address]) if record is None else _record_values(record)
+        return self.fast_values(self.first[address])
 
 
 @dataclass
 class ImportReport:
-    """What an import did: every data row is imported, merged or rejected, none dropped."""
+    """What an import did: every data row is imported, merged or rejected, every blank line listed."""
 
     imported: int = 0  # new leads
-    merged: int = 0  # rows that matched an existing lead or an earlier row of the file
+    merged: int = 0  # rows that matched an existing lead (a repeat within the file is rejected)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    blank: list[int] = field(default_factory=list)  # empty lines between rows, skipped
     lead_ids: list[int] = field(default_factory=list)  # distinct, in file order
     enrolled: int = 0  # new enrollments when imported into a campaign
 
@@ -195,8 +189,8 @@ def run_import(engine: Engine, data: bytes, mapping: dict[int, str] | None = Non
     table = _open(data)
     if any(_ADDRESS_LIKE.fullmatch(name) for name in table.header):
         # Taking it for a header would silently drop the first lead.
-        raise CsvImportError("the first line holds an address, not column names: "
-                             "add a header line (for example email,first_name)")
+        raise CsvImportError(N_("the first line holds an address, not column names: "
+                                "add a header line (for example email,first_name)"))
     if mapping is None:
         mapping = suggest_mapping(table.header, table.preview)
     mapping = _checked_mapping(mapping, table.header)
@@ -239,12 +233,13 @@ def _enroll(engine: Engine, campaign_id: int, lead_ids: list[int]) -> int:
                for at in range(0, len(lead_ids), _ENROLL_CHUNK))
 
 
-def rejected_csv(report: ImportReport, header: tuple[str, str] = ("line", "reason")) -> str:
+def rejected_csv(report: ImportReport, header: tuple[str, str] = ("line", "reason"),
+                 translate: Callable[[str], str] = str) -> str:
     """The rejected rows as CSV text (line, reason), safe to open in a spreadsheet."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
-    writer.writerows((line, neutralized(reason)) for line, reason in report.rejected)
+    writer.writerows((line, neutralized(translate(reason))) for line, reason in report.rejected)
     return out.getvalue()
 
 
@@ -330,11 +325,12 @@ def _checked_mapping(mapping: dict[int, str], header: list[str]) -> dict[int, st
         elif target not in TARGETS:
             raise CsvImportError(f"column {header[index]!r}: unknown target {target!r}")
         if target in used:
-            raise CsvImportError(f"columns {header[used[target]]!r} and {header[index]!r} "
-                                 f"are both mapped to {target}")
+            first, second = repr(header[used[target]]), repr(header[index])
+            raise CsvImportError(N_("columns %(first)s and %(second)s are both mapped to %(target)s",
+                                    first=first, second=second, target=target))
         used[target] = index
     if "email" not in used:
-        raise CsvImportError("no email column: name one 'email' or map a column to email")
+        raise CsvImportError(N_("no email column: name one 'email' or map a column to email"))
     return {index: target for target, index in used.items()}
 
 
@@ -342,11 +338,14 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> _R
     """Good rows by normalized address, in file order; bad ones go to report.rejected."""
     # Runs for every row: a well-formed row costs one length test, one normalization and,
     # for an address not seen before in the file, one address check; its values are read
-    # at insert time (_stored_values), a _Record is built only for an address on several rows.
+    # at insert time (_stored_values).
     width, email_at = len(table.header), next(i for i, target in mapping.items() if target == "email")
     rows = _Rows(_builder(mapping), _stored_values(mapping))
-    first = rows.first
+    first, first_line, previous_end = rows.first, rows.lines, None
     for start, end, cells in table.rows:
+        if previous_end is not None:  # the reader skips blank lines: say so, line by line
+            report.blank.extend(range(previous_end + 1, start))
+        previous_end = end
         if len(cells) != width or max(map(len, cells)) > MAX_CELL:
             reason = _too_long(cells, mapping) or _width_problem(cells, width, start, end)
             if reason:
@@ -354,13 +353,14 @@ def _collect(table: _Table, mapping: dict[int, str], report: ImportReport) -> _R
                 continue
         raw = cells[email_at]
         address = leads.normalize_email(raw)
-        if address in first:  # valid, as its first row showed: only the values merge
-            rows.repeat(address, cells)
-            report.merged += 1
+        if address in first:
+            # Two rows for one person are a mistake to show, not a merge to guess at: a
+            # silent merge replaced a surname with a colleague's and listed nothing.
+            report.rejected.append((start, N_("same address as line %(line)d", line=first_line[address])))
         elif reason := _address_problem(raw, address):
             report.rejected.append((start, reason))
         else:
-            first[address] = cells
+            first[address], first_line[address] = cells, start
     return rows
 
 
@@ -369,27 +369,30 @@ def _too_long(cells: list[str], mapping: dict[int, str]) -> str:
     longest = max((len(cells[index]) for index in mapping if index < len(cells)), default=0)
     if longest <= MAX_CELL:
         return ""
-    return f"a cell holds {longest:,} characters; at most {MAX_CELL:,} are accepted"
+    found, limit = f"{longest:,}", f"{MAX_CELL:,}"
+    return N_("a cell holds %(found)s characters; at most %(limit)s are accepted", found=found, limit=limit)
 
 
 def _width_problem(cells: list[str], width: int, start: int, end: int) -> str:
     """Why the row is rejected if it has too few columns or extra non-empty ones, else ""."""
     if len(cells) == width or (len(cells) > width and not "".join(cells[width:]).strip()):
         return ""
-    spans = f" (the row spans lines {start}-{end}: an unclosed quote?)" if end > start else ""
-    return f"expected {width} columns, found {len(cells)}{spans}"
+    if end > start:
+        return N_("expected %(width)d columns, found %(found)d (the row spans lines %(start)d-%(end)d: "
+                  "an unclosed quote?)", width=width, found=len(cells), start=start, end=end)
+    return N_("expected %(width)d columns, found %(found)d", width=width, found=len(cells))
 
 
 def _address_problem(raw: str, address: str) -> str:
     """Why the row is rejected if its address (raw as in the file, and normalized) is bad, else ""."""
     if not address:
-        return "no email address"
+        return N_("no email address")
     if _parts_accepted(address):  # check_address, without normalizing the address again
         return ""
     try:
         leads.check_email(raw)
     except EmailNotValidError as exc:
-        return f"invalid email {quoted(raw)}: {neutralized(exc)}"
+        return N_("invalid email %(address)s: %(detail)s", address=quoted(raw), detail=neutralized(exc))
     return ""
 
 
@@ -451,14 +454,28 @@ def _check_campaign(conn: Connection, campaign_id: int) -> None:
 
 def _store(conn: Connection, rows: _Rows, report: ImportReport) -> None:
     """Insert new leads and merge into existing ones; fills the report's counts and ids."""
+    _refuse_erased(conn, rows, report)
     existing = _existing(conn, list(rows.first))
     new = [email for email in rows.first if email not in existing]
     ids = dict(zip(new, _insert(conn, new, rows), strict=True))
-    _update(conn, [(lead_id, before, rows.record(email)) for email, (lead_id, before) in existing.items()])
+    _update(conn, [(lead_id, email, before, rows.record(email))
+                   for email, (lead_id, before) in existing.items()])
     ids.update((email, lead_id) for email, (lead_id, _) in existing.items())
     report.imported = len(new)
     report.merged += len(existing)
     report.lead_ids = [ids[email] for email in rows.first]
+
+
+def _refuse_erased(conn: Connection, rows: _Rows, report: ImportReport) -> None:
+    """Reject the rows of addresses erased on request (GDPR/RODO): they never come back."""
+    erased = leads.erased_keys(conn)  # read under the import's write lock: no erasure slips by
+    if not erased:
+        return
+    for address in [a for a in rows.first if leads.erased_key(a) in erased]:
+        del rows.first[address]
+        report.rejected.append((rows.lines[address], N_("this address was erased on request (GDPR) "
+                                                        "and cannot be imported again")))
+    report.rejected.sort()
 
 
 def _existing(conn: Connection, emails: list[str]) -> dict[str, tuple[int, _Record]]:
@@ -489,29 +506,37 @@ def _insert(conn: Connection, emails: list[str], rows: _Rows) -> range:
     first_id = conn.execute(select(func.coalesce(func.max(lead.c.id), 0))).scalar_one() + 1
     ids = range(first_id, first_id + len(emails))
     now = _binder(conn, lead.c.created_at)(utcnow())
-    columns = ("id", "email", "first_name", "last_name", "company", "tags", "fields", "created_at")
+    columns = ("id", "email", "first_name", "last_name", "company", "tags", "fields", "created_at", "search")
     # The driver's executemany with values in database form: SQLAlchemy would bind each
     # row in Python (~25 µs a row, seconds per 100,000, all of it under the write lock).
     statement = f"INSERT INTO {lead.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    conn.exec_driver_sql(statement, [(lead_id, email, *rows.values(email), now)
-                                     for lead_id, email in zip(ids, emails, strict=True)])
+    conn.exec_driver_sql(statement, [(lead_id, email, *values, now, _search(email, values))
+                                     for lead_id, email in zip(ids, emails, strict=True)
+                                     for values in (rows.values(email),)])
     return ids
 
 
-def _update(conn: Connection, pairs: list[tuple[int, _Record, _Record]]) -> None:
+def _update(conn: Connection, pairs: list[tuple[int, str, _Record, _Record]]) -> None:
     """Write back each existing lead whose values the file changes."""
     lead = Lead.__table__
     to_json, changes = _binder(conn, lead.c.fields), []
-    for lead_id, before, from_file in pairs:
+    for lead_id, email, before, from_file in pairs:
         after = before.copy()
         after.merge(from_file)
         if after != before:
+            tags = ",".join(after.tags)
             changes.append({"b_id": lead_id, "b_first": after.first_name, "b_last": after.last_name,
-                            "b_company": after.company, "b_tags": ",".join(after.tags),
-                            "b_fields": to_json(after.fields)})
+                            "b_company": after.company, "b_tags": tags, "b_fields": to_json(after.fields),
+                            "b_search": _search(email, (after.first_name, after.last_name,
+                                                        after.company, tags))})
     _executemany(conn, update(lead).where(lead.c.id == bindparam("b_id")).values(
         first_name=bindparam("b_first"), last_name=bindparam("b_last"), company=bindparam("b_company"),
-        tags=bindparam("b_tags"), fields=bindparam("b_fields")), changes)
+        tags=bindparam("b_tags"), fields=bindparam("b_fields"), search=bindparam("b_search")), changes)
+
+
+def _search(email: str, values: tuple) -> str:
+    """lead.search for an address and its (first name, last name, company, tags, ...) values."""
+    return lead_search_text(dict(zip(SEARCH_FIELDS, (email, *values[:4]), strict=True)))
 
 
 def _executemany(conn: Connection, statement: Executable, rows: list[dict]) -> None:

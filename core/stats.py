@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
@@ -20,9 +21,64 @@ from models import (
     SchedulerLease,
     SendLog,
     SendStatus,
+    Suppression,
 )
 from storage.revision import HEAD, current_revision
 from storage.timeutil import utcnow
+
+
+@dataclass(frozen=True)
+class NextSend:
+    """When the scheduler will send next (UTC, None: not by itself) and why then.
+
+    why: "due" (at the interval's end, or now when overdue), "outside_window" (at the next
+    opening of the send window), "daily_cap" (the cap is reached: the first opening of a
+    later day), "paused", "not_active".
+    """
+
+    at: datetime | None
+    why: str
+
+
+def next_send(campaign: Campaign, now: datetime, sent_today: int = 0) -> NextSend:
+    """The scheduler's next send for a campaign as its claim would decide it (sender._check_campaign)."""
+    if campaign.status == CampaignStatus.PAUSED:
+        return NextSend(None, "paused")
+    if campaign.status != CampaignStatus.ACTIVE:
+        return NextSend(None, "not_active")
+    tz = ZoneInfo(campaign.timezone)
+    due = now
+    if campaign.last_claim_at is not None:
+        due = max(now, campaign.last_claim_at + timedelta(seconds=campaign.interval_seconds))
+    local = due.replace(tzinfo=UTC).astimezone(tz)
+    why = "due"
+    if campaign.daily_cap is not None and sent_today >= campaign.daily_cap:
+        local = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        why = "daily_cap"
+    opening = _window_opening(campaign, local)
+    if opening is None:
+        return NextSend(None, "outside_window")
+    if opening != local and why == "due":
+        why = "outside_window"
+    # A due time in the past would move with every page load: "now" is what it means.
+    at = opening.astimezone(UTC).replace(tzinfo=None)
+    return NextSend(at if at > now else now, why)
+
+
+def _window_opening(campaign: Campaign, local: datetime) -> datetime | None:
+    """The first moment at or after `local` inside the send window (None: the window is empty)."""
+    days = {int(d) for d in campaign.window_weekdays.split(",") if d.strip()}
+    start, end = campaign.window_start_hour, campaign.window_end_hour
+    for offset in range(8):
+        day = (local + timedelta(days=offset)).replace(hour=0, minute=0, second=0, microsecond=0)
+        if day.weekday() not in days:
+            continue
+        opens = day.replace(hour=start)
+        closes = day + timedelta(hours=end)  # end may be 24
+        if offset == 0 and local >= closes:
+            continue
+        return max(opens, local) if offset == 0 else opens
+    return None
 
 
 @dataclass
@@ -36,6 +92,7 @@ class Progress:
     skipped: int = 0
     last_sent_at: datetime | None = None
     next_due_at: datetime | None = None
+    next_send: NextSend | None = None  # when the scheduler sends next, and why not sooner
 
     @property
     def done_percent(self) -> int:
@@ -70,11 +127,20 @@ def progress(session: Session, campaigns: list[Campaign]) -> dict[int, Progress]
         result[campaign_id].total += count
     for campaign_id, at in session.execute(_LAST_SENT, ids):
         result[campaign_id].last_sent_at = at
+    now = utcnow()
     for c in campaigns:
+        result[c.id].next_send = next_send(c, now, _sent_today(session, c, now) if c.daily_cap else 0)
         if c.status == CampaignStatus.ACTIVE:
-            last = c.last_claim_at
-            result[c.id].next_due_at = last + timedelta(seconds=c.interval_seconds) if last else utcnow()
+            result[c.id].next_due_at = result[c.id].next_send.at
     return result
+
+
+def _sent_today(session: Session, campaign: Campaign, now: datetime) -> int:
+    """Claims since local midnight in the campaign's zone: what the daily cap counts (sender._SENT_SINCE)."""
+    local = now.replace(tzinfo=UTC).astimezone(ZoneInfo(campaign.timezone))
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC).replace(tzinfo=None)
+    return session.scalar(select(func.count()).select_from(SendLog).where(
+        SendLog.campaign_id == campaign.id, SendLog.created_at >= midnight))
 
 
 # What a send log table shows (templates/_sendlog_table.html), with the lead's address and
@@ -132,3 +198,47 @@ def operations_state(session: Session, now: datetime) -> dict[str, Any]:
     age = None if taken is None else int((now - datetime.fromisoformat(taken)).total_seconds())
     return {"schema": current_revision(conn), "schema_expected": HEAD,
             "last_backup_at": taken, "last_backup_age_seconds": age}
+
+
+@dataclass
+class VariantResult:
+    """One variant's outcome so far, keyed by (step, letter): step 1 until sequences exist."""
+
+    step: int
+    letter: str
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    unsubscribed: int = 0
+
+    @property
+    def unsubscribe_percent(self) -> float:
+        return round(100 * self.unsubscribed / self.sent, 1) if self.sent else 0.0
+
+
+def variant_results(session: Session, campaign_id: int) -> list[VariantResult]:
+    """Per-variant sent, failed, unknown and unsubscribed counts for A/B comparison."""
+    results: dict[str, VariantResult] = {}
+
+    def row(letter: str) -> VariantResult:
+        return results.setdefault(letter, VariantResult(1, letter))
+
+    # From send_log alone: the campaign page must not scan a million enrollments.
+    counted = [SendStatus.SENT, SendStatus.FAILED, SendStatus.UNKNOWN]
+    outcomes = session.execute(select(SendLog.variant_letter, SendLog.status, func.count())
+                               .where(SendLog.campaign_id == campaign_id, SendLog.status.in_(counted))
+                               .group_by(SendLog.variant_letter, SendLog.status))
+    for letter, status, n in outcomes:
+        setattr(row(letter), str(status), n)
+    # An unsubscribe link names its campaign (web/unsubscribe.py: detail "campaign <id>"), and
+    # only a lead who was sent the campaign has the link: its send_log row knows the variant.
+    unsubscribed = session.execute(
+        select(SendLog.variant_letter, func.count())
+        .join(Lead, Lead.id == SendLog.lead_id)
+        .join(Suppression, Suppression.email == Lead.email)
+        .where(SendLog.campaign_id == campaign_id, Suppression.reason == "unsubscribed",
+               Suppression.detail == f"campaign {campaign_id}")
+        .group_by(SendLog.variant_letter))
+    for letter, n in unsubscribed:
+        row(letter).unsubscribed = n
+    return [results[letter] for letter in sorted(results)]

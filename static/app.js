@@ -2,6 +2,18 @@
 (function () {
   "use strict";
 
+  // Phones show each table row as a card: every cell gets its column's name as a label.
+  document.querySelectorAll("table").forEach(function (table) {
+    var names = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+      return th.textContent.trim();
+    });
+    table.querySelectorAll("tbody tr").forEach(function (row) {
+      Array.prototype.forEach.call(row.children, function (cell, i) {
+        if (names[i] && !cell.hasAttribute("data-label")) { cell.setAttribute("data-label", names[i]); }
+      });
+    });
+  });
+
   // Selects marked data-autosubmit submit their form on change (language, preview lead).
   document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
     select.addEventListener("change", function () { select.form.submit(); });
@@ -22,24 +34,36 @@
     });
   });
 
-  // Dashboard: refresh progress and the scheduler line every 5 s.
+  // Dashboard and campaign page: refresh progress, its texts and the send times every 5 s.
+  var set = function (box, selector, value) {
+    box.querySelectorAll(selector).forEach(function (el) { el.textContent = value; });
+  };
+  var show = function (box, c) {
+    var bar = box.querySelector("progress");
+    if (bar) { bar.max = c.total || 1; bar.value = c.sent; }
+    ["failed", "skipped", "pending", "sending"].forEach(function (k) { set(box, "." + k, c[k]); });
+    set(box, "span.unknown", c.unknown);
+    set(box, ".sent-count", c.sent_text);
+    set(box, ".last-sent", c.last_sent);
+    set(box, ".next-send", c.next_send);
+  };
   var scheduler = document.getElementById("scheduler");
-  if (scheduler && scheduler.dataset.live) {
+  var single = document.getElementById("campaign-live");
+  var live = (scheduler && scheduler.dataset.live) || (single && single.dataset.live);
+  if (live) {
     setInterval(function () {
-      fetch(scheduler.dataset.live, { credentials: "same-origin" })
+      fetch(live, { credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.json() : null; })
         .then(function (data) {
           if (!data) { return; }
-          scheduler.classList.toggle("ok", data.scheduler.fresh);
-          scheduler.classList.toggle("bad", !data.scheduler.fresh);
+          if (scheduler) {
+            scheduler.classList.toggle("ok", data.scheduler.fresh);
+            scheduler.classList.toggle("bad", !data.scheduler.fresh);
+          }
           Object.keys(data.campaigns).forEach(function (id) {
-            var row = document.querySelector('tr[data-campaign="' + id + '"]');
-            var c = data.campaigns[id];
-            if (!row) { return; }
-            var bar = row.querySelector("progress");
-            bar.max = c.total || 1; bar.value = c.sent;
-            row.querySelector(".failed").textContent = c.failed;
-            row.querySelector(".skipped").textContent = c.skipped;
+            var box = single && single.dataset.campaign === id ? single
+              : document.querySelector('tr[data-campaign="' + id + '"]');
+            if (box) { show(box, data.campaigns[id]); }
           });
         })
         .catch(function () { /* offline: keep what is shown */ });
@@ -68,6 +92,56 @@
         .catch(function () { /* keep what is shown */ });
     }, 10000);
   }
+
+  // Session expired: the draft goes with the person through a new login and is put back
+  // into the same form afterwards (sessionStorage: this tab only, gone when it closes).
+  var draft = document.getElementById("draft");
+  var login = document.getElementById("login-again");
+  if (draft && login) {
+    login.addEventListener("click", function () {
+      var fields = [];
+      draft.querySelectorAll("[name]").forEach(function (el) {
+        if (el.name !== "csrf_token") { fields.push([el.name, el.value]); }
+      });
+      sessionStorage.setItem("draft:" + draft.dataset.back,
+                             JSON.stringify({ fields: fields, notice: draft.dataset.notice }));
+    });
+  }
+  var key = "draft:" + location.pathname + location.search;
+  var kept = !draft && sessionStorage.getItem(key);
+  var target = kept && document.querySelector("main form[method=post]");
+  if (target) {
+    sessionStorage.removeItem(key);
+    var saved = JSON.parse(kept);
+    var values = {};
+    saved.fields.forEach(function (pair) { (values[pair[0]] = values[pair[0]] || []).push(pair[1]); });
+    target.querySelectorAll("[name]").forEach(function (el) {
+      if (el.name === "csrf_token" || !(el.name in values)) { return; }
+      if (el.type === "checkbox" || el.type === "radio") {
+        el.checked = values[el.name].indexOf(el.value) >= 0;
+      } else { el.value = values[el.name][0]; }
+    });
+    var notice = document.createElement("p");
+    notice.className = "flash"; notice.setAttribute("role", "status"); notice.id = "draft-restored";
+    notice.textContent = saved.notice;
+    target.parentNode.insertBefore(notice, target);
+  }
+
+  // Variant editor: a merge field button inserts its field where the cursor was last.
+  var lastField = document.querySelector("#variant-form [name=body]");
+  document.querySelectorAll("#variant-form [name=subject], #variant-form [name=body]").forEach(function (el) {
+    el.addEventListener("focus", function () { lastField = el; });
+  });
+  document.querySelectorAll("button[data-insert]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      if (!lastField) { return; }
+      var text = button.dataset.insert, at = lastField.selectionStart, end = lastField.selectionEnd;
+      lastField.value = lastField.value.slice(0, at) + text + lastField.value.slice(end);
+      lastField.focus();
+      lastField.setSelectionRange(at + text.length, at + text.length);
+      lastField.dispatchEvent(new Event("input", { bubbles: true }));
+    });
+  });
 
   // Variant editor: live preview of the unsaved subject and body.
   var editor = document.getElementById("variant-form");

@@ -8,9 +8,13 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 
-from helpers import make_campaign
-from models import SendLog, User, db
+from conftest import SCREENSHOTS
+from delivery.tokens import make_token
+from delivery.transport import make_transport
+from helpers import make_campaign, make_unknown
+from models import Lead, SendLog, Trigger, User, Variant, db
 from procs import wait_for
+from sender import Settings, send_batch
 from storage.database import write_session
 
 pytestmark = pytest.mark.slow
@@ -203,3 +207,185 @@ def test_accounts_in_a_real_browser(page: Page, live_server, admin, app, browser
     screenshot("21-account")
     page.goto(f"{base}/")
     expect(page.locator("h1")).to_have_text("Kampanie")  # still logged in here
+
+
+DUPLICATES_CSV = ("email;imię;nazwisko\n"
+                  "anna@example.com;Anna;Nowak\n"
+                  "\n"
+                  "jan@example.com;Jan;Kowalski\n"
+                  "ANNA@example.com ;Anna;Wiśniewska\n"
+                  "zła-linia;X;Y\n")
+
+
+def test_import_lists_in_file_duplicates_and_downloads_the_rejected_rows(page: Page, live_server, admin,
+                                                                          engine, tmp_path, screenshot):
+    log_in(page, live_server)
+    page.goto(f"{live_server}/leads/import")
+    csv_file = tmp_path / "leady.csv"
+    csv_file.write_text(DUPLICATES_CSV, encoding="cp1250")
+    page.set_input_files("input[type=file]", str(csv_file))
+    page.click("text=Wczytaj plik")
+    page.click("button >> text=Importuj")
+    main = page.locator("main")
+    expect(main).to_contain_text("Nowe leady: 2")
+    expect(main).to_contain_text("Odrzucone: 2")
+    expect(main).to_contain_text("Puste wiersze (pominięte): 3")
+    row = page.locator("table tr", has_text="ten sam adres co w wierszu 2")
+    expect(row.locator("td").first).to_have_text("5")
+    expect(page.locator("table")).to_contain_text("nieprawidłowy e-mail 'zła-linia'")
+    screenshot("11-import-duplicates")
+    with page.expect_download() as download_info:
+        page.click("#rejected-csv")
+    data = download_info.value.path().read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf")  # Excel reads the Polish letters right only with the BOM
+    lines = data.decode("utf-8-sig").splitlines()
+    assert lines[0] == "line,reason" and lines[1] == "5,ten sam adres co w wierszu 2"
+    with engine.connect() as conn:
+        surname = conn.execute(select(Lead.last_name).where(Lead.email == "anna@example.com")).scalar()
+    assert surname == "Nowak"  # the later row did not overwrite her
+
+
+def _variant_body(engine, cid: int) -> str:
+    with engine.connect() as conn:
+        return conn.execute(select(Variant.body).where(Variant.campaign_id == cid,
+                                                       Variant.letter == "A")).scalar_one()
+
+
+def test_an_expired_session_keeps_the_draft_through_a_new_login(page: Page, live_server, admin, engine,
+                                                                 screenshot):
+    cid = make_campaign(engine, 1, start=False, variants="A")
+    log_in(page, live_server)
+    page.goto(f"{live_server}/campaigns/{cid}/variants/A")
+    draft = "Dzień dobry {{ first_name }},\npisałem to przez godzinę."
+    page.fill("textarea[name=body]", draft)
+    page.context.clear_cookies()  # the session is gone, as after a server restart or a long lunch
+    page.click("text=Zapisz wariant")
+    expect(page.locator("h1")).to_have_text("Sesja wygasła")
+    expect(page.locator(".flash.error")).to_contain_text("zaloguj się ponownie")
+    expect(page.locator("textarea[name=body]")).to_have_value(draft)
+    screenshot("12-session-expired")
+    page.click("#login-again")
+    page.fill("input[name=email]", "admin@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.click("button[type=submit] >> text=Zaloguj")
+    expect(page.locator("#draft-restored")).to_be_visible()
+    expect(page.locator("textarea[name=body]")).to_have_value(draft)
+    page.click("text=Zapisz wariant")
+    expect(page.locator(".flash.ok")).to_be_visible()
+    assert _variant_body(engine, cid).replace("\r\n", "\n") == draft  # browsers post CRLF
+
+
+def test_an_expired_csrf_token_keeps_the_draft_and_saves_it_again(page: Page, live_server, admin, engine):
+    cid = make_campaign(engine, 1, start=False, variants="A")
+    log_in(page, live_server)
+    page.goto(f"{live_server}/campaigns/{cid}/variants/A")
+    page.fill("textarea[name=body]", "Nowa treść")
+    page.eval_on_selector("#variant-form [name=csrf_token]", "el => el.value = 'expired'")
+    page.click("text=Zapisz wariant")
+    expect(page.locator("h1")).to_have_text("Sesja wygasła")
+    page.click("button >> text=Zapisz ponownie")
+    expect(page.locator(".flash.ok")).to_be_visible()
+    assert _variant_body(engine, cid) == "Nowa treść"
+
+
+def _no_sideways_scroll(page: Page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], (page.url, width)
+
+
+def test_phone_layout_keeps_status_and_the_unknown_row_actions(page: Page, live_server, admin, engine,
+                                                                smtp, screenshot):
+    cid = make_campaign(engine, 2, batch_size=2, interval=3600)
+    log_in(page, live_server)
+    page.goto(f"{live_server}/campaigns/{cid}")
+    page.click("#send-now")
+    expect(page.locator(".flash.ok")).to_be_visible()
+    make_unknown(engine)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{live_server}/campaigns/{cid}/log")
+    row = page.locator("tbody tr").first
+    expect(row.locator(".status.unknown")).to_be_visible()
+    expect(row.get_by_text("oznacz jako wysłaną")).to_be_visible()
+    expect(row.get_by_text("wyślij ponownie")).to_be_visible()
+    expect(row.locator("td[data-label='Status']")).to_be_visible()  # labelled: a card, not a bare cell
+    _no_sideways_scroll(page)
+    screenshot("13-phone-sendlog-unknown")
+    page.goto(f"{live_server}/")
+    campaign_row = page.locator("tr[data-campaign]").first
+    expect(campaign_row.locator(".status")).to_be_visible()
+    expect(campaign_row.locator("td.unknown")).to_be_visible()
+    expect(campaign_row.locator("td.failed")).to_have_attribute("data-label", "Nieudane")
+    _no_sideways_scroll(page)
+    screenshot("14-phone-dashboard")
+    page.goto(f"{live_server}/campaigns/{cid}/variants/A")
+    _no_sideways_scroll(page)
+    screenshot("15-phone-editor")
+
+
+def test_table_cells_never_break_inside_a_word_on_a_desktop(page: Page, live_server, admin, engine):
+    make_campaign(engine, 1)
+    log_in(page, live_server)
+    page.set_viewport_size({"width": 1366, "height": 768})
+    wraps = page.evaluate("""() => Array.from(document.querySelectorAll('th, td'))
+        .map(cell => getComputedStyle(cell).overflowWrap)""")
+    assert wraps and "anywhere" not in wraps
+    # Every header word fits on its line: a header is one line high unless it has several words.
+    heights = page.evaluate("""() => Array.from(document.querySelectorAll('thead th')).map(th => {
+        const r = document.createRange(); r.selectNodeContents(th);
+        return [th.textContent.trim(), r.getClientRects().length]; })""")
+    assert all(lines == 1 or " " in text for text, lines in heights), heights
+
+
+def test_the_dashboard_and_the_campaign_page_refresh_their_texts_live(page: Page, browser, live_server,
+                                                                      admin, app, engine, smtp):
+    cid = make_campaign(engine, 4, batch_size=2, interval=0)
+    log_in(page, live_server)
+    campaign_page = page.context.new_page()
+    campaign_page.goto(f"{live_server}/campaigns/{cid}")
+    expect(page.locator(f"tr[data-campaign='{cid}'] .sent-count")).to_have_text("Wysłano 0 z 4")
+    with app.app_context():
+        transport = make_transport(app.config)
+        send_batch(db.engine, Settings.from_config(app.config), transport, cid, Trigger.CLI)
+        transport.close()
+    # No reload: the 5-second refresh moves the words, not only the bar.
+    row = page.locator(f"tr[data-campaign='{cid}']")
+    expect(row.locator(".sent-count")).to_have_text("Wysłano 2 z 4", timeout=12_000)
+    expect(row.locator(".last-sent")).to_contain_text("(Europe/Warsaw)")
+    expect(campaign_page.locator("#campaign-live .sent-count")).to_have_text("Wysłano 2 z 4", timeout=12_000)
+    expect(campaign_page.locator("#campaign-live .pending")).to_have_text("2")
+    expect(campaign_page.locator("#campaign-live .last-sent")).to_contain_text("(Europe/Warsaw)")
+
+
+def test_every_page_at_both_sizes_in_polish_and_english(page: Page, live_server, admin, app, engine, smtp,
+                                                        screenshot):
+    """Screenshots of every page for a person to look at; a phone never scrolls sideways."""
+    cid = make_campaign(engine, 6, batch_size=3, interval=3600)
+    with app.app_context():
+        transport = make_transport(app.config)
+        send_batch(db.engine, Settings.from_config(app.config), transport, cid, Trigger.CLI)
+        transport.close()
+    make_unknown(engine)
+    token = make_token(app.config["SECRET_KEY"], "lead0005@example.com", cid)
+    pages = {"dashboard": "/", "campaign": f"/campaigns/{cid}", "settings": f"/campaigns/{cid}/edit",
+             "new-campaign": "/campaigns/new", "variant": f"/campaigns/{cid}/variants/A",
+             "sendlog": f"/campaigns/{cid}/log", "resolve": "/sends/1/resolve?action=mark-sent",
+             "leads": "/leads", "lead": "/leads/1", "lead-edit": "/leads/1/edit", "import": "/leads/import",
+             "suppressions": "/suppressions", "timeline": "/timeline", "not-found": "/no-such-page"}
+    log_in(page, live_server)
+    for language in ("pl", "en"):
+        if language == "en":
+            page.select_option("select[name=language]", "en")
+            expect(page.locator("header")).to_contain_text("Campaigns")
+        for size, (width, height) in (("desktop", (1366, 768)), ("phone", (390, 844))):
+            page.set_viewport_size({"width": width, "height": height})
+            for name, url in pages.items():
+                page.goto(f"{live_server}{url}")
+                expect(page.locator("h1")).to_be_visible()
+                if size == "phone":
+                    _no_sideways_scroll(page)
+                screenshot(f"all-{language}-{size}-{name}")
+    recipient = page.context.browser.new_page(viewport={"width": 390, "height": 844}, locale="pl-PL")
+    recipient.goto(f"{live_server}/u/{token}")
+    expect(recipient.locator(".brand")).to_have_text("Team")
+    recipient.screenshot(path=str(SCREENSHOTS / "all-pl-phone-unsubscribe.png"), full_page=True)
+    recipient.close()

@@ -30,7 +30,8 @@ def test_a_campaign_from_the_cli_end_to_end(runner, app, engine, smtp, tmp_path)
            "--body", "Hello from {{ company }}")
     out = runner.invoke(args=["import-leads", str(csv), "--campaign", cid])
     assert out.exit_code == 0
-    assert "imported 2, merged 1, rejected 1" in out.output
+    assert "imported 2, merged 0, rejected 2" in out.output
+    assert "line 5: same address as line 2" in out.output
     assert "line 3: invalid email 'not-an-address'" in out.output
     invoke(runner, "campaign", "start", cid)
     assert "campaign 1: sent 1" in invoke(runner, "send-due")

@@ -136,29 +136,38 @@ def test_quoted_commas_and_newlines_keep_line_numbers_physical(engine):
     assert stored["f@example.com"]["first_name"] == "Fi"  # trailing empty cells are not extra columns
 
 
-def test_duplicates_merge_by_normalized_address_in_file_and_database(engine):
+def test_a_repeated_address_in_the_file_is_rejected_and_the_database_lead_merges(engine):
     with immediate(engine) as conn:
         conn.execute(Lead.__table__.insert().values(email="jan@example.com", company="Old Co", tags="old",
                                                     fields={"city": "Gdańsk", "phone": "123"}))
         conn.execute(Lead.__table__.insert().values(email="other@example.com", first_name="Untouched",
                                                     fields={}))
     report = run_import(engine, corpus("duplicates.csv"))
-    # anna: new, then two later rows; jan: matches the database, then one later row.
-    assert counts(report) == (1, 4, 0)
+    # anna: new, her two later rows rejected; jan: matches the database, his later row rejected.
+    assert counts(report) == (1, 1, 3)
+    assert report.rejected == [(3, "same address as line 2"), (4, "same address as line 2"),
+                               (6, "same address as line 5")]
     stored = all_leads(engine)
     assert len(stored) == 3 and len(report.lead_ids) == 2
-    assert stored["anna@example.com"] == {"first_name": "Annie", "last_name": "", "company": "ACME",
-                                          "tags": "vip,warm,cold", "fields": {"city": "Kraków"}}
+    # The first row wins whole: no later row's surname or tag slips in.
+    assert stored["anna@example.com"] == {"first_name": "Anna", "last_name": "", "company": "",
+                                          "tags": "vip", "fields": {"city": "Kraków"}}
     assert stored["jan@example.com"] == {"first_name": "Jan", "last_name": "", "company": "Old Co",
-                                         "tags": "old,new",
+                                         "tags": "old",
                                          "fields": {"city": "Gdańsk", "phone": "123"}}
     assert stored["other@example.com"]["first_name"] == "Untouched"
+
+
+def test_blank_lines_between_rows_are_listed(engine):
+    report = run_import(engine, b"email\na@example.com\n\n  \nb@example.com\n\nc@example.com\n")
+    assert counts(report) == (3, 0, 0)
+    assert report.blank == [3, 4, 6]
 
 
 def test_lead_ids_are_distinct_and_in_file_order(engine):
     first = run_import(engine, b"email\nb@example.com\n")
     report = run_import(engine, b"email\na@example.com\nB@example.com\nA@example.com\nc@example.com\n")
-    assert counts(report) == (2, 2, 0)
+    assert counts(report) == (2, 1, 1)
     with engine.connect() as conn:
         ids = dict(conn.execute(select(Lead.email, Lead.id)).all())
     assert report.lead_ids == [ids["a@example.com"], first.lead_ids[0], ids["c@example.com"]]

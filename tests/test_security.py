@@ -79,7 +79,15 @@ ACCESS = {
     ("/campaigns/<int:campaign_id>/<any(pause, resume):action>", "POST"): (302, 302),
     ("/campaigns/<int:campaign_id>/send", "POST"): (302, 302),
     ("/campaigns/<int:campaign_id>/start", "POST"): (302, 302),
-    ("/campaigns/<int:campaign_id>/enroll", "POST"): (302, 302),
+    ("/campaigns/<int:campaign_id>/enroll", "POST"): (302, 200),  # no confirm: the count to confirm
+    ("/campaigns/<int:campaign_id>/duplicate", "POST"): (302, 302),
+    ("/campaigns/<int:campaign_id>/delete", "POST"): (302, 302),
+    ("/campaigns/<int:campaign_id>/archive", "POST"): (302, 302),
+    ("/campaigns/<int:campaign_id>/unarchive", "POST"): (302, 302),
+    ("/leads/<int:lead_id>/edit", "GET"): (302, 200),
+    ("/leads/<int:lead_id>/edit", "POST"): (302, 302),
+    ("/leads/<int:lead_id>/erase", "POST"): (302, 302),
+    ("/leads/<int:lead_id>/unenroll/<int:campaign_id>", "POST"): (302, 302),
     ("/campaigns/<int:campaign_id>/preview", "POST"): (302, 200),
     ("/campaigns/<int:campaign_id>/log", "GET"): (302, 200),
     ("/campaigns/<int:campaign_id>/timeline", "GET"): (302, 200),
@@ -671,7 +679,7 @@ def test_suppression_search_matches_only_literal_text(client, quick_user, engine
     for q in PAYLOADS:
         response = client.get("/suppressions", query_string={"q": q})
         assert response.status_code == 200, q
-        shown = {html.unescape(e) for e in re.findall(r"<tr><td>([^<]*)</td><td>manual</td>",
+        shown = {html.unescape(e) for e in re.findall(r"<tr><td>([^<]*)</td><td>dodany ręcznie</td>",
                                                       response.get_data(as_text=True))}
         assert shown == {email for email, _ in SEARCH_LEADS if q.strip().lower() in email}, q
     with engine.connect() as conn:

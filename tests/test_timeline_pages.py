@@ -115,7 +115,7 @@ def test_live_page_after_real_sends_shows_zero_duplicates(client, login, engine,
         html = client.get(url).get_data(as_text=True)
         assert re.search(r"<tr><th>[^<]*</th><td>4</td><td>4</td><td[^>]*>0</td>", html), url
         assert "0 duplikatów" in html
-    export = client.get("/timeline/export.csv").get_data(as_text=True).splitlines()
+    export = client.get("/timeline/export.csv").get_data().decode("utf-8-sig").splitlines()  # BOM for Excel
     assert export[0] == "time,campaign,lead,variant,status,trigger,worker" and len(export) == 5
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask_babel import format_datetime, ngettext
 from flask_babel import gettext as _
-from flask_babel import ngettext
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select, text
@@ -49,6 +50,42 @@ def utc_time(value: datetime | None) -> str:
     return value.isoformat(" ", "seconds") if value else "—"
 
 
+@bp.app_template_global()
+def zoned_time(value: datetime | None, zone: str, exact: bool = False) -> str:
+    """A stored (UTC) time in a campaign's zone, labelled with it: "pon. 30.11 09:00 (Europe/Warsaw)".
+
+    exact: to the second, with the year, for logs ("2026-11-30 09:00:07 (Europe/Warsaw)").
+    """
+    if value is None:
+        return "—"
+    local = value.replace(tzinfo=UTC).astimezone(ZoneInfo(zone))
+    if exact:
+        return f"{local:%Y-%m-%d %H:%M:%S} ({zone})"
+    return f"{format_datetime(local, 'EEE d.MM HH:mm', rebase=False)} ({zone})"
+
+
+@bp.app_template_global()
+def next_send_text(progress: stats.Progress, campaign: Campaign, scheduler_fresh: bool = True) -> str:
+    """When the next automatic send happens, and why not sooner, in the UI language."""
+    upcoming = progress.next_send
+    if upcoming is None or upcoming.why == "not_active":
+        return "—"
+    if upcoming.why == "paused":
+        return _("Paused — nothing is sent until the campaign is resumed")
+    if not scheduler_fresh:
+        return _("The scheduler is not running — nothing is sent automatically")
+    if upcoming.at is None:
+        return _("The send window has no hours on any day — nothing is sent automatically")
+    at = zoned_time(upcoming.at, campaign.timezone)
+    if upcoming.why == "outside_window":
+        return _("Outside the send window — next send %(at)s", at=at)
+    if upcoming.why == "daily_cap":
+        return _("Daily cap reached — next send %(at)s", at=at)
+    if upcoming.at <= utcnow():
+        return _("now (at the scheduler's next tick)")
+    return at
+
+
 class SendForm(FlaskForm):
     # One-time key: a double click sends one batch, not two. The label is never shown, but
     # without one WTForms translates a default, and Flask-WTF re-reads WTForms' catalog
@@ -60,8 +97,11 @@ class SendForm(FlaskForm):
 @login_required
 def dashboard():
     """Every campaign with its progress, and the scheduler's state in one line."""
-    all_campaigns = db.session.scalars(select(Campaign).order_by(Campaign.id.desc())).all()
-    return render_template("dashboard.html", campaigns=all_campaigns,
+    archived = request.args.get("archived") == "1"
+    shown = (Campaign.status == CampaignStatus.ARCHIVED) if archived else (
+        Campaign.status != CampaignStatus.ARCHIVED)
+    all_campaigns = db.session.scalars(select(Campaign).where(shown).order_by(Campaign.id.desc())).all()
+    return render_template("dashboard.html", campaigns=all_campaigns, archived=archived,
                            progress=stats.progress(db.session, all_campaigns),
                            scheduler=stats.scheduler_state(db.session))
 
@@ -72,9 +112,16 @@ def status_json():
     """What the dashboard's live refresh polls: progress and the scheduler line."""
     all_campaigns = db.session.scalars(select(Campaign)).all()
     progress = stats.progress(db.session, all_campaigns)
-    return jsonify(scheduler=stats.scheduler_state(db.session).as_json(), campaigns={
+    scheduler = stats.scheduler_state(db.session)
+    return jsonify(scheduler=scheduler.as_json(), campaigns={
         c.id: {"status": c.status, "percent": progress[c.id].done_percent, **{
-            k: getattr(progress[c.id], k) for k in ("total", "sent", "failed", "unknown", "skipped")}}
+            k: getattr(progress[c.id], k) for k in ("total", "sent", "failed", "unknown", "skipped",
+                                                     "pending", "sending")},
+               # The texts as the pages show them, so the live refresh moves words, not only bars.
+               "sent_text": _("%(sent)d of %(total)d sent", sent=progress[c.id].sent,
+                              total=progress[c.id].total),
+               "last_sent": zoned_time(progress[c.id].last_sent_at, c.timezone),
+               "next_send": next_send_text(progress[c.id], c, scheduler.fresh)}
         for c in all_campaigns})
 
 
@@ -84,9 +131,10 @@ def campaign(campaign_id: int):
     """One campaign: settings, progress, recent sends and the send button."""
     found = db.session.get(Campaign, campaign_id) or abort(404)
     recent = stats.send_rows(db.session, (SendLog.campaign_id == campaign_id,), 20)
-    return render_template("campaign.html", campaign=found,
+    return render_template("campaign.html", campaign=found, scheduler=stats.scheduler_state(db.session),
                            progress=stats.progress(db.session, [found])[campaign_id],
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
+                           results=stats.variant_results(db.session, campaign_id),
                            action=ActionForm(), active=found.status == CampaignStatus.ACTIVE)
 
 

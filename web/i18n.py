@@ -69,7 +69,7 @@ def N_(message: str) -> str:  # noqa: N802 - gettext's name for "extract this, t
 STATUS_LABELS = {
     "draft": N_("draft"), "active": N_("active"), "paused": N_("paused"), "finished": N_("finished"),
     "pending": N_("pending"), "sending": N_("sending"), "sent": N_("sent"), "retry": N_("retry"),
-    "failed": N_("failed"), "unknown": N_("unknown"), "skipped": N_("skipped"),
+    "failed": N_("failed"), "unknown": N_("unknown"), "skipped": N_("skipped"), "archived": N_("archived"),
 }
 
 
@@ -93,7 +93,11 @@ def select_locale() -> str:
     """The logged-in user's language, else this browser's choice, else Polish."""
     if current_user.is_authenticated and current_user.language in LANGUAGES:
         return current_user.language
-    return session.get("language") if session.get("language") in LANGUAGES else DEFAULT
+    if session.get("language") in LANGUAGES:
+        return session["language"]
+    if request.blueprint == "unsubscribe":  # a recipient, not our team: their browser's language
+        return request.accept_languages.best_match(LANGUAGES) or DEFAULT
+    return DEFAULT
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -31,24 +32,28 @@ def _decisions() -> dict:
     return {"decide_after": decide_after}
 
 
-def _parse_time(value: str | None) -> datetime | None:
+def _parse_time(value: str | None, zone: str) -> datetime | None:
+    """A filter's local time (typed in the campaign's zone) as the stored UTC."""
     try:
-        return datetime.fromisoformat(value) if value else None
+        local = datetime.fromisoformat(value) if value else None
     except ValueError:
         return None
+    if local is None:
+        return None
+    return local.replace(tzinfo=local.tzinfo or ZoneInfo(zone)).astimezone(UTC).replace(tzinfo=None)
 
 
-def _filtered(campaign_id: int, args) -> tuple:
-    conditions = [SendLog.campaign_id == campaign_id]
+def _filtered(campaign: Campaign, args) -> tuple:
+    conditions = [SendLog.campaign_id == campaign.id]
     if args.get("status") in set(SendStatus):
         conditions.append(SendLog.status == args["status"])
     if args.get("trigger") in set(Trigger):
         conditions.append(SendLog.trigger == args["trigger"])
     if args.get("variant"):
         conditions.append(SendLog.variant_letter == args["variant"].upper())
-    if start := _parse_time(args.get("from")):
+    if start := _parse_time(args.get("from"), campaign.timezone):
         conditions.append(SendLog.claimed_at >= start)
-    if end := _parse_time(args.get("to")):
+    if end := _parse_time(args.get("to"), campaign.timezone):
         conditions.append(SendLog.claimed_at < end)
     return tuple(conditions)
 
@@ -58,7 +63,7 @@ def _filtered(campaign_id: int, args) -> tuple:
 def index(campaign_id: int):
     """Every delivery row of a campaign, newest first, filtered by status/variant/trigger/time."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404)
-    conditions = _filtered(campaign_id, request.args)
+    conditions = _filtered(campaign, request.args)
     page = page_arg()
     total = db.session.scalar(select(func.count()).select_from(SendLog).where(*conditions))
     rows = stats.send_rows(db.session, conditions, PAGE_SIZE, (page - 1) * PAGE_SIZE)
