@@ -10,7 +10,8 @@ from __future__ import annotations
 from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, inspect
 from sqlalchemy.engine import Connection
 
-REVISIONS = ("0001", "0002", "0003", "0004", "0005")  # oldest first; 0001 is the schema of commit 3a618c4
+# Oldest first; 0001 is the schema of commit 3a618c4.
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 BASELINE = REVISIONS[0]  # what a database made before migrations existed is stamped with
 HEAD = REVISIONS[-1]  # the revision this code needs
 
