@@ -180,11 +180,16 @@ def track(claim: InFlight) -> None:
     """Start vouching for a claim until `untrack`; beats begin once it outlasts `every`."""
     global _beater_pid
     with _wake:
+        idle = not _flying
         _flying[claim.send_log_id] = claim
         if _beater_pid != os.getpid():  # none yet, or we are a forked child without it
             _beater_pid = os.getpid()
             threading.Thread(target=_beat_forever, name="claim-heartbeat", daemon=True).start()
-        _wake.notify()
+        elif idle:
+            # Only an idle thread waits without a timeout. A busy one wakes within `every`
+            # anyway, soon enough for a claim that needs its first beat only after `every`
+            # (a beat is stale after 3 x every); a wake-up per message cost a thread switch.
+            _wake.notify()
 
 
 def untrack(send_log_id: int) -> None:
