@@ -11,11 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import random
-import re
 import statistics
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from tests.helpers import csrf_token, logged_in_client
 
 CAMPAIGNS = [str(c) for c in range(1, 11)]
 STATUSES = ["SENT"] * 18 + ["FAILED", "OPENED"]
@@ -55,29 +56,18 @@ def _timed(client, url: str, repeats: int) -> dict:
             "p95_ms": warm[min(len(warm) - 1, round(0.95 * (len(warm) - 1)))]}
 
 
-def _csrf(html: bytes) -> str:
-    return re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1).decode()
-
-
 def run(rows: int, db_path: Path, config: dict, repeats: int = 15) -> dict:
     """Upload a `rows`-row log into a fresh database and time the upload and its views."""
     from app import create_app
-    from models import LegacyEvent, User, db
+    from models import LegacyEvent, db
     from storage import schema
-    from storage.database import write_session
 
     data = legacy_csv(rows)
     app = create_app(config | {"LEGACY_LOG_MAX_BYTES": 1 << 30})
     with app.app_context():
         schema.install(db.engine, db.metadata)
-    with app.app_context(), write_session(db.engine) as session:
-        user = User(email="bench@example.com")
-        user.set_password("bench password")
-        session.add(user)
-    client = app.test_client()
-    client.post("/login", data={"email": "bench@example.com", "password": "bench password",
-                                "csrf_token": _csrf(client.get("/login").data)})
-    token = _csrf(client.get("/timeline").data)
+    client = logged_in_client(app, "bench@example.com", "bench password")
+    token = csrf_token(client.get("/timeline").data)
     began = time.perf_counter()
     response = client.post("/timeline/legacy", data={"csrf_token": token, "tz": "UTC", "name": "bench",
                                                      "view": "recipient",

@@ -28,7 +28,11 @@ from timeline import legacy_log
 from timeline import reconcile as reconciling
 
 BACKUP_GLOB = "sendonce-*.db"
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def _stamp(moment: datetime) -> str:
+    """A UTC moment as the backup notes and the maintenance flag write it: YYYY-MM-DD HH:MM:SS."""
+    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
 
 
 def upgrade_database() -> str:
@@ -73,11 +77,11 @@ def backup_command(file: Path | None, keep: int | None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     found = _snapshot(target, taken)
     keys = _copy_keys(target)
-    manifest = {"taken_at": taken.strftime(TIME_FORMAT), "database": str(_live_path()),
+    manifest = {"taken_at": _stamp(taken), "database": str(_live_path()),
                 "revision": found.revision, "rows": found.counts, "key_files": keys}
     _private_write(target.with_name(target.name + ".json"), json.dumps(manifest, indent=2))
     try:  # for /healthz; the backup is made and sound whether or not this note gets written
-        files.write_meta(_live_path(), {"last_backup_at": taken.strftime(TIME_FORMAT),
+        files.write_meta(_live_path(), {"last_backup_at": _stamp(taken),
                                         "last_backup_file": str(target)})
     except sqlite3.Error as exc:
         echo(f"warning: the backup's time was not noted in the database ({exc}); /healthz "
@@ -96,7 +100,7 @@ def _snapshot(target: Path, taken: datetime) -> files.Verified:
     try:
         files.copy_database(_live_path(), partial)
         os.chmod(partial, 0o600)  # lead data: the owner's only
-        files.write_meta(partial, {"backup_taken_at": taken.strftime(TIME_FORMAT)})
+        files.write_meta(partial, {"backup_taken_at": _stamp(taken)})
         found = files.verify(partial)
     except files.BackupError as exc:
         partial.unlink(missing_ok=True)
@@ -155,7 +159,7 @@ def restore_command(file: Path, wait: int, yes: bool) -> None:
     if not yes:
         click.confirm(f"Replace everything in {live} with {file}?", abort=True)
     taken = (found.meta.get("backup_taken_at")  # a copy made otherwise: its file time, in UTC
-             or datetime.fromtimestamp(file.stat().st_mtime, UTC).strftime(TIME_FORMAT))
+             or _stamp(datetime.fromtimestamp(file.stat().st_mtime, UTC)))
     try:
         files.write_meta(live, {})  # can the live file take the maintenance flag at all?
     except sqlite3.Error as exc:
@@ -175,7 +179,7 @@ def restore_command(file: Path, wait: int, yes: bool) -> None:
 def _restore(file: Path, live: Path, taken: str, wait: int) -> tuple[Path, list[int]]:
     """Maintenance on, sends in flight drained, staged copy paused, old content aside, write in."""
     now = utcnow()
-    flag = {migrate.MAINTENANCE_KEY: f"restore of {file.name} started {now:{TIME_FORMAT}} UTC"}
+    flag = {migrate.MAINTENANCE_KEY: f"restore of {file.name} started {_stamp(now)} UTC"}
     files.write_meta(live, flag)  # from here on every claim, in every process, refuses
     staged = live.with_name(live.name + ".restore-staging")
     try:
@@ -199,7 +203,7 @@ def _drain(live: Path, wait: int) -> None:
     to a dead process (its row becomes `unknown`, whatever the restore does)."""
     stale = Settings.from_config(current_app.config).stale_seconds
     deadline = time.monotonic() + wait
-    while (busy := files.sends_in_flight(live, f"{utcnow() - timedelta(seconds=stale):{TIME_FORMAT}}")):
+    while (busy := files.sends_in_flight(live, _stamp(utcnow() - timedelta(seconds=stale)))):
         if time.monotonic() >= deadline:
             raise click.ClickException(f"not restored: {busy} sends are still in flight after {wait}s; "
                                        "stop the senders (or wait longer with --wait) and try again")

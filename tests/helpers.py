@@ -1,14 +1,15 @@
-"""Building campaigns for tests through the same functions the CLI uses."""
+"""Building campaigns for tests through the same functions the CLI uses; logging a client in."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from core import campaigns, importer, leads
-from models import SendLog
-from storage.database import immediate
+from models import SendLog, User, db
+from storage.database import immediate, write_session
 from storage.timeutil import utcnow
 
 
@@ -45,3 +46,25 @@ def make_unknown(engine, *, claimed_seconds_ago: float = 86_400) -> None:
     with immediate(engine) as conn:
         conn.execute(update(SendLog.__table__).values(
             status="unknown", claimed_at=utcnow() - timedelta(seconds=claimed_seconds_ago)))
+
+
+def csrf_token(html: bytes) -> str:
+    """The CSRF token a rendered form carries."""
+    return re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1).decode()
+
+
+def log_in(app, client, email: str = "admin@example.com", password: str = "correct horse"):
+    """Log `client` in as `email`, making that user first if it does not exist."""
+    with app.app_context(), write_session(db.engine) as session:
+        if not session.scalar(select(User).where(User.email == email)):
+            user = User(email=email)
+            user.set_password(password)
+            session.add(user)
+    token = csrf_token(client.get("/login").data)
+    client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+    return client
+
+
+def logged_in_client(app, email: str = "admin@example.com", password: str = "correct horse"):
+    """A new test client of `app`, logged in as `email`."""
+    return log_in(app, app.test_client(), email, password)

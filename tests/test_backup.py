@@ -17,15 +17,13 @@ from sqlalchemy import select, text
 
 from app import create_app
 from conftest import ROOT, env_for
-from helpers import make_campaign
-from models import Campaign, CampaignLead, SendLog, Trigger, User, db
+from helpers import logged_in_client, make_campaign
+from models import Campaign, CampaignLead, SendLog, Trigger, db
 from procs import spawn_workers, wait_all, wait_for
 from sender import claim_next
 from storage import backup
-from storage.database import write_session
 from storage.revision import HEAD
 from storage.timeutil import utcnow
-from test_web import csrf_token
 
 
 @pytest.fixture
@@ -137,14 +135,7 @@ def test_a_backup_taken_while_real_processes_send_restores_to_a_consistent_file(
 def export_csv(config, database: Path) -> bytes:
     """SendOnce's own timeline CSV export, downloaded by a logged-in person from `database`."""
     app = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}"})
-    with app.app_context(), write_session(db.engine) as session:
-        if not session.scalar(select(User).where(User.email == "ops@example.com")):
-            user = User(email="ops@example.com")
-            user.set_password("correct horse")
-            session.add(user)
-    client = app.test_client()
-    client.post("/login", data={"email": "ops@example.com", "password": "correct horse",
-                                "csrf_token": csrf_token(client.get("/login").data)})
+    client = logged_in_client(app, "ops@example.com")
     response = client.get("/timeline/export.csv")
     assert response.status_code == 200
     data = response.get_data()

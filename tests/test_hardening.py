@@ -31,12 +31,12 @@ from core.csvfile import neutralized
 from delivery import templating
 from delivery.lease import acquire
 from delivery.tokens import make_token
-from helpers import make_campaign
-from models import Campaign, CampaignLead, Lead, SendLog, Suppression, User, Variant, db
+from helpers import logged_in_client, make_campaign
+from models import Campaign, CampaignLead, Lead, SendLog, Suppression, Variant, db
 from procs import wait_for
 from smtp_sink import free_port
 from storage import schema
-from storage.database import immediate, write_session
+from storage.database import immediate
 from storage.timeutil import utcnow
 from test_security import quick_user, send_now  # noqa: F401 - a fixture
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
@@ -222,14 +222,8 @@ def test_database_outbox_and_uploads_are_private(tmp_path, smtp):
     with app.app_context():
         schema.install(db.engine, db.metadata)
         cid = make_campaign(db.engine, 1)
-        with write_session(db.engine) as session:
-            user = User(email="admin@example.com")
-            user.set_password("correct horse")
-            session.add(user)
     send_now(app, cid)
-    client = app.test_client()
-    client.post("/login", data={"email": "admin@example.com", "password": "correct horse",
-                                "csrf_token": csrf_token(client.get("/login").data)})
+    client = logged_in_client(app)
     token = csrf_token(client.get("/").data)
     lead_csv = (io.BytesIO(b"email\nx@example.com\n"), "a.csv")
     lead_upload = client.post("/leads/import", data={"csrf_token": token, "file": lead_csv})

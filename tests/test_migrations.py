@@ -19,12 +19,12 @@ from sqlalchemy import select, text
 from app import MIGRATIONS, create_app
 from conftest import app_config, env_for
 from core import campaigns
-from helpers import make_campaign
-from models import SchedulerLease, Trigger, User, db
+from helpers import log_in, make_campaign
+from models import SchedulerLease, Trigger, db
 from procs import reap, spawn_workers, wait_for
 from sender import Refusal, claim_next
 from storage import backup, migrate
-from storage.database import immediate, write_session
+from storage.database import immediate
 from storage.revision import BASELINE, HEAD, REVISIONS, current_revision, stamp
 from storage.timeutil import utcnow
 from test_web import csrf_token
@@ -213,13 +213,7 @@ def test_every_trigger_refuses_to_claim_on_a_schema_revision_it_does_not_know(
 
 
 def _press_send(app, client, engine, cid: int) -> str:
-    with app.app_context(), write_session(db.engine) as session:
-        user = User(email="admin@example.com")
-        user.set_password("correct horse")
-        session.add(user)
-    token = csrf_token(client.get("/login").data)
-    client.post("/login", data={"email": "admin@example.com", "password": "correct horse",
-                                "csrf_token": token})
+    log_in(app, client)
     page = client.get(f"/campaigns/{cid}").data
     form = {"csrf_token": csrf_token(page),
             "key": re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()}

@@ -64,6 +64,17 @@ def states(engine) -> tuple[str, str]:
                 conn.execute(select(CampaignLead.state)).scalar_one())
 
 
+def frozen_at_rcpt(engine, config, smtp):
+    """A one-lead campaign whose claimer process is SIGSTOPped while the server holds its
+    RCPT: claim committed, nothing sent. Returns (process, campaign id, the RCPT release)."""
+    arrived, release = held_at_rcpt(smtp)
+    cid = make_campaign(engine, 1, variants="A")
+    (claimer,) = spawn_workers(["once"], cid, env_for(config), delay=0)
+    assert arrived.wait(30), "the claimer never reached RCPT"
+    os.kill(claimer.pid, signal.SIGSTOP)
+    return claimer, cid, release
+
+
 def tick_now(app, engine, settings, cid, now=None):
     """What any other process's tick does: the sweep, then a batch (logical `now`)."""
     now = now or utcnow()
@@ -77,11 +88,7 @@ def tick_now(app, engine, settings, cid, now=None):
 
 @pytest.mark.slow
 def test_a_retryable_answer_after_the_sweep_is_sent_once_not_stranded(app, engine, settings, config, smtp):
-    arrived, release = held_at_rcpt(smtp)
-    cid = make_campaign(engine, 1, variants="A")
-    (claimer,) = spawn_workers(["once"], cid, env_for(config), delay=0)
-    assert arrived.wait(30), "the claimer never reached RCPT"
-    os.kill(claimer.pid, signal.SIGSTOP)  # frozen mid-SMTP, its claim committed
+    claimer, cid, release = frozen_at_rcpt(engine, config, smtp)
     try:
         later = row(engine).claimed_at + timedelta(seconds=settings.stale_seconds + 1)
         tick_now(app, engine, settings, cid, later)  # another process: sweep, nothing left
@@ -103,11 +110,7 @@ def test_a_retryable_answer_after_the_sweep_is_sent_once_not_stranded(app, engin
 
 @pytest.mark.slow
 def test_send_again_while_the_claimer_is_frozen_in_smtp_delivers_once(app, engine, settings, config, smtp):
-    arrived, release = held_at_rcpt(smtp)
-    cid = make_campaign(engine, 1, variants="A")
-    (claimer,) = spawn_workers(["once"], cid, env_for(config), delay=0)
-    assert arrived.wait(30), "the claimer never reached RCPT"
-    os.kill(claimer.pid, signal.SIGSTOP)  # frozen between RCPT and DATA
+    claimer, cid, release = frozen_at_rcpt(engine, config, smtp)
     try:
         # Frozen past its send deadline (2 s): when it wakes, DATA must not go out.
         time.sleep(settings.send_deadline + 0.5)

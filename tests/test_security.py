@@ -27,7 +27,7 @@ from core import campaigns, importer, leads
 from core.csvfile import quoted
 from delivery.tokens import make_token
 from delivery.transport import make_transport
-from helpers import make_campaign, make_unknown
+from helpers import logged_in_client, make_campaign, make_unknown
 from models import Campaign, Lead, SendLog, Suppression, Trigger, User, db
 from sender import Settings, send_batch
 from storage.database import immediate, write_session
@@ -499,13 +499,7 @@ def test_smtp_password_is_never_rendered_into_a_page(tmp_path):
             db.create_all()
             engine = db.engine
             cid = make_campaign(engine, 2, interval=3600)
-            with write_session(engine) as session:
-                user = User(email="admin@example.com")
-                user.set_password("correct horse")
-                session.add(user)
-        client = app.test_client()
-        client.post("/login", data={"email": "admin@example.com", "password": "correct horse",
-                                    "csrf_token": csrf_token(client.get("/login").data)})
+        client = logged_in_client(app)
         page = client.get(f"/campaigns/{cid}").data
         key = re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()
         sent = client.post(f"/campaigns/{cid}/send", data={"csrf_token": csrf_token(page), "key": key},

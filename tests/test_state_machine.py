@@ -97,18 +97,22 @@ class SendMachine(RuleBasedStateMachine):
             # while); or it froze before that re-check and may only hand the claim back.
             self.flying.append(Flight(taken, self.now, checked=checked and self._still_ours(taken)))
 
-    def _pick(self, index: int) -> Flight:
-        return self.flying[index % len(self.flying)]
+    def _pick(self, index: int, remove: bool = False) -> Flight | None:
+        """A claimer in flight by a drawn index (None when there is none: the pinned
+        sequences below may name a claimer that already stopped)."""
+        if not self.flying:
+            return None
+        at = index % len(self.flying)
+        return self.flying.pop(at) if remove else self.flying[at]
 
     @precondition(lambda self: self.flying)
     @rule(index=st.integers(0, 9))
     def final_dot(self, index):
-        if not self.flying:
-            return
         flight = self._pick(index)
+        if flight is None or flight.dot_sent or not flight.checked:
+            return
         # The transport never sends the dot after the send's deadline (counted from the claim).
-        late = self.now >= flight.claimed_at + timedelta(seconds=self.config.send_deadline)
-        if flight.dot_sent or not flight.checked or late:
+        if self.now >= flight.claimed_at + timedelta(seconds=self.config.send_deadline):
             return
         flight.dot_sent = True
         lead = flight.claim.lead_id
@@ -123,9 +127,9 @@ class SendMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.flying)
     @rule(index=st.integers(0, 9), kind=st.sampled_from(["answer", "lost", "refused", "bounced"]))
     def outcome(self, index, kind):
-        if not self.flying:
+        flight = self._pick(index, remove=True)
+        if flight is None:
             return
-        flight = self.flying.pop(index % len(self.flying))
         if flight.dot_sent:
             result = Result("sent", "250 ok") if kind != "lost" else Result("unknown", "lost after DATA")
         else:  # no dot: the server has nothing (a 4xx, a 5xx, or it gave up at its deadline)
@@ -137,11 +141,9 @@ class SendMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.flying)
     @rule(index=st.integers(0, 9))
     def heartbeat(self, index):
-        if not self.flying:
-            return
         flight = self._pick(index)
         longest = self.config.send_deadline + self.config.stale_seconds
-        if self.now < flight.claimed_at + timedelta(seconds=longest):
+        if flight is not None and self.now < flight.claimed_at + timedelta(seconds=longest):
             claim = flight.claim
             leases.beat(self.engine, [leases.InFlight(self.engine, claim.send_log_id, claim.worker,
                                                       claim.attempts, 1, 0, math.inf)], self.now)
@@ -149,10 +151,8 @@ class SendMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.flying)
     @rule(index=st.integers(0, 9), hand_back=st.booleans())
     def claimer_stops(self, index, hand_back):
-        if not self.flying:
-            return
-        flight = self.flying.pop(index % len(self.flying))
-        if hand_back and not flight.dot_sent:
+        flight = self._pick(index, remove=True)
+        if flight is not None and hand_back and not flight.dot_sent:
             # Woke before SMTP and found its claim or lease gone: certainly nothing sent.
             sender._release(self.engine, self.config, flight.claim, self.now)
         # else: kill -9, no outcome and no more beats

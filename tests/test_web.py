@@ -9,16 +9,12 @@ from sqlalchemy import select
 
 from app import create_app
 from core import campaigns
-from helpers import make_campaign
+from helpers import csrf_token, make_campaign
 from models import Campaign, User, db
 from storage.database import write_session
 from storage.revision import HEAD
 
 PUBLIC = {"static", "auth.login", "unsubscribe.unsubscribe", "views.healthz", "i18n.set_language"}
-
-
-def csrf_token(html: bytes) -> str:
-    return re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1).decode()
 
 
 @pytest.fixture
