@@ -215,20 +215,26 @@ class SendMachine(RuleBasedStateMachine):
         self.nobody_gets_two()
 
 
-@pytest.mark.slow
-def test_no_interleaving_sends_twice_or_strands_a_lead(tmp_path, smtp):
+@pytest.fixture
+def machine(tmp_path, smtp):
+    """SendMachine bound to a fresh database file of its own (one per test, reset per example)."""
     app = create_app(app_config(tmp_path / "machine.db", smtp.port, SMTP_TIMEOUT=10, RETRY_BASE_SECONDS=1))
     with app.app_context():
         schema.install(db.engine, db.metadata)
         SendMachine.engine = db.engine
         SendMachine.config = sender.Settings.from_config(app.config)
         try:
-            run_state_machine_as_test(SendMachine, settings=settings(
-                max_examples=300, stateful_step_count=30, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow]))
+            yield SendMachine
         finally:
             SendMachine.engine = None
             db.engine.dispose()
+
+
+@pytest.mark.slow
+def test_no_interleaving_sends_twice_or_strands_a_lead(machine):
+    runs = settings(max_examples=300, stateful_step_count=30, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+    run_state_machine_as_test(machine, settings=runs)
 
 
 # The issue's two interleavings, step by step on the same machine (the property search
@@ -250,19 +256,10 @@ INTERLEAVINGS = {
 
 
 @pytest.mark.parametrize("steps", INTERLEAVINGS.values(), ids=list(INTERLEAVINGS))
-def test_the_issues_interleavings(tmp_path, smtp, steps):
-    app = create_app(app_config(tmp_path / "machine.db", smtp.port, SMTP_TIMEOUT=10, RETRY_BASE_SECONDS=1))
-    with app.app_context():
-        schema.install(db.engine, db.metadata)
-        SendMachine.engine = db.engine
-        SendMachine.config = sender.Settings.from_config(app.config)
-        try:
-            machine = SendMachine()
-            for name, *args in steps:
-                getattr(machine, name)(*args)
-                machine.nobody_gets_two()
-                machine.nobody_is_stranded()
-            machine.teardown()
-        finally:
-            SendMachine.engine = None
-            db.engine.dispose()
+def test_the_issues_interleavings(machine, steps):
+    world = machine()
+    for name, *args in steps:
+        getattr(world, name)(*args)
+        world.nobody_gets_two()
+        world.nobody_is_stranded()
+    world.teardown()
