@@ -135,6 +135,9 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "OUTBOX_DIR": str(instance / "outbox"),
         # Made once, 0600, when SECRET_KEY is not configured; `flask backup` copies it.
         "SECRET_KEY_FILE": str(instance / "secret_key"),
+        # Mailbox passwords and tokens are encrypted with the keys in this file (0600, made
+        # on first use; storage/secrets.py). Back it up apart from the database.
+        "MAILBOX_KEY_FILE": str(instance / "secret.keys"),
         "SMTP_HOST": "localhost",
         "SMTP_PORT": 25,
         "SMTP_USERNAME": "",

@@ -89,6 +89,63 @@ class Trigger(enum.StrEnum):
     CLI = "cli"
 
 
+class MailboxStatus(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"  # by a person, or by SendOnce (bad credentials, failures in a row): pause_reason
+
+
+class Mailbox(db.Model):
+    """One sender mailbox (#16): who a message is from, how it travels, how much it may send.
+
+    The limits (daily cap with ramp-up, minimum gap) are checked inside the claim
+    transaction and count every campaign using the mailbox (sender.py's ledger). Secrets
+    (SMTP/IMAP password or XOAUTH2 token) are stored encrypted (storage/secrets.py) and are
+    never rendered back.
+    """
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")  # the From display name
+    address: Mapped[str] = mapped_column(String(320), unique=True)  # normalized
+    backend: Mapped[str] = mapped_column(String(16), default="smtp")  # smtp | outbox
+    smtp_host: Mapped[str] = mapped_column(String(255), default="localhost")
+    smtp_port: Mapped[int] = mapped_column(default=587)
+    smtp_security: Mapped[str] = mapped_column(String(16), default="starttls")  # none | starttls | ssl
+    smtp_username: Mapped[str] = mapped_column(String(320), default="")
+    auth_kind: Mapped[str] = mapped_column(String(16), default="password")  # password | xoauth2
+    smtp_secret: Mapped[str | None] = mapped_column(Text, default=None)  # encrypted password or token
+    imap_host: Mapped[str] = mapped_column(String(255), default="")
+    imap_port: Mapped[int] = mapped_column(default=993)
+    imap_security: Mapped[str] = mapped_column(String(16), default="ssl")  # none | starttls | ssl
+    imap_username: Mapped[str] = mapped_column(String(320), default="")
+    imap_secret: Mapped[str | None] = mapped_column(Text, default=None)  # encrypted
+    daily_cap: Mapped[int] = mapped_column(default=50)
+    min_gap_seconds: Mapped[int] = mapped_column(default=120)
+    # Ramp-up: ramp_start a day on ramp_from's day, + ramp_step each later day, up to daily_cap.
+    ramp_start: Mapped[int | None] = mapped_column(default=None)  # None: no ramp-up
+    ramp_step: Mapped[int] = mapped_column(default=0)
+    ramp_from: Mapped[datetime] = mapped_column(default=utcnow)
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Warsaw")  # whose midnight resets the cap
+    signature: Mapped[str] = mapped_column(Text, default="")  # the {{ signature }} merge field
+    status: Mapped[str] = mapped_column(String(16), default=MailboxStatus.ACTIVE)
+    pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The gap checkpoint: advanced by the claim, like campaign.last_claim_at.
+    last_send_at: Mapped[datetime | None] = mapped_column(default=None)
+    alert_sender: Mapped[bool] = mapped_column(default=False)  # alerts to the admins go out through it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)  # a changed mailbox gets a new connection
+
+
+# Which mailboxes a campaign sends through. A campaign with none sends through the app's
+# SMTP_* / MAIL_BACKEND configuration, unlimited by any mailbox (the set-up before #16).
+campaign_mailbox = Table(
+    "campaign_mailbox", db.metadata,
+    Column("campaign_id", Integer, ForeignKey("campaign.id"), primary_key=True),
+    Column("mailbox_id", Integer, ForeignKey("mailbox.id"), primary_key=True),
+)
+
+
 class Campaign(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -170,6 +227,10 @@ class CampaignLead(db.Model):
     variant_letter: Mapped[str] = mapped_column(String(2))
     state: Mapped[str] = mapped_column(String(16), default=EnrollmentState.PENDING)
     enrolled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Pinned by the lead's first claim and kept for every later message of the campaign
+    # (its thread); only a person moves it (core/mailboxes.move_leads). None: not sent yet,
+    # or a campaign without mailboxes.
+    mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailbox.id"), default=None)
 
     lead: Mapped[Lead] = relationship()
 
@@ -226,6 +287,8 @@ class SendLog(db.Model):
         # The campaign page's A/B results: counted from this index alone (~10 ms at 100,000
         # rows a campaign, against ~100 ms reading the rows), one more entry per send.
         Index("ix_send_log_campaign_status_variant", "campaign_id", "status", "variant_letter"),
+        # A mailbox's sends today, counted by every claim through it (its daily cap).
+        Index("ix_send_log_mailbox_claimed", "mailbox_id", "claimed_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -244,6 +307,7 @@ class SendLog(db.Model):
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     smtp_reply: Mapped[str | None] = mapped_column(Text, default=None)
     decided_by: Mapped[str | None] = mapped_column(String(320), default=None)
+    mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailbox.id"), default=None)  # sent through
 
     lead: Mapped[Lead] = relationship()
 
@@ -290,6 +354,39 @@ class ButtonPress(db.Model):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
     pressed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SendRequest(db.Model):
+    """A person's "send now" (#14 item 17): recorded by the click, carried out by the
+    process that holds the scheduler lease (never a thread in a web worker, which gunicorn
+    may kill mid-send). `key` is the form's one-time key: a double click records one request."""
+
+    __tablename__ = "send_request"
+    __table_args__ = (Index("ix_send_request_open", "finished_at", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
+    requested_by: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    picked_at: Mapped[datetime | None] = mapped_column(default=None)  # a sender started on it
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    sent: Mapped[int] = mapped_column(default=0)
+    outcome: Mapped[str] = mapped_column(Text, default="")  # why the batch stopped (Refusal)
+
+
+class Alert(db.Model):
+    """Something a person must know without watching the dashboard (#16): a mailbox paused,
+    new `unknown` sends, the scheduler lease unheld, a failed backup. One open alert per
+    (kind, key); e-mailed to the admins once, rate-limited (core/alerts.py)."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # mailbox_paused, unknown_sends, lease_unheld, backup_failed
+    key: Mapped[str] = mapped_column(String(100), default="")  # e.g. the mailbox id
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    emailed_at: Mapped[datetime | None] = mapped_column(default=None)
+    cleared_at: Mapped[datetime | None] = mapped_column(default=None)  # resolved, or dismissed by a person
 
 
 class Suppression(db.Model):

@@ -30,7 +30,8 @@ from storage.timeutil import utcnow
 from test_web import csrf_token
 
 FIXTURE = Path(__file__).with_name("data") / "db_3a618c4.sql"
-NEW_TABLES = {"alembic_version", "app_meta", "claim_heartbeat", "legacy_log", "legacy_event"}
+NEW_TABLES = {"alembic_version", "app_meta", "claim_heartbeat", "legacy_log", "legacy_event", "mailbox",
+              "campaign_mailbox", "send_request", "alert"}
 
 
 def load_fixture(path: Path) -> Path:
@@ -107,14 +108,21 @@ def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
     assert {t: [r[:len(before[t][0])] if before[t] else r for r in after[t]] for t in before} == before
     assert {r[-2:] for r in after["user"]} == {(0, 0)}  # session generation 0, not disabled
     assert after["alembic_version"] == [(HEAD,)] and set(after) - set(before) == NEW_TABLES
+    # Revision 0007: one mailbox per distinct sender address, every campaign linked to its
+    # sender's, every row sent before pinned to it (so nothing changes for these campaigns).
+    senders = {r[3].strip().lower() for r in before["campaign"]}
+    assert sorted(r[2] for r in after["mailbox"]) == sorted(senders)
+    assert len(after["campaign_mailbox"]) == len(before["campaign"])
+    assert all(r[-1] is not None for r in after["send_log"])
     assert backup.verify(path).revision == HEAD  # integrity, foreign keys, counts = recounts
     # New sends on the upgraded file: nobody sent (or maybe sent) before gets mail again,
     # and the trigger-kept counts still equal a recount afterwards.
     result = invoke(app, "send-due")
     assert result.exit_code == 0, result.output
     done_before = [r for r in before["send_log"] if r[4] in ("sent", "unknown")]
+    width = len(before["send_log"][0])  # the rows as they were, without the columns added since
     log_after = rows_of(path)["send_log"]
-    assert set(done_before) <= set(log_after)  # not one of them claimed again
+    assert set(done_before) <= {r[:width] for r in log_after}  # not one of them claimed again
     sent_now = sum(r[4] == "sent" for r in log_after) - sum(r[4] == "sent" for r in before["send_log"])
     assert sum(smtp.recorder.received.values()) == sent_now >= 10
     assert backup.verify(path).counts["send_log"] > len(before["send_log"])
@@ -246,7 +254,8 @@ def test_first_run_on_an_empty_file_builds_the_schema_by_the_migrations(tmp_path
     assert f"an empty database -> {HEAD}" in result.output
     made = schema_of(tmp_path / "new.db", skip=set())
     old = schema_of(load_fixture(tmp_path / "old.db"))
-    altered = {("table", "user"), ("table", "lead")}  # revisions 0004 and 0005 added columns
+    # Revisions 0004, 0005 and 0007 added columns.
+    altered = {("table", "user"), ("table", "lead"), ("table", "send_log"), ("table", "campaign_lead")}
     assert {k: v for k, v in made.items() if k in old and k not in altered} == {
         k: v for k, v in old.items() if k not in altered}  # the same tables as an upgraded file
     assert "session_generation" in made[("table", "user")] and "disabled" in made[("table", "user")]
