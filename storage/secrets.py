@@ -1,9 +1,9 @@
 """Mailbox secrets at rest: encrypted with keys kept in their own file under instance/.
 
-The key file (MAILBOX_KEY_FILE, by default instance/secret.keys, mode 0600) holds one Fernet key a line, newest first:
-a MultiFernet encrypts with the first and decrypts with any, so a key is rotated by
-adding a new first line and re-encrypting (`flask mailbox rotate-key`), then dropping the
-old line. The database alone (a backup, a copied file) reveals no password.
+The key file (MAILBOX_KEY_FILE, by default instance/secret.keys, mode 0600) holds one
+Fernet key a line, newest first: a MultiFernet encrypts with the first and decrypts with
+any, so a key is rotated by adding a new first line and re-encrypting (`flask mailbox
+rotate-key`), then dropping the old line. The database alone (a backup, a copied file) reveals no password.
 """
 
 from __future__ import annotations
