@@ -124,7 +124,8 @@ class Mailbox(db.Model):
     ramp_start: Mapped[int | None] = mapped_column(default=None)  # None: no ramp-up
     ramp_step: Mapped[int] = mapped_column(default=0)
     ramp_from: Mapped[datetime] = mapped_column(default=utcnow)
-    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Warsaw")  # whose midnight resets the cap
+    # Whose midnight starts a new day for the cap.
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Warsaw")
     signature: Mapped[str] = mapped_column(Text, default="")  # the {{ signature }} merge field
     status: Mapped[str] = mapped_column(String(16), default=MailboxStatus.ACTIVE)
     pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
@@ -381,7 +382,8 @@ class Alert(db.Model):
     (kind, key); e-mailed to the admins once, rate-limited (core/alerts.py)."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))  # mailbox_paused, unknown_sends, lease_unheld, backup_failed
+    # mailbox_paused, unknown_sends, lease_unheld, backup_failed
+    kind: Mapped[str] = mapped_column(String(32))
     key: Mapped[str] = mapped_column(String(100), default="")  # e.g. the mailbox id
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

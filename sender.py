@@ -103,6 +103,29 @@ P22 A process whose code and the database's schema revision differ (behind or ah
                ::test_an_old_worker_left_running_claims_nothing_once_the_schema_is_newer;
                test_backup::test_back_up_send_more_restore_reconcile_resume_every_lead_gets_exactly_one
 
+P23 A mailbox never sends more than its cap today (with ramp-up) nor sooner than its minimum gap after its
+    previous claim, counted over every campaign and process using it; the button skips a campaign's
+    interval, never a mailbox's cap or gap
+    kept by:   `_ready_mailboxes` and the mailbox checkpoint, inside `claim_next`
+    proven by: test_mailbox_engine::test_cap_and_gap_hold_across_campaigns_sharing_a_mailbox,
+               ::test_the_button_skips_the_campaign_interval_but_not_the_mailbox_gap_or_cap,
+               ::test_ramp_up_raises_the_cap_day_by_day;
+               races::test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin
+P24 A lead keeps the mailbox of its first claim (its retries, its later steps); only a person moves it
+    kept by:   campaign_lead.mailbox_id and send_log.mailbox_id set by the claim; the mailbox filter in
+               `_take_retry` / `_take_pending`; core.mailboxes.move_leads
+    proven by: test_mailbox_engine::test_a_retry_goes_out_through_the_pinned_mailbox_only,
+               ::test_leads_of_a_paused_mailbox_wait_and_move_only_when_a_person_moves_them;
+               races::test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin
+P25 A broken mailbox (bad credentials, failures in a row) pauses alone; its leads wait, the others go on
+    kept by:   `_count_failures` (per mailbox when the claim has one)
+    proven by: test_mailbox_engine::test_bad_credentials_pause_that_mailbox_only;
+               races::test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin
+
+A mailbox's limits cost nothing on a crash: its checkpoint (last_send_at) and the row that
+counts against its cap are written by the claim transaction itself, so a crash can only
+leave a mailbox under its cap (a claimed row that was never sent still counts), never over.
+
 How a crash at each step leaves the data:
 - during the claim transaction: rolled back, nothing happened;
 - after the claim committed, before SMTP finished: the row stays `sending`; `recover`
@@ -131,6 +154,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -142,6 +166,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
+from core import mailboxes
 from core.suppressions import suppress
 from delivery import lease as leases
 from delivery import messages, templating
@@ -156,9 +181,12 @@ from models import (
     ClaimHeartbeat,
     EnrollmentState,
     Lead,
+    Mailbox,
+    MailboxStatus,
     SendLog,
     SendStatus,
     Trigger,
+    campaign_mailbox,
 )
 from storage.database import immediate, run_sql, transaction
 from storage.migrate import claim_gate
@@ -173,6 +201,7 @@ _lead = Lead.__table__
 _press = ButtonPress.__table__
 _beat = ClaimHeartbeat.__table__
 _meta = AppMeta.__table__
+_mailbox = Mailbox.__table__
 
 _FINAL_STATE = {
     SendStatus.SENT: EnrollmentState.SENT,
@@ -227,6 +256,7 @@ class Claim:
     worker: str
     message_id: str  # the same on every attempt of this row; stored with the outcome
     deadline: float = math.inf  # time.monotonic(): the final dot is never sent after it
+    mailbox_id: int | None = None  # sent through; None: the app's configured transport
 
 
 @dataclass(frozen=True)
@@ -234,8 +264,8 @@ class Refusal:
     """Why a claim took nothing: code is stable (for UI messages), detail is for people."""
 
     code: str  # not_active, lease_lost, not_due, outside_window, daily_cap, nothing_due, finished,
-    #            already_pressed, schema_mismatch, maintenance; for a person's decision: not_unknown,
-    #            still_sending
+    #            already_pressed, schema_mismatch, maintenance, mailbox_limit, mailboxes_paused;
+    #            for a person's decision: not_unknown, still_sending
     detail: str = ""
 
     def __str__(self) -> str:
@@ -282,16 +312,26 @@ _CAMPAIGN = ("SELECT id, status, timezone, daily_cap, last_claim_at, interval_se
              "window_start_hour, window_end_hour, from_address FROM campaign WHERE id = ?")
 _SENT_SINCE = "SELECT count(*) FROM send_log WHERE campaign_id = ? AND created_at >= ?"
 _CHECKPOINT = "UPDATE campaign SET last_claim_at = ? WHERE id = ?"
+# {mailboxes}: "" for a campaign without mailboxes, else a filter to the rows unpinned or
+# pinned to a mailbox that may send now (ids are integers from the database, never input).
 _NEXT_RETRY = (
-    "SELECT l.id, l.lead_id, l.variant_letter, l.attempts, s.id IS NOT NULL, l.message_id FROM send_log l "
-    "JOIN lead ON lead.id = l.lead_id LEFT JOIN suppression s ON s.email = lead.email "
-    f"WHERE l.campaign_id = ? AND l.status = '{SendStatus.RETRY}' AND l.next_attempt_at <= ? "
+    "SELECT l.id, l.lead_id, l.variant_letter, l.attempts, s.id IS NOT NULL, l.message_id, l.mailbox_id "
+    "FROM send_log l JOIN lead ON lead.id = l.lead_id LEFT JOIN suppression s ON s.email = lead.email "
+    f"WHERE l.campaign_id = ? AND l.status = '{SendStatus.RETRY}' AND l.next_attempt_at <= ? {{mailboxes}}"
     "ORDER BY l.next_attempt_at LIMIT 1")
 _NEXT_PENDING = (
-    "SELECT e.id, e.lead_id, e.variant_letter, s.id IS NOT NULL FROM campaign_lead e "
+    "SELECT e.id, e.lead_id, e.variant_letter, s.id IS NOT NULL, e.mailbox_id FROM campaign_lead e "
     "JOIN lead ON lead.id = e.lead_id LEFT JOIN suppression s ON s.email = lead.email "
-    f"WHERE e.campaign_id = ? AND e.state = '{EnrollmentState.PENDING}' ORDER BY e.id LIMIT 1")
-_TAKE_PENDING = f"UPDATE campaign_lead SET state = ? WHERE id = ? AND state = '{EnrollmentState.PENDING}'"
+    f"WHERE e.campaign_id = ? AND e.state = '{EnrollmentState.PENDING}' {{mailboxes}}ORDER BY e.id LIMIT 1")
+_TAKE_PENDING = (f"UPDATE campaign_lead SET state = ?, mailbox_id = ? WHERE id = ? "
+                 f"AND state = '{EnrollmentState.PENDING}'")
+# A campaign's mailboxes and what their limits need; and a mailbox's claims since a moment.
+_CAMPAIGN_MAILBOXES = (
+    "SELECT m.id, m.address, m.status, m.daily_cap, m.min_gap_seconds, m.ramp_start, m.ramp_step, "
+    "m.ramp_from, m.timezone, m.last_send_at FROM campaign_mailbox cm JOIN mailbox m ON m.id = cm.mailbox_id "
+    "WHERE cm.campaign_id = ? ORDER BY m.id")
+_MAILBOX_SENT_SINCE = "SELECT count(*) FROM send_log WHERE mailbox_id = ? AND claimed_at >= ?"
+_MAILBOX_CHECKPOINT = "UPDATE mailbox SET last_send_at = ? WHERE id = ?"
 # The new row's id is chosen under the write lock (what SQLite itself would pick, max + 1)
 # so that its Message-ID, made from the id, is stored by the claim: a row that a crash
 # leaves `unknown` names the Message-ID a person can look up in the mail server's log.
@@ -300,8 +340,8 @@ INSTALLATION_KEY = "installation_id"
 _INSTALLATION = f"SELECT value FROM app_meta WHERE key = '{INSTALLATION_KEY}'"
 _NEW_LOG_ROW = (
     'INSERT INTO send_log (id, campaign_id, lead_id, variant_letter, status, attempts, "trigger", worker, '
-    f"lease_epoch, message_id, created_at, claimed_at) VALUES (?, ?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, "
-    "?, ?, ?, ?)")
+    "lease_epoch, message_id, created_at, claimed_at, mailbox_id) "
+    f"VALUES (?, ?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def _campaign_row(conn: Connection, campaign_id: int) -> _CampaignRow | None:
@@ -318,13 +358,15 @@ def _campaign_row(conn: Connection, campaign_id: int) -> _CampaignRow | None:
 def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Trigger,
                now: datetime, lease: leases.Lease | None = None,
                once_key: str | None = None, settle: Outcome | None = None,
-               conn: Connection | None = None) -> Claim | Refusal:
+               conn: Connection | None = None, mailbox_id: int | None = None) -> Claim | Refusal:
     """Take the next message of a campaign for this process, or say why not.
 
     `settle`: the previous message's outcome, stored first in the same transaction (one
     commit, one fsync, per message in a batch). It is stored whatever the claim decides,
     and before the checks, so a pause it causes stops this very claim.
     `conn`: an open connection to run the transaction on (a batch's); else a fresh one.
+    `mailbox_id`: only a message through this mailbox (a sending lane's); else through
+    whichever of the campaign's mailboxes has the most room today.
     """
     started = time.monotonic()  # the send's deadline counts from before the claim's commit
     with _writing(engine, conn) as conn:
@@ -340,14 +382,20 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
         refusal = _check_campaign(conn, campaign, trigger, now)
         if refusal is not None:
             return refusal
+        boxes = _ready_mailboxes(conn, campaign_id, mailbox_id, now)
+        if isinstance(boxes, Refusal):
+            return boxes
         taker = _Taker(campaign, trigger, now, leases.worker_id(), lease.epoch if lease else None,
-                       started + settings.send_deadline)
+                       started + settings.send_deadline, boxes)
         claim = _take_retry(conn, taker) or _take_pending(conn, taker)
         if claim is None:
-            return _finish_if_done(conn, settings, campaign_id, now)
-        # The pacing checkpoint advances in the claim itself (listmonk's lesson: never
+            return _finish_if_done(conn, settings, campaign_id, now) if mailbox_id is None else \
+                Refusal("nothing_due", f"nothing for mailbox {mailbox_id}")
+        # The pacing checkpoints advance in the claim itself (listmonk's lesson: never
         # after the send, or a crash in between lets the next tick send early).
         run_sql(conn, _CHECKPOINT, (_ts(now), campaign_id))
+        if claim.mailbox_id is not None:
+            run_sql(conn, _MAILBOX_CHECKPOINT, (_ts(now), claim.mailbox_id))
         return claim
 
 
@@ -361,9 +409,17 @@ def _writing(engine: Engine, conn: Connection | None) -> Iterator[Connection]:
             yield conn
 
 
+class _Box(NamedTuple):
+    """A mailbox that may send now: under its cap today and past its gap."""
+
+    id: int
+    address: str
+    left: int  # messages left today
+
+
 @dataclass(frozen=True)
 class _Taker:
-    """Who claims, when, for which campaign: what every claimed row records."""
+    """Who claims, when, for which campaign, through which mailboxes: what every claimed row records."""
 
     campaign: _CampaignRow
     trigger: Trigger
@@ -371,10 +427,56 @@ class _Taker:
     worker: str
     epoch: int | None
     deadline: float
+    boxes: list[_Box] | None  # None: the campaign has no mailboxes (the app's transport)
 
-    def claim(self, log_id: int, lead_id: int, letter: str, attempts: int, message_id: str) -> Claim:
+    def claim(self, log_id: int, lead_id: int, letter: str, attempts: int, message_id: str,
+              mailbox_id: int | None) -> Claim:
         return Claim(log_id, self.campaign.id, lead_id, letter, attempts, self.worker, message_id,
-                     self.deadline)
+                     self.deadline, mailbox_id)
+
+    def mailbox_filter(self, column: str) -> str:
+        """The SQL condition keeping rows unpinned or pinned to a mailbox that may send now."""
+        if self.boxes is None:
+            return ""
+        return f"AND ({column} IS NULL OR {column} IN ({', '.join(str(int(b.id)) for b in self.boxes)})) "
+
+    def mailbox_for(self, pinned: int | None) -> _Box | None:
+        """The pinned mailbox, or for a lead not pinned yet the one with the most room today."""
+        if self.boxes is None:
+            return None
+        return next(b for b in self.boxes if b.id == pinned) if pinned is not None else self.boxes[0]
+
+
+def _ready_mailboxes(conn: Connection, campaign_id: int, only: int | None,
+                     now: datetime) -> list[_Box] | Refusal | None:
+    """The campaign's mailboxes that may send now, most room today first; None: it has none.
+
+    Read inside the claim transaction, so every process and campaign sharing a mailbox
+    sees the claims before its own: caps and gaps cannot be overrun by a race.
+    """
+    rows = run_sql(conn, _CAMPAIGN_MAILBOXES, (campaign_id,)).fetchall()
+    if not rows:
+        return None
+    ready, waits = [], []
+    for (box_id, address, status, daily_cap, gap, ramp_start, ramp_step, ramp_from, zone, last) in rows:
+        if status != MailboxStatus.ACTIVE or (only is not None and box_id != only):
+            continue
+        cap = mailboxes.cap_today(daily_cap, ramp_start, ramp_step, datetime.fromisoformat(ramp_from),
+                                  zone, now)
+        _, day_start = mailboxes.local_day(zone, now)
+        used = run_sql(conn, _MAILBOX_SENT_SINCE, (box_id, _ts(day_start))).fetchone()[0]
+        free_at = last and datetime.fromisoformat(last) + timedelta(seconds=gap)
+        if used >= cap:
+            waits.append(f"{address}: {used}/{cap} today")
+        elif free_at and free_at > now:
+            waits.append(f"{address}: gap until {free_at:%Y-%m-%d %H:%M:%S} UTC")
+        else:
+            ready.append(_Box(box_id, address, cap - used))
+    if ready:
+        return sorted(ready, key=lambda b: (-b.left, b.id))
+    if not waits:
+        return Refusal("mailboxes_paused", "every mailbox of this campaign is paused")
+    return Refusal("mailbox_limit", "; ".join(waits))
 
 
 def _consume_key(conn: Connection, key: str, campaign_id: int, now: datetime) -> bool:
@@ -414,43 +516,51 @@ def in_window(campaign: Any, local: datetime) -> bool:
 
 
 def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
-    row = run_sql(conn, _NEXT_RETRY, (taker.campaign.id, _ts(taker.now))).fetchone()
+    sql = _NEXT_RETRY.format(mailboxes=taker.mailbox_filter("l.mailbox_id"))
+    row = run_sql(conn, sql, (taker.campaign.id, _ts(taker.now))).fetchone()
     if row is None:
         return None
-    log_id, lead_id, letter, attempts, suppressed, message_id = row
+    log_id, lead_id, letter, attempts, suppressed, message_id, pinned = row
     if suppressed:  # unsubscribed or bounced while waiting: never retry it
         conn.execute(update(_log).where(_log.c.id == log_id)
                      .values(status=SendStatus.FAILED, smtp_reply="suppressed before retry"))
         _set_enrollment(conn, taker.campaign.id, lead_id, EnrollmentState.SKIPPED)
         return None
+    box = taker.mailbox_for(pinned)
+    mailbox_id = box.id if box else pinned
     taken = conn.execute(
         update(_log).where(_log.c.id == log_id, _log.c.status == SendStatus.RETRY)
-        .values(status=SendStatus.SENDING, attempts=attempts + 1, worker=taker.worker,
+        .values(status=SendStatus.SENDING, attempts=attempts + 1, worker=taker.worker, mailbox_id=mailbox_id,
                 trigger=taker.trigger, lease_epoch=taker.epoch, claimed_at=taker.now, next_attempt_at=None)
     )
     if taken.rowcount != 1:  # impossible under BEGIN IMMEDIATE; refuse rather than guess
         return None
-    return taker.claim(log_id, lead_id, letter, attempts + 1, message_id)
+    return taker.claim(log_id, lead_id, letter, attempts + 1, message_id, mailbox_id)
 
 
 def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
     campaign_id = taker.campaign.id
+    sql = _NEXT_PENDING.format(mailboxes=taker.mailbox_filter("e.mailbox_id"))
     for _ in range(_SKIP_LIMIT):
-        row = run_sql(conn, _NEXT_PENDING, (campaign_id,)).fetchone()
+        row = run_sql(conn, sql, (campaign_id,)).fetchone()
         if row is None:
             return None
-        enrollment_id, lead_id, letter, suppressed = row
+        enrollment_id, lead_id, letter, suppressed, pinned = row
         state = EnrollmentState.SKIPPED if suppressed else EnrollmentState.SENDING
-        taken = run_sql(conn, _TAKE_PENDING, (state, enrollment_id))
+        box = None if suppressed else taker.mailbox_for(pinned)
+        # The lead is pinned to its mailbox by this very claim: its later messages follow.
+        mailbox_id = box.id if box else pinned
+        taken = run_sql(conn, _TAKE_PENDING, (state, mailbox_id, enrollment_id))
         if taken.rowcount != 1 or suppressed:
             continue
         # The unique indexes on send_log make the database itself refuse a second row.
         now = _ts(taker.now)
         log_id = run_sql(conn, _NEXT_LOG_ID).fetchone()[0]
-        msg_id = messages.message_id(log_id, campaign_id, taker.campaign.from_address, _installation(conn))
-        claim = taker.claim(log_id, lead_id, letter, 1, msg_id)
+        sender = box.address if box else taker.campaign.from_address  # the Message-ID's domain
+        msg_id = messages.message_id(log_id, campaign_id, sender, _installation(conn))
+        claim = taker.claim(log_id, lead_id, letter, 1, msg_id, mailbox_id)
         run_sql(conn, _NEW_LOG_ROW, (claim.send_log_id, campaign_id, lead_id, letter, taker.trigger,
-                                     taker.worker, taker.epoch, claim.message_id, now, now))
+                                     taker.worker, taker.epoch, claim.message_id, now, now, mailbox_id))
         return claim
     return None
 
@@ -512,13 +622,18 @@ class _Draft(NamedTuple):
     from_name: str
     subject: str
     body: str
+    signature: str  # the mailbox's ("" without one)
 
 
+# From: the claim's mailbox, or for a campaign without mailboxes the campaign's own sender.
 _DRAFT = (
     "SELECT lead.email, lead.first_name, lead.last_name, lead.company, lead.tags, lead.fields, "
-    "campaign.from_address, campaign.from_name, variant.subject, variant.body "
+    "coalesce(m.address, campaign.from_address), "
+    "CASE WHEN m.id IS NULL THEN campaign.from_name ELSE m.name END, "
+    "variant.subject, variant.body, coalesce(m.signature, '') "
     "FROM lead JOIN campaign ON campaign.id = :campaign "
-    "JOIN variant ON variant.campaign_id = campaign.id AND variant.letter = :letter WHERE lead.id = :lead")
+    "JOIN variant ON variant.campaign_id = campaign.id AND variant.letter = :letter "
+    "LEFT JOIN mailbox m ON m.id = :mailbox WHERE lead.id = :lead")
 # The claim token: this row, claimed by this worker at this attempt. Every write of an
 # outcome or a release is conditional on it, so a process that was frozen past the
 # sweep, or whose row a person re-queued, cannot overwrite what happened since.
@@ -600,16 +715,22 @@ def attempt(engine: Engine, settings: Settings, transport: Transport, claim: Cla
         # Certainly not sent: keep the lead for a retry and pause the campaign, so one bad
         # template does not burn through the list while nobody is looking.
         log.exception("cannot build message for send_log %s", claim.send_log_id)
-        result = Result(SendStatus.RETRY, f"message not built: {exc}", config_error=True)
+        result = Result(SendStatus.RETRY, f"message not built: {exc}", config_error=True, campaign_fault=True)
         outcome = Outcome(claim, result, clock(), stored=True)
         store(engine, settings, outcome)
         return outcome
     try:
-        result = transport.send(msg, draft.from_address, draft.email, claim.deadline)
+        result = route(transport, claim.mailbox_id).send(msg, draft.from_address, draft.email, claim.deadline)
     except Exception as exc:  # noqa: BLE001 - an unexpected transport error: cannot know
         log.exception("transport failed for send_log %s", claim.send_log_id)
         result = Result(SendStatus.UNKNOWN, f"transport error: {exc!r}")
     return Outcome(claim, result, clock(), stored=False)
+
+
+def route(transport: Any, mailbox_id: int | None) -> Transport:
+    """The transport for a mailbox: a pool's (delivery.transport.MailboxTransports), or the
+    one transport given (tests, bench: every mailbox alike)."""
+    return transport.for_mailbox(mailbox_id) if hasattr(transport, "for_mailbox") else transport
 
 
 def _read_for_send(conn: Connection, claim: Claim, lease: leases.Lease | None,
@@ -620,7 +741,7 @@ def _read_for_send(conn: Connection, claim: Claim, lease: leases.Lease | None,
     """
     with transaction(conn, immediate=False):
         row = run_sql(conn, _DRAFT, {"lead": claim.lead_id, "campaign": claim.campaign_id,
-                                     "letter": claim.variant_letter}).fetchone()
+                                     "letter": claim.variant_letter, "mailbox": claim.mailbox_id}).fetchone()
         status = run_sql(conn, _STATUS_IF_OURS, _token(claim)).fetchone()
         ours = status is not None and status[0] == SendStatus.SENDING
         ours = ours and (lease is None or leases.is_current(conn, lease, now))
@@ -635,6 +756,7 @@ def _compose(settings: Settings, claim: Claim, draft: _Draft | None):
     draft = draft._replace(fields=json.loads(draft.fields) if draft.fields else {})
     url = unsubscribe_url(settings.base_url, settings.secret_key, draft.email, claim.campaign_id)
     context = templating.lead_context(draft, url)
+    context["signature"] = draft.signature
     return messages.build_message(
         from_address=draft.from_address, from_name=draft.from_name,
         to_address=draft.email, to_name=f"{draft.first_name} {draft.last_name}".strip(),
@@ -705,7 +827,10 @@ def _store_in(conn: Connection, settings: Settings, outcome: Outcome) -> None:
         _requeued(conn, claim)
     if result.suppress:
         suppress(conn, _email_of(conn, claim.lead_id), "bounce", result.reply, now)
-    _count_failures(conn, settings, claim.campaign_id, status, result)
+    if claim.mailbox_id is not None and not result.campaign_fault:
+        _count_mailbox_failures(conn, settings, claim.mailbox_id, status, result)
+    else:
+        _count_failures(conn, settings, claim.campaign_id, status, result)
 
 
 def _until_stored(settings: Settings, claim: Claim, write: Callable[[], None]) -> None:
@@ -759,15 +884,42 @@ def _count_failures(conn: Connection, settings: Settings, campaign_id: int,
         log.error("campaign %s paused: %s", campaign_id, reason)
 
 
+_MAILBOX_OK = "UPDATE mailbox SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures != 0"
+
+
+def _count_mailbox_failures(conn: Connection, settings: Settings, mailbox_id: int,
+                            status: SendStatus, result: Result) -> None:
+    # A mailbox's failures are its own (its credentials, its server): it pauses alone, its
+    # leads wait for it (never moved: their thread would break), other mailboxes go on.
+    if status == SendStatus.SENT:
+        run_sql(conn, _MAILBOX_OK, (mailbox_id,))
+        return
+    if result.suppress:
+        return
+    where = _mailbox.c.id == mailbox_id
+    failures = conn.execute(update(_mailbox).where(where)
+                            .values(consecutive_failures=_mailbox.c.consecutive_failures + 1,
+                                    last_error=result.reply[:1000])
+                            .returning(_mailbox.c.consecutive_failures)).scalar_one()
+    if result.config_error or failures >= settings.pause_after_failures:
+        reason = (result.reply if result.config_error
+                  else f"{failures} failed sends in a row; last: {result.reply}")[:1000]
+        conn.execute(update(_mailbox).where(where, _mailbox.c.status == MailboxStatus.ACTIVE)
+                     .values(status=MailboxStatus.PAUSED, pause_reason=reason))
+        log.error("mailbox %s paused: %s", mailbox_id, reason)
+
+
 # --- batches, ticks, recovery ------------------------------------------------------
 
 
 def send_batch(engine: Engine, settings: Settings, transport: Transport, campaign_id: int,
                trigger: Trigger, *, lease: leases.Lease | None = None, limit: int | None = None,
-               once_key: str | None = None, clock: Callable[[], datetime] = utcnow) -> BatchResult:
+               once_key: str | None = None, clock: Callable[[], datetime] = utcnow,
+               mailbox_id: int | None = None) -> BatchResult:
     """Claim and send up to `limit` (default: the campaign's batch size) messages.
 
     `once_key` (the button's one-time key) is consumed by the batch's first claim.
+    `mailbox_id`: only through that mailbox (a sending lane); else any of the campaign's.
     """
     if limit is None:
         with engine.connect() as conn:
@@ -781,7 +933,7 @@ def send_batch(engine: Engine, settings: Settings, transport: Transport, campaig
                 # per message instead of two. If that transaction fails, nothing of it
                 # happened, and `finally` stores the answer on its own.
                 claim = claim_next(engine, settings, campaign_id, trigger, clock(), lease, once_key,
-                                   unsettled, conn)
+                                   unsettled, conn, mailbox_id)
                 if unsettled is not None:
                     leases.untrack(unsettled.claim.send_log_id)
                 once_key, unsettled = None, None
@@ -806,23 +958,65 @@ def send_batch(engine: Engine, settings: Settings, transport: Transport, campaig
 def tick(engine: Engine, settings: Settings, transport: Transport, lease: leases.Lease,
          trigger: Trigger = Trigger.SCHEDULER, campaign_id: int | None = None,
          clock: Callable[[], datetime] = utcnow) -> dict[int, BatchResult]:
-    """One bounded pass for the lease holder: recover, then one batch per due campaign."""
+    """One bounded pass for the lease holder: recover, then one batch per due campaign and lane.
+
+    A lane is one mailbox (its own SMTP connection), with the campaigns that send through
+    it; lanes run in parallel threads when `transport` is a pool (one transport per
+    mailbox), so throughput grows with the mailboxes. Every claim is still fenced by the
+    lease and checks the limits in its own transaction: parallel lanes change no guarantee.
+    """
     recover(engine, settings, clock())
+    plan = _lanes(engine, campaign_id)
+    results: dict[int, BatchResult] = {}
+
+    def lane(mailbox_id: int | None, campaign_ids: list[int]) -> list[tuple[int, BatchResult]]:
+        done = []
+        for cid in campaign_ids:
+            done.append((cid, send_batch(engine, settings, transport, cid, trigger, lease=lease,
+                                         clock=clock, mailbox_id=mailbox_id)))
+            if done[-1][1].stopped_by and done[-1][1].stopped_by.code == "lease_lost":
+                break
+        return done
+
+    try:
+        if len(plan) > 1 and hasattr(transport, "for_mailbox"):
+            with ThreadPoolExecutor(max_workers=len(plan), thread_name_prefix="sendonce-lane") as pool:
+                finished = [f.result() for f in [pool.submit(lane, m, cids) for m, cids in plan.items()]]
+        else:
+            finished = [lane(m, cids) for m, cids in plan.items()]
+        for cid, batch in (pair for done in finished for pair in done):
+            _merge(results.setdefault(cid, BatchResult()), batch)
+    finally:
+        transport.close()
+    return results
+
+
+def _lanes(engine: Engine, campaign_id: int | None) -> dict[int | None, list[int]]:
+    """Active campaigns by the mailbox that sends them: a lane per active mailbox; lane
+    None for campaigns without mailboxes (the app's transport) or with every one paused."""
     with engine.connect() as conn:
         query = select(_campaign.c.id).where(_campaign.c.status == CampaignStatus.ACTIVE)
         if campaign_id is not None:
             query = query.where(_campaign.c.id == campaign_id)
         ids = conn.execute(query.order_by(_campaign.c.id)).scalars().all()
-    results = {}
-    try:
-        for cid in ids:
-            results[cid] = send_batch(engine, settings, transport, cid, trigger,
-                                      lease=lease, clock=clock)
-            if results[cid].stopped_by and results[cid].stopped_by.code == "lease_lost":
-                break
-    finally:
-        transport.close()
-    return results
+        links = conn.execute(select(campaign_mailbox.c.campaign_id, campaign_mailbox.c.mailbox_id)
+                             .join(_mailbox, _mailbox.c.id == campaign_mailbox.c.mailbox_id)
+                             .where(_mailbox.c.status == MailboxStatus.ACTIVE)
+                             .order_by(campaign_mailbox.c.mailbox_id)).all()
+    by_campaign: dict[int, list[int]] = {}
+    for cid, mid in links:
+        by_campaign.setdefault(cid, []).append(mid)
+    plan: dict[int | None, list[int]] = {}
+    for cid in ids:
+        for mid in by_campaign.get(cid, [None]):
+            plan.setdefault(mid, []).append(cid)
+    return plan
+
+
+def _merge(into: BatchResult, batch: BatchResult) -> None:
+    into.outcomes.extend(batch.outcomes)
+    if into.stopped_by is None or (batch.stopped_by and batch.stopped_by.code == "lease_lost"):
+        into.stopped_by = batch.stopped_by
 
 
 def recover(engine: Engine, settings: Settings, now: datetime) -> int:

@@ -36,6 +36,7 @@ class Result:
     reply: str
     suppress: bool = False  # the server permanently refused this recipient
     config_error: bool = False  # e.g. bad credentials: every message would fail alike
+    campaign_fault: bool = False  # the campaign's own fault (a template): pause it, not the mailbox
 
 
 class Transport(Protocol):

@@ -138,24 +138,26 @@ def _one_mailbox_per_sender(conn):
             name = conn.execute(sa.text("SELECT from_name FROM campaign WHERE id = :id"),
                                 {"id": sender.first}).scalar() or ""
             mailbox_id = conn.execute(sa.text(
-                "INSERT INTO mailbox (name, address, backend, smtp_host, smtp_port, smtp_security, smtp_username, "
-                "auth_kind, smtp_secret, imap_host, imap_port, imap_security, imap_username, daily_cap, "
-                "min_gap_seconds, ramp_step, ramp_from, timezone, signature, status, consecutive_failures, "
-                "alert_sender, created_at, updated_at) VALUES (:name, :address, :backend, :host, :port, "
-                ":security, :username, 'password', :secret, '', 993, 'ssl', '', :cap, 0, 0, :now, "
+                "INSERT INTO mailbox (name, address, backend, smtp_host, smtp_port, smtp_security, "
+                "smtp_username, auth_kind, smtp_secret, imap_host, imap_port, imap_security, imap_username, "
+                "daily_cap, min_gap_seconds, ramp_step, ramp_from, timezone, signature, status, "
+                "consecutive_failures, alert_sender, created_at, updated_at) "
+                "VALUES (:name, :address, :backend, :host, :port, :security, :username, 'password', "
+                ":secret, '', 993, 'ssl', '', :cap, 0, 0, :now, "
                 "'Europe/Warsaw', '', 'active', 0, 0, :now, :now) RETURNING id"),
                 {"name": name, "address": sender.address, "backend": config["MAIL_BACKEND"],
                  "host": config["SMTP_HOST"], "port": int(config["SMTP_PORT"]),
                  "security": config["SMTP_SECURITY"], "username": config["SMTP_USERNAME"],
                  "secret": secret or None, "cap": UNLIMITED, "now": now}).scalar_one()
         ids = {"m": mailbox_id, "a": sender.address}
-        conn.execute(sa.text("INSERT INTO campaign_mailbox (campaign_id, mailbox_id) SELECT id, :m FROM campaign "
-                             "WHERE lower(trim(from_address)) = :a"), ids)
-        conn.execute(sa.text("UPDATE send_log SET mailbox_id = :m WHERE mailbox_id IS NULL AND campaign_id IN "
-                             "(SELECT id FROM campaign WHERE lower(trim(from_address)) = :a)"), ids)
+        conn.execute(sa.text("INSERT INTO campaign_mailbox (campaign_id, mailbox_id) SELECT id, :m "
+                             "FROM campaign WHERE lower(trim(from_address)) = :a"), ids)
+        conn.execute(sa.text("UPDATE send_log SET mailbox_id = :m WHERE mailbox_id IS NULL AND campaign_id "
+                             "IN (SELECT id FROM campaign WHERE lower(trim(from_address)) = :a)"), ids)
         conn.execute(sa.text(
             "UPDATE campaign_lead SET mailbox_id = :m WHERE mailbox_id IS NULL AND EXISTS (SELECT 1 FROM "
-            "send_log l WHERE l.campaign_id = campaign_lead.campaign_id AND l.lead_id = campaign_lead.lead_id) "
+            "send_log l WHERE l.campaign_id = campaign_lead.campaign_id "
+            "AND l.lead_id = campaign_lead.lead_id) "
             "AND campaign_id IN (SELECT id FROM campaign WHERE lower(trim(from_address)) = :a)"), ids)
 
 
