@@ -13,19 +13,22 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from datetime import UTC
 
 import pytest
 from sqlalchemy import func, select
 
 from conftest import ROOT, env_for
+from core import mailboxes
 from delivery import lease as leases
 from helpers import make_campaign
-from models import CampaignLead, SchedulerLease, SendLog
+from models import CampaignLead, Mailbox, SchedulerLease, SendLog
 from procs import reap, spawn_workers, wait_all, wait_for
 from sender import recover
+from storage.secrets import Vault
 from storage.timeutil import utcnow
-from tests.smtp_sink import free_port
+from tests.smtp_sink import SmtpSink, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +164,53 @@ def test_worker_killed_after_claim_leaves_unknown_and_is_not_resent(engine, smtp
     assert state == "unknown"
 
 
+
+
+def test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin(engine, config, app):
+    # Four mailboxes, each with its own SMTP server and login; two campaigns share two of
+    # them; the fourth has a wrong password. Ticks, cron and buttons race for 8 seconds.
+    cap, gaps = 8, [0.4, 0.4, 0, 0]
+    with ExitStack() as stack:
+        sinks = [stack.enter_context(SmtpSink(password=f"pw{i}")) for i in range(4)]
+        vault = Vault(app.config["MAILBOX_KEY_FILE"])
+        boxes = [mailboxes.create(engine, vault, name=f"Box {i}", address=f"box{i}@firma.pl", backend="smtp",
+                                  smtp_host="127.0.0.1", smtp_port=sink.port, smtp_security="none",
+                                  smtp_username=f"box{i}", smtp_password="wrong" if i == 3 else f"pw{i}",
+                                  daily_cap=cap, min_gap_seconds=gaps[i])
+                 for i, sink in enumerate(sinks)]
+        first, second = make_campaign(engine, 30, batch_size=3), make_campaign(engine, 30, batch_size=3)
+        mailboxes.link(engine, first, boxes[:3])
+        mailboxes.link(engine, second, boxes[1:])
+        env = {**env_for(config), "SENDONCE_WORKER_SECONDS": "8"}
+        procs = spawn_workers(["tick", "tick", "send-due", "button"], first, env)
+        procs += spawn_workers(["send-due", "button"], second, env)
+        wait_all(procs)
+
+        rows = {r.message_id: r for r in log_rows(engine)}
+        per_campaign_lead = Counter()
+        for i, sink in enumerate(sinks):
+            got = sink.recorder.messages
+            assert len(got) <= cap, f"mailbox {i} over its cap at its own server"
+            for message, (login, recipient) in zip(got, sink.recorder.logins, strict=True):
+                row = rows[message["Message-ID"]]
+                # Pinned: sent through this mailbox, logged in as it, From it, and the lead stays pinned.
+                assert (row.mailbox_id, login, message["From"].addresses[0].addr_spec) == (
+                    boxes[i], f"box{i}", f"box{i}@firma.pl")
+                per_campaign_lead[(row.campaign_id, recipient)] += 1
+        assert per_campaign_lead and max(per_campaign_lead.values()) == 1  # every lead once per campaign
+        assert [len(s.recorder.messages) for s in sinks] == [cap, cap, cap, 0]  # caps reached, never passed
+        by_box = {}
+        for row in sorted(rows.values(), key=lambda r: r.claimed_at):
+            by_box.setdefault(row.mailbox_id, []).append(row.claimed_at)
+        for i, box in enumerate(boxes[:2]):  # the gap, across both campaigns and every process
+            times = by_box[box]
+            assert min((b - a).total_seconds() for a, b in zip(times, times[1:])) >= gaps[i]
+        with engine.connect() as conn:
+            status = dict(conn.execute(select(Mailbox.id, Mailbox.status)).all())
+            pins = conn.execute(select(CampaignLead.campaign_id, CampaignLead.lead_id, CampaignLead.mailbox_id)
+                                .where(CampaignLead.mailbox_id.is_not(None))).all()
+        assert status == {boxes[0]: "active", boxes[1]: "active", boxes[2]: "active", boxes[3]: "paused"}
+        sent_through = {(r.campaign_id, r.lead_id): r.mailbox_id for r in rows.values()}
+        assert {(c, lead): m for c, lead, m in pins} == sent_through
+        # The race was real: more than one process claimed.
+        assert len({r.worker for r in rows.values()}) >= 2
