@@ -117,7 +117,8 @@ def test_a_retry_goes_out_through_the_pinned_mailbox_only(app, engine, settings)
     assert isinstance(later[2], Refusal) and later[2].code == "nothing_due"
     mailboxes.resume(engine, first)
     retried = claim_next(engine, settings, cid, Trigger.CLI, at(100))
-    assert (retried.lead_id, retried.mailbox_id, retried.send_log_id) == (claim.lead_id, first, claim.send_log_id)
+    assert (retried.lead_id, retried.mailbox_id) == (claim.lead_id, first)
+    assert retried.send_log_id == claim.send_log_id
 
 
 def test_leads_of_a_paused_mailbox_wait_and_move_only_when_a_person_moves_them(app, engine, settings):

@@ -204,11 +204,11 @@ def test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin(engin
             by_box.setdefault(row.mailbox_id, []).append(row.claimed_at)
         for i, box in enumerate(boxes[:2]):  # the gap, across both campaigns and every process
             times = by_box[box]
-            assert min((b - a).total_seconds() for a, b in zip(times, times[1:])) >= gaps[i]
+            assert min((b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)) >= gaps[i]
         with engine.connect() as conn:
             status = dict(conn.execute(select(Mailbox.id, Mailbox.status)).all())
-            pins = conn.execute(select(CampaignLead.campaign_id, CampaignLead.lead_id, CampaignLead.mailbox_id)
-                                .where(CampaignLead.mailbox_id.is_not(None))).all()
+            pins = conn.execute(select(CampaignLead.campaign_id, CampaignLead.lead_id,
+                                       CampaignLead.mailbox_id).where(CampaignLead.mailbox_id.is_not(None))).all()
         assert status == {boxes[0]: "active", boxes[1]: "active", boxes[2]: "active", boxes[3]: "paused"}
         sent_through = {(r.campaign_id, r.lead_id): r.mailbox_id for r in rows.values()}
         assert {(c, lead): m for c, lead, m in pins} == sent_through
