@@ -104,18 +104,34 @@ class Usage:
     campaigns: int
     alert_sender: bool
 
+    timezone: str = "Europe/Warsaw"
+
     @property
     def left_today(self) -> int:
         return max(0, self.cap_today - self.sent_today)
 
+    def free_at(self, now: datetime) -> datetime | None:
+        """When a claim may next go through it (naive UTC): now, after its gap, or at its
+        next local midnight when today's cap is used up; None while it is paused."""
+        if self.status != MailboxStatus.ACTIVE:
+            return None
+        if self.left_today == 0:
+            _, day_start = local_day(self.timezone, now + timedelta(days=1))
+            return max(day_start, now)
+        return self.next_free_at or now
 
-def overview(conn: Connection, now: datetime | None = None) -> list[Usage]:
-    """Every mailbox with today's sends against today's cap, by address."""
+
+def overview(conn: Connection, now: datetime | None = None, campaign_id: int | None = None) -> list[Usage]:
+    """Every mailbox (or a campaign's) with today's sends against today's cap, by address."""
     now = now or utcnow()
     linked = dict(conn.execute(select(campaign_mailbox.c.mailbox_id, func.count())
                                .group_by(campaign_mailbox.c.mailbox_id)).all())
+    query = select(_mailbox).order_by(_mailbox.c.address)
+    if campaign_id is not None:
+        query = query.where(_mailbox.c.id.in_(select(campaign_mailbox.c.mailbox_id)
+                                               .where(campaign_mailbox.c.campaign_id == campaign_id)))
     found = []
-    for row in conn.execute(select(_mailbox).order_by(_mailbox.c.address)):
+    for row in conn.execute(query):
         _, day_start = local_day(row.timezone, now)
         free = row.last_send_at and row.last_send_at + timedelta(seconds=row.min_gap_seconds)
         found.append(Usage(
@@ -123,7 +139,7 @@ def overview(conn: Connection, now: datetime | None = None) -> list[Usage]:
             sent_today(conn, row.id, day_start),
             cap_today(row.daily_cap, row.ramp_start, row.ramp_step, row.ramp_from, row.timezone, now),
             None if row.ramp_start is None else ramp_day(row.ramp_from, row.timezone, now),
-            free if free and free > now else None, linked.get(row.id, 0), row.alert_sender))
+            free if free and free > now else None, linked.get(row.id, 0), row.alert_sender, row.timezone))
     return found
 
 

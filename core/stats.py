@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from core import mailboxes
 from delivery import lease as leases
 from models import (
     AppMeta,
@@ -33,7 +34,8 @@ class NextSend:
 
     why: "due" (at the interval's end, or now when overdue), "outside_window" (at the next
     opening of the send window), "daily_cap" (the cap is reached: the first opening of a
-    later day), "paused", "not_active".
+    later day), "mailbox_limit" (every mailbox of the campaign is at its cap or in its gap:
+    when the first frees up), "mailboxes_paused", "paused", "not_active".
     """
 
     at: datetime | None
@@ -131,8 +133,24 @@ def progress(session: Session, campaigns: list[Campaign]) -> dict[int, Progress]
     for c in campaigns:
         result[c.id].next_send = next_send(c, now, _sent_today(session, c, now) if c.daily_cap else 0)
         if c.status == CampaignStatus.ACTIVE:
+            result[c.id].next_send = _mailbox_wait(session, c.id, now, result[c.id].next_send)
+        if c.status == CampaignStatus.ACTIVE:
             result[c.id].next_due_at = result[c.id].next_send.at
     return result
+
+
+def _mailbox_wait(session: Session, campaign_id: int, now: datetime, upcoming: NextSend) -> NextSend:
+    """The campaign's next send, later if its mailboxes are all at their cap or in their gap
+    (the claim checks them too: sender._ready_mailboxes), or never while all are paused."""
+    boxes = mailboxes.overview(session.connection(), now, campaign_id)
+    if not boxes or upcoming.at is None:
+        return upcoming
+    free = [at for at in (box.free_at(now) for box in boxes) if at is not None]
+    if not free:
+        return NextSend(None, "mailboxes_paused")
+    if min(free) > upcoming.at:
+        return NextSend(min(free), "mailbox_limit")
+    return upcoming
 
 
 def _sent_today(session: Session, campaign: Campaign, now: datetime) -> int:

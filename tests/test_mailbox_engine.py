@@ -3,17 +3,20 @@ failures that pause one mailbox (sender.py's ledger P23-P25)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
 
 from core import mailboxes
+from delivery import lease as leases
 from delivery.transport import Result, SmtpTransport
-from helpers import make_campaign
-from models import CampaignLead, Mailbox, SendLog, SendStatus, Trigger
+from helpers import logged_in_client, make_campaign
+from models import CampaignLead, Mailbox, SchedulerLease, SendLog, SendStatus, Trigger
 from sender import Claim, Refusal, claim_next, record, send_batch, tick
 from storage.database import immediate
 from storage.secrets import Vault
+from storage.timeutil import utcnow
 from tests.smtp_sink import SmtpSink
 
 NOW = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 11:00 in Warsaw
@@ -171,8 +174,6 @@ def test_bad_credentials_pause_that_mailbox_only(app, engine, settings):
 
 
 def test_lanes_send_through_every_mailbox_in_one_tick(app, engine, settings):
-    from delivery import lease as leases
-
     boxes = [add_mailbox(app, engine, f"box{i}@firma.pl") for i in range(3)]
     cid = make_campaign(engine, 9, batch_size=2)
     mailboxes.link(engine, cid, boxes)
@@ -201,3 +202,21 @@ def test_lanes_send_through_every_mailbox_in_one_tick(app, engine, settings):
     assert results[cid].sent == 6  # a batch of 2 per mailbox lane
     assert sorted(m for m, _ in sent_by) == sorted(boxes * 2)
     assert all(sender == f"box{boxes.index(m)}@firma.pl" for m, sender in sent_by)
+
+
+def test_the_pages_say_when_the_mailboxes_free_up_and_when_all_are_paused(app, engine, settings):
+    box = add_mailbox(app, engine, "anna@firma.pl", daily_cap=1)
+    cid = make_campaign(engine, 3)
+    mailboxes.link(engine, cid, [box])
+    assert isinstance(claim_next(engine, settings, cid, Trigger.BUTTON, utcnow()), Claim)  # the cap used up
+    with immediate(engine) as conn:  # a fresh heartbeat: the scheduler is running
+        conn.execute(SchedulerLease.__table__.insert().values(
+            name="scheduler", holder="vm:1:abc", epoch=1, heartbeat_at=utcnow(),
+            expires_at=utcnow() + timedelta(minutes=3)))
+    client = logged_in_client(app)
+    page = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    tomorrow = (utcnow().replace(tzinfo=UTC).astimezone(ZoneInfo("Europe/Warsaw")) + timedelta(days=1))
+    assert "Skrzynki osiągnęły limit — następna wysyłka" in page
+    assert f"{tomorrow.day}.{tomorrow:%m} 00:00 (Europe/Warsaw)" in page  # the mailbox's midnight
+    mailboxes.pause(engine, box, "by hand")
+    assert "Wszystkie skrzynki kampanii są wstrzymane" in client.get("/").get_data(as_text=True)

@@ -39,6 +39,9 @@ def refusal_text(refusal: Refusal) -> str:
         "schema_mismatch": _("this program and the database schema differ (%(detail)s)",
                              detail=refusal.detail),
         "maintenance": _("a restore is in progress (%(detail)s)", detail=refusal.detail),
+        "mailbox_limit": _("every mailbox of the campaign is at its daily cap or waiting out its gap "
+                           "(%(detail)s)", detail=refusal.detail),
+        "mailboxes_paused": _("every mailbox of the campaign is paused"),
     }
     return reasons.get(refusal.code, str(refusal))
 
@@ -72,6 +75,8 @@ def next_send_text(progress: stats.Progress, campaign: Campaign, scheduler_fresh
         return "—"
     if upcoming.why == "paused":
         return _("Paused — nothing is sent until the campaign is resumed")
+    if upcoming.why == "mailboxes_paused":
+        return _("Every mailbox of the campaign is paused — nothing is sent until one is resumed")
     if not scheduler_fresh:
         return _("The scheduler is not running — nothing is sent automatically")
     if upcoming.at is None:
@@ -81,6 +86,8 @@ def next_send_text(progress: stats.Progress, campaign: Campaign, scheduler_fresh
         return _("Outside the send window — next send %(at)s", at=at)
     if upcoming.why == "daily_cap":
         return _("Daily cap reached — next send %(at)s", at=at)
+    if upcoming.why == "mailbox_limit":
+        return _("Mailboxes at their limit — next send %(at)s", at=at)
     if upcoming.at <= utcnow():
         return _("now (at the scheduler's next tick)")
     return at
