@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.fleet import PYTHON, ROOT
-from core import campaigns, importer, leads
+from core import campaigns, importer, leads, mailboxes
 from models import User, db
 from storage import schema
 from storage.database import write_session
+from storage.secrets import Vault
 
 BODY = ("Dzień dobry {{ first_name }},\n\npiszę do {{ company }} w sprawie współpracy.\n\n"
         "Wypisz się: {{ unsubscribe_url }}\n")
@@ -51,6 +52,11 @@ def populate(app, args, rng: random.Random) -> Population:
                 members[(i + 1) % k].append(lead_id)
         enrollments = sum(map(len, members))
         batch = args.batch_size or auto_batch(enrollments, args)
+        boxes = [mailboxes.create(engine, Vault(app.config["MAILBOX_KEY_FILE"]), name=f"Chaos {n + 1}",
+                                  address=f"box{n + 1}@chaos-firma.pl", backend="smtp",
+                                  smtp_host=app.config["SMTP_HOST"], smtp_port=app.config["SMTP_PORT"],
+                                  smtp_security="none", daily_cap=10_000_000, min_gap_seconds=0)
+                 for n in range(args.mailboxes)]
         ids = []
         for c in range(k):
             cid = campaigns.create(engine, name=f"chaos {c + 1}", from_name="SendOnce Chaos",
@@ -59,6 +65,7 @@ def populate(app, args, rng: random.Random) -> Population:
             for letter in "AB":
                 campaigns.add_variant(engine, cid, letter, f"{letter}: {{{{ first_name }}}}, pytanie", BODY)
             leads.enroll(engine, cid, members[c])
+            mailboxes.link(engine, cid, boxes)  # every campaign through every mailbox: shared lanes
             campaigns.start(engine, cid)
             ids.append(cid)
         users = [(f"admin{n}@sendonce.test", f"chaos-password-{n}-{rng.getrandbits(32)}")

@@ -382,6 +382,19 @@ def check_fencing(ev: Evidence) -> Check:
     return check
 
 
+def check_pins(ev: Evidence) -> Check:
+    """Every message went through the mailbox its lead is pinned to (never moved silently)."""
+    check = Check("each lead's message went through its pinned mailbox")
+    pinned = {(e["campaign_id"], e["lead_id"]): e["mailbox_id"] for e in ev.enrollments}
+    for row in ev.logs.values():
+        pin = pinned.get((row["campaign_id"], row["lead_id"]))
+        if row["mailbox_id"] != pin:
+            check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: sent through mailbox "
+                                    f"{row['mailbox_id']}, pinned to {pin}")
+    check.detail = f"{len({r['mailbox_id'] for r in ev.logs.values()})} mailboxes used"
+    return check
+
+
 def _clock(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S.%f")[:-3]
 
@@ -391,4 +404,4 @@ def run_checks(ev: Evidence) -> list[Check]:
     return [check_final_states(ev), check_at_most_once(ev), check_sent_equals_accepted(ev),
             check_unknown_explained(ev), check_no_pending(ev), check_suppressed(ev),
             check_integrity(ev), check_double_submits(ev), check_fencing(ev), check_paused(ev),
-            check_derived_counts(ev)]
+            check_derived_counts(ev), check_pins(ev)]

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--leads", type=int, default=5000)
     p.add_argument("--campaigns", type=int, default=4)
     p.add_argument("--overlap", type=float, default=0.2, help="share of leads in two campaigns")
+    p.add_argument("--mailboxes", type=int, default=3,
+                   help="sender mailboxes every campaign sends through (0: the app's SMTP settings)")
     p.add_argument("--batch-size", type=int, default=0, help="0: sized to last the run")
     p.add_argument("--workers", type=int, default=3, help="gunicorn workers (each with a scheduler)")
     p.add_argument("--clients", type=int, default=3, help="HTTP admins pressing the button")
@@ -120,6 +122,10 @@ def open_work(db_path: Path) -> int:
 
 def paused_campaigns(db_path: Path) -> list[int]:
     return [row[0] for row in query(db_path, "SELECT id FROM campaign WHERE status = 'paused'")]
+
+
+def paused_mailboxes(db_path: Path) -> list[int]:
+    return [row[0] for row in query(db_path, "SELECT id FROM mailbox WHERE status = 'paused'")]
 
 
 def progress_line(db_path: Path, started: float, journal: Journal) -> str:
@@ -232,7 +238,7 @@ class ChaosRun:
 
     def drain(self) -> None:
         """Faults off, resume what is paused, tick until nothing is open (bounded in time)."""
-        from core import campaigns
+        from core import campaigns, mailboxes
         from models import Trigger, db
 
         self.smtp.send_signal(signal.SIGUSR1)
@@ -251,6 +257,9 @@ class ChaosRun:
                     except campaigns.CampaignError:
                         pass
                     change.ended = time.time()
+                for mailbox_id in paused_mailboxes(self.db_path):  # failures in a row paused it
+                    mailboxes.resume(db.engine, mailbox_id)
+                    resumed += 1
             results = ticker.tick(Trigger.CLI) or {}
             ticks += 1
             if not any(batch.outcomes for batch in results.values()):

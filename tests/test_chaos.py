@@ -52,7 +52,7 @@ def test_short_chaos_run_keeps_every_promise(tmp_path):
     broken = {c["name"]: c["violations"][:20] for c in report["checks"] if not c["ok"]}
     assert broken == {}, out[-6000:]
     assert code == 0 and "SendOnce chaos run: PASS" in out
-    assert len(report["checks"]) == 11
+    assert len(report["checks"]) == 12  # incl. the mailbox pins (every campaign through 3 mailboxes)
     # The chaos really happened (the killer kills something every round of ~4 s).
     journal = [json.loads(line) for line in (workdir / "journal.jsonl").read_text().splitlines()]
     assert any(item["action"] == "SIGKILL" and item["note"] == "chaos" for item in journal)
