@@ -180,7 +180,9 @@ def test_signature_is_a_known_merge_field_before_the_first_send(app, engine):
 def test_the_editor_accepts_the_signature_field(app, engine, client):
     campaign_id = make_campaign(engine, 1, start=False, variants="A")
     log_in(app, client)
-    token = csrf_token(client.get(f"/campaigns/{campaign_id}/variants/A").data)
+    form = client.get(f"/campaigns/{campaign_id}/variants/A").data
+    assert b'data-insert="{{ signature }}"' in form  # offered beside the other fields
+    token = csrf_token(form)
     page = client.post(f"/campaigns/{campaign_id}/variants/A", data={
         "csrf_token": token, "letter": "A", "subject": "Hej", "weight": "1",
         "body": "Hej {{ first_name }}\n{{ signature }}"}, follow_redirects=True).get_data(as_text=True)
