@@ -17,6 +17,8 @@ from email.policy import SMTP
 from email.utils import formataddr, formatdate
 from functools import lru_cache
 
+import idna
+
 # RFC 5322 allows 998 characters a line; the default 78 would fold a long unsubscribe
 # URL into an encoded word, which no mail client can follow.
 MAIL_POLICY = SMTP.clone(max_line_length=998)
@@ -38,9 +40,30 @@ def message_id(send_log_id: int, campaign_id: int, from_address: str, installati
     message whose Message-ID they already hold, and replies are matched by it. So: the
     installation's random id plus a random part of the row's own.
     """
-    domain = from_address.rpartition("@")[2] or "sendonce.invalid"
     unique = f"{secrets.token_hex(6)}.{installation}"
-    return f"<sendonce.{campaign_id}.{send_log_id}.{unique}@{one_line(domain)}>"
+    return f"<sendonce.{campaign_id}.{send_log_id}.{unique}@{id_domain(from_address)}>"
+
+
+_DOT_ATOM_DOMAIN = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")
+NO_DOMAIN = "sendonce.invalid"  # a Message-ID's domain when the address has no usable one
+
+
+@lru_cache(maxsize=256)
+def id_domain(address: str) -> str:
+    """The right-hand side of a Message-ID for mail from `address`: its domain, in ASCII.
+
+    A Message-ID header is ASCII (RFC 5322 3.6.4): an internationalized domain such as
+    przykład.pl goes in as its punycode A-label (xn--przykad-rjb.pl), as DNS knows it;
+    a domain that is not one (empty, a space, an address literal) gives NO_DOMAIN.
+    """
+    _local, at, domain = one_line(address).rpartition("@")
+    if not at:
+        return NO_DOMAIN
+    try:
+        ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return NO_DOMAIN
+    return ascii_domain if _DOT_ATOM_DOMAIN.fullmatch(ascii_domain) else NO_DOMAIN
 
 
 def new_installation_id() -> str:
@@ -50,8 +73,7 @@ def new_installation_id() -> str:
 
 def test_message_id(from_address: str) -> str:
     """A fresh Message-ID for a test send (never stored, never counted)."""
-    domain = from_address.rpartition("@")[2] or "sendonce.invalid"
-    return f"<sendonce.test.{secrets.token_hex(8)}@{one_line(domain)}>"
+    return f"<sendonce.test.{secrets.token_hex(8)}@{id_domain(from_address)}>"
 
 
 def build_message(

@@ -297,8 +297,8 @@ class TemplateProblem:
         return f"{self.variant}/{self.part}{who}: {self.message}"
 
 
-def lead_context(lead: Any, unsubscribe_url: str) -> dict[str, Any]:
-    """The merge fields a template sees for one lead."""
+def lead_context(lead: Any, unsubscribe_url: str, signature: str = "") -> dict[str, Any]:
+    """The merge fields a template sees for one lead, `signature` being its mailbox's."""
     fields = dict(lead.fields or {})
     context: dict[str, Any] = {key: value for key, value in fields.items() if key.isidentifier()}
     context.update(
@@ -309,6 +309,10 @@ def lead_context(lead: Any, unsubscribe_url: str) -> dict[str, Any]:
         tags=lead.tags or "",
         fields=fields,
         unsubscribe_url=unsubscribe_url,
+        # The operator's plain text, put in as it is: the body is text/plain (no HTML part
+        # to escape for) and a value is never rendered again, so braces in it stay text.
+        # Always defined ("" without a mailbox), so `{{ signature }}` passes validation.
+        signature=signature or "",
     )
     return context
 
