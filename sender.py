@@ -755,8 +755,7 @@ def _compose(settings: Settings, claim: Claim, draft: _Draft | None):
         raise LookupError("the lead, campaign or variant of this send no longer exists")
     draft = draft._replace(fields=json.loads(draft.fields) if draft.fields else {})
     url = unsubscribe_url(settings.base_url, settings.secret_key, draft.email, claim.campaign_id)
-    context = templating.lead_context(draft, url)
-    context["signature"] = draft.signature
+    context = templating.lead_context(draft, url, signature=draft.signature)
     return messages.build_message(
         from_address=draft.from_address, from_name=draft.from_name,
         to_address=draft.email, to_name=f"{draft.first_name} {draft.last_name}".strip(),

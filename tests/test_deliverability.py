@@ -20,13 +20,13 @@ import pytest
 from sqlalchemy import select
 
 from conftest import app_config
-from core import campaigns
+from core import campaigns, importer, leads, mailboxes
 from delivery import messages, templating
-from delivery.tokens import unsubscribe_url
 from delivery.transport import make_transport
 from helpers import csrf_token, log_in, make_campaign
 from models import Campaign, Lead, Trigger, Variant
 from sender import Settings, send_batch
+from storage.secrets import Vault
 
 SPAMASSASSIN = "/usr/bin/spamassassin"  # Debian's, as the Makefile's test target installs it
 MAX_SCORE = 1.0  # the bar (#16); the demo message scores 0.0 today
@@ -135,24 +135,26 @@ def test_a_test_send_from_the_editor_is_receivable_and_scores_low(app, engine, c
 
 
 def test_a_step_with_a_signature_and_polish_diacritics_is_receivable_and_scores_low(app, engine, spam_home):
-    # What the engine composes for a lead pinned to a mailbox with a signature: the same
-    # calls as sender._compose, with the mailbox's signature and its address's domain.
-    lead = Lead(email="zofia.wisniewska@example.com", first_name="Zofia", last_name="Wiśniewska",
-                company="Źródło Sp. z o.o.", fields={}, tags="")
-    url = unsubscribe_url(app.config["BASE_URL"], app.config["SECRET_KEY"], lead.email, 7)
-    context = templating.lead_context(lead, url, signature=SIGNATURE)
-    msg = messages.build_message(
-        from_address="lukasz@sendonce.example.pl", from_name="Łukasz Żółtowski",
-        to_address=lead.email, to_name="Zofia Wiśniewska",
-        subject=templating.render("Zofia, pytanie o {{ company }}", context),
-        body=templating.render(POLISH_BODY, context),
-        msg_id=messages.message_id(42, 7, "lukasz@sendonce.example.pl", messages.new_installation_id()),
-        unsubscribe_url=url)
-    make_transport(app.config).send(msg, "lukasz@sendonce.example.pl", lead.email)
+    # Through the engine: a lead sent through a mailbox with a signature, From and the
+    # Message-ID's domain taken from the mailbox (its display name with Polish letters).
+    box = mailboxes.create(engine, Vault(app.config["MAILBOX_KEY_FILE"]), name="Łukasz Żółtowski",
+                           address="lukasz@sendonce.example.pl", backend="outbox", signature=SIGNATURE)
+    cid = make_campaign(engine, 0, start=False, variants="A",
+                        subject="{{ first_name }}, pytanie o {{ company }}", body=POLISH_BODY)
+    csv = ("email,first_name,last_name,company\n"
+           "zofia.wisniewska@example.com,Zofia,Wiśniewska,Źródło Sp. z o.o.\n")
+    report = importer.import_leads(engine, csv.encode())
+    leads.enroll(engine, cid, report.lead_ids)
+    mailboxes.link(engine, cid, [box])
+    campaigns.start(engine, cid)
+    batch = send_batch(engine, Settings.from_config(app.config), make_transport(app.config), cid, Trigger.CLI)
+    assert batch.sent == 1
     (raw,) = outbox_files(app)
     parsed = assert_receivable(raw)
     body = parsed.get_content().replace("\r\n", "\n")
     assert SIGNATURE in body and "Wiśniewska" not in body and "Dzień dobry Zofia" in body
+    assert parsed["From"].addresses[0].display_name == "Łukasz Żółtowski"
+    assert parsed["Message-ID"].endswith("@sendonce.example.pl>")
     assert_scores_low(raw, spam_home)
 
 
