@@ -70,6 +70,24 @@
     }, 5000);
   }
 
+  // Campaign page: a "send now" request's progress, every second until it is done (the
+  // server renders the fragment, so the page reads the same with JavaScript off on reload).
+  var request = document.getElementById("send-request");
+  if (request && request.dataset.live && request.dataset.state !== "done") {
+    var poll = setInterval(function () {
+      fetch(request.dataset.live, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) {
+          if (!data) { return; }
+          request.innerHTML = data.html;
+          request.dataset.state = data.state;
+          request.className = "send-request " + data.state;
+          if (data.state === "done") { clearInterval(poll); }
+        })
+        .catch(function () { /* offline: keep what is shown */ });
+    }, 1000);
+  }
+
   // Timeline: times default to the browser's zone. The server reads it from a cookie; a page
   // drawn before the cookie existed gets it for its zone selects now (an explicit ?tz= wins).
   var zone = window.Intl && Intl.DateTimeFormat().resolvedOptions().timeZone;
