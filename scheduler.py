@@ -159,7 +159,8 @@ def init_app(app: Flask) -> None:
         REQUESTS_JOB, next_run_time=datetime.now().astimezone())
 
     def stop() -> None:
-        scheduler.shutdown(wait=True)
+        if scheduler.running:  # a test may have stopped it already
+            scheduler.shutdown(wait=True)
         ticker.release()
 
     atexit.register(stop)
