@@ -143,7 +143,8 @@ def test_a_waiting_request_says_no_sending_process_runs(page: Page, live_server,
     cid = make_campaign(engine, 3, batch_size=2, name="Zima 2026")
     rid = send_requests.record(engine, cid, "s" * 32, "admin@example.com", utcnow() - timedelta(seconds=30))
     log_in(page, live_server)
-    for width, height, name in ((1366, 768, "15-send-request-no-sender"), (390, 844, "16-phone-send-request-no-sender")):
+    sizes = ((1366, 768, "15-send-request-no-sender"), (390, 844, "16-phone-send-request-no-sender"))
+    for width, height, name in sizes:
         page.set_viewport_size({"width": width, "height": height})
         page.goto(f"{live_server}/campaigns/{cid}?request={rid}")
         notice = page.locator("#no-sender")
