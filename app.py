@@ -150,6 +150,7 @@ def _defaults(instance: Path) -> dict[str, Any]:
         "BASE_URL": "http://127.0.0.1:5000",
         "SCHEDULER_ENABLED": True,
         "TICK_SECONDS": 60,
+        "REQUEST_POLL_SECONDS": 1,  # how often a process looks for "send now" requests
         "LEASE_SECONDS": 180,
         "STALE_SENDING_SECONDS": None,  # default: derived from SMTP_TIMEOUT below
         "HEARTBEAT_SECONDS": 5,  # a claim in flight longer than this is heartbeaten
@@ -190,6 +191,8 @@ def _finish_config(app: Flask, instance: Path) -> None:
                          "up); raise it, or lower SMTP_TIMEOUT")
     if float(config["HEARTBEAT_SECONDS"]) <= 0:
         raise ValueError("HEARTBEAT_SECONDS must be positive")
+    if float(config["REQUEST_POLL_SECONDS"]) <= 0:
+        raise ValueError("REQUEST_POLL_SECONDS must be positive")
     if float(config["LEASE_SECONDS"]) <= float(config["TICK_SECONDS"]):
         raise ValueError("LEASE_SECONDS must be longer than TICK_SECONDS, or the lease "
                          "expires between two ticks of its own holder")

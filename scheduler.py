@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -20,13 +21,16 @@ from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
 
+from core import send_requests
 from delivery import lease as leases
-from delivery.transport import make_transport
+from delivery.transport import Transport, make_transport
 from models import Trigger, db
-from sender import BatchResult, Settings, tick
+from sender import BatchResult, Settings, send_batch, tick
+from storage.database import immediate
 from storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
+REQUESTS_JOB = "sendonce-requests"
 
 
 class Ticker:
@@ -48,6 +52,55 @@ class Ticker:
                 return None
             return tick(db.engine, settings, make_transport(self.app.config), self.lease,
                         trigger, campaign_id)
+
+    def _transport(self) -> Transport:
+        return make_transport(self.app.config)
+
+    def serve_requests(self) -> int | None:
+        """Carry out open "send now" requests if this process holds the lease (how many); None if not."""
+        with self._lock, self.app.app_context():
+            with db.engine.connect() as conn:
+                # A read first: every process polls every second, and taking the lease is a
+                # write that the claims would queue behind.
+                if not send_requests.unfinished(conn):
+                    return 0
+            settings = Settings.from_config(self.app.config)
+            self.lease = leases.acquire(db.engine, self.holder, utcnow(), settings.lease_seconds)
+            if self.lease is None:
+                return None
+            # Under the lock and the lease none of our own requests is mid-batch: a picked,
+            # unfinished one belonged to a holder that died or lost the lease (its claims
+            # are fenced now). It ends "interrupted"; its key is spent, so nothing is re-sent.
+            send_requests.abandon_stale(db.engine, utcnow(), utcnow())
+            with db.engine.connect() as conn:
+                waiting = send_requests.open_requests(conn)
+            if not waiting:
+                return 0
+            transport = self._transport()
+            try:
+                for request in waiting:
+                    if not self._serve(request, settings, transport):
+                        break  # the lease is gone: the new holder carries out the rest
+            finally:
+                transport.close()
+            return len(waiting)
+
+    def _serve(self, request, settings: Settings, transport: Transport) -> bool:
+        """One request's batch; False when the lease was lost (stop picking more)."""
+        with immediate(db.engine) as conn:
+            if not send_requests.pick(conn, request.id, utcnow()):
+                return True
+        batch = send_batch(db.engine, settings, transport, request.campaign_id, Trigger.BUTTON,
+                           lease=self.lease, once_key=request.key)
+        send_requests.finish(db.engine, request.id, batch.sent, str(batch.stopped_by or ""), utcnow())
+        return batch.stopped_by is None or batch.stopped_by.code != "lease_lost"
+
+    def safe_serve_requests(self) -> None:
+        """The scheduled job: a failing pass is logged; the request it was on ends "interrupted"."""
+        try:
+            self.serve_requests()
+        except Exception:  # noqa: BLE001 - a job must not die; the next pass abandons, never re-sends
+            log.exception("serving send requests failed")
 
     def safe_tick(self) -> None:
         """The scheduled job: a failing tick is logged and the next one tries again."""
@@ -97,11 +150,17 @@ def init_app(app: Flask) -> None:
     scheduler.add_job(id="sendonce-tick", func=ticker.safe_tick, trigger="interval",
                       seconds=float(app.config["TICK_SECONDS"]), max_instances=1,
                       coalesce=True, next_run_time=datetime.now().astimezone())
+    scheduler.add_job(id=REQUESTS_JOB, func=ticker.safe_serve_requests, trigger="interval",
+                      seconds=float(app.config["REQUEST_POLL_SECONDS"]), max_instances=1, coalesce=True)
     scheduler.start()
     app.extensions["sendonce_scheduler"] = scheduler
+    # The send button wakes this process's job at once instead of within a poll.
+    app.extensions["sendonce_wake"] = lambda: scheduler.modify_job(
+        REQUESTS_JOB, next_run_time=datetime.now().astimezone())
 
     def stop() -> None:
-        scheduler.shutdown(wait=True)
+        if scheduler.running:  # a test may have stopped it already
+            scheduler.shutdown(wait=True)
         ticker.release()
 
     atexit.register(stop)
@@ -109,7 +168,8 @@ def init_app(app: Flask) -> None:
 
 
 def run_forever(app: Flask) -> None:
-    """`flask scheduler`: tick every TICK_SECONDS until SIGTERM/SIGINT, then release."""
+    """`flask scheduler`: tick every TICK_SECONDS, serving "send now" requests every
+    REQUEST_POLL_SECONDS in between, until SIGTERM/SIGINT; then release."""
     ticker: Ticker = app.extensions["sendonce_ticker"]
     stop = threading.Event()
 
@@ -118,10 +178,13 @@ def run_forever(app: Flask) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    seconds = float(app.config["TICK_SECONDS"])
+    seconds, poll = float(app.config["TICK_SECONDS"]), float(app.config["REQUEST_POLL_SECONDS"])
     try:
         while not stop.is_set():
             ticker.safe_tick()
-            stop.wait(seconds)
+            next_tick = time.monotonic() + seconds
+            while not stop.is_set() and time.monotonic() < next_tick:
+                ticker.safe_serve_requests()
+                stop.wait(min(poll, max(next_tick - time.monotonic(), 0)))
     finally:
         ticker.release()

@@ -24,9 +24,11 @@ P4  A replaced lease holder sends nothing (fencing epoch)
     proven by: races::test_frozen_lease_holder_sends_nothing_after_takeover;
                test_lease::test_fence_rejects_an_old_epoch_and_an_expired_lease
 P5  A double click, a replayed POST or two tabs send one batch
-    kept by:   `_consume_key` (one-time key, primary key) in the first claim
+    kept by:   the click records one request per key (send_request.key UNIQUE, core/send_requests);
+               `_consume_key` (one-time key, primary key) in the request's first claim
     proven by: test_claim::test_one_time_key_lets_one_batch_through;
-               test_web::test_double_submit_of_the_send_button_sends_one_batch;
+               test_web::test_double_submit_of_the_send_button_records_one_request_and_sends_one_batch;
+               test_send_requests::test_two_tabs_posting_one_key_at_once_record_one_request;
                test_browser::test_double_click_without_javascript_still_sends_one_batch
 P6  The hot-reloader's watcher and extra workers cannot double-send
     kept by:   the lease + claims (never "one scheduler")
@@ -102,6 +104,12 @@ P22 A process whose code and the database's schema revision differ (behind or ah
     proven by: test_migrations::test_every_trigger_refuses_to_claim_on_a_schema_revision_it_does_not_know,
                ::test_an_old_worker_left_running_claims_nothing_once_the_schema_is_newer;
                test_backup::test_back_up_send_more_restore_reconcile_resume_every_lead_gets_exactly_one
+P23 A "send now" request is sent by the lease holder only, once; one whose process died mid-batch is
+    ended "interrupted", never re-run
+    kept by:   scheduler.Ticker.serve_requests (lease, `send_requests.pick` conditional), the key spent by
+               the first claim (P5), `recover` for the claim in flight (P9)
+    proven by: test_send_requests::test_a_request_whose_process_is_killed_mid_batch_ends_interrupted*,
+               ::test_a_process_that_does_not_hold_the_lease_leaves_the_request_alone
 
 P23 A mailbox never sends more than its cap today (with ramp-up) nor sooner than its minimum gap after its
     previous claim, counted over every campaign and process using it; the button skips a campaign's

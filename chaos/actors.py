@@ -160,11 +160,6 @@ class Press:
     categories: tuple[str, ...]
     kind: str  # single, double, reload
 
-    @property
-    def sent_batch(self) -> bool:
-        """Whether this POST reported outcomes (sent or not) rather than "nothing to send"."""
-        return any(c in ("ok", "error") for c in self.categories)
-
 
 class Presser(Actor):
     """An admin pressing "Wyślij kampanię": single clicks, double clicks, reloaded POSTs."""

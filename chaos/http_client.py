@@ -2,10 +2,9 @@
 
 Cookies are handled by hand rather than by a cookie jar: the session cookie after login
 is kept as the base, and every POST is sent with it, so the cookie a POST's redirect
-sets carries that POST's flash messages only. Decoding them (Flask's signed cookie
-session, with the run's SECRET_KEY) says whether that press sent a batch: outcomes are
-flashed as "ok"/"error", a press that sent nothing as "info" — independent of the UI
-language.
+sets carries that POST's flash messages only (decoded with Flask's signed cookie session
+and the run's SECRET_KEY). A press only records a "send now" request; whether a key sent
+a batch is read from the database afterwards (reconcile.check_double_submits).
 """
 
 from __future__ import annotations

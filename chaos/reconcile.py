@@ -57,6 +57,7 @@ class Evidence:
     presses: list[Any]
     snapshots: list[Any]  # actors.Snapshot, in time order
     sightings: dict[int, Any]  # suppression id -> actors.Sighting
+    requests: dict[str, list[sqlite3.Row]]  # "send now" requests by their one-time key
     status_changes: list[Any]  # actors.StatusChange by the pauser
     drain_started: float
 
@@ -73,6 +74,7 @@ class Evidence:
                 campaigns=conn.execute("SELECT * FROM campaign ORDER BY id").fetchall(),
                 integrity=[r[0] for r in conn.execute("PRAGMA integrity_check")],
                 derived=_derived(conn),
+                requests=_requests(conn),
                 events=[json.loads(line) for line in events_path.read_text().splitlines() if line],
                 **rest,
             )
@@ -319,6 +321,13 @@ _DERIVED = {
 }
 
 
+def _requests(conn: sqlite3.Connection) -> dict[str, list[sqlite3.Row]]:
+    found: dict[str, list[sqlite3.Row]] = defaultdict(list)
+    for row in conn.execute("SELECT * FROM send_request"):
+        found[row["key"]].append(row)
+    return found
+
+
 def _derived(conn: sqlite3.Connection) -> dict[str, tuple[Counter, Counter]]:
     def counts(sql: str) -> Counter:
         return Counter({tuple(row[:-1]): row[-1] for row in conn.execute(sql)})
@@ -339,8 +348,13 @@ def check_derived_counts(ev: Evidence) -> Check:
 
 
 def check_double_submits(ev: Evidence) -> Check:
-    """A one-time key sent at most one batch, however many times it was POSTed."""
-    check = Check("a button key sends at most one batch (double submits)")
+    """A one-time key recorded one "send now" request, however many times it was POSTed, and
+    a POST the server answered was not lost (its key's request exists).
+
+    The click only records the request (send_request, UNIQUE key); the lease holder sends its
+    one batch, and the key is consumed by that batch's first claim (button_press).
+    """
+    check = Check("a button key records one request and sends at most one batch (double submits)")
     by_key: dict[str, list[Any]] = defaultdict(list)
     for press in ev.presses:
         by_key[press.key].append(press)
@@ -348,13 +362,17 @@ def check_double_submits(ev: Evidence) -> Check:
     for key, presses in by_key.items():
         if len(presses) > 1:
             repeated += 1
-        batches = [p for p in presses if p.sent_batch]
-        if len(batches) > 1:
-            check.violations.append(f"key {key} of campaign {presses[0].campaign_id} sent "
-                                    f"{len(batches)} batches ({', '.join(p.kind for p in batches)})")
+        rows = ev.requests.get(key, [])
+        if len(rows) > 1:
+            check.violations.append(f"key {key} of campaign {presses[0].campaign_id} recorded "
+                                    f"{len(rows)} requests ({', '.join(p.kind for p in presses)})")
+        if not rows and any(p.status == 302 for p in presses):
+            check.violations.append(f"key {key} of campaign {presses[0].campaign_id}: answered, "
+                                    "but no request was recorded")
     answered = sum(1 for p in ev.presses if p.status is not None)
+    served = sum(1 for rows in ev.requests.values() for r in rows if r["picked_at"])
     check.detail = (f"{len(ev.presses)} POSTs ({answered} answered), {repeated} keys POSTed "
-                    f"twice, {sum(1 for p in ev.presses if p.sent_batch)} sent a batch")
+                    f"twice, {len(ev.requests)} requests recorded, {served} carried out")
     return check
 
 

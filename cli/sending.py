@@ -21,12 +21,19 @@ GATE = ("schema_mismatch", "maintenance")
 @with_appcontext
 @click.option("--campaign", "campaign_id", type=int, help="Only this campaign.")
 def send_due(campaign_id: int | None) -> None:
-    """One tick, for system cron: same lease and pacing rules as the scheduler."""
+    """One tick, for system cron: same lease and pacing rules as the scheduler.
+
+    First it carries out the "send now" requests people made since the last run, so a
+    deployment without a scheduler in any process still answers the button.
+    """
     ticker: scheduler.Ticker = current_app.extensions["sendonce_ticker"]
     try:
+        served = ticker.serve_requests()
         results = ticker.tick(Trigger.CLI, campaign_id)
     finally:
         ticker.release()
+    if served:
+        echo(f"send-now requests carried out: {served}")
     if results is None:
         echo("another process holds the scheduler lease; nothing sent")
         return

@@ -50,24 +50,45 @@
   var scheduler = document.getElementById("scheduler");
   var single = document.getElementById("campaign-live");
   var live = (scheduler && scheduler.dataset.live) || (single && single.dataset.live);
-  if (live) {
-    setInterval(function () {
-      fetch(live, { credentials: "same-origin" })
+  var refreshLive = function () {
+    if (!live) { return; }
+    fetch(live, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (data) {
+        if (!data) { return; }
+        if (scheduler) {
+          scheduler.classList.toggle("ok", data.scheduler.fresh);
+          scheduler.classList.toggle("bad", !data.scheduler.fresh);
+        }
+        Object.keys(data.campaigns).forEach(function (id) {
+          var box = single && single.dataset.campaign === id ? single
+            : document.querySelector('tr[data-campaign="' + id + '"]');
+          if (box) { show(box, data.campaigns[id]); }
+        });
+      })
+      .catch(function () { /* offline: keep what is shown */ });
+  };
+  if (live) { setInterval(refreshLive, 5000); }
+
+  // Campaign page: a "send now" request's progress, every second until it is done (the
+  // server renders the fragment, so the page reads the same with JavaScript off on reload).
+  var request = document.getElementById("send-request");
+  if (request && request.dataset.live && request.dataset.state !== "done") {
+    var seen = null;
+    var poll = setInterval(function () {
+      fetch(request.dataset.live, { credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.json() : null; })
         .then(function (data) {
           if (!data) { return; }
-          if (scheduler) {
-            scheduler.classList.toggle("ok", data.scheduler.fresh);
-            scheduler.classList.toggle("bad", !data.scheduler.fresh);
-          }
-          Object.keys(data.campaigns).forEach(function (id) {
-            var box = single && single.dataset.campaign === id ? single
-              : document.querySelector('tr[data-campaign="' + id + '"]');
-            if (box) { show(box, data.campaigns[id]); }
-          });
+          var now = data.state + ":" + data.rows.length + ":" + data.sent;
+          if (seen !== null && now !== seen) { refreshLive(); }  // the counts above move with it
+          seen = now;
+          request.innerHTML = data.html;
+          request.dataset.state = data.state;  // (an attribute: a "sending" class would be a count's target)
+          if (data.state === "done") { clearInterval(poll); }
         })
         .catch(function () { /* offline: keep what is shown */ });
-    }, 5000);
+    }, 1000);
   }
 
   // Timeline: times default to the browser's zone. The server reads it from a cookie; a page

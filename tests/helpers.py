@@ -48,6 +48,21 @@ def make_unknown(engine, *, claimed_seconds_ago: float = 86_400) -> None:
             status="unknown", claimed_at=utcnow() - timedelta(seconds=claimed_seconds_ago)))
 
 
+def serve_requests(app) -> int | None:
+    """Carry out recorded "send now" requests as the sending process does, then let the lease go
+    (as `flask send-due` does), so the test's later processes can take it."""
+    ticker = app.extensions["sendonce_ticker"]
+    try:
+        return ticker.serve_requests()
+    finally:
+        ticker.release()
+
+
+def send_key(html: bytes) -> str:
+    """The one-time key of the campaign page's send button."""
+    return re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', html).group(1).decode()
+
+
 def csrf_token(html: bytes) -> str:
     """The CSRF token a rendered form carries."""
     return re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1).decode()

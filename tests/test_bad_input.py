@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 from app import create_app
 from conftest import ROOT, env_for
 from delivery.tokens import make_token
-from helpers import make_campaign
+from helpers import make_campaign, serve_requests
 from models import CampaignLead, Lead, SendLog, Suppression, User, db
 from storage.database import write_session
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
@@ -196,6 +196,7 @@ def test_crlf_and_polish_letters_from_the_forms_never_make_a_header(app, client,
     page = client.get(f"/campaigns/{cid}").data
     key = re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()
     client.post(f"/campaigns/{cid}/send", data={"csrf_token": token, "key": key})
+    serve_requests(app)
 
     assert dict(smtp.recorder.received) == {"lucja@example.com": 1}  # nobody else: no Bcc
     (msg,) = smtp.recorder.messages
@@ -299,6 +300,7 @@ def test_a_locked_database_gives_a_clear_503_and_changes_nothing(app, client, en
     # Nothing was half-done: the very same clicks work now, the send button's key included.
     url, form = posts["send button"]
     assert user.post(url, data=form).status_code == 302
+    serve_requests(fast)
     assert sum(smtp.recorder.received.values()) == 3
     url, form = posts["import"]
     assert user.post(url, data=form).status_code == 200 and count(engine, Lead) == 4

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 
 from conftest import SCREENSHOTS
+from core import send_requests
 from delivery.tokens import make_token
 from delivery.transport import make_transport
-from helpers import make_campaign, make_unknown
-from models import Lead, SendLog, Trigger, User, Variant, db
+from helpers import make_campaign, make_unknown, serve_requests
+from models import Lead, SendLog, SendRequest, Trigger, User, Variant, db
 from procs import wait_for
 from sender import Settings, send_batch
 from storage.database import write_session
+from storage.timeutil import utcnow
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +53,7 @@ def add_variant(page: Page, letter: str, subject: str, body: str) -> None:
     page.click("text=Zapisz wariant")
 
 
-def test_admin_flow_in_a_real_browser(page: Page, live_server, admin, smtp, tmp_path, screenshot):
+def test_admin_flow_in_a_real_browser(page: Page, app, live_server, admin, smtp, tmp_path, screenshot):
     base = live_server
     log_in(page, base)
     screenshot("01-dashboard-empty")
@@ -94,7 +97,9 @@ def test_admin_flow_in_a_real_browser(page: Page, live_server, admin, smtp, tmp_
     page.click("text=Sprawdź i uruchom")
     expect(page.locator(".flash.ok")).to_contain_text("Kampania uruchomiona.")
     page.dblclick("#send-now")
-    expect(page.locator(".flash.ok")).to_contain_text("Wysłano 2 wiadomości")
+    expect(page.locator("#send-request")).to_contain_text("Czekam na proces wysyłający…")
+    serve_requests(app)  # the sending process carries the click out; the page follows it
+    expect(page.locator("#send-request")).to_contain_text("Zakończono: wysłano 2")
     screenshot("06-campaign-sent")
     assert sum(smtp.recorder.received.values()) == 2  # one batch, though clicked twice
 
@@ -112,7 +117,8 @@ def test_admin_flow_in_a_real_browser(page: Page, live_server, admin, smtp, tmp_
     screenshot("09-leads-en")
 
 
-def test_double_click_without_javascript_still_sends_one_batch(browser, live_server, admin, smtp, engine):
+def test_double_click_without_javascript_still_sends_one_batch(browser, app, live_server, admin, smtp,
+                                                                engine):
     # With JavaScript off nothing disables the button: the one-time key alone must hold.
     cid = make_campaign(engine, 10, batch_size=2, interval=3600)
     context = browser.new_context(java_script_enabled=False)
@@ -121,12 +127,31 @@ def test_double_click_without_javascript_still_sends_one_batch(browser, live_ser
     page.goto(f"{live_server}/campaigns/{cid}")
     page.dblclick("#send-now")
     page.wait_for_load_state()
-    # Both POSTs reach the server; whichever runs second finds the key used.
-    wait_for(lambda: sum(smtp.recorder.received.values()) >= 2, timeout=15)
+    # Both POSTs reach the server; whichever runs second finds the key's request recorded.
+    wait_for(lambda: serve_requests(app) is not None and sum(smtp.recorder.received.values()) >= 2,
+             timeout=15)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(SendLog)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(SendRequest)).scalar() == 1
     assert sum(smtp.recorder.received.values()) == 2
+    page.reload()  # the progress is rendered by the server too
+    expect(page.locator("#send-request")).to_contain_text("Zakończono: wysłano 2")
     context.close()
+
+
+def test_a_waiting_request_says_no_sending_process_runs(page: Page, live_server, admin, engine, screenshot):
+    cid = make_campaign(engine, 3, batch_size=2, name="Zima 2026")
+    rid = send_requests.record(engine, cid, "s" * 32, "admin@example.com", utcnow() - timedelta(seconds=30))
+    log_in(page, live_server)
+    sizes = ((1366, 768, "15-send-request-no-sender"), (390, 844, "16-phone-send-request-no-sender"))
+    for width, height, name in sizes:
+        page.set_viewport_size({"width": width, "height": height})
+        page.goto(f"{live_server}/campaigns/{cid}?request={rid}")
+        notice = page.locator("#no-sender")
+        expect(notice).to_contain_text("Żaden proces wysyłający nie działa")
+        expect(notice).to_contain_text("flask --app app send-due")
+        _no_sideways_scroll(page)
+        screenshot(name)
 
 
 def test_timeline_of_the_incident_in_a_real_browser(page: Page, live_server, admin, screenshot):
@@ -293,13 +318,15 @@ def _no_sideways_scroll(page: Page) -> None:
     assert width <= page.viewport_size["width"], (page.url, width)
 
 
-def test_phone_layout_keeps_status_and_the_unknown_row_actions(page: Page, live_server, admin, engine,
+def test_phone_layout_keeps_status_and_the_unknown_row_actions(page: Page, app, live_server, admin, engine,
                                                                 smtp, screenshot):
     cid = make_campaign(engine, 2, batch_size=2, interval=3600)
     log_in(page, live_server)
     page.goto(f"{live_server}/campaigns/{cid}")
     page.click("#send-now")
-    expect(page.locator(".flash.ok")).to_be_visible()
+    expect(page.locator("#send-request")).to_be_visible()
+    serve_requests(app)
+    expect(page.locator("#send-request")).to_contain_text("Zakończono: wysłano 2")
     make_unknown(engine)
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{live_server}/campaigns/{cid}/log")

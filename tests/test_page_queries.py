@@ -14,7 +14,7 @@ import pytest
 from flask import render_template_string
 from sqlalchemy import event
 
-from helpers import make_campaign
+from helpers import make_campaign, serve_requests
 from models import User, db
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 from web import i18n
@@ -60,19 +60,20 @@ def test_dashboard_runs_the_same_queries_for_one_campaign_or_five(engine, admin)
     assert len(statements(engine, admin, "/")) == len(one) <= 6
 
 
-def press_send(admin, cid: int, key: str) -> None:
+def press_send(app, admin, cid: int, key: str) -> None:
     page = admin.get(f"/campaigns/{cid}").data
     admin.post(f"/campaigns/{cid}/send", data={"csrf_token": csrf_token(page), "key": key})
+    serve_requests(app)
 
 
 @pytest.mark.parametrize("url", ["/leads", "/leads?q=lead", "/campaigns/{cid}/log",
                                  "/campaigns/{cid}/log?status=sent", "/campaigns/{cid}"])
 def test_list_pages_run_no_query_per_row(app, engine, admin, url):
     cid = make_campaign(engine, 1, batch_size=1)
-    press_send(admin, cid, "a" * 32)
+    press_send(app, admin, cid, "a" * 32)
     few = statements(engine, admin, url.format(cid=cid))  # one lead, one send
     more = make_campaign(engine, 12, batch_size=12)
-    press_send(admin, more, "b" * 32)
+    press_send(app, admin, more, "b" * 32)
     many = statements(engine, admin, url.format(cid=more))  # twelve of each
     assert len(many) == len(few), url
     rows = admin.get(url.format(cid=more)).get_data(as_text=True).count('href="/leads/')

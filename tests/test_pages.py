@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from core import campaigns, leads
-from helpers import make_campaign, make_unknown
+from helpers import make_campaign, make_unknown, serve_requests
 from models import Campaign, Lead, SendLog, Suppression, User, Variant, db
 from storage.database import immediate
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
@@ -31,6 +31,7 @@ def seeded(app, engine, smtp, client, login):  # noqa: F811
     page = client.get(f"/campaigns/{cid}").data
     key = re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()
     client.post(f"/campaigns/{cid}/send", data={"csrf_token": csrf_token(page), "key": key})
+    serve_requests(app)
     with immediate(engine) as conn:
         conn.execute(Suppression.__table__.insert().values(email="gone@example.com", reason="manual",
                                                            detail=EVIL))
@@ -39,7 +40,7 @@ def seeded(app, engine, smtp, client, login):  # noqa: F811
 
 def get_pages(app, cid):
     values = {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1, "suppression_id": 1,
-              "token": "0" * 24}
+              "request_id": 1, "token": "0" * 24}
     for rule in app.url_map.iter_rules():
         if "GET" not in rule.methods or rule.endpoint in ("static", "unsubscribe.unsubscribe"):
             continue

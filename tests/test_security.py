@@ -23,11 +23,11 @@ from werkzeug.security import generate_password_hash
 
 from app import SECURITY_HEADERS, create_app
 from conftest import app_config
-from core import campaigns, importer, leads
+from core import campaigns, importer, leads, send_requests
 from core.csvfile import quoted
 from delivery.tokens import make_token
 from delivery.transport import make_transport
-from helpers import logged_in_client, make_campaign, make_unknown
+from helpers import logged_in_client, make_campaign, make_unknown, serve_requests
 from models import Campaign, Lead, SendLog, Suppression, Trigger, User, db
 from sender import Settings, send_batch
 from storage.database import immediate, write_session
@@ -78,6 +78,7 @@ ACCESS = {
     ("/campaigns/<int:campaign_id>/edit", "POST"): (302, 200),
     ("/campaigns/<int:campaign_id>/<any(pause, resume):action>", "POST"): (302, 302),
     ("/campaigns/<int:campaign_id>/send", "POST"): (302, 302),
+    ("/campaigns/<int:campaign_id>/requests/<int:request_id>.json", "GET"): (302, 200),
     ("/campaigns/<int:campaign_id>/start", "POST"): (302, 302),
     ("/campaigns/<int:campaign_id>/enroll", "POST"): (302, 200),  # no confirm: the count to confirm
     ("/campaigns/<int:campaign_id>/duplicate", "POST"): (302, 302),
@@ -135,6 +136,7 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     cid = make_campaign(engine, 3, interval=3600)
     send_now(app, cid)
     make_unknown(engine)
+    send_requests.record(engine, cid, "w" * 32, "admin@example.com", utcnow())  # a waiting "send now"
     with immediate(engine) as conn:
         conn.execute(Suppression.__table__.insert().values(email="gone@example.com", reason="manual"))
     login()
@@ -147,7 +149,7 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     client.post("/logout", data={"csrf_token": csrf_token(client.get("/").data)})
     unsubscribe = make_token(app.config["SECRET_KEY"], "lead0002@example.com", cid)
     return {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1, "suppression_id": 1,
-            "user_id": 1, "action": "pause", "filename": "style.css",
+            "user_id": 1, "request_id": 1, "action": "pause", "filename": "style.css",
             "tokens": {"leads.mapping": waiting, "leads.rejected": done, "timeline.legacy": legacy,
                        "timeline.map_legacy": legacy, "timeline.delete_legacy": legacy,
                        "unsubscribe.unsubscribe": unsubscribe}}
@@ -502,15 +504,16 @@ def test_smtp_password_is_never_rendered_into_a_page(tmp_path):
         client = logged_in_client(app)
         page = client.get(f"/campaigns/{cid}").data
         key = re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()
-        sent = client.post(f"/campaigns/{cid}/send", data={"csrf_token": csrf_token(page), "key": key},
-                           follow_redirects=True).get_data(as_text=True)
+        pressed = client.post(f"/campaigns/{cid}/send", data={"csrf_token": csrf_token(page), "key": key})
+        serve_requests(app)
+        sent = client.get(pressed.location).get_data(as_text=True)
         assert "535" in sent  # the server's refusal is shown ...
         pages = {"after send": sent}
         for rule in app.url_map.iter_rules():
             if "GET" in rule.methods and rule.endpoint not in ("static", "leads.mapping", "leads.rejected",
                                                                "timeline.legacy", "unsubscribe.unsubscribe"):
                 values = {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1,
-                          "suppression_id": 1}
+                          "suppression_id": 1, "request_id": 1}
                 url = rule.build({k: v for k, v in values.items() if k in rule.arguments})[1]
                 pages[url] = client.get(url + "?action=mark-sent").get_data(as_text=True)
     with app.app_context():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app import create_app
 from core import campaigns
-from helpers import csrf_token, make_campaign
-from models import Campaign, User, db
+from helpers import csrf_token, make_campaign, send_key, serve_requests
+from models import Campaign, SendRequest, User, db
 from storage.database import write_session
 from storage.revision import HEAD
 
@@ -73,17 +73,26 @@ def test_login_next_cannot_leave_the_site(client, login, app):
     assert response.location == "/"
 
 
-def test_double_submit_of_the_send_button_sends_one_batch(client, login, engine, smtp):
+def test_double_submit_of_the_send_button_records_one_request_and_sends_one_batch(app, client, login, engine,
+                                                                                  smtp):
     cid = make_campaign(engine, 10, batch_size=3, interval=3600)
     login()
     page = client.get(f"/campaigns/{cid}").data
-    form = {"csrf_token": csrf_token(page),
-            "key": re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()}
-    first = client.post(f"/campaigns/{cid}/send", data=form, follow_redirects=True)
-    second = client.post(f"/campaigns/{cid}/send", data=form, follow_redirects=True)
-    assert "Wysłano 3 wiadomości: lead0000@example.com" in first.get_data(as_text=True)
-    assert "to kliknięcie zostało już obsłużone" in second.get_data(as_text=True)
+    form = {"csrf_token": csrf_token(page), "key": send_key(page)}
+    first = client.post(f"/campaigns/{cid}/send", data=form)
+    second = client.post(f"/campaigns/{cid}/send", data=form)
+    assert first.status_code == second.status_code == 302
+    assert first.location == second.location == f"/campaigns/{cid}?request=1"  # one request
+    assert smtp.recorder.messages == []  # nothing is sent inside the web request
+    assert "Czekam na proces wysyłający…" in client.get(first.location).get_data(as_text=True)
+    assert serve_requests(app) == 1  # the sending process carries it out
+    done = client.get(first.location).get_data(as_text=True)
+    assert "Zakończono: wysłano 3" in done and "lead0000@example.com" in done
+    replayed = client.post(f"/campaigns/{cid}/send", data=form)  # F5 on the result, later
+    assert replayed.location == first.location and serve_requests(app) == 0
     assert sum(smtp.recorder.received.values()) == 3
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(SendRequest)).scalar() == 1
 
 
 def test_paused_campaign_shows_the_button_disabled(client, login, engine):

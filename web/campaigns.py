@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
-from flask_babel import format_datetime, ngettext
+from flask_babel import format_datetime
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
@@ -15,14 +15,14 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField
 
-from core import campaigns, stats
-from delivery.transport import make_transport
-from models import Campaign, CampaignStatus, Lead, SendLog, SendStatus, Trigger, db
-from sender import BatchResult, Refusal, Settings, send_batch
+from core import campaigns, send_requests, stats
+from models import Campaign, CampaignStatus, SendLog, db
+from sender import Refusal
 from storage.timeutil import utcnow
 from web.common import ActionForm
 
 bp = Blueprint("views", __name__)
+STALLED_AFTER_SECONDS = 10  # a request nobody picked up this long, with no lease holder: say why
 
 
 def refusal_text(refusal: Refusal) -> str:
@@ -135,48 +135,91 @@ def status_json():
 @bp.route("/campaigns/<int:campaign_id>")
 @login_required
 def campaign(campaign_id: int):
-    """One campaign: settings, progress, recent sends and the send button."""
+    """One campaign: settings, progress, recent sends, the send button and its request's progress."""
     found = db.session.get(Campaign, campaign_id) or abort(404)
     recent = stats.send_rows(db.session, (SendLog.campaign_id == campaign_id,), 20)
-    return render_template("campaign.html", campaign=found, scheduler=stats.scheduler_state(db.session),
+    scheduler = stats.scheduler_state(db.session)
+    return render_template("campaign.html", campaign=found, scheduler=scheduler,
                            progress=stats.progress(db.session, [found])[campaign_id],
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
                            results=stats.variant_results(db.session, campaign_id),
+                           send_request=_shown_request(found, scheduler.fresh),
                            action=ActionForm(), active=found.status == CampaignStatus.ACTIVE)
+
+
+def _shown_request(found: Campaign, scheduler_fresh: bool) -> dict | None:
+    """The request named in the URL (after a click), else the campaign's newest unfinished one."""
+    conn = db.session.connection()
+    request_id = request.args.get("request", type=int) or send_requests.latest_open(conn, found.id)
+    shown = send_requests.progress(conn, request_id) if request_id else None
+    if shown is None or shown["campaign_id"] != found.id:
+        return None
+    return _with_texts(shown, found, scheduler_fresh)
+
+
+def _with_texts(shown: dict, found: Campaign, scheduler_fresh: bool) -> dict:
+    """A request's progress with what the page says about it, in the UI language."""
+    state, sent = shown["state"], shown["sent"]
+    if state == "waiting":
+        text = _("Waiting for the sending process…")
+    elif state == "sending":
+        text = _("Sending: %(sent)d of %(total)d", sent=sent, total=shown["batch_size"])
+    else:
+        text = _("Done: %(sent)d sent", sent=sent)
+    waited = (utcnow() - shown["created_at"]).total_seconds()
+    # No holder and nobody picked it up for a while: nothing will, until a process starts.
+    stalled = state == "waiting" and waited >= STALLED_AFTER_SECONDS and not scheduler_fresh
+    return {**shown, "text": text, "detail": _outcome_text(shown), "stalled": stalled}
+
+
+def _outcome_text(shown: dict) -> str:
+    outcome = shown["outcome"]
+    if shown["state"] != "done" or not outcome:
+        return ""
+    if outcome == send_requests.INTERRUPTED:
+        return _("The sending process stopped in the middle of this batch. Nothing is sent twice: "
+                 "a message it may have been sending is listed as unknown for you to decide.")
+    code, _sep, detail = outcome.partition(": ")
+    reason = refusal_text(Refusal(code, detail))
+    if shown["sent"]:
+        return _("The batch ended early: %(reason)s", reason=reason)
+    return _("Nothing to send: %(reason)s", reason=reason)
 
 
 @bp.route("/campaigns/<int:campaign_id>/send", methods=["POST"])
 @login_required
 def send_now(campaign_id: int):
-    """"Wyślij kampanię": the next batch now, through the same claim path as the scheduler."""
+    """"Wyślij kampanię": record a request for the next batch; the sending process carries it out.
+
+    Nothing is sent in the web worker (gunicorn may kill it mid-send). The form's one-time
+    key is the request's key: a double click, a replayed POST or two tabs record one request.
+    """
     form = SendForm()
-    if not form.validate_on_submit() or not form.key.data:
+    if not form.validate_on_submit() or not form.key.data or len(form.key.data) > 64:
         abort(400)
-    transport = make_transport(current_app.config)
-    try:
-        batch = send_batch(db.engine, Settings.from_config(current_app.config), transport,
-                           campaign_id, Trigger.BUTTON, once_key=form.key.data)
-    finally:
-        transport.close()
-    _flash_batch(batch)
-    return redirect(url_for("views.campaign", campaign_id=campaign_id))
+    db.session.get(Campaign, campaign_id) or abort(404)
+    request_id = send_requests.record(db.engine, campaign_id, form.key.data, current_user.email, utcnow())
+    wake = current_app.extensions.get("sendonce_wake")
+    if wake is not None:  # this process runs a scheduler: serve now rather than at the next poll
+        wake()
+    return redirect(url_for("views.campaign", campaign_id=campaign_id, request=request_id))
 
 
-def _flash_batch(batch: BatchResult) -> None:
-    if not batch.outcomes:
-        flash(_("Nothing to send: %(reason)s", reason=refusal_text(batch.stopped_by)), "info")
-        return
-    emails = dict(db.session.execute(select(Lead.id, Lead.email).where(
-        Lead.id.in_([claim.lead_id for claim, _ in batch.outcomes]))).all())
-    sent = [emails[c.lead_id] for c, r in batch.outcomes if r.status == SendStatus.SENT]
-    if sent:
-        detail = ", ".join(sent[:5]) + (" …" if len(sent) > 5 else "")
-        flash(ngettext("Sent %(num)d message: %(detail)s", "Sent %(num)d messages: %(detail)s",
-                       len(sent), detail=detail), "ok")
-    for claim, result in batch.outcomes:
-        if result.status != SendStatus.SENT:
-            flash(_("Not sent to %(email)s (%(status)s): %(reply)s", email=emails[claim.lead_id],
-                    status=result.status, reply=result.reply), "error")
+@bp.route("/campaigns/<int:campaign_id>/requests/<int:request_id>.json")
+@login_required
+def request_json(campaign_id: int, request_id: int):
+    """What the campaign page polls while a "send now" request is carried out."""
+    found = db.session.get(Campaign, campaign_id) or abort(404)
+    shown = send_requests.progress(db.session.connection(), request_id)
+    if shown is None or shown["campaign_id"] != campaign_id:
+        abort(404)
+    shown = _with_texts(shown, found, stats.scheduler_state(db.session).fresh)
+    return jsonify(
+        state=shown["state"], sent=shown["sent"], batch_size=shown["batch_size"], text=shown["text"],
+        detail=shown["detail"], stalled=shown["stalled"],
+        rows=[{"email": r["email"], "status": r["status"], "at": zoned_time(r["at"], found.timezone, True)}
+              for r in shown["rows"]],
+        html=render_template("_send_request.html", send_request=shown, campaign=found))
 
 
 @bp.route("/campaigns/<int:campaign_id>/<any(pause, resume):action>", methods=["POST"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import secrets
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, available_timezones
@@ -27,6 +28,7 @@ from flask_login import login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from markupsafe import Markup
+from sqlalchemy import select
 from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import Length, Optional
 
@@ -153,7 +155,10 @@ def live(campaign_id: int | None = None):
     scope = _scope(campaign_id, tz)
     with db.engine.connect() as conn:
         analysis, minutes, buckets = live_sql.overview(conn, scope)
-        rows = [_row(row) for row in live_sql.events_page(conn, scope, page, PAGE_SIZE)]
+        events = live_sql.events_page(conn, scope, page, PAGE_SIZE)
+        names = _campaign_names(conn, {str(e.campaign_id) for e in events} | _campaigns_in(analysis))
+    rows = [_row(row, names) for row in events]
+    analysis = named(analysis, names)
     template = "_timeline_body.html" if request.args.get("fragment") else "timeline.html"
     return render_template(template, analysis=analysis, buckets=buckets, minutes=minutes, rows=rows,
                            page=page, pages=page_count(analysis.total_sends),
@@ -162,10 +167,43 @@ def live(campaign_id: int | None = None):
                            finding=finding(analysis, str(get_locale()), tz), args=_args())
 
 
-def _row(row) -> dict:
-    return {"at": row.claimed_at, "campaign": row.campaign_id, "lead": row.email,
-            "variant": row.variant_letter, "status": row.status, "trigger": row.trigger,
-            "worker": row.worker}
+def _row(row, names: dict[str, str]) -> dict:
+    return {"at": row.claimed_at, "campaign": names.get(str(row.campaign_id), str(row.campaign_id)),
+            "campaign_id": row.campaign_id, "lead": row.email, "variant": row.variant_letter,
+            "status": row.status, "trigger": row.trigger, "worker": row.worker}
+
+
+def _campaigns_in(analysis) -> set[str]:
+    return ({g.campaign for g in analysis.duplicate_groups} | {b.campaign for b in analysis.bursts}
+            | {c.campaign for c in analysis.clusters})
+
+
+def _campaign_names(conn, ids: set[str]) -> dict[str, str]:
+    """Campaign names by id (as the analysis spells ids: text), one query for a page."""
+    wanted = {int(i) for i in ids if i.isdigit()}
+    if not wanted:
+        return {}
+    return {str(cid): name for cid, name in conn.execute(
+        select(Campaign.id, Campaign.name).where(Campaign.id.in_(wanted)))}
+
+
+def named(analysis, names: dict[str, str]):
+    """The live analysis with campaign names where it has ids: people read names (ids stay in
+    URLs and the CSV export). A campaign deleted since keeps its id."""
+    if not names:
+        return analysis
+
+    def name(campaign: str) -> str:
+        return names.get(campaign, campaign)
+
+    def group(g):
+        return replace(g, campaign=name(g.campaign))
+
+    return replace(
+        analysis, duplicate_groups=[group(g) for g in analysis.duplicate_groups],
+        clusters=[replace(c, campaign=name(c.campaign)) for c in analysis.clusters],
+        bursts=[replace(b, campaign=name(b.campaign), groups=[group(g) for g in b.groups])
+                for b in analysis.bursts])
 
 
 def _args() -> dict:
