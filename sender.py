@@ -111,7 +111,7 @@ P23 A "send now" request is sent by the lease holder only, once; one whose proce
     proven by: test_send_requests::test_a_request_whose_process_is_killed_mid_batch_ends_interrupted*,
                ::test_a_process_that_does_not_hold_the_lease_leaves_the_request_alone
 
-P23 A mailbox never sends more than its cap today (with ramp-up) nor sooner than its minimum gap after its
+P24 A mailbox never sends more than its cap today (with ramp-up) nor sooner than its minimum gap after its
     previous claim, counted over every campaign and process using it; the button skips a campaign's
     interval, never a mailbox's cap or gap
     kept by:   `_ready_mailboxes` and the mailbox checkpoint, inside `claim_next`
@@ -119,13 +119,13 @@ P23 A mailbox never sends more than its cap today (with ramp-up) nor sooner than
                ::test_the_button_skips_the_campaign_interval_but_not_the_mailbox_gap_or_cap,
                ::test_ramp_up_raises_the_cap_day_by_day;
                races::test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin
-P24 A lead keeps the mailbox of its first claim (its retries, its later steps); only a person moves it
+P25 A lead keeps the mailbox of its first claim (its retries, its later steps); only a person moves it
     kept by:   campaign_lead.mailbox_id and send_log.mailbox_id set by the claim; the mailbox filter in
                `_take_retry` / `_take_pending`; core.mailboxes.move_leads
     proven by: test_mailbox_engine::test_a_retry_goes_out_through_the_pinned_mailbox_only,
                ::test_leads_of_a_paused_mailbox_wait_and_move_only_when_a_person_moves_them;
                races::test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin
-P25 A broken mailbox (bad credentials, failures in a row) pauses alone; its leads wait, the others go on
+P26 A broken mailbox (bad credentials, failures in a row) pauses alone; its leads wait, the others go on
     kept by:   `_count_failures` (per mailbox when the claim has one)
     proven by: test_mailbox_engine::test_bad_credentials_pause_that_mailbox_only;
                races::test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin

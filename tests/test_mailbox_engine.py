@@ -1,5 +1,5 @@
 """Claims through mailboxes (#16): caps, gaps and ramp-up inside the claim, pinned leads,
-failures that pause one mailbox (sender.py's ledger P23-P25)."""
+failures that pause one mailbox (sender.py's ledger P24-P26)."""
 
 from __future__ import annotations
 
