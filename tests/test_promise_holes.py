@@ -174,13 +174,18 @@ def test_the_send_log_page_says_wait_while_the_claim_is_heartbeaten(app, client,
     cid = make_campaign(engine, 1, variants="A")
     claim = claim_next(engine, settings, cid, "button", utcnow())
     make_unknown(engine)
-    leases.beat(engine, [leases.InFlight(engine, claim.send_log_id, claim.worker, claim.attempts, 1,
-                                         0, math.inf)], utcnow())
-    login()
+    login()  # first: a slow login (scrypt, a loaded machine) must not outlast the beat
+
+    def beat() -> None:  # the claimer's process, still alive, beats its claim
+        leases.beat(engine, [leases.InFlight(engine, claim.send_log_id, claim.worker, claim.attempts, 1,
+                                             0, math.inf)], utcnow())
+
+    beat()
     page = client.get(f"/campaigns/{cid}/log?status=unknown").get_data(as_text=True)
     assert "still-sending" in page and "action=send-again" not in page
     confirm = client.get("/sends/1/resolve?action=send-again")
     form = {"action": "send-again", "csrf_token": csrf_token(confirm.data)}
+    beat()
     done = client.post("/sends/1/resolve", data=form, follow_redirects=True).get_data(as_text=True)
     assert "nothing changed" in done or "nic nie zmieniono" in done.lower()
     assert row(engine).status == "unknown" and row(engine).decided_by is None
