@@ -473,7 +473,8 @@ def _ready_mailboxes(conn: Connection, campaign_id: int, only: int | None,
                                   zone, now)
         _, day_start = mailboxes.local_day(zone, now)
         used = run_sql(conn, _MAILBOX_SENT_SINCE, (box_id, _ts(day_start))).fetchone()[0]
-        free_at = last and datetime.fromisoformat(last) + timedelta(seconds=gap)
+        # No gap, nothing to wait for (as with a campaign's interval: see _check_campaign).
+        free_at = last and gap > 0 and datetime.fromisoformat(last) + timedelta(seconds=gap)
         if used >= cap:
             waits.append(f"{address}: {used}/{cap} today")
         elif free_at and free_at > now:
@@ -508,7 +509,9 @@ def _check_campaign(conn: Connection, campaign: _CampaignRow | None, trigger: Tr
             return Refusal("daily_cap", f"{today}/{campaign.daily_cap}")
     if trigger == Trigger.BUTTON:  # a person asked: interval and window do not apply
         return None
-    if campaign.last_claim_at is not None:
+    # No interval, nothing to wait for: a claimer whose `now` was read before it queued for
+    # the lock would otherwise find a later claim's checkpoint "in its future" and stop.
+    if campaign.last_claim_at is not None and campaign.interval_seconds > 0:
         due = campaign.last_claim_at + timedelta(seconds=campaign.interval_seconds)
         if due > now:
             return Refusal("not_due", due.isoformat(sep=" ", timespec="seconds") + " UTC")

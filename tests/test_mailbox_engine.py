@@ -220,3 +220,18 @@ def test_the_pages_say_when_the_mailboxes_free_up_and_when_all_are_paused(app, e
     assert f"{tomorrow.day}.{tomorrow:%m} 00:00 (Europe/Warsaw)" in page  # the mailbox's midnight
     mailboxes.pause(engine, box, "by hand")
     assert "Wszystkie skrzynki kampanii są wstrzymane" in client.get("/").get_data(as_text=True)
+
+
+def test_a_claimer_that_read_its_clock_before_queueing_is_not_refused_without_interval_or_gap(app, engine,
+                                                                                               settings):
+    # Lanes read `now` and then wait for the write lock: the claim before them may carry a
+    # later `now`. With no interval and no gap there is nothing to wait for (the bench saw
+    # 7 of 8 lanes stop "not_due" before this).
+    boxes = [add_mailbox(app, engine, f"box{i}@firma.pl") for i in range(2)]
+    cid = make_campaign(engine, 4)
+    mailboxes.link(engine, cid, boxes)
+    assert isinstance(claim_next(engine, settings, cid, Trigger.SCHEDULER, at(1), mailbox_id=boxes[0]), Claim)
+    late = claim_next(engine, settings, cid, Trigger.SCHEDULER, at(0.5), mailbox_id=boxes[1])
+    assert isinstance(late, Claim), late
+    again = claim_next(engine, settings, cid, Trigger.SCHEDULER, at(0.2), mailbox_id=boxes[1])
+    assert isinstance(again, Claim), again
