@@ -40,7 +40,10 @@ import smtplib
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 
-SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy")
+SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy", "mailboxes")
 PY = sys.executable
 
 
@@ -70,14 +73,18 @@ class Sizes:
     page_min_repeats: int = 7
     page_seconds: float = 20.0  # per page: stop repeating after this (min_repeats still run)
     legacy_rows: int = 1_000_000
+    mailbox_counts: tuple[int, ...] = (1, 4, 8)  # against a sink answering after mailbox_delay
+    mailbox_counts_at_once: tuple[int, ...] = (1, 8)  # against a sink answering at once
+    mailbox_messages: int = 100  # per mailbox (lane)
+    mailbox_delay: float = 0.1  # seconds before the sink answers the final dot
 
 
 DEFAULT = Sizes()
 QUICK = Sizes(claim_leads=600, procs=(1, 2), claim_seconds=4, smtp_messages=60, import_rows=5_000,
               page_leads=5_000, page_campaigns=4, page_sends=20_000, page_repeats=5, page_min_repeats=3,
-              page_seconds=5, legacy_rows=20_000)
+              page_seconds=5, legacy_rows=20_000, mailbox_messages=15)
 FULL = replace(DEFAULT, claim_seconds=0, smtp_messages=2_000, page_repeats=50, page_min_repeats=20,
-               page_seconds=60)
+               page_seconds=60, mailbox_messages=300)
 
 
 @dataclass
@@ -522,6 +529,265 @@ def section_memory(ctx: Context) -> None:
                         notes="create_app + test client rendering every page of section 4 at scale"))
 
 
+# --- 7. mailboxes: parallel lanes against a server that takes 100 ms a message ----------
+
+
+class Recording:
+    """One lane's SmtpTransport; keeps each message it sends (a reference, no copy)."""
+
+    def __init__(self, inner, sent: list) -> None:
+        self.inner, self.sent = inner, sent
+
+    def send(self, msg, sender: str, recipient: str, deadline: float = float("inf")):
+        result = self.inner.send(msg, sender, recipient, deadline)
+        self.sent.append((msg, sender, recipient))  # list.append: safe across lane threads
+        return result
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class LanePool:
+    """One SmtpTransport per mailbox, made on first use: sender.tick's lanes send in
+    parallel through a transport that has `for_mailbox` (delivery.transport's
+    MailboxTransports builds them from the mailbox rows; here every mailbox is the sink)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.sent = port, []
+        self.lanes: dict[int | None, Recording] = {}
+        self.lock = threading.Lock()
+
+    def for_mailbox(self, mailbox_id: int | None) -> Recording:
+        from delivery.transport import SmtpTransport
+
+        with self.lock:
+            if mailbox_id not in self.lanes:
+                transport = SmtpTransport("127.0.0.1", self.port, timeout=30)
+                self.lanes[mailbox_id] = Recording(transport, self.sent)
+            return self.lanes[mailbox_id]
+
+    def close(self) -> None:
+        with self.lock:
+            for lane in self.lanes.values():
+                lane.close()
+
+
+class SlowSink(Sink):
+    """bench/sink.py in its own process, answering each final dot after `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.proc = subprocess.Popen([PY, "-m", "bench.sink", "--delay", str(delay)], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())
+
+    def _ask(self, command: str) -> str:
+        self.proc.stdin.write(f"{command}\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def stats(self) -> dict:
+        """Messages received since the last reset: total, distinct recipients, duplicates."""
+        return json.loads(self._ask("stats"))
+
+    def reset(self) -> None:
+        self._ask("reset")
+
+
+def bare_parallel(port: int, lanes: list[list]) -> float:
+    """One smtplib connection per lane, all started at one instant, each sending its
+    messages back to back (serialized inside the loop, as the engine does): seconds until
+    the last lane said QUIT."""
+    from delivery.messages import MAIL_POLICY
+
+    start, failures = threading.Barrier(len(lanes) + 1), []
+
+    def lane(messages: list) -> None:
+        start.wait()
+        try:
+            conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
+            conn.ehlo()
+            for msg, sender, recipient in messages:
+                conn.sendmail(sender, [recipient], msg.as_bytes(policy=MAIL_POLICY))
+            conn.quit()
+        except (smtplib.SMTPException, OSError) as exc:
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=lane, args=(messages,)) for messages in lanes]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"bare smtplib lane failed: {failures[0]}")
+    return time.perf_counter() - began
+
+
+@contextmanager
+def lane_profiles(out: Path) -> Iterator[None]:
+    """cProfile every sending lane (a thread each: one profiler per send_batch call),
+    merged into one file. sender.tick looks send_batch up at call time."""
+    import cProfile
+    import pstats
+
+    import sender
+
+    original, profiles = sender.send_batch, []
+
+    def profiled(*args, **kwargs):
+        profiler = cProfile.Profile()
+        profiles.append(profiler)
+        return profiler.runcall(original, *args, **kwargs)
+
+    sender.send_batch = profiled
+    try:
+        yield
+    finally:
+        sender.send_batch = original
+        if profiles:
+            stats = pstats.Stats(profiles[0])
+            for profiler in profiles[1:]:
+                stats.add(profiler)
+            stats.dump_stats(out)
+
+
+def prepare_lanes(engine, key_file: Path, port: int, n: int, total: int) -> list[int]:
+    """n mailboxes (sink, no auth, no cap or gap to speak of) on campaign 1, sending now."""
+    from sqlalchemy import update
+
+    from core import mailboxes
+    from models import Campaign
+    from storage.database import immediate
+    from storage.secrets import Vault
+
+    vault = Vault(key_file)
+    ids = [mailboxes.create(engine, vault, name=f"Lane {i}", address=f"lane{i}@sendonce-bench.pl",
+                            backend="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_security="none",
+                            daily_cap=10_000_000, min_gap_seconds=0) for i in range(1, n + 1)]
+    mailboxes.link(engine, 1, ids)
+    with immediate(engine) as conn:  # every day, every hour, no interval: only the lanes pace it
+        conn.execute(update(Campaign.__table__).where(Campaign.id == 1).values(
+            interval_seconds=0, batch_size=total, daily_cap=None, window_weekdays="0,1,2,3,4,5,6",
+            window_start_hour=0, window_end_hour=24))
+    return ids
+
+
+def run_lanes(ctx: Context, sink: SlowSink, n: int, per_lane: int, profile_to: Path | None = None) -> dict:
+    """The engine: sender.tick with n mailboxes (one lane, one connection each) until every
+    lead is sent; the database and the sink checked after."""
+    from app import create_app
+    from delivery import lease as leases
+    from models import db
+    from sender import Settings, tick
+    from storage.timeutil import utcnow
+
+    total = n * per_lane
+    template = template_db(f"mailboxes{total}", generate.Spec(leads=total, campaigns=1, sends=0), ctx.fresh)
+    db_path = fresh_copy(template, RESULTS / "mailboxes-run.db")
+    key_file = RESULTS / "mailboxes.keys"
+    app = create_app(dict(config_for(db_path, sink.port), MAILBOX_KEY_FILE=str(key_file)))
+    pool = LanePool(sink.port)
+    with app.app_context():
+        engine = db.engine
+        ids = prepare_lanes(engine, key_file, sink.port, n, total)
+        settings = Settings.from_config(app.config)
+        lease = leases.acquire(engine, leases.new_holder_id(), utcnow(), settings.lease_seconds)
+        sink.reset()
+        sent, ticks, stopped = 0, 0, set()
+        with lane_profiles(profile_to) if profile_to else nullcontext():
+            began = time.perf_counter()
+            while sent < total and ticks < 5:  # one tick sends it all; more only if a lane stopped early
+                ticks += 1
+                results = tick(engine, settings, pool, lease)
+                sent += sum(batch.sent for batch in results.values())
+                # A lane's normal end is "nothing_due: nothing for mailbox n"; anything else
+                # stopped it early and leaves its share to the other lanes.
+                stopped |= {str(batch.stopped_by) for batch in results.values()
+                            if batch.stopped_by and not str(batch.stopped_by).startswith("nothing_due")}
+            seconds = time.perf_counter() - began
+        received = sink.stats()
+        db_check = check_lanes(engine, total, ids)
+        engine.dispose()
+    if profile_to:
+        write_profile_text(profile_to, profile_to.with_suffix(".txt"))
+    return {"seconds": seconds, "rate": total / seconds, "sent": sent, "ticks": ticks, "received": received,
+            "stopped": sorted(stopped), "lanes": [pool.sent[i::n] for i in range(n)], **db_check}
+
+
+def check_lanes(engine, total: int, ids: list[int]) -> dict:
+    """One send_log row per lead, all sent, every enrollment sent; messages per mailbox."""
+    with engine.connect() as conn:
+        sql = conn.exec_driver_sql
+        rows = sql("SELECT count(*) FROM send_log").scalar_one()
+        distinct = sql("SELECT count(*) FROM (SELECT DISTINCT campaign_id, lead_id FROM send_log)"
+                       ).scalar_one()
+        sent = sql("SELECT count(*) FROM send_log WHERE status = 'sent'").scalar_one()
+        enrolled_sent = sql("SELECT count(*) FROM campaign_lead WHERE state = 'sent'").scalar_one()
+        by_box = dict(sql("SELECT mailbox_id, count(*) FROM send_log GROUP BY mailbox_id").all())
+    ok = rows == distinct == sent == enrolled_sent == total and set(by_box) <= set(ids)
+    return {"db_ok": ok, "per_mailbox": [by_box.get(i, 0) for i in ids],
+            "db_note": f"send_log {rows}, distinct {distinct}, sent {sent}, enrollments sent {enrolled_sent}"}
+
+
+def lane_row(ctx: Context, delay: float, n: int, per_lane: int, target: float | None) -> None:
+    """The engine and then the bare ceiling, n connections each, against one sink."""
+    total = n * per_lane
+    sink = SlowSink(delay)
+    try:
+        bare_parallel(sink.port, [[(_warmup_message(i), "warm@sendonce.test", f"warm{i}@example.com")]
+                                  for i in range(n)])
+        log(f"mailboxes: engine, {n} lane(s) x {per_lane} messages, "
+            f"sink answering after {delay * 1000:.0f} ms")
+        engine = run_lanes(ctx, sink, n, per_lane)
+        log(f"mailboxes: bare smtplib, {n} connection(s) x {per_lane} messages")
+        sink.reset()
+        bare_s = bare_parallel(sink.port, engine["lanes"])
+        bare_received = sink.stats()
+    finally:
+        sink.close()
+    got = engine["received"]
+    ok = (engine["db_ok"] and engine["sent"] == total and got["total"] == got["distinct"] == total
+          and got["duplicates"] == 0 and bare_received["total"] == total)
+    bare_rate = total / bare_s
+    ratio = engine["rate"] / bare_rate
+    spread = "/".join(str(c) for c in engine["per_mailbox"])
+    note = (f"{total} leads, each received once at the sink ({got['total']} messages, {got['distinct']} "
+            f"recipients, {got['duplicates']} duplicates); per mailbox {spread}; {engine['ticks']} tick(s), "
+            f"{engine['seconds']:.1f} s vs {bare_s:.1f} s")
+    if engine["stopped"]:
+        note += f"; lanes stopped early by {', '.join(engine['stopped'])}"
+    if not ok:
+        note += (f" — CHECK FAILED: engine reported {engine['sent']} sent, {engine['db_note']}, "
+                 f"bare received {bare_received}")
+    plural = "es" if n > 1 else ""
+    if target is None:
+        ctx.rows.append(Row("mailboxes", f"messages/s, {n} mailbox{plural}, sink answering at once",
+                            f"{engine['rate']:,.1f}/s", f"{bare_rate:,.1f}/s", ratio, "report, 0 dup", ok,
+                            note))
+    else:
+        ctx.rows.append(Row("mailboxes", f"messages/s, {n} mailbox{plural}, sink answering after "
+                                         f"{delay * 1000:.0f} ms", f"{engine['rate']:,.1f}/s",
+                            f"{bare_rate:,.1f}/s", ratio, f"≥ {target}, 0 dup", ratio >= target and ok, note))
+
+
+def section_mailboxes(ctx: Context) -> None:
+    sizes = ctx.sizes
+    for n in sizes.mailbox_counts:
+        lane_row(ctx, sizes.mailbox_delay, n, sizes.mailbox_messages, target=0.8)
+    for n in sizes.mailbox_counts_at_once:
+        lane_row(ctx, 0.0, n, sizes.mailbox_messages, target=None)
+    if ctx.profile:
+        n = max(sizes.mailbox_counts)
+        log(f"mailboxes: profiling the engine's {n} lanes (a run of its own, not measured)")
+        sink = SlowSink(sizes.mailbox_delay)
+        try:
+            run_lanes(ctx, sink, n, sizes.mailbox_messages, RESULTS / "profile-mailboxes-engine.prof")
+        finally:
+            sink.close()
+
+
 # --- the table ------------------------------------------------------------------------
 
 
@@ -599,6 +865,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page-sends", type=int, help="send_log rows for the pages (with --page-campaigns)")
     parser.add_argument("--page-campaigns", type=int)
     parser.add_argument("--page-leads", type=int)
+    parser.add_argument("--mailboxes", default="", help="mailbox counts against the slow sink, e.g. 1,4,8,16")
+    parser.add_argument("--mailbox-messages", type=int, help="messages per mailbox in the mailboxes section")
+    parser.add_argument("--mailbox-delay", type=float,
+                        help="seconds the slow sink waits before answering the final dot (default 0.1)")
     parser.add_argument("--profile", action="store_true", help="cProfile the engine, import and pages "
                                                                "into bench/results/profile-*.txt")
     parser.add_argument("--fresh", action="store_true", help="regenerate the cached databases")
@@ -609,7 +879,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"procs": tuple(int(p) for p in args.procs.split(",")) if args.procs else None,
                  "claim_seconds": args.claim_seconds, "claim_leads": args.claim_leads,
                  "smtp_messages": args.smtp_messages, "page_sends": args.page_sends,
-                 "page_campaigns": args.page_campaigns, "page_leads": args.page_leads}
+                 "page_campaigns": args.page_campaigns, "page_leads": args.page_leads,
+                 "mailbox_counts": tuple(int(m) for m in args.mailboxes.split(",") if m.strip()) or None,
+                 "mailbox_messages": args.mailbox_messages, "mailbox_delay": args.mailbox_delay}
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     sections = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = set(sections) - set(SECTIONS)
@@ -619,7 +891,8 @@ def main(argv: list[str] | None = None) -> None:
     ctx = Context(sizes, args.profile, args.fresh)
     started, load_before = time.perf_counter(), machine()["load"]
     runners = {"claims": section_claims, "smtp": section_smtp, "import": section_import,
-               "pages": section_pages, "memory": section_memory, "legacy": section_legacy}
+               "pages": section_pages, "memory": section_memory, "legacy": section_legacy,
+               "mailboxes": section_mailboxes}
     for name in SECTIONS:
         if name in sections:
             runners[name](ctx)
