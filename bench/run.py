@@ -13,13 +13,18 @@ moments before or after it, on the same file settings (WAL, synchronous=FULL):
    page's floor (below the floor, the fixed cost of any admin page is what it measures);
 5. memory: peak RSS of an engine process in 1 and of the page-rendering process in 4;
 6. legacy: upload+analysis time of a 1,000,000-row legacy send log, and the time of each view
-   of it (page 1, a deep page, another zone, English, a Since/Until period), target ≤ 150 ms.
+   of it (page 1, a deep page, another zone, English, a Since/Until period), target ≤ 150 ms;
+7. mailboxes: sender.tick sending through 1, 4 and 8 mailboxes (a lane, a thread and a
+   connection each) to a sink that answers each message after 100 ms, vs as many parallel
+   bare smtplib connections to the same sink, target ≥ 0.8; and against a sink answering at
+   once (1 and 8), reported. Every lead must reach the sink exactly once.
 One markdown table is printed and appended to BENCHMARKS.md with the date, nproc, the CPU
 model and the load average (other work on the machine shows up there, not in the ratios).
 
     make bench                              # default sizes, ~10 minutes on 2 cores
     .venv/bin/python -m bench.run --quick   # small sizes, a smoke run of every section
     .venv/bin/python -m bench.run --only claims,pages
+    .venv/bin/python -m bench.run --only mailboxes --mailboxes 1,4,8,16 --mailbox-delay 0.05
     .venv/bin/python -m bench.run --full    # claims run every lead to the end, bigger N
     .venv/bin/python -m bench.run --profile # also cProfile the engine and each page
 
@@ -259,17 +264,28 @@ def write_profile_text(prof: Path, text: Path, limit: int = 45) -> None:
 
 
 class Sink:
-    """bench/sink.py in its own process."""
+    """bench/sink.py in its own process; `delay`: seconds before it answers each final dot."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([PY, "-m", "bench.sink"], cwd=ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.proc = subprocess.Popen([PY, "-m", "bench.sink", "--delay", str(delay)], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline())
 
-    def count(self) -> int:
-        self.proc.stdin.write("count\n")
+    def _ask(self, command: str) -> str:
+        self.proc.stdin.write(f"{command}\n")
         self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
+        return self.proc.stdout.readline().strip()
+
+    def count(self) -> int:
+        return int(self._ask("count"))
+
+    def stats(self) -> dict:
+        """Messages received since the last reset: total, distinct recipients, duplicates."""
+        return json.loads(self._ask("stats"))
+
+    def reset(self) -> None:
+        self._ask("reset")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -280,6 +296,8 @@ class Sink:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
 
 
 class RecordingTransport:
@@ -572,28 +590,6 @@ class LanePool:
                 lane.close()
 
 
-class SlowSink(Sink):
-    """bench/sink.py in its own process, answering each final dot after `delay` seconds."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.proc = subprocess.Popen([PY, "-m", "bench.sink", "--delay", str(delay)], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.port = int(self.proc.stdout.readline())
-
-    def _ask(self, command: str) -> str:
-        self.proc.stdin.write(f"{command}\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
-
-    def stats(self) -> dict:
-        """Messages received since the last reset: total, distinct recipients, duplicates."""
-        return json.loads(self._ask("stats"))
-
-    def reset(self) -> None:
-        self._ask("reset")
-
-
 def bare_parallel(port: int, lanes: list[list]) -> float:
     """One smtplib connection per lane, all started at one instant, each sending its
     messages back to back (serialized inside the loop, as the engine does): seconds until
@@ -667,14 +663,16 @@ def prepare_lanes(engine, key_file: Path, port: int, n: int, total: int) -> list
                             backend="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_security="none",
                             daily_cap=10_000_000, min_gap_seconds=0) for i in range(1, n + 1)]
     mailboxes.link(engine, 1, ids)
-    with immediate(engine) as conn:  # every day, every hour, no interval: only the lanes pace it
+    # Every day, every hour, no interval: only the lanes pace it. batch_size bounds each
+    # lane's batch in a tick (1,000: the most the campaign form accepts).
+    with immediate(engine) as conn:
         conn.execute(update(Campaign.__table__).where(Campaign.id == 1).values(
-            interval_seconds=0, batch_size=total, daily_cap=None, window_weekdays="0,1,2,3,4,5,6",
+            interval_seconds=0, batch_size=min(total, 1000), daily_cap=None, window_weekdays="0,1,2,3,4,5,6",
             window_start_hour=0, window_end_hour=24))
     return ids
 
 
-def run_lanes(ctx: Context, sink: SlowSink, n: int, per_lane: int, profile_to: Path | None = None) -> dict:
+def run_lanes(ctx: Context, sink: Sink, n: int, per_lane: int, profile_to: Path | None = None) -> dict:
     """The engine: sender.tick with n mailboxes (one lane, one connection each) until every
     lead is sent; the database and the sink checked after."""
     from app import create_app
@@ -734,7 +732,7 @@ def check_lanes(engine, total: int, ids: list[int]) -> dict:
 def lane_row(ctx: Context, delay: float, n: int, per_lane: int, target: float | None) -> None:
     """The engine and then the bare ceiling, n connections each, against one sink."""
     total = n * per_lane
-    sink = SlowSink(delay)
+    sink = Sink(delay)
     try:
         bare_parallel(sink.port, [[(_warmup_message(i), "warm@sendonce.test", f"warm{i}@example.com")]
                                   for i in range(n)])
@@ -781,7 +779,7 @@ def section_mailboxes(ctx: Context) -> None:
     if ctx.profile:
         n = max(sizes.mailbox_counts)
         log(f"mailboxes: profiling the engine's {n} lanes (a run of its own, not measured)")
-        sink = SlowSink(sizes.mailbox_delay)
+        sink = Sink(sizes.mailbox_delay)
         try:
             run_lanes(ctx, sink, n, sizes.mailbox_messages, RESULTS / "profile-mailboxes-engine.prof")
         finally:
