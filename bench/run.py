@@ -48,10 +48,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench import generate, legacy_bench
 from tests.conftest import app_config, env_for
@@ -622,9 +623,11 @@ def bare_parallel(port: int, lanes: list[list]) -> float:
 
 
 @contextmanager
-def lane_profiles(out: Path) -> Iterator[None]:
-    """cProfile every sending lane (a thread each: one profiler per send_batch call),
-    merged into one file. sender.tick looks send_batch up at call time."""
+def watch_lanes(stops: list[tuple[int | None, Any]], profile_to: Path | None) -> Iterator[None]:
+    """Each lane's batch, seen from outside: why it stopped (appended to `stops`: tick's
+    result merges a campaign's lanes into one stop reason), and with `profile_to` a
+    cProfile of every lane (a thread each, one profiler per send_batch call) merged into
+    one file. sender.tick looks send_batch up at call time; nothing else changes."""
     import cProfile
     import pstats
 
@@ -632,12 +635,17 @@ def lane_profiles(out: Path) -> Iterator[None]:
 
     original, profiles = sender.send_batch, []
 
-    def profiled(*args, **kwargs):
-        profiler = cProfile.Profile()
-        profiles.append(profiler)
-        return profiler.runcall(original, *args, **kwargs)
+    def watched(*args, **kwargs):
+        if profile_to is None:
+            batch = original(*args, **kwargs)
+        else:
+            profiler = cProfile.Profile()
+            profiles.append(profiler)
+            batch = profiler.runcall(original, *args, **kwargs)
+        stops.append((kwargs.get("mailbox_id"), batch.stopped_by))
+        return batch
 
-    sender.send_batch = profiled
+    sender.send_batch = watched
     try:
         yield
     finally:
@@ -646,7 +654,7 @@ def lane_profiles(out: Path) -> Iterator[None]:
             stats = pstats.Stats(profiles[0])
             for profiler in profiles[1:]:
                 stats.add(profiler)
-            stats.dump_stats(out)
+            stats.dump_stats(profile_to)
 
 
 def prepare_lanes(engine, key_file: Path, port: int, n: int, total: int) -> list[int]:
@@ -693,17 +701,13 @@ def run_lanes(ctx: Context, sink: Sink, n: int, per_lane: int, profile_to: Path 
         settings = Settings.from_config(app.config)
         lease = leases.acquire(engine, leases.new_holder_id(), utcnow(), settings.lease_seconds)
         sink.reset()
-        sent, ticks, stopped = 0, 0, set()
-        with lane_profiles(profile_to) if profile_to else nullcontext():
+        sent, ticks, stops = 0, 0, []
+        with watch_lanes(stops, profile_to):
             began = time.perf_counter()
             while sent < total and ticks < 5:  # one tick sends it all; more only if a lane stopped early
                 ticks += 1
                 results = tick(engine, settings, pool, lease)
                 sent += sum(batch.sent for batch in results.values())
-                # A lane's normal end is "nothing_due: nothing for mailbox n"; anything else
-                # stopped it early and leaves its share to the other lanes.
-                stopped |= {str(batch.stopped_by) for batch in results.values()
-                            if batch.stopped_by and not str(batch.stopped_by).startswith("nothing_due")}
             seconds = time.perf_counter() - began
         received = sink.stats()
         db_check = check_lanes(engine, total, ids)
@@ -711,7 +715,19 @@ def run_lanes(ctx: Context, sink: Sink, n: int, per_lane: int, profile_to: Path 
     if profile_to:
         write_profile_text(profile_to, profile_to.with_suffix(".txt"))
     return {"seconds": seconds, "rate": total / seconds, "sent": sent, "ticks": ticks, "received": received,
-            "stopped": sorted(stopped), "lanes": [pool.sent[i::n] for i in range(n)], **db_check}
+            "stopped": early_stops(stops, ids), "lanes": [pool.sent[i::n] for i in range(n)], **db_check}
+
+
+def early_stops(stops: list[tuple[int | None, Any]], ids: list[int]) -> list[str]:
+    """Lanes that stopped for another reason than running out of leads, with the reason.
+
+    A lane's normal ends are "nothing_due: nothing for mailbox n" and a full batch (no
+    refusal); any other stop leaves its share to the other lanes (fewer connections in
+    parallel than the ceiling has).
+    """
+    lane = {mailbox_id: i for i, mailbox_id in enumerate(ids, start=1)}
+    return [f"lane {lane.get(m, m)}: {why}" for m, why in stops
+            if why is not None and why.code != "nothing_due"]
 
 
 def check_lanes(engine, total: int, ids: list[int]) -> dict:
@@ -755,7 +771,8 @@ def lane_row(ctx: Context, delay: float, n: int, per_lane: int, target: float | 
             f"recipients, {got['duplicates']} duplicates); per mailbox {spread}; {engine['ticks']} tick(s), "
             f"{engine['seconds']:.1f} s vs {bare_s:.1f} s")
     if engine["stopped"]:
-        note += f"; lanes stopped early by {', '.join(engine['stopped'])}"
+        more = len(engine["stopped"]) - 4
+        note += f"; stopped early: {'; '.join(engine['stopped'][:4])}{f'; {more} more' if more > 0 else ''}"
     if not ok:
         note += (f" — CHECK FAILED: engine reported {engine['sent']} sent, {engine['db_note']}, "
                  f"bare received {bare_received}")
