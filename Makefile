@@ -38,7 +38,7 @@ $(CHROMIUM):
 test: $(VENV)/.dev translations $(CHROMIUM)
 	$(PY) -m pytest
 
-## make bench: engine, SMTP, import and pages against bare ceilings; appends BENCHMARKS.md.
+## make bench: engine, SMTP, mailbox lanes, import and pages against bare ceilings; appends BENCHMARKS.md.
 bench: $(VENV)/.dev translations
 	$(PY) -m bench.run
 

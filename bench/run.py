@@ -568,8 +568,8 @@ class Recording:
 
 class LanePool:
     """One SmtpTransport per mailbox, made on first use: sender.tick's lanes send in
-    parallel through a transport that has `for_mailbox` (delivery.transport's
-    MailboxTransports builds them from the mailbox rows; here every mailbox is the sink)."""
+    parallel through a transport that has `for_mailbox`. The app's own pool builds each
+    from its mailbox row (host, port, secrets); here every mailbox is the one sink."""
 
     def __init__(self, port: int) -> None:
         self.port, self.sent = port, []
