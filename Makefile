@@ -45,7 +45,7 @@ $(SPAMASSASSIN):
 test: $(VENV)/.dev translations $(CHROMIUM) $(SPAMASSASSIN)
 	$(PY) -m pytest
 
-## make bench: engine, SMTP, import and pages against bare ceilings; appends BENCHMARKS.md.
+## make bench: engine, SMTP, mailbox lanes, import and pages against bare ceilings; appends BENCHMARKS.md.
 bench: $(VENV)/.dev translations
 	$(PY) -m bench.run
 

@@ -13,13 +13,18 @@ moments before or after it, on the same file settings (WAL, synchronous=FULL):
    page's floor (below the floor, the fixed cost of any admin page is what it measures);
 5. memory: peak RSS of an engine process in 1 and of the page-rendering process in 4;
 6. legacy: upload+analysis time of a 1,000,000-row legacy send log, and the time of each view
-   of it (page 1, a deep page, another zone, English, a Since/Until period), target ≤ 150 ms.
+   of it (page 1, a deep page, another zone, English, a Since/Until period), target ≤ 150 ms;
+7. mailboxes: sender.tick sending through 1, 4 and 8 mailboxes (a lane, a thread and a
+   connection each) to a sink that answers each message after 100 ms, vs as many parallel
+   bare smtplib connections to the same sink, target ≥ 0.8; and against a sink answering at
+   once (1 and 8), reported. Every lead must reach the sink exactly once.
 One markdown table is printed and appended to BENCHMARKS.md with the date, nproc, the CPU
 model and the load average (other work on the machine shows up there, not in the ratios).
 
     make bench                              # default sizes, ~10 minutes on 2 cores
     .venv/bin/python -m bench.run --quick   # small sizes, a smoke run of every section
     .venv/bin/python -m bench.run --only claims,pages
+    .venv/bin/python -m bench.run --only mailboxes --mailboxes 1,4,8,16 --mailbox-delay 0.05
     .venv/bin/python -m bench.run --full    # claims run every lead to the end, bigger N
     .venv/bin/python -m bench.run --profile # also cProfile the engine and each page
 
@@ -40,10 +45,14 @@ import smtplib
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench import generate, legacy_bench
 from tests.conftest import app_config, env_for
@@ -52,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 
-SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy")
+SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy", "mailboxes")
 PY = sys.executable
 
 
@@ -70,14 +79,18 @@ class Sizes:
     page_min_repeats: int = 7
     page_seconds: float = 20.0  # per page: stop repeating after this (min_repeats still run)
     legacy_rows: int = 1_000_000
+    mailbox_counts: tuple[int, ...] = (1, 4, 8)  # against a sink answering after mailbox_delay
+    mailbox_counts_at_once: tuple[int, ...] = (1, 8)  # against a sink answering at once
+    mailbox_messages: int = 100  # per mailbox (lane)
+    mailbox_delay: float = 0.1  # seconds before the sink answers the final dot
 
 
 DEFAULT = Sizes()
 QUICK = Sizes(claim_leads=600, procs=(1, 2), claim_seconds=4, smtp_messages=60, import_rows=5_000,
               page_leads=5_000, page_campaigns=4, page_sends=20_000, page_repeats=5, page_min_repeats=3,
-              page_seconds=5, legacy_rows=20_000)
+              page_seconds=5, legacy_rows=20_000, mailbox_messages=15)
 FULL = replace(DEFAULT, claim_seconds=0, smtp_messages=2_000, page_repeats=50, page_min_repeats=20,
-               page_seconds=60)
+               page_seconds=60, mailbox_messages=300)
 
 
 @dataclass
@@ -252,17 +265,28 @@ def write_profile_text(prof: Path, text: Path, limit: int = 45) -> None:
 
 
 class Sink:
-    """bench/sink.py in its own process."""
+    """bench/sink.py in its own process; `delay`: seconds before it answers each final dot."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([PY, "-m", "bench.sink"], cwd=ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.proc = subprocess.Popen([PY, "-m", "bench.sink", "--delay", str(delay)], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline())
 
-    def count(self) -> int:
-        self.proc.stdin.write("count\n")
+    def _ask(self, command: str) -> str:
+        self.proc.stdin.write(f"{command}\n")
         self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
+        return self.proc.stdout.readline().strip()
+
+    def count(self) -> int:
+        return int(self._ask("count"))
+
+    def stats(self) -> dict:
+        """Messages received since the last reset: total, distinct recipients, duplicates."""
+        return json.loads(self._ask("stats"))
+
+    def reset(self) -> None:
+        self._ask("reset")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -273,6 +297,8 @@ class Sink:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
 
 
 class RecordingTransport:
@@ -522,6 +548,261 @@ def section_memory(ctx: Context) -> None:
                         notes="create_app + test client rendering every page of section 4 at scale"))
 
 
+# --- 7. mailboxes: parallel lanes against a server that takes 100 ms a message ----------
+
+
+class Recording:
+    """One lane's SmtpTransport; keeps each message it sends (a reference, no copy)."""
+
+    def __init__(self, inner, sent: list) -> None:
+        self.inner, self.sent = inner, sent
+
+    def send(self, msg, sender: str, recipient: str, deadline: float = float("inf")):
+        result = self.inner.send(msg, sender, recipient, deadline)
+        self.sent.append((msg, sender, recipient))  # list.append: safe across lane threads
+        return result
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class LanePool:
+    """One SmtpTransport per mailbox, made on first use: sender.tick's lanes send in
+    parallel through a transport that has `for_mailbox`. The app's own pool builds each
+    from its mailbox row (host, port, secrets); here every mailbox is the one sink."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.sent = port, []
+        self.lanes: dict[int | None, Recording] = {}
+        self.lock = threading.Lock()
+
+    def for_mailbox(self, mailbox_id: int | None) -> Recording:
+        from delivery.transport import SmtpTransport
+
+        with self.lock:
+            if mailbox_id not in self.lanes:
+                transport = SmtpTransport("127.0.0.1", self.port, timeout=30)
+                self.lanes[mailbox_id] = Recording(transport, self.sent)
+            return self.lanes[mailbox_id]
+
+    def close(self) -> None:
+        with self.lock:
+            for lane in self.lanes.values():
+                lane.close()
+
+
+def bare_parallel(port: int, lanes: list[list]) -> float:
+    """One smtplib connection per lane, all started at one instant, each sending its
+    messages back to back (serialized inside the loop, as the engine does): seconds until
+    the last lane said QUIT."""
+    from delivery.messages import MAIL_POLICY
+
+    start, failures = threading.Barrier(len(lanes) + 1), []
+
+    def lane(messages: list) -> None:
+        start.wait()
+        try:
+            conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
+            conn.ehlo()
+            for msg, sender, recipient in messages:
+                conn.sendmail(sender, [recipient], msg.as_bytes(policy=MAIL_POLICY))
+            conn.quit()
+        except (smtplib.SMTPException, OSError) as exc:
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=lane, args=(messages,)) for messages in lanes]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"bare smtplib lane failed: {failures[0]}")
+    return time.perf_counter() - began
+
+
+@contextmanager
+def watch_lanes(stops: list[tuple[int | None, Any]], profile_to: Path | None) -> Iterator[None]:
+    """Each lane's batch, seen from outside: why it stopped (appended to `stops`: tick's
+    result merges a campaign's lanes into one stop reason), and with `profile_to` a
+    cProfile of every lane (a thread each, one profiler per send_batch call) merged into
+    one file. sender.tick looks send_batch up at call time; nothing else changes."""
+    import cProfile
+    import pstats
+
+    import sender
+
+    original, profiles = sender.send_batch, []
+
+    def watched(*args, **kwargs):
+        if profile_to is None:
+            batch = original(*args, **kwargs)
+        else:
+            profiler = cProfile.Profile()
+            profiles.append(profiler)
+            batch = profiler.runcall(original, *args, **kwargs)
+        stops.append((kwargs.get("mailbox_id"), batch.stopped_by))
+        return batch
+
+    sender.send_batch = watched
+    try:
+        yield
+    finally:
+        sender.send_batch = original
+        if profiles:
+            stats = pstats.Stats(profiles[0])
+            for profiler in profiles[1:]:
+                stats.add(profiler)
+            stats.dump_stats(profile_to)
+
+
+def prepare_lanes(engine, key_file: Path, port: int, n: int, total: int) -> list[int]:
+    """n mailboxes (sink, no auth, no cap or gap to speak of) on campaign 1, sending now."""
+    from sqlalchemy import update
+
+    from core import mailboxes
+    from models import Campaign
+    from storage.database import immediate
+    from storage.secrets import Vault
+
+    vault = Vault(key_file)
+    ids = [mailboxes.create(engine, vault, name=f"Lane {i}", address=f"lane{i}@sendonce-bench.pl",
+                            backend="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_security="none",
+                            daily_cap=10_000_000, min_gap_seconds=0) for i in range(1, n + 1)]
+    mailboxes.link(engine, 1, ids)
+    # Every day, every hour, no interval: only the lanes pace it. batch_size bounds each
+    # lane's batch in a tick (1,000: the most the campaign form accepts).
+    with immediate(engine) as conn:
+        conn.execute(update(Campaign.__table__).where(Campaign.id == 1).values(
+            interval_seconds=0, batch_size=min(total, 1000), daily_cap=None, window_weekdays="0,1,2,3,4,5,6",
+            window_start_hour=0, window_end_hour=24))
+    return ids
+
+
+def run_lanes(ctx: Context, sink: Sink, n: int, per_lane: int, profile_to: Path | None = None) -> dict:
+    """The engine: sender.tick with n mailboxes (one lane, one connection each) until every
+    lead is sent; the database and the sink checked after."""
+    from app import create_app
+    from delivery import lease as leases
+    from models import db
+    from sender import Settings, tick
+    from storage.timeutil import utcnow
+
+    total = n * per_lane
+    template = template_db(f"mailboxes{total}", generate.Spec(leads=total, campaigns=1, sends=0), ctx.fresh)
+    db_path = fresh_copy(template, RESULTS / "mailboxes-run.db")
+    key_file = RESULTS / "mailboxes.keys"
+    app = create_app(dict(config_for(db_path, sink.port), MAILBOX_KEY_FILE=str(key_file)))
+    pool = LanePool(sink.port)
+    with app.app_context():
+        engine = db.engine
+        ids = prepare_lanes(engine, key_file, sink.port, n, total)
+        settings = Settings.from_config(app.config)
+        lease = leases.acquire(engine, leases.new_holder_id(), utcnow(), settings.lease_seconds)
+        sink.reset()
+        sent, ticks, stops = 0, 0, []
+        with watch_lanes(stops, profile_to):
+            began = time.perf_counter()
+            while sent < total and ticks < 5:  # one tick sends it all; more only if a lane stopped early
+                ticks += 1
+                results = tick(engine, settings, pool, lease)
+                sent += sum(batch.sent for batch in results.values())
+            seconds = time.perf_counter() - began
+        received = sink.stats()
+        db_check = check_lanes(engine, total, ids)
+        engine.dispose()
+    if profile_to:
+        write_profile_text(profile_to, profile_to.with_suffix(".txt"))
+    return {"seconds": seconds, "rate": total / seconds, "sent": sent, "ticks": ticks, "received": received,
+            "stopped": early_stops(stops, ids), "lanes": [pool.sent[i::n] for i in range(n)], **db_check}
+
+
+def early_stops(stops: list[tuple[int | None, Any]], ids: list[int]) -> list[str]:
+    """Lanes that stopped for another reason than running out of leads, with the reason.
+
+    A lane's normal ends are "nothing_due: nothing for mailbox n" and a full batch (no
+    refusal); any other stop leaves its share to the other lanes (fewer connections in
+    parallel than the ceiling has).
+    """
+    lane = {mailbox_id: i for i, mailbox_id in enumerate(ids, start=1)}
+    return [f"lane {lane.get(m, m)}: {why}" for m, why in stops
+            if why is not None and why.code != "nothing_due"]
+
+
+def check_lanes(engine, total: int, ids: list[int]) -> dict:
+    """One send_log row per lead, all sent, every enrollment sent; messages per mailbox."""
+    with engine.connect() as conn:
+        sql = conn.exec_driver_sql
+        rows = sql("SELECT count(*) FROM send_log").scalar_one()
+        distinct = sql("SELECT count(*) FROM (SELECT DISTINCT campaign_id, lead_id FROM send_log)"
+                       ).scalar_one()
+        sent = sql("SELECT count(*) FROM send_log WHERE status = 'sent'").scalar_one()
+        enrolled_sent = sql("SELECT count(*) FROM campaign_lead WHERE state = 'sent'").scalar_one()
+        by_box = dict(sql("SELECT mailbox_id, count(*) FROM send_log GROUP BY mailbox_id").all())
+    ok = rows == distinct == sent == enrolled_sent == total and set(by_box) <= set(ids)
+    return {"db_ok": ok, "per_mailbox": [by_box.get(i, 0) for i in ids],
+            "db_note": f"send_log {rows}, distinct {distinct}, sent {sent}, enrollments sent {enrolled_sent}"}
+
+
+def lane_row(ctx: Context, delay: float, n: int, per_lane: int, target: float | None) -> None:
+    """The engine and then the bare ceiling, n connections each, against one sink."""
+    total = n * per_lane
+    sink = Sink(delay)
+    try:
+        bare_parallel(sink.port, [[(_warmup_message(i), "warm@sendonce.test", f"warm{i}@example.com")]
+                                  for i in range(n)])
+        log(f"mailboxes: engine, {n} lane(s) x {per_lane} messages, "
+            f"sink answering after {delay * 1000:.0f} ms")
+        engine = run_lanes(ctx, sink, n, per_lane)
+        log(f"mailboxes: bare smtplib, {n} connection(s) x {per_lane} messages")
+        sink.reset()
+        bare_s = bare_parallel(sink.port, engine["lanes"])
+        bare_received = sink.stats()
+    finally:
+        sink.close()
+    got = engine["received"]
+    ok = (engine["db_ok"] and engine["sent"] == total and got["total"] == got["distinct"] == total
+          and got["duplicates"] == 0 and bare_received["total"] == total)
+    bare_rate = total / bare_s
+    ratio = engine["rate"] / bare_rate
+    spread = "/".join(str(c) for c in engine["per_mailbox"])
+    note = (f"{total} leads, each received once at the sink ({got['total']} messages, {got['distinct']} "
+            f"recipients, {got['duplicates']} duplicates); per mailbox {spread}; {engine['ticks']} tick(s), "
+            f"{engine['seconds']:.1f} s vs {bare_s:.1f} s")
+    if engine["stopped"]:
+        more = len(engine["stopped"]) - 4
+        note += f"; stopped early: {'; '.join(engine['stopped'][:4])}{f'; {more} more' if more > 0 else ''}"
+    if not ok:
+        note += (f" — CHECK FAILED: engine reported {engine['sent']} sent, {engine['db_note']}, "
+                 f"bare received {bare_received}")
+    plural = "es" if n > 1 else ""
+    if target is None:
+        ctx.rows.append(Row("mailboxes", f"messages/s, {n} mailbox{plural}, sink answering at once",
+                            f"{engine['rate']:,.1f}/s", f"{bare_rate:,.1f}/s", ratio, "report, 0 dup", ok,
+                            note))
+    else:
+        ctx.rows.append(Row("mailboxes", f"messages/s, {n} mailbox{plural}, sink answering after "
+                                         f"{delay * 1000:.0f} ms", f"{engine['rate']:,.1f}/s",
+                            f"{bare_rate:,.1f}/s", ratio, f"≥ {target}, 0 dup", ratio >= target and ok, note))
+
+
+def section_mailboxes(ctx: Context) -> None:
+    sizes = ctx.sizes
+    for n in sizes.mailbox_counts:
+        lane_row(ctx, sizes.mailbox_delay, n, sizes.mailbox_messages, target=0.8)
+    for n in sizes.mailbox_counts_at_once:
+        lane_row(ctx, 0.0, n, sizes.mailbox_messages, target=None)
+    if ctx.profile:
+        n = max(sizes.mailbox_counts)
+        log(f"mailboxes: profiling the engine's {n} lanes (a run of its own, not measured)")
+        sink = Sink(sizes.mailbox_delay)
+        try:
+            run_lanes(ctx, sink, n, sizes.mailbox_messages, RESULTS / "profile-mailboxes-engine.prof")
+        finally:
+            sink.close()
+
+
 # --- the table ------------------------------------------------------------------------
 
 
@@ -599,6 +880,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page-sends", type=int, help="send_log rows for the pages (with --page-campaigns)")
     parser.add_argument("--page-campaigns", type=int)
     parser.add_argument("--page-leads", type=int)
+    parser.add_argument("--mailboxes", default="", help="mailbox counts against the slow sink, e.g. 1,4,8,16")
+    parser.add_argument("--mailbox-messages", type=int, help="messages per mailbox in the mailboxes section")
+    parser.add_argument("--mailbox-delay", type=float,
+                        help="seconds the slow sink waits before answering the final dot (default 0.1)")
     parser.add_argument("--profile", action="store_true", help="cProfile the engine, import and pages "
                                                                "into bench/results/profile-*.txt")
     parser.add_argument("--fresh", action="store_true", help="regenerate the cached databases")
@@ -609,7 +894,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"procs": tuple(int(p) for p in args.procs.split(",")) if args.procs else None,
                  "claim_seconds": args.claim_seconds, "claim_leads": args.claim_leads,
                  "smtp_messages": args.smtp_messages, "page_sends": args.page_sends,
-                 "page_campaigns": args.page_campaigns, "page_leads": args.page_leads}
+                 "page_campaigns": args.page_campaigns, "page_leads": args.page_leads,
+                 "mailbox_counts": tuple(int(m) for m in args.mailboxes.split(",") if m.strip()) or None,
+                 "mailbox_messages": args.mailbox_messages, "mailbox_delay": args.mailbox_delay}
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     sections = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = set(sections) - set(SECTIONS)
@@ -619,7 +906,8 @@ def main(argv: list[str] | None = None) -> None:
     ctx = Context(sizes, args.profile, args.fresh)
     started, load_before = time.perf_counter(), machine()["load"]
     runners = {"claims": section_claims, "smtp": section_smtp, "import": section_import,
-               "pages": section_pages, "memory": section_memory, "legacy": section_legacy}
+               "pages": section_pages, "memory": section_memory, "legacy": section_legacy,
+               "mailboxes": section_mailboxes}
     for name in SECTIONS:
         if name in sections:
             runners[name](ctx)
