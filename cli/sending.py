@@ -25,6 +25,7 @@ def send_due(campaign_id: int | None) -> None:
     ticker: scheduler.Ticker = current_app.extensions["sendonce_ticker"]
     try:
         results = ticker.tick(Trigger.CLI, campaign_id)
+        ticker.watch()  # cron may be the only ticker: the alerts are checked (and mailed) here too
     finally:
         ticker.release()
     if results is None:
