@@ -29,6 +29,7 @@ from timeline import legacy_log
 from timeline import reconcile as reconciling
 
 BACKUP_GLOB = "sendonce-*.db"
+FAILED = "backup failed, nothing kept: "
 
 
 def _stamp(moment: datetime) -> str:
@@ -74,10 +75,10 @@ def backup_command(file: Path | None, keep: int | None) -> None:
     try:
         _backup(file, keep)
     except OSError as exc:  # BACKUP_DIR unwritable, a file, a full disk: one line, exit 1
-        _note_backup(f"backup failed, nothing kept: {exc}")
-        raise click.ClickException(f"backup failed, nothing kept: {exc}") from exc
+        _note_backup(str(exc))
+        raise click.ClickException(f"{FAILED}{exc}") from exc
     except click.ClickException as exc:
-        _note_backup(exc.message)
+        _note_backup(exc.message.removeprefix(FAILED))
         raise
     _note_backup(None)
 
@@ -125,7 +126,7 @@ def _snapshot(target: Path, taken: datetime) -> files.Verified:
         found = files.verify(partial)
     except files.BackupError as exc:
         partial.unlink(missing_ok=True)
-        raise click.ClickException(f"backup failed, nothing kept: {exc}") from exc
+        raise click.ClickException(f"{FAILED}{exc}") from exc
     partial.rename(target)
     return found
 

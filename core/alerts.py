@@ -51,10 +51,12 @@ from models import (
 from storage.database import immediate
 
 MAILBOX_PAUSED = "mailbox_paused"
+CAMPAIGN_PAUSED = "campaign_paused"
 UNKNOWN_SENDS = "unknown_sends"
 LEASE_UNHELD = "lease_unheld"
 BACKUP_FAILED = "backup_failed"
-KINDS = (MAILBOX_PAUSED, UNKNOWN_SENDS, LEASE_UNHELD, BACKUP_FAILED)
+KINDS = (MAILBOX_PAUSED, CAMPAIGN_PAUSED, UNKNOWN_SENDS, LEASE_UNHELD, BACKUP_FAILED)
+BY_HAND = "paused by hand"  # core.campaigns.pause's reason: a person's pause is no alert
 
 _alert = Alert.__table__
 _meta = AppMeta.__table__
@@ -75,7 +77,10 @@ def _open(kind: str, key: str) -> Any:
 def raise_alert(conn: Connection, kind: str, key: str, details: dict[str, Any], now: datetime) -> bool:
     """Open an alert unless one is open for (kind, key), whose details are then refreshed; True if opened."""
     message = json.dumps(details, sort_keys=True)
-    if conn.execute(update(_alert).where(_open(kind, key)).values(message=message)).rowcount:
+    opened = conn.execute(select(_alert.c.id, _alert.c.message).where(_open(kind, key))).first()
+    if opened is not None:
+        if opened.message != message:  # a tick that finds nothing new writes nothing
+            conn.execute(update(_alert).where(_alert.c.id == opened.id).values(message=message))
         return False
     conn.execute(insert(_alert).values(kind=kind, key=key, message=message, created_at=now))
     log.warning("alert %s %s: %s", kind, key, message)
@@ -111,11 +116,6 @@ def _dismissal_key(kind: str, key: str) -> str:
 
 def _forget_dismissal(conn: Connection, kind: str, key: str) -> None:
     conn.execute(delete(_meta).where(_meta.c.key == _dismissal_key(kind, key)))
-
-
-def _dismissed(conn: Connection, kind: str, key: str) -> bool:
-    found = conn.execute(select(_meta.c.key).where(_meta.c.key == _dismissal_key(kind, key))).first()
-    return found is not None
 
 
 def open_alerts(conn: Connection) -> list[Row]:
@@ -156,20 +156,43 @@ def check(engine: Engine, watch: Watch, now: datetime) -> None:
     """Open alerts for the conditions that hold now and clear those that ended (one short write)."""
     with immediate(engine) as conn:
         _check_mailboxes(conn, now)
+        _check_campaigns(conn, now)
         _check_unknown(conn, now)
         _check_lease(conn, watch, now)
 
 
+def _sync(conn: Connection, kind: str, holding: dict[str, dict[str, Any]], now: datetime) -> None:
+    """Make the alerts of a condition kind match what holds now (`holding`: details by key):
+    raised where it holds (unless a person dismissed it), cleared where it ended."""
+    opened = set(conn.execute(select(_alert.c.key).where(_alert.c.kind == kind,
+                                                         _alert.c.cleared_at.is_(None))).scalars())
+    prefix = _dismissal_key(kind, "")
+    dismissed = {k.removeprefix(prefix) for k in conn.execute(
+        select(_meta.c.key).where(_meta.c.key.startswith(prefix, autoescape=True))).scalars()}
+    for key in (opened | dismissed) - holding.keys():
+        clear(conn, kind, key, now)
+    for key, details in holding.items():
+        if key not in dismissed:
+            raise_alert(conn, kind, key, details, now)
+
+
 def _check_mailboxes(conn: Connection, now: datetime) -> None:
     mailbox = Mailbox.__table__
-    rows = conn.execute(select(mailbox.c.id, mailbox.c.address, mailbox.c.status, mailbox.c.pause_reason))
-    for row in rows.all():
-        key = str(row.id)
-        if row.status != MailboxStatus.PAUSED:
-            clear(conn, MAILBOX_PAUSED, key, now)
-        elif not _dismissed(conn, MAILBOX_PAUSED, key):
-            details = {"address": row.address, "reason": row.pause_reason or ""}
-            raise_alert(conn, MAILBOX_PAUSED, key, details, now)
+    rows = conn.execute(select(mailbox.c.id, mailbox.c.address, mailbox.c.pause_reason)
+                        .where(mailbox.c.status == MailboxStatus.PAUSED))
+    _sync(conn, MAILBOX_PAUSED, {str(r.id): {"address": r.address, "reason": r.pause_reason or ""}
+                                 for r in rows}, now)
+
+
+def _check_campaigns(conn: Connection, now: datetime) -> None:
+    """A campaign paused by SendOnce itself (failures in a row, bad credentials, a restore);
+    a person's own pause needs no alert."""
+    table = Campaign.__table__
+    rows = conn.execute(select(table.c.id, table.c.name, table.c.pause_reason)
+                        .where(table.c.status == CampaignStatus.PAUSED,
+                               func.coalesce(table.c.pause_reason, BY_HAND) != BY_HAND))
+    _sync(conn, CAMPAIGN_PAUSED, {str(r.id): {"id": r.id, "name": r.name, "reason": r.pause_reason}
+                                  for r in rows}, now)
 
 
 def _check_unknown(conn: Connection, now: datetime) -> None:
@@ -204,19 +227,16 @@ def _check_unknown(conn: Connection, now: datetime) -> None:
 
 def _check_lease(conn: Connection, watch: Watch, now: datetime) -> None:
     lease = conn.execute(select(SchedulerLease.__table__).where(SchedulerLease.name == LEASE_NAME)).first()
-    if lease is not None and lease.holder and lease.expires_at > now:
-        clear(conn, LEASE_UNHELD, "", now)
-        return
+    held = lease is not None and bool(lease.holder) and lease.expires_at > now
     active = conn.execute(select(Campaign.id).where(Campaign.status == CampaignStatus.ACTIVE)
                           .limit(1)).first()
-    if active is None:
-        clear(conn, LEASE_UNHELD, "", now)  # nothing waits for the scheduler
+    if held or active is None:  # a scheduler runs, or nothing waits for one
+        _sync(conn, LEASE_UNHELD, {}, now)
         return
     since = lease.expires_at if lease is not None else None
     if since is not None and now - since <= timedelta(seconds=watch.lease_grace_seconds):
-        return  # a holder between two ticks, or one taking over: not yet
-    if not _dismissed(conn, LEASE_UNHELD, ""):
-        raise_alert(conn, LEASE_UNHELD, "", {"since": _stamp(since) if since else None}, now)
+        return  # a holder between two ticks, or one taking over: not yet, nor over
+    _sync(conn, LEASE_UNHELD, {"": {"since": _stamp(since) if since else None}}, now)
 
 
 def backup_result(engine: Engine, error: str | None, now: datetime) -> None:
@@ -255,6 +275,13 @@ def _mailbox_paused(d: dict[str, Any]) -> tuple[str, str, list]:
                     address=d.get("address", ""), reason=d.get("reason") or "—"), [])
 
 
+def _campaign_paused(d: dict[str, Any]) -> tuple[str, str, list]:
+    return (gettext("Campaign paused by SendOnce"),
+            gettext("%(name)s was paused and sends nothing until a person resumes it. Reason: %(reason)s",
+                    name=d.get("name", ""), reason=d.get("reason") or "—"),
+            [(gettext("Open the campaign"), f"/campaigns/{int(d['id'])}")] if "id" in d else [])
+
+
 def _unknown_sends(d: dict[str, Any]) -> tuple[str, str, list]:
     count = int(d.get("count", 0))
     links = [(ngettext("%(name)s: %(num)d unknown", "%(name)s: %(num)d unknown", c["count"], name=c["name"]),
@@ -283,8 +310,8 @@ def _other(d: dict[str, Any]) -> tuple[str, str, list]:
     return gettext("Alert"), json.dumps(d, ensure_ascii=False), []
 
 
-_WORDS = {MAILBOX_PAUSED: _mailbox_paused, UNKNOWN_SENDS: _unknown_sends, LEASE_UNHELD: _lease_unheld,
-          BACKUP_FAILED: _backup_failed}
+_WORDS = {MAILBOX_PAUSED: _mailbox_paused, CAMPAIGN_PAUSED: _campaign_paused, UNKNOWN_SENDS: _unknown_sends,
+          LEASE_UNHELD: _lease_unheld, BACKUP_FAILED: _backup_failed}
 
 
 @dataclass(frozen=True)

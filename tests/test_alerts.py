@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 import scheduler
-from core import alerts
+from core import alerts, campaigns
 from delivery.transport import make_transport
 from helpers import csrf_token, log_in, make_campaign, make_unknown
 from models import Alert, Campaign, Mailbox, SchedulerLease, SendLog, Trigger, User, db
@@ -326,3 +326,24 @@ def test_the_dashboard_shows_open_alerts_escaped_and_dismisses_one(app, engine, 
     assert len(open_alerts(engine)) == 1
     again = client.post(url, data={"csrf_token": csrf_token(client.get("/").data)}, follow_redirects=True)
     assert "Ten alert był już zamknięty" in again.data.decode()
+
+
+# --- campaigns paused by SendOnce -------------------------------------------------------------
+
+def test_a_campaign_paused_by_sendonce_is_alerted_and_one_paused_by_hand_is_not(app, engine, smtp, admin,
+                                                                              scheduler_running):
+    by_hand, by_failures = make_campaign(engine, 1), make_campaign(engine, 1)
+    campaigns.pause(engine, by_hand)
+    with immediate(engine) as conn:  # what sender._count_failures does
+        conn.execute(update(Campaign.__table__).where(Campaign.id == by_failures).values(
+            status="paused", pause_reason="5 failed sends in a row; last: 421 try later"))
+    check_and_mail(app)
+    check_and_mail(app)
+    (alert,) = open_alerts(engine)
+    assert (alert.kind, alert.key) == ("campaign_paused", str(by_failures))
+    (mail,) = mails_to(smtp, ADMIN)
+    assert "Kampania wstrzymana przez SendOnce" in subject(mail)
+    assert f"http://sendonce.test/campaigns/{by_failures}" in body(mail) and "421 try later" in body(mail)
+    campaigns.resume(engine, by_failures)
+    check_and_mail(app)
+    assert open_alerts(engine) == []
