@@ -70,8 +70,8 @@ class Ticker:
         try:
             with self.app.app_context():
                 now = utcnow()
-                alerts.check(db.engine, alerts.Watch.from_config(self.app.config), now)
-                if self.lease is not None:
+                gate = alerts.check(db.engine, alerts.Watch.from_config(self.app.config), now)
+                if gate is None and self.lease is not None:  # gated: the tick already logs why
                     mail_alerts(self.app, now)
         except Exception:  # noqa: BLE001 - alerts must never stop the ticking
             log.exception("alert check failed")

@@ -27,7 +27,9 @@ def check_command() -> None:
     For cron, beside the scheduler: it is what notices that no process ticks any more.
     """
     app, now = current_app._get_current_object(), utcnow()
-    alerts.check(db.engine, alerts.Watch.from_config(app.config), now)
+    gate = alerts.check(db.engine, alerts.Watch.from_config(app.config), now)
+    if gate is not None:  # another schema revision, or a restore running: cron's mail says why
+        raise click.ClickException(f"alerts not checked: {gate[1]}")
     mailed = scheduler.mail_alerts(app, now)
     with db.engine.connect() as conn:
         opened = len(alerts.open_alerts(conn))

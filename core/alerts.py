@@ -49,6 +49,7 @@ from models import (
     User,
 )
 from storage.database import immediate
+from storage.migrate import claim_gate
 
 MAILBOX_PAUSED = "mailbox_paused"
 CAMPAIGN_PAUSED = "campaign_paused"
@@ -152,13 +153,20 @@ class Watch:
         return cls(float(grace) if grace is not None else 3 * float(config["TICK_SECONDS"]))
 
 
-def check(engine: Engine, watch: Watch, now: datetime) -> None:
-    """Open alerts for the conditions that hold now and clear those that ended (one short write)."""
+def check(engine: Engine, watch: Watch, now: datetime) -> tuple[str, str] | None:
+    """Open alerts for the conditions that hold now and clear those that ended (one short write).
+
+    Returns the claim gate's (code, detail) instead when the database is at another schema
+    revision or under restore: nothing is checked then (the claims refuse too, and say why).
+    """
     with immediate(engine) as conn:
+        if (gate := claim_gate(conn)) is not None:
+            return gate
         _check_mailboxes(conn, now)
         _check_campaigns(conn, now)
         _check_unknown(conn, now)
         _check_lease(conn, watch, now)
+    return None
 
 
 def _sync(conn: Connection, kind: str, holding: dict[str, dict[str, Any]], now: datetime) -> None:
