@@ -26,7 +26,7 @@ from delivery import lease as leases
 from delivery.transport import OutboxTransport, SmtpTransport, Transport, make_transport
 from models import Mailbox, MailboxStatus, Trigger, db
 from sender import BatchResult, Settings, tick
-from storage.secrets import Vault
+from storage.secrets import SecretError, Vault
 from storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,11 @@ def alert_transport(app: Flask) -> tuple[Transport, alerts.Sender]:
     sender = alerts.Sender(box.address, box.name or "SendOnce")
     if box.backend == "outbox":
         return OutboxTransport(config["OUTBOX_DIR"]), sender
-    password = Vault(config["MAILBOX_KEY_FILE"]).open(box.smtp_secret)
+    try:
+        password = Vault(config["MAILBOX_KEY_FILE"]).open(box.smtp_secret)
+    except SecretError:  # alerts must still go out: through the app's own transport, said loudly
+        log.error("alert sender %s: its password cannot be decrypted; alerts go through MAIL_BACKEND", box.id)
+        return make_transport(config), alerts.Sender(config["MAIL_FROM"])
     return SmtpTransport(box.smtp_host, box.smtp_port, security=box.smtp_security, username=box.smtp_username,
                          password=password, timeout=float(config["SMTP_TIMEOUT"])), sender
 

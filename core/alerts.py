@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import make_msgid
 from typing import Any
 
 from flask_babel import force_locale, gettext, ngettext
@@ -377,7 +377,7 @@ def _mail_one(transport: Transport, sender: Sender, user: Row, due: list[Row], b
     domain = sender.address.rpartition("@")[2] or "sendonce.invalid"
     msg = build_message(from_address=sender.address, from_name=sender.name, to_address=user.email,
                         to_name="", subject=subject, body=body,
-                        msg_id=make_msgid("sendonce.alert", domain=domain))
+                        msg_id=f"<sendonce.alert.{secrets.token_hex(8)}@{domain}>")
     try:
         result = transport.send(msg, sender.address, user.email)
     except Exception:  # noqa: BLE001 - one admin's failure must not stop the others' mail

@@ -14,7 +14,7 @@ import scheduler
 from core import alerts, campaigns
 from delivery.transport import make_transport
 from helpers import csrf_token, log_in, make_campaign, make_unknown
-from models import Alert, Campaign, Mailbox, SchedulerLease, SendLog, Trigger, User, db
+from models import Alert, AppMeta, Campaign, Mailbox, SchedulerLease, SendLog, Trigger, User, db
 from sender import Settings, send_batch
 from storage.database import immediate
 from storage.timeutil import utcnow
@@ -347,3 +347,24 @@ def test_a_campaign_paused_by_sendonce_is_alerted_and_one_paused_by_hand_is_not(
     campaigns.resume(engine, by_failures)
     check_and_mail(app)
     assert open_alerts(engine) == []
+
+
+def test_nothing_is_checked_while_a_restore_runs_and_the_watchdog_says_why(app, engine, smtp, admin, runner):
+    set_mailbox(engine, add_mailbox(engine), "paused", "x")
+    with immediate(engine) as conn:
+        conn.execute(insert(AppMeta.__table__).values(key="maintenance", value="restore of b.db started"))
+    result = runner.invoke(args=["alerts", "check"])
+    assert result.exit_code == 1 and "alerts not checked: maintenance in progress" in result.output
+    tick(app)
+    assert open_alerts(engine) == [] and smtp.recorder.messages == []
+
+
+def test_an_alert_sender_whose_password_cannot_be_read_falls_back_to_the_app_transport(app, engine, smtp, admin,
+                                                                                      tmp_path):
+    app.config["MAILBOX_KEY_FILE"] = str(tmp_path / "secret.keys")
+    add_mailbox(engine, "alerty@firma.test", smtp_host="127.0.0.1", smtp_port=1, smtp_username="alerty",
+                smtp_secret="not-a-fernet-token", alert_sender=True)
+    set_mailbox(engine, add_mailbox(engine), "paused", "x")
+    check_and_mail(app)
+    (mail,) = mails_to(smtp, ADMIN)
+    assert app.config["MAIL_FROM"] in mail["From"]
