@@ -108,9 +108,12 @@ def alert_transport(app: Flask) -> tuple[Transport, alerts.Sender]:
 
 def mail_alerts(app: Flask, now: datetime) -> int:
     """Mail the due alerts to the admins (rate-limited by ALERT_MIN_INTERVAL_SECONDS); how many."""
+    interval, base = float(app.config["ALERT_MIN_INTERVAL_SECONDS"]), app.config["BASE_URL"].rstrip("/")
+    with db.engine.connect() as conn:  # most ticks: nothing due, so no transport to build
+        if not alerts.due_for_email(conn, now, interval):
+            return 0
     transport, sender = alert_transport(app)
     try:
-        interval, base = float(app.config["ALERT_MIN_INTERVAL_SECONDS"]), app.config["BASE_URL"].rstrip("/")
         return alerts.email_due(db.engine, transport, sender, now, interval, base)
     finally:
         transport.close()
