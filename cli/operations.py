@@ -76,7 +76,7 @@ def backup_command(file: Path | None, keep: int | None) -> None:
         _backup(file, keep)
     except OSError as exc:  # BACKUP_DIR unwritable, a file, a full disk: one line, exit 1
         _note_backup(str(exc))
-        raise click.ClickException(f"{FAILED}{exc}") from exc
+        raise click.ClickException(f"backup failed: {exc}") from exc
     except click.ClickException as exc:
         _note_backup(exc.message.removeprefix(FAILED))
         raise

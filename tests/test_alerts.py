@@ -248,7 +248,7 @@ def test_a_failed_backup_raises_an_alert_and_a_good_one_clears_it(app, engine, s
     not_a_folder.write_text("a file where the backup folder should be")
     app.config["BACKUP_DIR"] = str(not_a_folder)
     result = runner.invoke(args=["backup"])
-    assert result.exit_code == 1 and "backup failed, nothing kept" in result.output
+    assert result.exit_code == 1 and "backup failed: " in result.output and str(not_a_folder) in result.output
     assert "Traceback" not in result.output
     runner.invoke(args=["backup"])  # fails again: still one alert
     (alert,) = open_alerts(engine)
@@ -359,8 +359,8 @@ def test_nothing_is_checked_while_a_restore_runs_and_the_watchdog_says_why(app, 
     assert open_alerts(engine) == [] and smtp.recorder.messages == []
 
 
-def test_an_alert_sender_whose_password_cannot_be_read_falls_back_to_the_app_transport(app, engine, smtp, admin,
-                                                                                      tmp_path):
+def test_an_alert_sender_whose_password_cannot_be_read_falls_back_to_the_app_transport(
+        app, engine, smtp, admin, tmp_path):
     app.config["MAILBOX_KEY_FILE"] = str(tmp_path / "secret.keys")
     add_mailbox(engine, "alerty@firma.test", smtp_host="127.0.0.1", smtp_port=1, smtp_username="alerty",
                 smtp_secret="not-a-fernet-token", alert_sender=True)
@@ -368,3 +368,17 @@ def test_an_alert_sender_whose_password_cannot_be_read_falls_back_to_the_app_tra
     check_and_mail(app)
     (mail,) = mails_to(smtp, ADMIN)
     assert app.config["MAIL_FROM"] in mail["From"]
+
+
+def test_the_dashboard_in_english_and_the_cli_list(app, engine, smtp, client, runner):
+    alerts.backup_result(engine, "[Errno 28] No space left on device", utcnow())
+    log_in(app, client, ADMIN)
+    token = csrf_token(client.get("/").data)
+    client.post("/language", data={"language": "en", "back": "/", "csrf_token": token})
+    page = client.get("/").data.decode()
+    assert "Backup failed" in page and "No space left on device" in page and ">Dismiss<" in page
+    result = runner.invoke(args=["alerts", "list"])
+    assert result.exit_code == 0
+    line = "backup_failed\tThe last backup failed: [Errno 28] No space left on device\tnot mailed yet"
+    assert line in result.output
+    assert result.output.endswith("1 open alerts\n")
