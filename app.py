@@ -29,6 +29,7 @@ from delivery.transport import stale_floor
 from models import db
 from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
 from web import accesslog, accounts, auth, common, editor, errors, i18n, unsubscribe
+from web import alerts as alert_pages
 from web import campaigns as views
 from web import leads as lead_pages
 from web import sendlog as sendlog_pages
@@ -97,7 +98,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _register_pages(app: Flask) -> None:
     app.url_map.converters["int"] = common.BoundedIntConverter
     for module in (auth, accounts, views, editor, lead_pages, sendlog_pages, suppression_pages,
-                   timeline_pages, i18n, unsubscribe, errors):
+                   timeline_pages, alert_pages, i18n, unsubscribe, errors):
         app.register_blueprint(module.bp)
     csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 
@@ -162,6 +163,11 @@ def _defaults(instance: Path) -> dict[str, Any]:
         # point BACKUP_DIR at another disk or copy the folder off the machine (README: Operations).
         "BACKUP_DIR": str(instance / "backups"),
         "BACKUP_KEEP": 14,
+        # Alerts (core/alerts.py): at most one alert mail to the admins per this many seconds
+        # (later alerts wait and go together); the lease may stay unheld this long while
+        # campaigns are active before it is an alert (None: 3 x TICK_SECONDS).
+        "ALERT_MIN_INTERVAL_SECONDS": 3600,
+        "ALERT_LEASE_SECONDS": None,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         # A login ends after this long without a request (the signed cookie's own age is

@@ -20,13 +20,15 @@ import click
 from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
+from sqlalchemy import select
 
-from core import send_requests
+from core import alerts, send_requests
 from delivery import lease as leases
-from delivery.transport import Transport, make_transport
-from models import Trigger, db
+from delivery.transport import OutboxTransport, SmtpTransport, Transport, make_transport
+from models import Mailbox, MailboxStatus, Trigger, db
 from sender import BatchResult, Settings, send_batch, tick
 from storage.database import immediate
+from storage.secrets import SecretError, Vault
 from storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -103,15 +105,28 @@ class Ticker:
             log.exception("serving send requests failed")
 
     def safe_tick(self) -> None:
-        """The scheduled job: a failing tick is logged and the next one tries again."""
+        """The scheduled job: a failing tick is logged and the next one tries again; then the alerts."""
         try:
             results = self.tick() or {}
         except Exception:  # noqa: BLE001 - a job must not die; the lease makes retry safe
             log.exception("tick failed")
-            return
+            results = {}
         for cid, batch in results.items():  # the whole process may not send: say so every tick
             if batch.stopped_by is not None and batch.stopped_by.code in ("schema_mismatch", "maintenance"):
                 log.error("campaign %s not sent: %s", cid, batch.stopped_by)
+        self.watch()
+
+    def watch(self) -> None:
+        """Check the alert conditions (in every ticking process, holder or not); the holder
+        also mails the alerts that are due."""
+        try:
+            with self.app.app_context():
+                now = utcnow()
+                gate = alerts.check(db.engine, alerts.Watch.from_config(self.app.config), now)
+                if gate is None and self.lease is not None:  # gated: the tick already logs why
+                    mail_alerts(self.app, now)
+        except Exception:  # noqa: BLE001 - alerts must never stop the ticking
+            log.exception("alert check failed")
 
     def release(self) -> None:
         """Give the lease back (clean shutdown), so another process takes over at once."""
@@ -120,6 +135,40 @@ class Ticker:
         with self.app.app_context():
             leases.release(db.engine, self.lease, utcnow())
         self.lease = None
+
+
+def alert_transport(app: Flask) -> tuple[Transport, alerts.Sender]:
+    """Where alert mail goes out: the active mailbox marked alert_sender, else MAIL_BACKEND
+    from MAIL_FROM (also for an XOAUTH2 mailbox, until its transport exists)."""
+    config = app.config
+    box = db.session.scalars(select(Mailbox).where(Mailbox.alert_sender.is_(True),
+                                                   Mailbox.status == MailboxStatus.ACTIVE)
+                             .order_by(Mailbox.id).limit(1)).first()
+    if box is None or box.auth_kind != "password":
+        return make_transport(config), alerts.Sender(config["MAIL_FROM"])
+    sender = alerts.Sender(box.address, box.name or "SendOnce")
+    if box.backend == "outbox":
+        return OutboxTransport(config["OUTBOX_DIR"]), sender
+    try:
+        password = Vault(config["MAILBOX_KEY_FILE"]).open(box.smtp_secret)
+    except SecretError:  # alerts must still go out: through the app's own transport, said loudly
+        log.error("alert sender %s: its password cannot be decrypted; alerts go through MAIL_BACKEND", box.id)
+        return make_transport(config), alerts.Sender(config["MAIL_FROM"])
+    return SmtpTransport(box.smtp_host, box.smtp_port, security=box.smtp_security, username=box.smtp_username,
+                         password=password, timeout=float(config["SMTP_TIMEOUT"])), sender
+
+
+def mail_alerts(app: Flask, now: datetime) -> int:
+    """Mail the due alerts to the admins (rate-limited by ALERT_MIN_INTERVAL_SECONDS); how many."""
+    interval, base = float(app.config["ALERT_MIN_INTERVAL_SECONDS"]), app.config["BASE_URL"].rstrip("/")
+    with db.engine.connect() as conn:  # most ticks: nothing due, so no transport to build
+        if not alerts.due_for_email(conn, now, interval):
+            return 0
+    transport, sender = alert_transport(app)
+    try:
+        return alerts.email_due(db.engine, transport, sender, now, interval, base)
+    finally:
+        transport.close()
 
 
 def _is_reloader_watcher() -> bool:

@@ -86,9 +86,10 @@ class Evidence:
         return f"lead {lead_id} <{self.emails.get(lead_id, '?')}> in campaign {campaign_id}"
 
     def accepted(self) -> list[dict]:
-        """Messages the server kept: accepted, or delivered and then cut off."""
-        return [e for e in self.events if e["ev"] == "accepted"
-                or (e["ev"] == "drop_after_data" and e["delivered"])]
+        """Campaign messages the server kept: accepted, or delivered and then cut off (alert
+        mails to the admins are not campaign mail: they are left out)."""
+        return [e for e in self.events if not e.get("alert") and (
+            e["ev"] == "accepted" or (e["ev"] == "drop_after_data" and e["delivered"]))]
 
     def epochs_seen(self) -> dict[int, float]:
         """Each lease epoch and when a snapshot first showed it."""

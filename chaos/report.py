@@ -66,7 +66,9 @@ def happenings(args, happened, ev, workdir: Path) -> list[tuple[str, str]]:
         ("pause/resume", ", ".join(f"{n} {k}" for k, n in sorted(happened["pauser"].done.items())) or "none"),
         ("SMTP server", f"{events['accepted'] + delivered} accepted, {events['transient']} transient, "
                         f"{events['drop_before_data']} drops before DATA, {events['drop_after_data']} after "
-                        f"DATA ({delivered} delivered), {events['bounce']} 550s"),
+                        f"DATA ({delivered} delivered), {events['bounce']} 550s; "
+                        f"{sum(1 for e in ev.events if e.get('alert') and e['ev'] == 'accepted')} alert "
+                        "mails to the admins (not campaign mail)"),
         ("sent by trigger", ", ".join(f"{n} {t}" for t, n in triggers.most_common())
          + f"; {during} during the chaos, the rest in the drain"),
         ("recover, drain", f"`flask recover`: {happened['recover'] or '-'}; drain {drain['seconds']:.0f} s, "

@@ -34,6 +34,8 @@ from aiosmtpd.controller import Controller
 
 MSGID = re.compile(rb"^Message-ID:\s*<sendonce\.(\d+)\.(\d+)\.[0-9a-f.]+@[^>]*>",
                    re.IGNORECASE | re.MULTILINE)
+# An alert mail to the admins (core/alerts.py): not campaign mail, kept out of its accounting.
+ALERT_ID = re.compile(rb"^Message-ID:\s*<sendonce\.alert\.", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass
@@ -114,7 +116,8 @@ class FaultyHandler:
         (rcpt,) = envelope.rcpt_tos
         found = MSGID.search(envelope.content)
         ident = {"rcpt": rcpt, "mail_from": envelope.mail_from,
-                 "campaign": int(found[1]) if found else None, "log_id": int(found[2]) if found else None}
+                 "campaign": int(found[1]) if found else None, "log_id": int(found[2]) if found else None,
+                 "alert": ALERT_ID.search(envelope.content) is not None}
         await self._maybe_slow()
         if self._roll(self.faults.transient / 3):
             code = self.rng.choice((421, 451))

@@ -14,9 +14,10 @@ import flask_migrate
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cli.terminal import echo
-from core import campaigns
+from core import alerts, campaigns
 from models import db
 from sender import Settings
 from storage import backup as files
@@ -28,6 +29,7 @@ from timeline import legacy_log
 from timeline import reconcile as reconciling
 
 BACKUP_GLOB = "sendonce-*.db"
+FAILED = "backup failed, nothing kept: "
 
 
 def _stamp(moment: datetime) -> str:
@@ -70,6 +72,26 @@ def _backup_dir() -> Path:
 @with_appcontext
 def backup_command(file: Path | None, keep: int | None) -> None:
     """Copy the database while senders run (SQLite's online backup), verify it, keep the last N."""
+    try:
+        _backup(file, keep)
+    except OSError as exc:  # BACKUP_DIR unwritable, a file, a full disk: one line, exit 1
+        _note_backup(str(exc))
+        raise click.ClickException(f"backup failed: {exc}") from exc
+    except click.ClickException as exc:
+        _note_backup(exc.message.removeprefix(FAILED))
+        raise
+    _note_backup(None)
+
+
+def _note_backup(error: str | None) -> None:
+    """Raise the backup_failed alert (the admins get a mail), or clear it after a good backup."""
+    try:
+        alerts.backup_result(db.engine, error, utcnow())
+    except SQLAlchemyError as exc:  # the backup's own outcome stands; only the alert is missing
+        echo(f"warning: the backup alert could not be {'raised' if error else 'cleared'} ({exc})", err=True)
+
+
+def _backup(file: Path | None, keep: int | None) -> None:
     taken = utcnow()  # before the snapshot: everything committed before this moment is in it
     target = file or _backup_dir() / f"sendonce-{taken:%Y%m%dT%H%M%S.%f}Z.db"  # sorts by time
     if target.exists():
@@ -104,7 +126,7 @@ def _snapshot(target: Path, taken: datetime) -> files.Verified:
         found = files.verify(partial)
     except files.BackupError as exc:
         partial.unlink(missing_ok=True)
-        raise click.ClickException(f"backup failed, nothing kept: {exc}") from exc
+        raise click.ClickException(f"{FAILED}{exc}") from exc
     partial.rename(target)
     return found
 

@@ -30,6 +30,7 @@ def send_due(campaign_id: int | None) -> None:
     try:
         served = ticker.serve_requests()
         results = ticker.tick(Trigger.CLI, campaign_id)
+        ticker.watch()  # cron may be the only ticker: the alerts are checked (and mailed) here too
     finally:
         ticker.release()
     if served:

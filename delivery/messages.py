@@ -85,9 +85,10 @@ def build_message(
     subject: str,
     body: str,
     msg_id: str,
-    unsubscribe_url: str,
+    unsubscribe_url: str = "",
 ) -> Message:
-    """A plain-text message with RFC 8058 one-click unsubscribe headers."""
+    """A plain-text message with RFC 8058 one-click unsubscribe headers (none without a URL:
+    mail to the team itself, such as alerts, is not a list to leave)."""
     # A compat32 Message with pre-encoded header strings, not EmailMessage: its header
     # registry parses every value back into objects, ~2 ms a message, most of the
     # engine's time per send. The encoded words are RFC 2047's, as the email package
@@ -101,8 +102,9 @@ def build_message(
     msg["Subject"] = _encoded(one_line(subject))
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = one_line(msg_id)
-    msg["List-Unsubscribe"] = f"<{one_line(unsubscribe_url)}>"
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if unsubscribe_url:
+        msg["List-Unsubscribe"] = f"<{one_line(unsubscribe_url)}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_payload(binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii"))
     return msg
 

@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField
 
-from core import campaigns, send_requests, stats
+from core import alerts, campaigns, send_requests, stats
 from models import Campaign, CampaignStatus, SendLog, db
 from sender import Refusal
 from storage.timeutil import utcnow
@@ -103,14 +103,15 @@ class SendForm(FlaskForm):
 @bp.route("/")
 @login_required
 def dashboard():
-    """Every campaign with its progress, and the scheduler's state in one line."""
+    """Every campaign with its progress, the scheduler's state in one line, and the open alerts."""
     archived = request.args.get("archived") == "1"
     shown = (Campaign.status == CampaignStatus.ARCHIVED) if archived else (
         Campaign.status != CampaignStatus.ARCHIVED)
     all_campaigns = db.session.scalars(select(Campaign).where(shown).order_by(Campaign.id.desc())).all()
+    opened = [alerts.describe(row) for row in alerts.open_alerts(db.session.connection())]
     return render_template("dashboard.html", campaigns=all_campaigns, archived=archived,
                            progress=stats.progress(db.session, all_campaigns),
-                           scheduler=stats.scheduler_state(db.session))
+                           scheduler=stats.scheduler_state(db.session), alerts=opened, action=ActionForm())
 
 
 @bp.route("/status.json")
