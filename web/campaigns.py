@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField
 
-from core import campaigns, stats
+from core import campaigns, mailboxes, stats
 from delivery.transport import make_transport
 from models import Campaign, CampaignStatus, Lead, SendLog, SendStatus, Trigger, db
 from sender import BatchResult, Refusal, Settings, send_batch
@@ -103,6 +103,7 @@ def dashboard():
     all_campaigns = db.session.scalars(select(Campaign).where(shown).order_by(Campaign.id.desc())).all()
     return render_template("dashboard.html", campaigns=all_campaigns, archived=archived,
                            progress=stats.progress(db.session, all_campaigns),
+                           mailboxes=mailboxes.overview(db.session.connection()),
                            scheduler=stats.scheduler_state(db.session))
 
 
@@ -135,7 +136,18 @@ def campaign(campaign_id: int):
                            progress=stats.progress(db.session, [found])[campaign_id],
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
                            results=stats.variant_results(db.session, campaign_id),
-                           action=ActionForm(), active=found.status == CampaignStatus.ACTIVE)
+                           action=ActionForm(), active=found.status == CampaignStatus.ACTIVE,
+                           **_mailboxes_of(campaign_id))
+
+
+def _mailboxes_of(campaign_id: int) -> dict:
+    """The campaign's mailboxes (its From), and its leads waiting for a paused one with where they may go."""
+    conn = db.session.connection()
+    every = mailboxes.listing(conn)
+    linked = set(mailboxes.of_campaign(conn, campaign_id))
+    return {"senders": [m for m in every if m.id in linked],
+            "targets": [m for m in every if m.status == "active"],
+            "stranded": mailboxes.stranded(conn, campaign_id)}
 
 
 @bp.route("/campaigns/<int:campaign_id>/send", methods=["POST"])
