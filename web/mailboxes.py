@@ -23,6 +23,7 @@ from wtforms import (
     EmailField,
     IntegerField,
     PasswordField,
+    SelectChoice,
     SelectField,
     StringField,
     TextAreaField,
@@ -41,7 +42,8 @@ from web.common import ActionForm, id_arg, reply_text
 bp = Blueprint("mailboxes", __name__)
 RANGE = _l("Enter a whole number from %(min)s to %(max)s.")
 TIMEZONES = sorted(available_timezones())
-SECURITY = [("starttls", _l("STARTTLS")), ("ssl", _l("SSL/TLS")), ("none", _l("none (unencrypted)"))]
+SECURITY = [SelectChoice("starttls", _l("STARTTLS")), SelectChoice("ssl", _l("SSL/TLS")),
+            SelectChoice("none", _l("none (unencrypted)"))]
 MOST = 10_000_000  # core.mailboxes' own bound for caps and gaps
 
 
@@ -55,7 +57,8 @@ class MailboxForm(FlaskForm):
     name = StringField(_l("Sender name"), validators=[Optional(), Length(max=200)])
     address = EmailField(_l("Address"), validators=[DataRequired(), Email(), Length(max=320)])
     backend = SelectField(_l("Delivery"), default="smtp", choices=[
-        ("smtp", _l("through the SMTP server")), ("outbox", _l("to the outbox folder (nothing is sent)"))])
+        SelectChoice("smtp", _l("through the SMTP server")),
+        SelectChoice("outbox", _l("to the outbox folder (nothing is sent)"))])
     alert_sender = BooleanField(_l("Send the alerts to the admins through this mailbox"))
     # SMTP
     smtp_host = StringField(_l("SMTP server"), validators=[Length(max=255)])
@@ -63,21 +66,23 @@ class MailboxForm(FlaskForm):
     smtp_security = SelectField(_l("Security"), default="starttls", choices=SECURITY)
     smtp_username = StringField(_l("User name"), validators=[Optional(), Length(max=320)])
     auth_kind = SelectField(_l("Log in with"), default="password", choices=[
-        ("password", _l("a password")), ("xoauth2", _l("an OAuth2 token (XOAUTH2)"))])
-    smtp_password = PasswordField(_l("Password or token"), validators=[Optional(), Length(max=10_000)])
+        SelectChoice("password", _l("a password")), SelectChoice("xoauth2", _l("an OAuth2 token (XOAUTH2)"))])
+    smtp_password = PasswordField(_l("Change the password or token"),
+                                  validators=[Optional(), Length(max=10_000)])
     # IMAP (the reply reader)
     imap_host = StringField(_l("IMAP server (empty: none)"), validators=[Optional(), Length(max=255)])
     imap_port = _number(_l("Port"), 993, 65535)
     imap_security = SelectField(_l("Security"), default="ssl", choices=SECURITY)
     imap_username = StringField(_l("User name"), validators=[Optional(), Length(max=320)])
-    imap_password = PasswordField(_l("Password"), validators=[Optional(), Length(max=10_000)])
+    imap_password = PasswordField(_l("Change the password"), validators=[Optional(), Length(max=10_000)])
     # Limity
     daily_cap = _number(_l("Daily cap"), 50)
     min_gap_seconds = _number(_l("Seconds between two sends"), 120)
     ramp_start = IntegerField(_l("Ramp-up: first day (empty: none)"),
                               validators=[Optional(), NumberRange(min=0, max=MOST, message=RANGE)])
     ramp_step = _number(_l("Ramp-up: more each day"), 0)
-    timezone = SelectField(_l("Time zone of the daily cap"), choices=TIMEZONES, default="Europe/Warsaw")
+    timezone = SelectField(_l("Time zone of the daily cap"), choices=[SelectChoice(tz) for tz in TIMEZONES],
+                           default="Europe/Warsaw")
     # Podpis
     signature = TextAreaField(_l("Signature ({{ signature }} in a template)"),
                               validators=[Optional(), Length(max=10_000)])
