@@ -145,7 +145,7 @@ def _mailboxes_of(campaign_id: int) -> dict:
     conn = db.session.connection()
     every = mailboxes.listing(conn)
     linked = set(mailboxes.of_campaign(conn, campaign_id))
-    return {"senders": [m for m in every if m.id in linked],
+    return {"senders": [m for m in every if m.id in linked], "any_mailbox": bool(every),
             "targets": [m for m in every if m.status == "active"],
             "stranded": mailboxes.stranded(conn, campaign_id)}
 

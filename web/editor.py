@@ -164,7 +164,8 @@ def _default_sender() -> str:
     # The default MAIL_FROM, sendonce@localhost, is no address a recipient can answer:
     # pre-filling it only to refuse it on save was the first thing a new user met.
     form = CampaignForm(formdata=None, from_address=current_app.config["MAIL_FROM"])
-    return form.from_address.data if form.from_address.validate(form) else ""
+    valid = form.from_address.validate(form, [CampaignForm.validate_from_address])
+    return form.from_address.data if valid else ""
 
 
 def _with_mailboxes(form: CampaignForm) -> CampaignForm:
