@@ -8,6 +8,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import func, select, update
 
 from core import mailboxes
@@ -16,6 +17,8 @@ from models import Campaign, CampaignLead, EnrollmentState, Mailbox, SendLog
 from storage.database import immediate
 from storage.secrets import Vault
 from storage.timeutil import utcnow
+from test_browser import _no_sideways_scroll as no_sideways_scroll
+from test_browser import admin, log_in  # noqa: F401 - the admin fixture
 from test_security import send_now
 from tests.smtp_sink import SmtpSink
 
@@ -327,6 +330,14 @@ def test_the_campaign_edit_form_shows_and_changes_its_mailboxes(client, engine, 
                                                        **values}).status_code == 302
     with engine.connect() as conn:
         assert mailboxes.of_campaign(conn, cid) == [b]
+    # None chosen on an edit: the campaign goes back to the configuration's SMTP, and its page says so.
+    values.pop("mailboxes")
+    assert client.post(f"/campaigns/{cid}/edit", data={"csrf_token": csrf_token(html.encode()),
+                                                       **values}).status_code == 302
+    with engine.connect() as conn:
+        assert mailboxes.of_campaign(conn, cid) == []
+    page = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert 'Nadawca: zespol@firma.example <span class="small">(ustawienia SMTP z konfiguracji)</span>' in page
 
 
 # --- leads waiting for a paused mailbox ---------------------------------------------------
@@ -354,7 +365,7 @@ def pinned(engine) -> dict[int, int]:
 
 def test_leads_of_a_paused_mailbox_wait_and_move_only_when_a_person_confirms(client, engine, stranded):
     page = client.get(f"/campaigns/{stranded}").get_data(as_text=True)
-    form = re.search(r'<form[^>]*class="[^"]*stranded[^"]*".*?</form>', page, re.S).group(0)
+    form = re.search(r'<div class="flash error stranded".*?</form>', page, re.S).group(0)
     assert "4 leady czekają na wstrzymaną skrzynkę anna@firma.example." in form
     assert "Przenieś te leady do skrzynki" in form
     assert re.findall(r'<option value="(\d+)">', form) == ["2"]  # active mailboxes only, not itself
@@ -443,3 +454,53 @@ def test_every_mailbox_route_needs_a_login_and_every_post_a_csrf_token(app, engi
     assert row(engine) == before and pinned(engine) == {1: 4, 2: 1}
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Mailbox)).scalar_one() == 2
+
+
+# --- in a real browser: screenshots to look at --------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_mailbox_pages_in_a_real_browser_at_both_sizes_in_both_languages(page, live_server, admin,  # noqa: F811
+                                                                             app, engine, smtp, screenshot):
+    vault = Vault(app.config["MAILBOX_KEY_FILE"])
+    anna = mailboxes.create(engine, vault, name="Anna Nowak", address="anna.nowak@firma.example",
+                            smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none", daily_cap=60,
+                            ramp_start=10, ramp_step=10, signature="Anna Nowak\nFirma sp. z o.o.")
+    bartek = mailboxes.create(engine, vault, name="Bartłomiej Wiśniewski-Kowalczyk",
+                              address="bartlomiej.wisniewski-kowalczyk@bardzo-dluga-domena-firmy.example",
+                              smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none")
+    mailboxes.create(engine, vault, address="outbox@firma.example", backend="outbox")
+    cid = make_campaign(engine, 6, batch_size=3, name="Jesień 2026")
+    mailboxes.link(engine, cid, [anna, bartek])
+    send_now(app, cid)
+    with immediate(engine) as conn:
+        conn.execute(update(SendLog.__table__).values(mailbox_id=anna, claimed_at=utcnow()))
+        conn.execute(update(CampaignLead.__table__).values(mailbox_id=bartek))
+        conn.execute(update(Mailbox.__table__).where(Mailbox.id == anna).values(last_send_at=utcnow()))
+    mailboxes.pause(engine, bartek, "3 failed sends in a row; last: 535 5.7.8 Authentication failed")
+    with immediate(engine) as conn:
+        conn.execute(update(Mailbox.__table__).where(Mailbox.id == bartek).values(
+            last_error="535 5.7.8 Authentication credentials invalid"))
+    log_in(page, live_server)
+    pages = {"mailboxes": "/mailboxes", "mailbox-edit": f"/mailboxes/{anna}/edit", "dashboard": "/",
+             "campaign": f"/campaigns/{cid}", "campaign-settings": f"/campaigns/{cid}/edit"}
+    for language in ("pl", "en"):
+        if language == "en":
+            page.select_option("select[name=language]", "en")
+            expect(page.locator("header")).to_contain_text("Mailboxes")
+        for size, (width, height) in (("desktop", (1366, 768)), ("phone", (390, 844))):
+            page.set_viewport_size({"width": width, "height": height})
+            for name, url in pages.items():
+                page.goto(f"{live_server}{url}")
+                expect(page.locator("h1")).to_be_visible()
+                if size == "phone":
+                    no_sideways_scroll(page)
+                screenshot(f"mailboxes-{language}-{size}-{name}")
+    # The check button shows the server's answer on the page.
+    page.goto(f"{live_server}/mailboxes/{anna}/edit")
+    page.click("button >> text=Check the connection")
+    expect(page.locator("#checks li[data-service=SMTP] .ok")).to_be_visible()
+    screenshot("mailboxes-en-phone-checked")
+    # Phones: each mailbox row is a card of labelled lines.
+    page.goto(f"{live_server}/mailboxes")
+    expect(page.locator("tr[data-mailbox] td.today").first).to_have_attribute("data-label", "Sent today")
