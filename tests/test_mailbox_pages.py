@@ -340,6 +340,18 @@ def test_the_campaign_edit_form_shows_and_changes_its_mailboxes(client, engine, 
     assert 'Nadawca: zespol@firma.example <span class="small">(ustawienia SMTP z konfiguracji)</span>' in page
 
 
+def test_a_duplicated_campaign_keeps_its_mailboxes(client, engine, vault):
+    a = mailboxes.create(engine, vault, address="anna@firma.example")
+    mailboxes.create(engine, vault, address="bartek@firma.example")
+    cid = make_campaign(engine, 1, start=False)
+    mailboxes.link(engine, cid, [a])
+    token = csrf_token(client.get(f"/campaigns/{cid}").data)
+    copied = client.post(f"/campaigns/{cid}/duplicate", data={"csrf_token": token})
+    copy_id = int(copied.location.rsplit("/", 1)[1])
+    with engine.connect() as conn:
+        assert copy_id != cid and mailboxes.of_campaign(conn, copy_id) == [a]
+
+
 # --- leads waiting for a paused mailbox ---------------------------------------------------
 
 

@@ -393,6 +393,9 @@ def duplicate(campaign_id: int):
         abort(400)
     source = db.session.get(Campaign, campaign_id) or abort(404)
     copy_id = campaigns.duplicate(db.engine, campaign_id, _("%(name)s (copy)", name=source.name)[:200])
+    # The copy sends through the same mailboxes (without them it would fall back to the
+    # configuration's SMTP, a different sender).
+    mailboxes.link(db.engine, copy_id, mailboxes.of_campaign(db.session.connection(), campaign_id))
     flash(_("Copy created as a draft: add leads to it."), "ok")
     return redirect(url_for("views.campaign", campaign_id=copy_id))
 
