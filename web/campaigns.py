@@ -103,8 +103,14 @@ def dashboard():
     all_campaigns = db.session.scalars(select(Campaign).where(shown).order_by(Campaign.id.desc())).all()
     return render_template("dashboard.html", campaigns=all_campaigns, archived=archived,
                            progress=stats.progress(db.session, all_campaigns),
-                           mailboxes=mailboxes.overview(db.session.connection()),
+                           mailboxes=_capacity(),
                            scheduler=stats.scheduler_state(db.session))
+
+
+def _capacity() -> list[mailboxes.Usage]:
+    """Each mailbox's sends left today; no query beyond one look when there is no mailbox."""
+    conn = db.session.connection()
+    return mailboxes.overview(conn) if mailboxes.listing(conn) else []
 
 
 @bp.route("/status.json")
@@ -145,9 +151,11 @@ def _mailboxes_of(campaign_id: int) -> dict:
     conn = db.session.connection()
     every = mailboxes.listing(conn)
     linked = set(mailboxes.of_campaign(conn, campaign_id))
+    # Counting the leads pinned to a paused mailbox reads enrollments: only when one is paused.
+    paused = any(m.status == "paused" for m in every)
     return {"senders": [m for m in every if m.id in linked], "any_mailbox": bool(every),
             "targets": [m for m in every if m.status == "active"],
-            "stranded": mailboxes.stranded(conn, campaign_id)}
+            "stranded": mailboxes.stranded(conn, campaign_id) if paused else []}
 
 
 @bp.route("/campaigns/<int:campaign_id>/send", methods=["POST"])
