@@ -20,6 +20,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from models import (
+    Campaign,
     CampaignLead,
     EnrollmentState,
     Mailbox,
@@ -281,3 +282,48 @@ def rotate_key(engine: Engine, vault: Vault) -> int:
             conn.execute(update(_mailbox).where(_mailbox.c.id == row.id).values(
                 smtp_secret=vault.reseal(row.smtp_secret), imap_secret=vault.reseal(row.imap_secret)))
     return len(rows)
+
+
+# --- reads for the pages -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stranded:
+    """A campaign's leads waiting for a paused mailbox they are pinned to."""
+
+    mailbox_id: int
+    name: str
+    address: str
+    waiting: int
+
+
+def listing(conn: Connection) -> list[Any]:
+    """Every mailbox's id, name, address, status, timezone and daily cap (no secrets), by address."""
+    return conn.execute(select(_mailbox.c.id, _mailbox.c.name, _mailbox.c.address, _mailbox.c.status,
+                               _mailbox.c.timezone, _mailbox.c.daily_cap).order_by(_mailbox.c.address)).all()
+
+
+def campaigns_using(conn: Connection) -> dict[int, list[Any]]:
+    """For each mailbox id, the (id, name) of the campaigns linked to it."""
+    campaign = Campaign.__table__
+    found: dict[int, list[Any]] = {}
+    for row in conn.execute(select(campaign_mailbox.c.mailbox_id, campaign.c.id, campaign.c.name)
+                            .join(campaign, campaign.c.id == campaign_mailbox.c.campaign_id)
+                            .order_by(campaign.c.name)):
+        found.setdefault(row.mailbox_id, []).append(row)
+    return found
+
+
+def stranded(conn: Connection, campaign_id: int) -> list[Stranded]:
+    """The campaign's waiting leads pinned to paused mailboxes, per mailbox: what move_leads would move."""
+    # The same rows move_leads moves: pending or sending, but not a message in flight.
+    in_flight = select(_log.c.lead_id).where(_log.c.campaign_id == campaign_id,
+                                             _log.c.status == SendStatus.SENDING)
+    rows = conn.execute(
+        select(_mailbox.c.id, _mailbox.c.name, _mailbox.c.address, func.count())
+        .select_from(_enrollment.join(_mailbox, _mailbox.c.id == _enrollment.c.mailbox_id))
+        .where(_enrollment.c.campaign_id == campaign_id, _mailbox.c.status == MailboxStatus.PAUSED,
+               _enrollment.c.state.in_([EnrollmentState.PENDING, EnrollmentState.SENDING]),
+               _enrollment.c.lead_id.not_in(in_flight))
+        .group_by(_mailbox.c.id, _mailbox.c.name, _mailbox.c.address).order_by(_mailbox.c.address))
+    return [Stranded(*row) for row in rows]

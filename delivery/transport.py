@@ -257,3 +257,13 @@ def make_transport(config: dict) -> Transport:
             timeout=float(config["SMTP_TIMEOUT"]),
         )
     raise ValueError(f"MAIL_BACKEND must be 'outbox' or 'smtp', not {backend!r}")
+
+
+def mailbox_transport(row, secret: str, *, timeout: float, outbox_dir: str) -> Transport:
+    """The transport of one mailbox row (its backend and SMTP settings), with its opened secret."""
+    if row.backend == "outbox":
+        return OutboxTransport(outbox_dir)
+    if row.backend == "smtp":
+        return SmtpTransport(row.smtp_host, int(row.smtp_port), security=row.smtp_security,
+                             username=row.smtp_username, password=secret, timeout=timeout)
+    raise ValueError(f"a mailbox's backend must be 'outbox' or 'smtp', not {row.backend!r}")

@@ -41,6 +41,8 @@ def app_config(db_path: Path, smtp_port: int, **extra) -> dict:
         "RETRY_BASE_SECONDS": 0,
         "LOG_LEVEL": "WARNING",
         "BASE_URL": "http://sendonce.test",
+        # Beside the database, never the repository's instance/ folder.
+        "MAILBOX_KEY_FILE": str(Path(db_path).parent / "secret.keys"),
     }
     config.update(extra)
     return config

@@ -8,10 +8,11 @@ import re
 import pytest
 from sqlalchemy import select, update
 
-from core import campaigns, leads
+from core import campaigns, leads, mailboxes
 from helpers import make_campaign, make_unknown, serve_requests
-from models import Campaign, Lead, SendLog, Suppression, User, Variant, db
+from models import Campaign, CampaignLead, Lead, Mailbox, SendLog, Suppression, User, Variant, db
 from storage.database import immediate
+from storage.secrets import Vault
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
 EVIL = '<script>alert("x")</script>'
@@ -38,9 +39,23 @@ def seeded(app, engine, smtp, client, login):  # noqa: F811
     return cid
 
 
+@pytest.fixture
+def with_mailbox(app, engine, seeded):
+    """The seeded campaign sending through a paused mailbox with hostile texts, its leads waiting."""
+    cid = seeded
+    box = mailboxes.create(engine, Vault(app.config["MAILBOX_KEY_FILE"]), address="box@example.com",
+                           name=EVIL, signature=QUOTES, backend="outbox")
+    mailboxes.link(engine, cid, [box])
+    mailboxes.pause(engine, box, EVIL)
+    with immediate(engine) as conn:
+        conn.execute(update(Mailbox.__table__).values(last_error=QUOTES))
+        conn.execute(update(CampaignLead.__table__).values(mailbox_id=box))  # waiting for a paused mailbox
+    return cid
+
+
 def get_pages(app, cid):
     values = {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1, "suppression_id": 1,
-              "request_id": 1, "token": "0" * 24}
+              "request_id": 1, "token": "0" * 24, "mailbox_id": 1}
     for rule in app.url_map.iter_rules():
         if "GET" not in rule.methods or rule.endpoint in ("static", "unsubscribe.unsubscribe"):
             continue
@@ -53,7 +68,8 @@ def get_pages(app, cid):
 
 
 @pytest.mark.parametrize("language", ["pl", "en"])
-def test_every_page_renders_in_both_languages(app, client, seeded, language):
+def test_every_page_renders_in_both_languages(app, client, with_mailbox, language):
+    seeded = with_mailbox
     client.post("/language", data={"language": language, "csrf_token": csrf_token(client.get("/").data)})
     pages = list(get_pages(app, seeded))
     assert len(pages) >= 12
@@ -70,7 +86,8 @@ def test_language_choice_persists_on_the_user(app, client, seeded):
         assert db.session.scalar(select(User.language)) == "en"
 
 
-def test_lead_data_is_escaped_on_every_page_that_shows_it(app, client, seeded):
+def test_lead_data_is_escaped_on_every_page_that_shows_it(app, client, with_mailbox):
+    seeded = with_mailbox
     for endpoint, url in get_pages(app, seeded):
         html = client.get(url).get_data(as_text=True)
         assert EVIL not in html and "<img src=x" not in html, endpoint

@@ -23,14 +23,15 @@ from werkzeug.security import generate_password_hash
 
 from app import SECURITY_HEADERS, create_app
 from conftest import app_config
-from core import campaigns, importer, leads, send_requests
+from core import campaigns, importer, leads, mailboxes, send_requests
 from core.csvfile import quoted
 from delivery.tokens import make_token
 from delivery.transport import make_transport
 from helpers import logged_in_client, make_campaign, make_unknown, serve_requests
-from models import Campaign, Lead, SendLog, Suppression, Trigger, User, db
+from models import Campaign, Lead, Mailbox, SendLog, Suppression, Trigger, User, db
 from sender import Settings, send_batch
 from storage.database import immediate, write_session
+from storage.secrets import Vault
 from storage.timeutil import utcnow
 from test_timeline import INCIDENT_CSV
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
@@ -126,6 +127,15 @@ ACCESS = {
     ("/users/<int:user_id>/enable", "POST"): (302, 302),
     ("/users/<int:user_id>/remove", "POST"): (302, 302),  # refused: the last active user
     ("/alerts/<int:alert_id>/dismiss", "POST"): (302, 302),  # none open: "closed already"
+    ("/mailboxes", "GET"): (302, 200),
+    ("/mailboxes/new", "GET"): (302, 200),
+    ("/mailboxes/new", "POST"): (302, 200),  # no address: the form again
+    ("/mailboxes/<int:mailbox_id>/edit", "GET"): (302, 200),
+    ("/mailboxes/<int:mailbox_id>/edit", "POST"): (302, 200),  # no address: the form again
+    ("/mailboxes/<int:mailbox_id>/check", "POST"): (302, 200),  # the answers on the mailbox's page
+    ("/mailboxes/<int:mailbox_id>/test", "POST"): (302, 302),  # no address typed: back, with why
+    ("/mailboxes/<int:mailbox_id>/<any(pause, resume):action>", "POST"): (302, 302),
+    ("/campaigns/<int:campaign_id>/move-leads", "POST"): (302, 302),  # no mailboxes chosen: back, with why
 }
 PUBLIC = {"/healthz", "/login", "/language", "/static/<path:filename>", "/u/<token>"}
 
@@ -140,6 +150,8 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     send_requests.record(engine, cid, "w" * 32, "admin@example.com", utcnow())  # a waiting "send now"
     with immediate(engine) as conn:
         conn.execute(Suppression.__table__.insert().values(email="gone@example.com", reason="manual"))
+    mailboxes.create(engine, Vault(app.config["MAILBOX_KEY_FILE"]), address="box@example.com",
+                     backend="outbox", smtp_password="box-secret")
     login()
     waiting = token_of(upload(client, "/leads/import", b"email\nnew@example.com\n", "a.csv"))
     done = token_of(upload(client, "/leads/import", b"email\nnot-an-address\n", "b.csv"))
@@ -151,6 +163,7 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     unsubscribe = make_token(app.config["SECRET_KEY"], "lead0002@example.com", cid)
     return {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1, "suppression_id": 1,
             "user_id": 1, "request_id": 1, "alert_id": 1, "action": "pause", "filename": "style.css",
+            "mailbox_id": 1,
             "tokens": {"leads.mapping": waiting, "leads.rejected": done, "timeline.legacy": legacy,
                        "timeline.map_legacy": legacy, "timeline.delete_legacy": legacy,
                        "unsubscribe.unsubscribe": unsubscribe}}
@@ -502,6 +515,12 @@ def test_smtp_password_is_never_rendered_into_a_page(tmp_path):
             db.create_all()
             engine = db.engine
             cid = make_campaign(engine, 2, interval=3600)
+        vault = Vault(app.config["MAILBOX_KEY_FILE"])
+        mailboxes.create(engine, vault, address="box@example.com", smtp_host="127.0.0.1", smtp_port=sink.port,
+                         smtp_security="none", smtp_username="box", smtp_password=SMTP_SECRET,
+                         imap_password=SMTP_SECRET)
+        with engine.connect() as conn:
+            sealed = conn.execute(select(Mailbox.smtp_secret, Mailbox.imap_secret)).one()
         client = logged_in_client(app)
         page = client.get(f"/campaigns/{cid}").data
         key = re.search(rb'name="key" type="hidden" value="([0-9a-f]+)"', page).group(1).decode()
@@ -514,7 +533,7 @@ def test_smtp_password_is_never_rendered_into_a_page(tmp_path):
             if "GET" in rule.methods and rule.endpoint not in ("static", "leads.mapping", "leads.rejected",
                                                                "timeline.legacy", "unsubscribe.unsubscribe"):
                 values = {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1,
-                          "suppression_id": 1, "request_id": 1}
+                          "suppression_id": 1, "request_id": 1, "mailbox_id": 1}
                 url = rule.build({k: v for k, v in values.items() if k in rule.arguments})[1]
                 pages[url] = client.get(url + "?action=mark-sent").get_data(as_text=True)
     with app.app_context():
@@ -522,6 +541,7 @@ def test_smtp_password_is_never_rendered_into_a_page(tmp_path):
     assert len(pages) >= 15
     for url, text in pages.items():
         assert SMTP_SECRET not in text, url
+        assert sealed[0] not in text and sealed[1] not in text, url
 
 
 # --- unsubscribe tokens ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField
 
-from core import alerts, campaigns, send_requests, stats
+from core import alerts, campaigns, mailboxes, send_requests, stats
 from models import Campaign, CampaignStatus, SendLog, db
 from sender import Refusal
 from storage.timeutil import utcnow
@@ -111,7 +111,14 @@ def dashboard():
     opened = [alerts.describe(row) for row in alerts.open_alerts(db.session.connection())]
     return render_template("dashboard.html", campaigns=all_campaigns, archived=archived,
                            progress=stats.progress(db.session, all_campaigns),
+                           mailboxes=_capacity(),
                            scheduler=stats.scheduler_state(db.session), alerts=opened, action=ActionForm())
+
+
+def _capacity() -> list[mailboxes.Usage]:
+    """Each mailbox's sends left today; no query beyond one look when there is no mailbox."""
+    conn = db.session.connection()
+    return mailboxes.overview(conn) if mailboxes.listing(conn) else []
 
 
 @bp.route("/status.json")
@@ -145,7 +152,20 @@ def campaign(campaign_id: int):
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
                            results=stats.variant_results(db.session, campaign_id),
                            send_request=_shown_request(found, scheduler.fresh),
-                           action=ActionForm(), active=found.status == CampaignStatus.ACTIVE)
+                           action=ActionForm(), active=found.status == CampaignStatus.ACTIVE,
+                           **_mailboxes_of(campaign_id))
+
+
+def _mailboxes_of(campaign_id: int) -> dict:
+    """The campaign's mailboxes (its From), and its leads waiting for a paused one with where they may go."""
+    conn = db.session.connection()
+    every = mailboxes.listing(conn)
+    linked = set(mailboxes.of_campaign(conn, campaign_id))
+    # Counting the leads pinned to a paused mailbox reads enrollments: only when one is paused.
+    paused = any(m.status == "paused" for m in every)
+    return {"senders": [m for m in every if m.id in linked], "any_mailbox": bool(every),
+            "targets": [m for m in every if m.status == "active"],
+            "stranded": mailboxes.stranded(conn, campaign_id) if paused else []}
 
 
 def _shown_request(found: Campaign, scheduler_fresh: bool) -> dict | None:

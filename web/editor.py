@@ -27,11 +27,11 @@ from wtforms import (
 from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, Optional, Regexp
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from core import campaigns, leads
+from core import campaigns, leads, mailboxes
 from core.leads import check_email, normalize_email
 from delivery import messages, templating
 from delivery.transport import make_transport
-from models import Campaign, CampaignLead, Lead, Variant, db
+from models import Campaign, CampaignLead, Lead, Mailbox, Variant, db
 from storage.database import write_session
 from web.common import ActionForm, id_arg, reply_text, template_error
 
@@ -46,7 +46,8 @@ WEEKDAYS = [SelectChoice(day, label) for day, label in enumerate(
 
 class CampaignForm(FlaskForm):
     name = StringField(_l("Name"), validators=[DataRequired(), Length(max=200)])
-    from_address = EmailField(_l("Sender address"), validators=[DataRequired(), Email(), Length(max=320)])
+    # Required only without a mailbox: with mailboxes, each lead's messages come from its mailbox.
+    from_address = EmailField(_l("Sender address"), validators=[Length(max=320)])
     from_name = StringField(_l("Sender name"), validators=[Optional(), Length(max=200)])
     interval_seconds = IntegerField(_l("Seconds between sends"), default=300,
                                     validators=[InputRequired(),
@@ -64,6 +65,20 @@ class CampaignForm(FlaskForm):
                                    validators=[InputRequired(), NumberRange(min=1, max=24, message=RANGE)])
     timezone = SelectField(_l("Time zone"), choices=[SelectChoice(tz) for tz in TIMEZONES],
                            default="Europe/Warsaw")
+    mailboxes = SelectMultipleField(_l("Send through the mailboxes"), coerce=int, choices=[],
+                                    option_widget=CheckboxInput(), widget=ListWidget(prefix_label=False))
+    require_mailbox = False  # a new campaign, while mailboxes exist, must choose one
+
+    def validate_from_address(self, field) -> None:
+        if not (field.data or "").strip():
+            if self.mailboxes.data:
+                return  # filled in from the first mailbox
+            raise ValidationError(field.gettext("This field is required."))
+        Email()(self, field)
+
+    def validate_mailboxes(self, field) -> None:
+        if self.require_mailbox and not field.data:
+            raise ValidationError(_("Choose at least one mailbox."))
 
     def validate_window_weekdays(self, field) -> None:
         if not field.data:
@@ -136,7 +151,10 @@ def _campaign_values(form: CampaignForm) -> dict:
     values = {name: getattr(form, name).data for name in (
         "name", "from_address", "from_name", "interval_seconds", "batch_size", "daily_cap",
         "window_start_hour", "window_end_hour", "timezone")}
-    values["from_address"] = values["from_address"].strip().lower()
+    values["from_address"] = (values["from_address"] or "").strip().lower()
+    if not values["from_address"]:  # a campaign keeps a sender address: the first mailbox's
+        first = db.session.get(Mailbox, form.mailboxes.data[0])
+        values["from_address"], values["from_name"] = first.address, values["from_name"] or first.name
     values["window_weekdays"] = ",".join(str(d) for d in sorted(form.window_weekdays.data))
     return values
 
@@ -146,16 +164,30 @@ def _default_sender() -> str:
     # The default MAIL_FROM, sendonce@localhost, is no address a recipient can answer:
     # pre-filling it only to refuse it on save was the first thing a new user met.
     form = CampaignForm(formdata=None, from_address=current_app.config["MAIL_FROM"])
-    return form.from_address.data if form.from_address.validate(form) else ""
+    valid = form.from_address.validate(form, [CampaignForm.validate_from_address])
+    return form.from_address.data if valid else ""
+
+
+def _with_mailboxes(form: CampaignForm) -> CampaignForm:
+    """The form with every mailbox as a choice (a paused one says so)."""
+    choices = []
+    for m in mailboxes.listing(db.session.connection()):
+        text = f"{m.name} <{m.address}>" if m.name else m.address
+        paused = m.status != "active"
+        choices.append(SelectChoice(m.id, _("%(mailbox)s (paused)", mailbox=text) if paused else text))
+    form.mailboxes.choices = choices
+    return form
 
 
 @bp.route("/campaigns/new", methods=["GET", "POST"])
 @login_required
 def create():
     """A new draft campaign; its variants and leads come next."""
-    form = CampaignForm(from_address=_default_sender())
+    form = _with_mailboxes(CampaignForm(from_address=_default_sender()))
+    form.require_mailbox = bool(form.mailboxes.choices)
     if form.validate_on_submit():
         campaign_id = campaigns.create(db.engine, **_campaign_values(form))
+        mailboxes.link(db.engine, campaign_id, form.mailboxes.data or [])
         flash(_("Campaign created. Add a variant next."), "ok")
         return redirect(url_for("editor.variant", campaign_id=campaign_id, letter="new"))
     return render_template("campaign_form.html", form=form, campaign=None)
@@ -166,13 +198,16 @@ def create():
 def edit(campaign_id: int):
     """Change a campaign's settings (they apply from the next claim on)."""
     campaign = db.session.get(Campaign, campaign_id) or abort(404)
-    form = CampaignForm(obj=campaign)
+    form = _with_mailboxes(CampaignForm(obj=campaign))
     if request.method != "POST":
         form.window_weekdays.data = [int(d) for d in campaign.window_weekdays.split(",") if d]
+        form.mailboxes.data = mailboxes.of_campaign(db.session.connection(), campaign_id)
     if form.validate_on_submit():
         with write_session(db.engine) as session:
             session.execute(update(Campaign).where(Campaign.id == campaign_id)
                             .values(**_campaign_values(form)))
+        if form.mailboxes.choices:  # with no mailbox at all there is nothing to link or unlink
+            mailboxes.link(db.engine, campaign_id, form.mailboxes.data or [])
         flash(_("Saved."), "ok")
         return redirect(url_for("views.campaign", campaign_id=campaign_id))
     return render_template("campaign_form.html", form=form, campaign=campaign)
@@ -358,6 +393,9 @@ def duplicate(campaign_id: int):
         abort(400)
     source = db.session.get(Campaign, campaign_id) or abort(404)
     copy_id = campaigns.duplicate(db.engine, campaign_id, _("%(name)s (copy)", name=source.name)[:200])
+    # The copy sends through the same mailboxes (without them it would fall back to the
+    # configuration's SMTP, a different sender).
+    mailboxes.link(db.engine, copy_id, mailboxes.of_campaign(db.session.connection(), campaign_id))
     flash(_("Copy created as a draft: add leads to it."), "ok")
     return redirect(url_for("views.campaign", campaign_id=copy_id))
 
