@@ -122,17 +122,13 @@ class Usage:
         return self.next_free_at or now
 
 
-def overview(conn: Connection, now: datetime | None = None, campaign_id: int | None = None) -> list[Usage]:
-    """Every mailbox (or a campaign's) with today's sends against today's cap, by address."""
+def overview(conn: Connection, now: datetime | None = None) -> list[Usage]:
+    """Every mailbox with today's sends against today's cap, by address."""
     now = now or utcnow()
     linked = dict(conn.execute(select(campaign_mailbox.c.mailbox_id, func.count())
                                .group_by(campaign_mailbox.c.mailbox_id)).all())
-    query = select(_mailbox).order_by(_mailbox.c.address)
-    if campaign_id is not None:
-        query = query.where(_mailbox.c.id.in_(select(campaign_mailbox.c.mailbox_id)
-                                               .where(campaign_mailbox.c.campaign_id == campaign_id)))
     found = []
-    for row in conn.execute(query):
+    for row in conn.execute(select(_mailbox).order_by(_mailbox.c.address)):
         _, day_start = local_day(row.timezone, now)
         free = row.last_send_at and row.last_send_at + timedelta(seconds=row.min_gap_seconds)
         found.append(Usage(
@@ -242,6 +238,16 @@ def link(engine: Engine, campaign_id: int, mailbox_ids: list[int]) -> None:
         if mailbox_ids:
             conn.execute(insert(campaign_mailbox),
                          [{"campaign_id": campaign_id, "mailbox_id": m} for m in sorted(set(mailbox_ids))])
+
+
+def links(conn: Connection) -> dict[int, list[int]]:
+    """Every campaign's mailbox ids, in one query (the dashboard's next send, for all campaigns)."""
+    found: dict[int, list[int]] = {}
+    rows = conn.execute(select(campaign_mailbox.c.campaign_id, campaign_mailbox.c.mailbox_id)
+                        .order_by(campaign_mailbox.c.mailbox_id))
+    for campaign_id, mailbox_id in rows:
+        found.setdefault(campaign_id, []).append(mailbox_id)
+    return found
 
 
 def of_campaign(conn: Connection, campaign_id: int) -> list[int]:

@@ -130,20 +130,22 @@ def progress(session: Session, campaigns: list[Campaign]) -> dict[int, Progress]
     for campaign_id, at in session.execute(_LAST_SENT, ids):
         result[campaign_id].last_sent_at = at
     now = utcnow()
+    linked = mailboxes.links(session.connection())
+    usage = {u.id: u for u in mailboxes.overview(session.connection(), now)} if linked else {}
     for c in campaigns:
         result[c.id].next_send = next_send(c, now, _sent_today(session, c, now) if c.daily_cap else 0)
-        if c.status == CampaignStatus.ACTIVE:
-            result[c.id].next_send = _mailbox_wait(session, c.id, now, result[c.id].next_send)
+        if c.status == CampaignStatus.ACTIVE and c.id in linked:
+            boxes = [usage[m] for m in linked[c.id]]
+            result[c.id].next_send = _mailbox_wait(boxes, now, result[c.id].next_send)
         if c.status == CampaignStatus.ACTIVE:
             result[c.id].next_due_at = result[c.id].next_send.at
     return result
 
 
-def _mailbox_wait(session: Session, campaign_id: int, now: datetime, upcoming: NextSend) -> NextSend:
+def _mailbox_wait(boxes: list[mailboxes.Usage], now: datetime, upcoming: NextSend) -> NextSend:
     """The campaign's next send, later if its mailboxes are all at their cap or in their gap
     (the claim checks them too: sender._ready_mailboxes), or never while all are paused."""
-    boxes = mailboxes.overview(session.connection(), now, campaign_id)
-    if not boxes or upcoming.at is None:
+    if upcoming.at is None:
         return upcoming
     free = [at for at in (box.free_at(now) for box in boxes) if at is not None]
     if not free:

@@ -155,15 +155,15 @@ def test_no_page_ever_shows_a_stored_secret_or_its_ciphertext(app, client, engin
 def test_the_list_shows_todays_sends_against_the_ramped_cap_status_error_and_campaigns(app, client, engine,
                                                                                         vault, smtp):
     box = mailboxes.create(engine, vault, name="Anna", address="anna@firma.example", daily_cap=50,
-                           ramp_start=5, ramp_step=5, min_gap_seconds=3600)
+                           ramp_start=5, ramp_step=5, min_gap_seconds=0)
     mailboxes.create(engine, vault, address="zbyszek@firma.example", backend="outbox")
     cid = make_campaign(engine, 3, batch_size=2, name="Jesień <2026>")
     mailboxes.link(engine, cid, [box])
     send_now(app, cid)
     with immediate(engine) as conn:  # as the claim records them: two sends through Anna's mailbox now
         conn.execute(update(SendLog.__table__).values(mailbox_id=box, claimed_at=utcnow()))
-        conn.execute(update(Mailbox.__table__).where(Mailbox.id == box).values(
-            last_send_at=utcnow(), last_error="535 5.7.8 <b>bad</b> credentials"))
+        conn.execute(update(Mailbox.__table__).where(Mailbox.id == box).values(  # now an hour's gap
+            min_gap_seconds=3600, last_send_at=utcnow(), last_error="535 5.7.8 <b>bad</b> credentials"))
     html = client.get("/mailboxes").get_data(as_text=True)
     anna = re.search(r'<tr data-mailbox="1">(.*?)</tr>', html, re.S).group(1)
     assert "Anna &lt;anna@firma.example&gt;" in anna

@@ -57,7 +57,8 @@ def test_dashboard_runs_the_same_queries_for_one_campaign_or_five(engine, admin)
     one = statements(engine, admin, "/")
     for _ in range(4):
         make_campaign(engine, 2)
-    assert len(statements(engine, admin, "/")) == len(one) <= 6
+    # <= 8: the alerts box, the mailboxes' capacity and their links (#16) are one query each.
+    assert len(statements(engine, admin, "/")) == len(one) <= 8
 
 
 def press_send(app, admin, cid: int, key: str) -> None:
