@@ -57,17 +57,23 @@ def _text(reply: bytes | str | list) -> str:
     return " ".join(text.split())
 
 
-def _network_problem(where: str, exc: BaseException, timeout: float) -> str:
+def _network_problem(exc: BaseException, timeout: float) -> str:
     """A failure to reach or talk to a server, in words."""
+    # smtplib reports a timeout or reset while reading a reply as SMTPServerDisconnected;
+    # the socket's own error, its context, says which it was.
+    if isinstance(exc, smtplib.SMTPServerDisconnected) and isinstance(exc.__context__, OSError):
+        exc = exc.__context__
     if isinstance(exc, ConnectionRefusedError):
-        return f"{where}: connection refused (nothing listens on that port)"
+        return "connection refused (nothing listens on that port)"
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return f"{where}: no answer within {timeout:g} s (timeout)"
+        return f"no answer within {timeout:g} s (timeout)"
     if isinstance(exc, socket.gaierror):
-        return f"{where}: unknown host ({exc.strerror})"
+        return f"unknown host ({exc.strerror})"
     if isinstance(exc, ssl.SSLError):
-        return f"{where}: TLS failed ({exc.reason or exc})"
-    return f"{where}: {type(exc).__name__}: {exc}"
+        return f"TLS failed ({exc.reason or exc})"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return f"the server closed the connection ({exc})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _smtp(row: Any, secret: str, timeout: float) -> Check:
@@ -96,11 +102,8 @@ def _smtp(row: Any, secret: str, timeout: float) -> Check:
         said.append(f"login refused: {exc.smtp_code} {_text(exc.smtp_error)}")
     except smtplib.SMTPResponseException as exc:
         said.append(f"refused: {exc.smtp_code} {_text(exc.smtp_error)}")
-    except smtplib.SMTPServerDisconnected as exc:
-        said.append(f"the server closed the connection ({exc})")
     except (smtplib.SMTPException, OSError) as exc:
-        said = [_network_problem(where, exc, timeout)]
-        return Check("SMTP", False, "; ".join(said))
+        said.append(_network_problem(exc, timeout))
     finally:
         conn.close()
     return Check("SMTP", False, f"{where}: " + "; ".join(said))
@@ -115,8 +118,8 @@ def _imap(row: Any, secret: str, timeout: float) -> Check:
             conn = imaplib.IMAP4_SSL(row.imap_host, int(row.imap_port), ssl_context=context, timeout=timeout)
         else:
             conn = imaplib.IMAP4(row.imap_host, int(row.imap_port), timeout=timeout)
-    except (imaplib.IMAP4.error, OSError) as exc:
-        return Check("IMAP", False, _network_problem(where, exc, timeout))
+    except (imaplib.IMAP4.error, OSError) as exc:  # refused, timeout, TLS, a greeting that is not OK
+        return Check("IMAP", False, f"{where}: {_network_problem(exc, timeout)}")
     said = [_text(conn.welcome)]
     try:
         if row.imap_security == "starttls":
@@ -133,7 +136,7 @@ def _imap(row: Any, secret: str, timeout: float) -> Check:
     except imaplib.IMAP4.error as exc:  # a NO or BAD answer: its text is the server's
         said.append(f"login refused: {_text(str(exc))}")
     except (OSError, EOFError) as exc:
-        said.append(_network_problem("connection lost", exc, timeout))
+        said.append(f"connection lost: {_network_problem(exc, timeout)}")
     finally:
         if conn.state != "LOGOUT":
             try:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import socket
 import threading
 from collections import Counter
 from email import message_from_bytes
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 
 def free_port() -> int:
@@ -98,3 +100,64 @@ class SmtpSink:
         for _, release in [*self.recorder.hold.values(), *self.recorder.hold_rcpt.values()]:
             release.set()
         self.controller.stop()
+
+
+class AuthRecorder(Recorder):
+    """A Recorder that logs clients in: passwords (PLAIN/LOGIN) and XOAUTH2 bearer tokens.
+
+    Records every attempt in `logins` as (mechanism, user, secret, ok) and the logged-in
+    user of every message's connection in `identities` as (user or None, recipient).
+    XOAUTH2 is not built into aiosmtpd: `auth_XOAUTH2` below is found by its name, and
+    refuses a token as Google does: a 334 with an error JSON, then 535 after the
+    client's empty answer.
+    """
+
+    def __init__(self, passwords: dict[str, str], tokens: dict[str, str]) -> None:
+        super().__init__()
+        self.passwords, self.tokens = passwords, tokens
+        self.logins: list[tuple[str, str, str, bool]] = []
+        self.identities: list[tuple[str | None, str]] = []
+
+    def check_password(self, server, session, envelope, mechanism, auth_data):
+        user, secret = auth_data.login.decode(), auth_data.password.decode()
+        ok = user in self.passwords and self.passwords[user] == secret
+        with self.lock:
+            self.logins.append((mechanism, user, secret, ok))
+        return AuthResult(success=ok, handled=False, auth_data=auth_data)
+
+    async def auth_XOAUTH2(self, server, args):
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Can't decode base64")
+        fields = dict(part.split("=", 1) for part in blob.decode().split("\x01") if "=" in part)
+        user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
+        ok = user in self.tokens and self.tokens[user] == token
+        with self.lock:
+            self.logins.append(("XOAUTH2", user, token, ok))
+        if ok:
+            return AuthResult(success=True, auth_data=LoginPassword(user.encode(), token.encode()))
+        await server.challenge_auth('{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}')
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Username and Password not accepted (XOAUTH2)")
+
+    async def handle_DATA(self, server, session, envelope):
+        login = session.login_data.decode() if session.login_data else None
+        with self.lock:
+            self.identities.append((login, envelope.rcpt_tos[0]))
+        return await super().handle_DATA(server, session, envelope)
+
+
+class AuthSmtpSink(SmtpSink):
+    """An SmtpSink that offers AUTH PLAIN, LOGIN and XOAUTH2 in clear (loopback only)."""
+
+    def __init__(self, passwords: dict[str, str] | None = None, tokens: dict[str, str] | None = None) -> None:
+        self.recorder = AuthRecorder(passwords or {}, tokens or {})
+        self.port = free_port()
+        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port,
+                                     authenticator=self.recorder.check_password, auth_require_tls=False)
