@@ -21,6 +21,7 @@ from core.mailboxes import MailboxError
 from models import Campaign, db
 from storage.secrets import Vault
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
 SMTP_ENV = "SENDONCE_SMTP_PASSWORD"
 IMAP_ENV = "SENDONCE_IMAP_PASSWORD"
 # The CLI spelling of core.mailboxes' field names, for error messages.
@@ -107,6 +108,9 @@ def mailbox_add(address: str, smtp_password_file: Path | None, imap_password_fil
         mailbox_id = mailboxes.create(db.engine, vault(), address=address, **values)
     except MailboxError as exc:
         raise refused(exc) from exc
+    if smtp_login and values.get("smtp_security") == "none" and values.get("smtp_host") not in LOOPBACK:
+        echo("WARNING: --smtp-security none: the password or token crosses the network in clear; "
+             "use starttls or ssl unless the link is trusted", err=True)
     echo(f"mailbox {mailbox_id} added: {visible(address.strip().lower())}; "
          f"try it with `flask --app app mailbox check {mailbox_id}`")
 

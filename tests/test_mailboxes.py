@@ -5,6 +5,7 @@ file, the demo's mailboxes. Against real aiosmtpd servers on 127.0.0.1 that log 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from pathlib import Path
@@ -300,6 +301,11 @@ def test_cli_add_takes_the_secret_from_a_file_the_environment_or_a_hidden_prompt
     first = row_of(engine, 1)
     assert (first.name, first.daily_cap, first.min_gap_seconds, first.ramp_start, first.ramp_step,
             first.signature) == ("Anna Kowalska", 40, 60, 10, 5, "Anna\nFirma")
+    out = run(app, "mailbox", "add", "far@firma.pl", "--smtp-host", "smtp.firma.pl", "--smtp-security",
+              "none", "--smtp-username", "far", env={"SENDONCE_SMTP_PASSWORD": PASSWORD})
+    assert "WARNING: --smtp-security none: the password or token crosses the network in clear" in out
+    assert "WARNING" not in run(app, "mailbox", "add", "near@firma.pl", "--smtp-host", "smtp.firma.pl",
+                                "--smtp-username", "near", env={"SENDONCE_SMTP_PASSWORD": PASSWORD})
     assert "No such option '--smtp-password'" in run(
         app, "mailbox", "add", "x@firma.pl", "--smtp-password", PASSWORD, code=2)
     assert PASSWORD.encode() not in database_bytes(config)
@@ -469,3 +475,19 @@ def test_the_demo_sends_through_two_outbox_mailboxes(app, engine):
     assert {(r.name, r.backend, r.daily_cap, r.min_gap_seconds, r.ramp_start, r.ramp_step) for r in rows} == {
         ("Anna Kowalska", "outbox", 40, 60, 10, 5), ("Piotr Nowak", "outbox", 40, 60, 10, 5)}
     assert linked == [[1, 2], [1, 2]] and found["anna@firma-demo.pl"].cap_today == 10
+
+
+def test_the_readme_cli_table_names_every_command(app):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## The CLI", 1)[1].split("\n## ", 1)[0]
+    first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    missing = []
+    for name, command in app.cli.commands.items():
+        if name in ("run", "shell", "routes", "db"):  # Flask's and Flask-Migrate's own
+            continue
+        for sub in getattr(command, "commands", None) or [None]:
+            words = [name] if sub is None else [name, sub]
+            if not any(re.search(rf"`{name}\b" + (rf"[^`]*\b{re.escape(sub)}\b" if sub else r"[ `]"), cell)
+                       for cell in first_cells):
+                missing.append(" ".join(words))
+    assert missing == []
