@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import re
 import smtplib
 import socket
 import ssl
@@ -44,9 +45,14 @@ def check(row: Any, secret: str, timeout: float, imap_secret: str | None = None)
 
 
 def _scrubbed(result: Check, secret: str) -> Check:
+    """The check with the secret (plain or base64) masked wherever it stands as a word of its own.
+
+    As a word only, and not one of under 4 characters (no secret, and masking it would
+    garble the answer).
+    """
     answer = result.answer
-    for form in {secret, base64.b64encode(secret.encode()).decode()} - {""}:
-        answer = answer.replace(form, "***")
+    for form in {f for f in (secret, base64.b64encode(secret.encode()).decode()) if len(f) >= 4}:
+        answer = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", "***", answer)
     return Check(result.service, result.ok, answer)
 
 
@@ -81,6 +87,9 @@ def _smtp(row: Any, secret: str, timeout: float) -> Check:
     context = ssl.create_default_context()
     conn = (smtplib.SMTP_SSL(timeout=timeout, context=context) if row.smtp_security == "ssl"
             else smtplib.SMTP(timeout=timeout))
+    # Connected below rather than in the constructor, to show the greeting; TLS checks the
+    # certificate against _host, which only the constructor would have set.
+    conn._host = row.smtp_host
     said = []
     try:
         code, banner = conn.connect(row.smtp_host, int(row.smtp_port))

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import socket
+import ssl
 import threading
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
+from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 def free_port() -> int:
@@ -154,10 +162,46 @@ class AuthRecorder(Recorder):
 
 
 class AuthSmtpSink(SmtpSink):
-    """An SmtpSink that offers AUTH PLAIN, LOGIN and XOAUTH2 in clear (loopback only)."""
+    """An SmtpSink that offers AUTH PLAIN, LOGIN and XOAUTH2 (in clear: loopback only).
 
-    def __init__(self, passwords: dict[str, str] | None = None, tokens: dict[str, str] | None = None) -> None:
+    With `tls` (a server SSLContext) it offers STARTTLS, or with `implicit` speaks TLS from
+    the first byte (port 465 style).
+    """
+
+    def __init__(self, passwords: dict[str, str] | None = None, tokens: dict[str, str] | None = None,
+                 *, tls: ssl.SSLContext | None = None, implicit: bool = False) -> None:
         self.recorder = AuthRecorder(passwords or {}, tokens or {})
         self.port = free_port()
-        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port,
-                                     authenticator=self.recorder.check_password, auth_require_tls=False)
+        kwargs = {"authenticator": self.recorder.check_password, "auth_require_tls": False}
+        if tls is not None and implicit:
+            kwargs["ssl_context"] = tls
+        elif tls is not None:
+            kwargs["tls_context"] = tls
+        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port, **kwargs)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 and its key, as PEM files in `folder`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server-side TLS context with that certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context

@@ -23,7 +23,7 @@ from models import Campaign, CampaignLead, Mailbox, SendLog, db
 from storage import schema
 from storage.database import immediate
 from storage.secrets import Vault
-from tests.smtp_sink import AuthSmtpSink, free_port
+from tests.smtp_sink import AuthSmtpSink, free_port, self_signed, server_tls
 
 PASSWORD = "pw-Kx8-not-in-any-file-7Q"
 IMAP_PASSWORD = "imap-Zr4-also-secret-9L"
@@ -241,9 +241,31 @@ def test_the_connection_check_shows_the_servers_answer_and_never_the_secret(app,
     expired_id = piotr(engine, vault, sink.port, "ya29.old", "p2@firma.pl")
     expired = probe.check(row_of(engine, expired_id), "ya29.old", 5)
     assert not expired[0].ok and "535 5.7.8 Username and Password not accepted (XOAUTH2)" in expired[0].answer
-    for found in (*good, *bad, *oauth, *expired):
+    no_tls = probe.check(row_of(engine, add(engine, vault, "t@firma.pl", sink.port, smtp_security="starttls",
+                                            smtp_username="anna", smtp_password=PASSWORD)), PASSWORD, 5)
+    assert not no_tls[0].ok and "STARTTLS extension not supported by server" in no_tls[0].answer
+    for found in (*good, *bad, *oauth, *expired, *no_tls):
         assert PASSWORD not in found.answer and TOKEN not in found.answer and "ya29.old" not in found.answer
         assert "wrong-pw" not in found.answer
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_needs_a_trusted_certificate_and_says_so_when_it_is_not(app, engine, config, vault, tmp_path,
+                                                                    monkeypatch, security):
+    cert, key = self_signed(tmp_path)
+    with AuthSmtpSink({"anna": PASSWORD}, tls=server_tls(cert, key), implicit=security == "ssl") as server:
+        mid = add(engine, vault, "anna@firma.pl", server.port, smtp_security=security, smtp_username="anna",
+                  smtp_password=PASSWORD)
+        (untrusted,) = probe.check(row_of(engine, mid), PASSWORD, 5)
+        assert not untrusted.ok and "TLS failed (CERTIFICATE_VERIFY_FAILED)" in untrusted.answer
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # OpenSSL's default trust: this certificate
+        (trusted,) = probe.check(row_of(engine, mid), PASSWORD, 5)
+        assert trusted.ok and "235 2.7.0 Authentication successful" in trusted.answer, trusted.answer
+        assert ("STARTTLS 220" in trusted.answer) == (security == "starttls")
+        pool = MailboxTransports(engine, app.config)
+        assert send(pool.for_mailbox(mid), "anna@firma.pl", "lead@example.com").status == "sent"
+        pool.close()
+        assert server.recorder.identities == [("anna", "lead@example.com")]
 
 
 def silent_server() -> tuple[socket.socket, int]:
