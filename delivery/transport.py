@@ -333,7 +333,9 @@ class MailboxTransports:
     Each transport is used by one thread at a time (one sending thread per mailbox); the
     cache itself is shared, so it is guarded by a lock. A mailbox edited since its
     transport was made (a new `updated_at`) gets a new one and the old connection is
-    closed, so a changed password or host takes effect at the next send.
+    closed, so a changed password or host takes effect at the next send. That close is
+    why `for_mailbox(id)` belongs to the thread sending through mailbox `id`: called from
+    another, it could close a connection in the middle of that thread's send.
     """
 
     def __init__(self, engine: Engine, config: Mapping) -> None:
