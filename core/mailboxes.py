@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Row
 
 from delivery import messages, templating
@@ -351,6 +351,9 @@ def unreadable_secrets(engine: Engine, vault: Vault) -> list[int]:
 
 
 def sealed_count(conn: Connection) -> int:
-    """How many mailboxes keep a secret (which the key file is needed to read)."""
+    """How many mailboxes keep a secret (which the key file is needed to read); 0 before the
+    mailbox table exists (a backup taken before upgrading, as the README says to)."""
+    if not inspect(conn).has_table(_mailbox.name):
+        return 0
     return conn.execute(select(func.count()).select_from(_mailbox).where(
         (_mailbox.c.smtp_secret.is_not(None)) | (_mailbox.c.imap_secret.is_not(None)))).scalar_one()

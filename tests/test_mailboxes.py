@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import func, select, update
 
 from app import create_app
+from conftest import app_config
 from core import mailboxes
 from delivery import messages, probe
 from delivery.transport import MailboxTransports, Unusable, mailbox_transport
@@ -482,6 +484,20 @@ def test_a_backup_without_the_mailbox_key_file_warns_and_a_restore_says_what_is_
     out = run(app, "restore", str(tmp_path / "b.db"), "--yes")
     assert f"WARNING: the secrets of mailboxes {mid} cannot be decrypted" in out
     with app.app_context():
+        db.engine.dispose()
+
+
+def test_a_backup_before_upgrading_a_database_older_than_mailboxes_still_works(tmp_path, smtp):
+    path = tmp_path / "sendonce.db"  # the schema of 3a618c4, upgraded to 0006 below
+    conn = sqlite3.connect(path)
+    conn.executescript((Path(__file__).with_name("data") / "db_3a618c4.sql").read_text(encoding="utf-8"))
+    conn.close()
+    old = create_app(app_config(path, smtp.port, SECRET_KEY=None, SECRET_KEY_FILE=str(tmp_path / "sk")))
+    run(old, "db", "stamp", "0001")
+    run(old, "db", "upgrade", "0006")  # the last revision before mailboxes
+    assert "verified" in run(old, "backup", str(tmp_path / "before-upgrade.db"))
+    assert not Path(old.config["MAILBOX_KEY_FILE"]).exists()
+    with old.app_context():
         db.engine.dispose()
 
 
