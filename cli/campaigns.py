@@ -9,8 +9,9 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
+from cli.mailboxes import refused
 from cli.terminal import echo, visible
-from core import campaigns, importer, leads
+from core import campaigns, importer, leads, mailboxes
 from models import Campaign, CampaignLead, db
 
 
@@ -55,16 +56,27 @@ def campaign_group() -> None:
 @click.option("--weekdays", default="0,1,2,3,4,5,6", show_default=True, help="0=Monday.")
 @click.option("--hours", default="0-24", show_default=True, help="Send window, e.g. 9-17.")
 @click.option("--timezone", default="Europe/Warsaw", show_default=True)
+@click.option("--mailbox", "mailbox_refs", multiple=True, metavar="ADDRESS_OR_ID",
+              help="Send through this mailbox (repeat for several); without any, through the "
+                   "configured MAIL_BACKEND / SMTP_*. --from defaults to the first one's address.")
 def campaign_create(name: str, from_address: str | None, from_name: str, interval: int,
                     batch_size: int, daily_cap: int | None, weekdays: str, hours: str,
-                    timezone: str) -> None:
+                    timezone: str, mailbox_refs: tuple[str, ...]) -> None:
     """Create a draft campaign and print its id."""
     start, _, end = hours.partition("-")
+    try:  # every mailbox named must exist before anything is created
+        with db.engine.connect() as conn:
+            mailbox_ids = [mailboxes.find(conn, ref) for ref in mailbox_refs]
+            first = mailboxes.get(conn, mailbox_ids[0]).address if mailbox_ids else None
+    except mailboxes.MailboxError as exc:
+        raise refused(exc) from exc
     campaign_id = campaigns.create(
-        db.engine, name=name, from_address=from_address or current_app.config["MAIL_FROM"],
+        db.engine, name=name, from_address=from_address or first or current_app.config["MAIL_FROM"],
         from_name=from_name, interval_seconds=interval, batch_size=batch_size,
         daily_cap=daily_cap, window_weekdays=weekdays, window_start_hour=int(start),
         window_end_hour=int(end or 24), timezone=timezone)
+    if mailbox_ids:
+        mailboxes.link(db.engine, campaign_id, mailbox_ids)
     echo(campaign_id)
 
 

@@ -17,11 +17,11 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cli.terminal import echo
-from core import alerts, campaigns
+from core import alerts, campaigns, mailboxes
 from models import db
 from sender import Settings
 from storage import backup as files
-from storage import migrate, schema
+from storage import migrate, schema, secrets
 from storage.database import configure_engine
 from storage.revision import BASELINE, HEAD, REVISIONS, current_revision
 from storage.timeutil import utcnow
@@ -30,6 +30,7 @@ from timeline import reconcile as reconciling
 
 BACKUP_GLOB = "sendonce-*.db"
 FAILED = "backup failed, nothing kept: "
+KEY_SUFFIXES = (".secret_key", ".mailbox_keys")  # key files kept beside a backup
 
 
 def _stamp(moment: datetime) -> str:
@@ -133,6 +134,10 @@ def _snapshot(target: Path, taken: datetime) -> files.Verified:
 
 def _copy_keys(target: Path) -> list[str]:
     """The key files the database depends on, copied beside it (0600), or a loud warning."""
+    return _copy_secret_key(target) + _copy_mailbox_keys(target)
+
+
+def _copy_secret_key(target: Path) -> list[str]:
     secret = Path(current_app.config["SECRET_KEY_FILE"])
     if secret.is_file() and secret.read_text().strip() == current_app.config["SECRET_KEY"]:
         copy = target.with_name(target.name + ".secret_key")
@@ -142,6 +147,22 @@ def _copy_keys(target: Path) -> list[str]:
                "SECRET_KEY_FILE (instance/secret_key): it is NOT in this backup. Keep a copy of it "
                "elsewhere: without it, logins and every unsubscribe link already sent stop working "
                "after a restore on a new machine.", err=True)
+    return []
+
+
+def _copy_mailbox_keys(target: Path) -> list[str]:
+    """MAILBOX_KEY_FILE beside the copy: the stored mailbox passwords are unreadable without it."""
+    keys = Path(current_app.config["MAILBOX_KEY_FILE"])
+    if keys.is_file():
+        copy = target.with_name(target.name + ".mailbox_keys")
+        files.private_copy(keys, copy)
+        return [copy.name]
+    with db.engine.connect() as conn:
+        sealed = mailboxes.sealed_count(conn)
+    if sealed:
+        echo(f"WARNING: MAILBOX_KEY_FILE ({keys}) is missing: the passwords of {sealed} mailboxes in "
+             "this backup cannot be read; re-enter them after a restore (flask --app app mailbox "
+             "set-secret).", err=True)
     return []
 
 
@@ -155,7 +176,8 @@ def _prune(keep: int) -> list[Path]:
     """Delete all but the newest `keep` backups in BACKUP_DIR (with their key and manifest files)."""
     old = sorted(_backup_dir().glob(BACKUP_GLOB))[:-keep]
     for path in old:
-        for extra in (path, path.with_name(path.name + ".secret_key"), path.with_name(path.name + ".json")):
+        for extra in (path, *(path.with_name(path.name + suffix) for suffix in KEY_SUFFIXES),
+                      path.with_name(path.name + ".json")):
             extra.unlink(missing_ok=True)
     return old
 
@@ -196,6 +218,23 @@ def restore_command(file: Path, wait: int, yes: bool) -> None:
     if file.with_name(file.name + ".secret_key").is_file():
         echo(f"the backup's secret key is in {file.name}.secret_key; SECRET_KEY_FILE was left as is "
                    "(copy it over only when restoring on a new machine)")
+    _restore_mailbox_keys(file)
+
+
+def _restore_mailbox_keys(file: Path) -> None:
+    """Put the backup's mailbox keys back: added to MAILBOX_KEY_FILE, whose own keys stay (a key
+    rotated in since still reads what was sealed since), then say what still cannot be read."""
+    path = current_app.config["MAILBOX_KEY_FILE"]
+    saved = file.with_name(file.name + ".mailbox_keys")
+    if saved.is_file():
+        added = secrets.merge_keys(path, saved)
+        echo(f"mailbox keys: {added} added to {path} from {saved.name}" if added else
+             f"mailbox keys: {path} holds every key of {saved.name} already")
+    bad = mailboxes.unreadable_secrets(db.engine, secrets.Vault(path))
+    if bad:
+        echo(f"WARNING: the secrets of mailboxes {', '.join(map(str, bad))} cannot be decrypted with "
+             f"{path}: copy the backup's .mailbox_keys file there, or re-enter them (flask --app app "
+             "mailbox set-secret ID).", err=True)
 
 
 def _restore(file: Path, live: Path, taken: str, wait: int) -> tuple[Path, list[int]]:

@@ -9,9 +9,10 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
+from cli.mailboxes import vault
 from cli.operations import upgrade_database
 from cli.terminal import echo
-from core import accounts, campaigns, importer, leads
+from core import accounts, campaigns, importer, leads, mailboxes
 from models import User, db
 
 
@@ -79,8 +80,29 @@ def demo() -> None:
                           "Dzień dobry {{ first_name }} {{ last_name }},\n\nczy {{ company }} "
                           "szuka nowych klientów?\n\nWypisz się: {{ unsubscribe_url }}\n")
     leads.enroll(engine, campaign_id, report.lead_ids)
+    mailbox_ids = _demo_mailboxes(engine)
+    mailboxes.link(engine, campaign_id, mailbox_ids)
     campaigns.start(engine, campaign_id)
-    echo(f"demo campaign {campaign_id} started with {len(report.lead_ids)} leads")
+    echo(f"demo campaign {campaign_id} started with {len(report.lead_ids)} leads, "
+         f"sending through mailboxes {', '.join(map(str, mailbox_ids))} (outbox)")
+
+
+DEMO_MAILBOXES = (("Anna Kowalska", "anna@firma-demo.pl"), ("Piotr Nowak", "piotr@firma-demo.pl"))
+
+
+def _demo_mailboxes(engine) -> list[int]:
+    """The demo's two outbox mailboxes (40 a day, a minute apart, ramp-up 10 +5 a day); kept if there."""
+    found = []
+    for name, address in DEMO_MAILBOXES:
+        try:
+            with engine.connect() as conn:
+                found.append(mailboxes.find(conn, address))
+        except mailboxes.MailboxError:
+            found.append(mailboxes.create(
+                engine, vault(), name=name, address=address, backend="outbox", daily_cap=40,
+                min_gap_seconds=60, ramp_start=10, ramp_step=5,
+                signature=f"{name}\nFirma Demo Sp. z o.o."))
+    return found
 
 
 @click.command("first-run")

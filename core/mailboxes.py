@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from email.message import Message
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import Engine, and_, delete, func, insert, inspect, select, update
+from sqlalchemy.engine import Connection, Row
 
+from delivery import messages, templating
+from delivery.probe import Check, check
+from delivery.transport import Result, mailbox_transport
 from models import (
     Campaign,
     CampaignLead,
@@ -30,7 +34,7 @@ from models import (
     campaign_mailbox,
 )
 from storage.database import immediate
-from storage.secrets import Vault
+from storage.secrets import SecretError, Vault
 from storage.timeutil import utcnow
 
 _mailbox = Mailbox.__table__
@@ -333,3 +337,91 @@ def stranded(conn: Connection, campaign_id: int) -> list[Stranded]:
                _enrollment.c.lead_id.not_in(in_flight))
         .group_by(_mailbox.c.id, _mailbox.c.name, _mailbox.c.address).order_by(_mailbox.c.address))
     return [Stranded(*row) for row in rows]
+
+
+# --- reading, testing, checking ------------------------------------------------------
+
+
+def get(conn: Connection, mailbox_id: int) -> Row:
+    """One mailbox row (secrets still sealed); MailboxError when there is none."""
+    row = conn.execute(select(_mailbox).where(_mailbox.c.id == mailbox_id)).first()
+    if row is None:
+        raise MailboxError("id", f"no mailbox {mailbox_id}")
+    return row
+
+
+def find(conn: Connection, ref: str | int) -> int:
+    """The id of the mailbox a person named by its id or its address."""
+    text = str(ref).strip()
+    if text.isdigit():
+        return get(conn, int(text)).id
+    found = conn.execute(select(_mailbox.c.id).where(_mailbox.c.address == text.lower())).scalar()
+    if found is None:
+        raise MailboxError("mailbox", f"no mailbox with the address or id {text!r}")
+    return found
+
+
+def _opened(vault: Vault, sealed: str | None, field: str) -> str:
+    try:
+        return vault.open(sealed)
+    except SecretError as exc:
+        raise MailboxError(field, str(exc)) from exc
+
+
+def test_message(row: Row, to_address: str) -> Message:
+    """The test message a mailbox sends (not campaign mail: no send_log row, no cap counted)."""
+    body = (f"This is a test message from SendOnce, sent through the mailbox {row.address}.\n"
+            "If you can read it, the mailbox's settings work.\n"
+            + (f"\n-- \n{row.signature}\n" if row.signature else ""))
+    return messages.build_message(
+        from_address=row.address, from_name=row.name, to_address=to_address, to_name="",
+        subject=f"[TEST] SendOnce: {row.address}", body=body,
+        msg_id=messages.test_message_id(row.address), unsubscribe_url=templating.SAMPLE_UNSUBSCRIBE_URL)
+
+
+def send_test(engine: Engine, vault: Vault, mailbox_id: int, to_address: str, *, timeout: float,
+              outbox_dir: str) -> Result:
+    """Send one test message through the mailbox, whatever its status; the transport's Result."""
+    try:
+        to = validate_email(to_address.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise MailboxError("to", str(exc)) from exc
+    with engine.connect() as conn:
+        row = get(conn, mailbox_id)
+    transport = mailbox_transport(row, _opened(vault, row.smtp_secret, "smtp_password"),
+                                  timeout=timeout, outbox_dir=outbox_dir)
+    try:
+        return transport.send(test_message(row, to), row.address, to)
+    finally:
+        transport.close()
+
+
+def check_connection(engine: Engine, vault: Vault, mailbox_id: int, *, timeout: float) -> list[Check]:
+    """Try the mailbox's SMTP (and IMAP) login; each service's outcome with the server's answer."""
+    with engine.connect() as conn:
+        row = get(conn, mailbox_id)
+    return check(row, _opened(vault, row.smtp_secret, "smtp_password"), timeout,
+                 _opened(vault, row.imap_secret, "imap_password"))
+
+
+def unreadable_secrets(engine: Engine, vault: Vault) -> list[int]:
+    """Mailboxes with a stored secret these keys cannot decrypt (e.g. after a restore without its keys)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(_mailbox.c.id, _mailbox.c.smtp_secret, _mailbox.c.imap_secret)).all()
+    bad = []
+    for row in rows:
+        try:
+            vault.open(row.smtp_secret)
+            vault.open(row.imap_secret)
+        except SecretError:
+            bad.append(row.id)
+    return bad
+
+
+def sealed_count(conn: Connection) -> int:
+    """How many mailboxes keep a secret (which the key file is needed to read); 0 before the
+    mailbox table exists (a backup taken before upgrading, as the README says to)."""
+    if not inspect(conn).has_table(_mailbox.name):
+        return 0
+    return conn.execute(select(func.count()).select_from(_mailbox).where(
+        (_mailbox.c.smtp_secret.is_not(None)) | (_mailbox.c.imap_secret.is_not(None)))).scalar_one()

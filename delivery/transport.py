@@ -15,19 +15,28 @@ without racing its claimer (sender.py's ledger).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import smtplib
 import ssl
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import Message
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, select
 
 from delivery.messages import MAIL_POLICY
-from models import SendStatus
+from models import Mailbox, SendStatus
+from storage.secrets import SecretError, Vault
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,13 +100,38 @@ def _left(deadline: float) -> float:
     return left
 
 
+def xoauth2_string(user: str, token: str) -> str:
+    """The SASL XOAUTH2 initial response (before base64): user, bearer token, two ^A."""
+    return f"user={user}\x01auth=Bearer {token}\x01\x01"
+
+
+def smtp_authenticate(conn: smtplib.SMTP, auth_kind: str, username: str, secret: str) -> tuple[int, bytes]:
+    """AUTH on an open connection: LOGIN/PLAIN with a password, or SASL XOAUTH2 with a token.
+
+    Every refusal raises SMTPAuthenticationError (a configuration error: every message
+    would meet it), also a server that offers no AUTH or keeps challenging.
+    """
+    try:
+        if auth_kind == "xoauth2":
+            # A refused token gets a 334 with an error JSON first; the client answers it
+            # with an empty line and the server then says 535 (Google's and Microsoft's way).
+            return conn.auth("XOAUTH2", lambda challenge=None: "" if challenge is not None
+                             else xoauth2_string(username, secret), initial_response_ok=True)
+        return conn.login(username, secret)
+    except (smtplib.SMTPAuthenticationError, smtplib.SMTPServerDisconnected):
+        raise
+    except smtplib.SMTPException as exc:  # no AUTH offered, too many challenges
+        raise smtplib.SMTPAuthenticationError(530, str(exc).encode()) from exc
+
+
 class SmtpTransport:
     """smtplib with one connection reused for a batch; reconnects after any failure."""
 
     def __init__(self, host: str, port: int, *, security: str = "none", username: str = "",
-                 password: str = "", timeout: float = 30.0) -> None:
+                 password: str = "", timeout: float = 30.0, auth_kind: str = "password") -> None:
         self.host, self.port, self.security = host, port, security
         self.username, self._password, self.timeout = username, password, timeout
+        self.auth_kind = auth_kind  # password | xoauth2 (then `password` is the access token)
         self._conn: smtplib.SMTP | None = None
 
     def _connect(self, deadline: float = math.inf) -> smtplib.SMTP:
@@ -115,7 +149,7 @@ class SmtpTransport:
                 conn.starttls(context=context)
                 conn.ehlo()
             if self.username:
-                conn.login(self.username, self._password)
+                smtp_authenticate(conn, self.auth_kind, self.username, self._password)
         except BaseException:
             conn.close()
             raise
@@ -259,11 +293,95 @@ def make_transport(config: dict) -> Transport:
     raise ValueError(f"MAIL_BACKEND must be 'outbox' or 'smtp', not {backend!r}")
 
 
-def mailbox_transport(row, secret: str, *, timeout: float, outbox_dir: str) -> Transport:
-    """The transport of one mailbox row (its backend and SMTP settings), with its opened secret."""
+class Unusable:
+    """A transport that sends nothing: the mailbox cannot be used as configured (a secret
+    that cannot be decrypted, a mailbox gone). Every send is a configuration error, so the
+    engine pauses the mailbox instead of failing its leads one by one."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def send(self, msg: Message, sender: str, recipient: str, deadline: float = math.inf) -> Result:
+        """Refuse, before any connection: nothing was delivered."""
+        return Result(SendStatus.RETRY, self.reason, config_error=True)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def mailbox_transport(row: Any, secret: str, *, timeout: float, outbox_dir: str) -> Transport:
+    """The transport of one mailbox row (backend, SMTP settings, auth kind) with its opened secret."""
     if row.backend == "outbox":
         return OutboxTransport(outbox_dir)
-    if row.backend == "smtp":
-        return SmtpTransport(row.smtp_host, int(row.smtp_port), security=row.smtp_security,
-                             username=row.smtp_username, password=secret, timeout=timeout)
-    raise ValueError(f"a mailbox's backend must be 'outbox' or 'smtp', not {row.backend!r}")
+    if row.backend != "smtp":
+        return Unusable(f"mailbox {row.id}: unknown backend {row.backend!r}")
+    return SmtpTransport(row.smtp_host, int(row.smtp_port), security=row.smtp_security,
+                         username=smtp_user(row), password=secret, timeout=timeout,
+                         auth_kind=row.auth_kind)
+
+
+def smtp_user(row: Any) -> str:
+    """Who the mailbox logs in as: its SMTP username; for XOAUTH2 without one, its address
+    (the token's owner). Empty: no AUTH (a relay that trusts this host)."""
+    if row.smtp_username or row.auth_kind != "xoauth2":
+        return row.smtp_username
+    return row.address
+
+
+class MailboxTransports:
+    """One transport per mailbox for the sending threads, rebuilt when the mailbox changes.
+
+    Each transport is used by one thread at a time (one sending thread per mailbox); the
+    cache itself is shared, so it is guarded by a lock. A mailbox edited since its
+    transport was made (a new `updated_at`) gets a new one and the old connection is
+    closed, so a changed password or host takes effect at the next send. That close is
+    why `for_mailbox(id)` belongs to the thread sending through mailbox `id`: called from
+    another, it could close a connection in the middle of that thread's send.
+    """
+
+    def __init__(self, engine: Engine, config: Mapping) -> None:
+        self.engine, self.config = engine, config
+        self._lock = threading.Lock()
+        self._cache: dict[int | None, tuple[datetime | None, Transport]] = {}
+
+    def for_mailbox(self, mailbox_id: int | None) -> Transport:
+        """The transport for a mailbox; None: the app's configured one (campaigns without mailboxes)."""
+        if mailbox_id is None:
+            with self._lock:
+                if None not in self._cache:
+                    self._cache[None] = (None, make_transport(self.config))
+                return self._cache[None][1]
+        table = Mailbox.__table__
+        with self.engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.id == mailbox_id)).first()
+        version = row.updated_at if row is not None else None
+        with self._lock:
+            old = self._cache.get(mailbox_id)
+            if old is not None and old[0] == version and row is not None:
+                return old[1]
+            fresh = self._build(mailbox_id, row)
+            if isinstance(fresh, Unusable):  # not kept: a repaired key file works at the next send
+                self._cache.pop(mailbox_id, None)
+            else:
+                self._cache[mailbox_id] = (version, fresh)
+        if old is not None:
+            old[1].close()  # outside the lock: QUIT may wait on the network
+        return fresh
+
+    def _build(self, mailbox_id: int, row: Any) -> Transport:
+        if row is None:
+            return Unusable(f"no mailbox {mailbox_id}")
+        try:
+            secret = Vault(self.config["MAILBOX_KEY_FILE"]).open(row.smtp_secret)
+        except (SecretError, OSError, ValueError) as exc:  # wrong, unreadable or malformed key file
+            logger.error("mailbox %s: %s", mailbox_id, exc)
+            return Unusable(f"the mailbox's password cannot be read: {exc}")
+        return mailbox_transport(row, secret, timeout=float(self.config["SMTP_TIMEOUT"]),
+                                 outbox_dir=self.config["OUTBOX_DIR"])
+
+    def close(self) -> None:
+        """Close every transport (QUIT where connected) and forget them."""
+        with self._lock:
+            transports, self._cache = [t for _, t in self._cache.values()], {}
+        for transport in transports:
+            transport.close()

@@ -76,3 +76,21 @@ class Vault:
         keys = _keys(self.path)
         _write_private(self.path, b"\n".join([Fernet.generate_key(), *keys]) + b"\n", replace=True)
         self._fernet = MultiFernet([Fernet(key) for key in _keys(self.path)])
+
+
+def merge_keys(path: str | os.PathLike, extra: str | os.PathLike) -> int:
+    """Append to the key file at `path` the keys of `extra` it lacks (a restored backup's);
+    the newest key stays first. Makes `path` when missing. The number of keys added."""
+    path = Path(path)
+    have = [line.strip() for line in path.read_bytes().splitlines() if line.strip()] if path.exists() else []
+    new = [key for key in _keys_in(Path(extra)) if key not in have]
+    if new:
+        _write_private(path, b"\n".join([*have, *new]) + b"\n", replace=True)
+    return len(new)
+
+
+def _keys_in(path: Path) -> list[bytes]:
+    keys = [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+    for key in keys:
+        Fernet(key)  # a malformed line raises ValueError here, not later in a sending thread
+    return keys

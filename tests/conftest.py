@@ -31,6 +31,9 @@ def app_config(db_path: Path, smtp_port: int, **extra) -> dict:
         "TESTING": True,
         "SECRET_KEY": "test-secret-not-for-production",
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}",
+        # Beside the test's database, never in the repository's instance/ folder.
+        "MAILBOX_KEY_FILE": str(db_path.parent / "secret.keys"),
+        "OUTBOX_DIR": str(db_path.parent / "outbox"),
         "MAIL_BACKEND": "smtp",
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": smtp_port,
@@ -41,8 +44,6 @@ def app_config(db_path: Path, smtp_port: int, **extra) -> dict:
         "RETRY_BASE_SECONDS": 0,
         "LOG_LEVEL": "WARNING",
         "BASE_URL": "http://sendonce.test",
-        # Beside the database, never the repository's instance/ folder.
-        "MAILBOX_KEY_FILE": str(Path(db_path).parent / "secret.keys"),
     }
     config.update(extra)
     return config
