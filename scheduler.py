@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from core import alerts, send_requests
 from delivery import lease as leases
-from delivery.transport import OutboxTransport, SmtpTransport, Transport, make_transport
+from delivery.transport import MailboxTransports, Transport, mailbox_transport, make_transport
 from models import Mailbox, MailboxStatus, Trigger, db
 from sender import BatchResult, Settings, send_batch, tick
 from storage.database import immediate
@@ -52,11 +52,12 @@ class Ticker:
             self.lease = leases.acquire(db.engine, self.holder, utcnow(), settings.lease_seconds)
             if self.lease is None:
                 return None
-            return tick(db.engine, settings, make_transport(self.app.config), self.lease,
-                        trigger, campaign_id)
+            return tick(db.engine, settings, self._transport(), self.lease, trigger, campaign_id)
 
-    def _transport(self) -> Transport:
-        return make_transport(self.app.config)
+    def _transport(self) -> MailboxTransports:
+        # One SMTP connection per mailbox (each used by its own sending lane), and the app's
+        # configured transport for campaigns without mailboxes; all closed after the pass.
+        return MailboxTransports(db.engine, self.app.config)
 
     def serve_requests(self) -> int | None:
         """Carry out open "send now" requests if this process holds the lease (how many); None if not."""
@@ -87,7 +88,7 @@ class Ticker:
                 transport.close()
             return len(waiting)
 
-    def _serve(self, request, settings: Settings, transport: Transport) -> bool:
+    def _serve(self, request, settings: Settings, transport: MailboxTransports) -> bool:
         """One request's batch; False when the lease was lost (stop picking more)."""
         with immediate(db.engine) as conn:
             if not send_requests.pick(conn, request.id, utcnow()):
@@ -139,23 +140,21 @@ class Ticker:
 
 def alert_transport(app: Flask) -> tuple[Transport, alerts.Sender]:
     """Where alert mail goes out: the active mailbox marked alert_sender, else MAIL_BACKEND
-    from MAIL_FROM (also for an XOAUTH2 mailbox, until its transport exists)."""
+    from MAIL_FROM."""
     config = app.config
     box = db.session.scalars(select(Mailbox).where(Mailbox.alert_sender.is_(True),
                                                    Mailbox.status == MailboxStatus.ACTIVE)
                              .order_by(Mailbox.id).limit(1)).first()
-    if box is None or box.auth_kind != "password":
+    if box is None:
         return make_transport(config), alerts.Sender(config["MAIL_FROM"])
-    sender = alerts.Sender(box.address, box.name or "SendOnce")
-    if box.backend == "outbox":
-        return OutboxTransport(config["OUTBOX_DIR"]), sender
     try:
-        password = Vault(config["MAILBOX_KEY_FILE"]).open(box.smtp_secret)
+        secret = Vault(config["MAILBOX_KEY_FILE"]).open(box.smtp_secret)
     except SecretError:  # alerts must still go out: through the app's own transport, said loudly
         log.error("alert sender %s: its password cannot be decrypted; alerts go through MAIL_BACKEND", box.id)
         return make_transport(config), alerts.Sender(config["MAIL_FROM"])
-    return SmtpTransport(box.smtp_host, box.smtp_port, security=box.smtp_security, username=box.smtp_username,
-                         password=password, timeout=float(config["SMTP_TIMEOUT"])), sender
+    transport = mailbox_transport(box, secret, timeout=float(config["SMTP_TIMEOUT"]),
+                                  outbox_dir=config["OUTBOX_DIR"])
+    return transport, alerts.Sender(box.address, box.name or "SendOnce")
 
 
 def mail_alerts(app: Flask, now: datetime) -> int:

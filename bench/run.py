@@ -567,28 +567,26 @@ class Recording:
 
 
 class LanePool:
-    """One SmtpTransport per mailbox, made on first use: sender.tick's lanes send in
-    parallel through a transport that has `for_mailbox`. The app's own pool builds each
-    from its mailbox row (host, port, secrets); here every mailbox is the one sink."""
+    """The app's own pool (delivery.transport.MailboxTransports: one transport per mailbox,
+    built from its row) with every message recorded, so the ceiling resends the very same."""
 
-    def __init__(self, port: int) -> None:
-        self.port, self.sent = port, []
+    def __init__(self, engine, config) -> None:
+        from delivery.transport import MailboxTransports
+
+        self.inner, self.sent = MailboxTransports(engine, config), []
         self.lanes: dict[int | None, Recording] = {}
         self.lock = threading.Lock()
 
     def for_mailbox(self, mailbox_id: int | None) -> Recording:
-        from delivery.transport import SmtpTransport
-
+        transport = self.inner.for_mailbox(mailbox_id)
         with self.lock:
-            if mailbox_id not in self.lanes:
-                transport = SmtpTransport("127.0.0.1", self.port, timeout=30)
-                self.lanes[mailbox_id] = Recording(transport, self.sent)
-            return self.lanes[mailbox_id]
+            lane = self.lanes.get(mailbox_id)
+            if lane is None or lane.inner is not transport:
+                lane = self.lanes[mailbox_id] = Recording(transport, self.sent)
+            return lane
 
     def close(self) -> None:
-        with self.lock:
-            for lane in self.lanes.values():
-                lane.close()
+        self.inner.close()
 
 
 def bare_parallel(port: int, lanes: list[list]) -> float:
@@ -694,9 +692,9 @@ def run_lanes(ctx: Context, sink: Sink, n: int, per_lane: int, profile_to: Path 
     db_path = fresh_copy(template, RESULTS / "mailboxes-run.db")
     key_file = RESULTS / "mailboxes.keys"
     app = create_app(dict(config_for(db_path, sink.port), MAILBOX_KEY_FILE=str(key_file)))
-    pool = LanePool(sink.port)
     with app.app_context():
         engine = db.engine
+        pool = LanePool(engine, app.config)
         ids = prepare_lanes(engine, key_file, sink.port, n, total)
         settings = Settings.from_config(app.config)
         lease = leases.acquire(engine, leases.new_holder_id(), utcnow(), settings.lease_seconds)

@@ -49,8 +49,6 @@ class Recorder:
         self.drop_after_data: set[str] = set()
         self.hold: dict[str, tuple[threading.Event, threading.Event]] = {}
         self.hold_rcpt: dict[str, tuple[threading.Event, threading.Event]] = {}
-        # Per message: (the login its connection authenticated as, or "", the recipient).
-        self.logins: list[tuple[str, str]] = []
 
     def _scripted(self, table: dict[str, list[str]], address: str) -> str | None:
         with self.lock:
@@ -79,11 +77,9 @@ class Recorder:
         reply = self._scripted(self.data_replies, address)
         if reply:
             return reply
-        login = getattr(session, "sendonce_login", b"")
         with self.lock:
             self.received[address] += 1
             self.messages.append(message_from_bytes(envelope.content))
-            self.logins.append((login.decode(), address))
         if address in self.drop_after_data:
             server.transport.close()
         return "250 OK queued"
@@ -99,8 +95,6 @@ class SmtpSink:
         if password is not None:
             def check(server, session, envelope, mechanism, auth_data):
                 ok = isinstance(auth_data, LoginPassword) and auth_data.password == password.encode()
-                if ok:  # who this connection is, for the tests that count per mailbox
-                    session.sendonce_login = auth_data.login
                 return AuthResult(success=ok, handled=False)
 
             kwargs = {"authenticator": check, "auth_require_tls": False}

@@ -17,7 +17,7 @@ from sender import Claim, Refusal, claim_next, record, send_batch, tick
 from storage.database import immediate
 from storage.secrets import Vault
 from storage.timeutil import utcnow
-from tests.smtp_sink import SmtpSink
+from tests.smtp_sink import AuthSmtpSink
 
 NOW = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 11:00 in Warsaw
 
@@ -143,7 +143,7 @@ def test_leads_of_a_paused_mailbox_wait_and_move_only_when_a_person_moves_them(a
 
 
 def test_bad_credentials_pause_that_mailbox_only(app, engine, settings):
-    with SmtpSink(password="right") as good_server, SmtpSink(password="right") as bad_server:
+    with AuthSmtpSink({"anna": "right"}) as good_server, AuthSmtpSink({"piotr": "right"}) as bad_server:
         good = add_mailbox(app, engine, "anna@firma.pl")
         bad = add_mailbox(app, engine, "piotr@firma.pl")
         transports = {good: SmtpTransport("127.0.0.1", good_server.port, username="anna", password="right"),
@@ -168,7 +168,7 @@ def test_bad_credentials_pause_that_mailbox_only(app, engine, settings):
         assert boxes[bad].status == "paused" and "535" in boxes[bad].pause_reason
         assert boxes[good].status == "active"
         assert sum(good_server.recorder.received.values()) == 5 and not bad_server.recorder.received
-        assert {login for login, _ in good_server.recorder.logins} == {"anna"}
+        assert {login for login, _ in good_server.recorder.identities} == {"anna"}
         # The lead that met the bad mailbox waits for it (retry, pinned); nothing else burned.
         assert sorted(campaign_status) == sorted([("sent", good)] * 5 + [("retry", bad)])
 

@@ -28,7 +28,7 @@ from procs import reap, spawn_workers, wait_all, wait_for
 from sender import recover
 from storage.secrets import Vault
 from storage.timeutil import utcnow
-from tests.smtp_sink import SmtpSink, free_port
+from tests.smtp_sink import AuthSmtpSink, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,7 @@ def test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin(engin
     # them; the fourth has a wrong password. Ticks, cron and buttons race for 8 seconds.
     cap, gaps = 8, [0.4, 0.4, 0, 0]
     with ExitStack() as stack:
-        sinks = [stack.enter_context(SmtpSink(password=f"pw{i}")) for i in range(4)]
+        sinks = [stack.enter_context(AuthSmtpSink({f"box{i}": f"pw{i}"})) for i in range(4)]
         vault = Vault(app.config["MAILBOX_KEY_FILE"])
         boxes = [mailboxes.create(engine, vault, name=f"Box {i}", address=f"box{i}@firma.pl", backend="smtp",
                                   smtp_host="127.0.0.1", smtp_port=sink.port, smtp_security="none",
@@ -191,7 +191,7 @@ def test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin(engin
         for i, sink in enumerate(sinks):
             got = sink.recorder.messages
             assert len(got) <= cap, f"mailbox {i} over its cap at its own server"
-            for message, (login, recipient) in zip(got, sink.recorder.logins, strict=True):
+            for message, (login, recipient) in zip(got, sink.recorder.identities, strict=True):
                 row = rows[message["Message-ID"]]
                 # Pinned: sent through this mailbox, logged in as it, From it, and the lead stays pinned.
                 assert (row.mailbox_id, login, message["From"].addresses[0].addr_spec) == (

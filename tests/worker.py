@@ -20,7 +20,7 @@ import time
 from sqlalchemy import func, select
 
 from app import create_app
-from delivery.transport import make_transport
+from delivery.transport import MailboxTransports
 from models import CampaignLead, EnrollmentState, Trigger, db
 from sender import Settings, send_batch
 
@@ -51,7 +51,7 @@ def main(mode: str, campaign_id: int) -> None:
                 batches = list((ticker.tick(Trigger.CLI, campaign_id) or {}).values())
                 ticker.release()
             else:
-                transport = make_transport(app.config)
+                transport = MailboxTransports(db.engine, app.config)  # each mailbox its own
                 try:
                     batches = [send_batch(db.engine, settings, transport, campaign_id,
                                           Trigger.BUTTON, once_key=secrets.token_hex(8))]
