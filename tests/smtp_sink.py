@@ -155,7 +155,8 @@ class AuthRecorder(Recorder):
                           message="535 5.7.8 Username and Password not accepted (XOAUTH2)")
 
     async def handle_DATA(self, server, session, envelope):
-        login = session.login_data.decode() if session.login_data else None
+        data = session.auth_data  # what the authenticator returned (login_data is deprecated)
+        login = data.login.decode() if isinstance(data, LoginPassword) else None
         with self.lock:
             self.identities.append((login, envelope.rcpt_tos[0]))
         return await super().handle_DATA(server, session, envelope)
