@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> None:
                 with sink.recorder.lock:
                     total = sum(sink.recorder.received.values())
                     sink.recorder.messages.clear()  # only the counts matter; keep memory flat
-                    sink.recorder.logins.clear()
                 print(total if command == "count" else _stats(sink.recorder), flush=True)
             elif command == "reset":
                 with sink.recorder.lock:
