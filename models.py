@@ -173,8 +173,11 @@ class Campaign(db.Model):
     # A reply stops every lead of the replier's company domain too (never a free-mail one).
     stop_company_on_reply: Mapped[bool] = mapped_column(default=False, server_default="0")
 
+    # Step 1's variants: the ones a lead is bound to at enrollment (later steps' are read by
+    # core/sequences.py).
     variants: Mapped[list[Variant]] = relationship(
-        back_populates="campaign", order_by="[Variant.step, Variant.letter]", cascade="all, delete-orphan"
+        back_populates="campaign", order_by="Variant.letter", cascade="all, delete-orphan",
+        primaryjoin="and_(Campaign.id == Variant.campaign_id, Variant.step == 1)",
     )
     steps: Mapped[list[CampaignStep]] = relationship(
         back_populates="campaign", order_by="CampaignStep.position", cascade="all, delete-orphan"

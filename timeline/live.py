@@ -94,7 +94,7 @@ def overview(conn: Connection, scope: Scope) -> tuple[Analysis, int, list[Bucket
         return analysis, minutes, summary_buckets(conn, scope, minutes)
     analysis = live_analyse(conn, scope)
     minutes = bucket_minutes(analysis.first_send_at, analysis.last_send_at)
-    duplicates = [SendEvent(at, g.campaign, g.lead, g.variant)
+    duplicates = [SendEvent(at, g.campaign, g.lead, g.variant, step=g.step)
                   for g in analysis.duplicate_groups for at in g.times]
     return analysis, minutes, live_buckets(conn, scope, minutes, duplicates)
 
@@ -108,7 +108,9 @@ def _distinct(conn: Connection, columns: list, conditions: list) -> int:
     return conn.execute(select(func.count()).select_from(grouped)).scalar_one()
 
 
-_KEY = [SendLog.campaign_id, SendLog.lead_id, SendLog.variant_letter]
+# The exact key (campaign, lead, step, variant) and, its first three, the recipient's view:
+# two steps of a sequence are two mails, never a duplicate (#17).
+_KEY = [SendLog.campaign_id, SendLog.lead_id, SendLog.step, SendLog.variant_letter]
 
 
 def duplicate_events(conn: Connection, scope: Scope) -> list[SendEvent]:
@@ -122,7 +124,7 @@ def duplicate_events(conn: Connection, scope: Scope) -> list[SendEvent]:
 
 def _event(row) -> SendEvent:
     return SendEvent(row.claimed_at, str(row.campaign_id), str(row.lead_id), row.variant_letter,
-                     row.trigger, row.worker)
+                     row.trigger, row.worker, str(row.step))
 
 
 def median_interval(conn: Connection, scope: Scope) -> float | None:
@@ -163,7 +165,7 @@ def live_analyse(conn: Connection, scope: Scope) -> Analysis:
     duplicates = total - unique_keys
     split = dup_analysis.split_at  # the first repeated key's first send
     before = _count(conn, *where, SendLog.claimed_at < split) if split else total
-    unique_leads = _distinct(conn, _KEY[:2], where)
+    unique_leads = _distinct(conn, _KEY[:3], where)
     return Analysis(
         total_sends=total, unique_keys=unique_keys,
         unique_leads=unique_leads, duplicate_sends=duplicates,
@@ -174,7 +176,7 @@ def live_analyse(conn: Connection, scope: Scope) -> Analysis:
         median_interval_seconds=median_interval(conn, scope),
         clusters=dup_analysis.clusters, first_send_at=first, last_send_at=last,
         cluster_seconds=dup_analysis.cluster_seconds, split_at=split,
-        other_view_duplicates=total - unique_leads,  # send_log has no step: the recipient view
+        other_view_duplicates=total - unique_leads,  # the recipient view: (campaign, lead, step)
         bursts=[replace(b, sends=_count(conn, *where, SendLog.campaign_id == int(b.campaign),
                                         SendLog.claimed_at.between(b.start, b.end)))
                 for b in dup_analysis.bursts],  # a burst's sends include those of unrepeated keys
@@ -353,7 +355,7 @@ def summary_analyse(conn: Connection, scope: Scope) -> Analysis:
         before=Totals(total, total, 0), after=Totals(0, 0, 0),
         duplicate_second_histogram={}, median_interval_seconds=median_interval(conn, scope),
         clusters=[], first_send_at=first, last_send_at=last, cluster_seconds=nothing.cluster_seconds,
-        other_view_duplicates=0,  # the unique index holds: one row per (campaign, lead) too
+        other_view_duplicates=0,  # the unique index holds: one row per (campaign, lead, step) too
     )
 
 

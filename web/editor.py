@@ -205,7 +205,7 @@ def _enrolled(campaign_id: int) -> int:
 
 
 def _variant(campaign_id: int, letter: str) -> Variant | None:
-    return db.session.scalar(select(Variant).where(Variant.campaign_id == campaign_id,
+    return db.session.scalar(select(Variant).where(Variant.campaign_id == campaign_id, Variant.step == 1,
                                                    Variant.letter == letter.upper()))
 
 
