@@ -315,3 +315,48 @@ def test_a_claim_refusal_says_nothing_is_due_while_a_step_waits(app, engine, set
     send_at(app, engine, settings, cid, NOW)
     refusal = claim_next(engine, settings, cid, Trigger.BUTTON, at(hours=1))
     assert isinstance(refusal, Refusal) and refusal.code == "nothing_due"
+
+
+def test_the_cli_adds_steps_and_variants_shows_them_and_stops_a_lead(app, engine, runner):
+    cid = make_campaign(engine, 2, start=False, variants="A")
+    result = runner.invoke(args=["campaign", "step", "add", str(cid), "--after", "3d", "--business-days",
+                                 "--subject", "s2", "--body", "Hello {{ first_name }}"])
+    assert result.exit_code == 0 and result.output.strip() == "2", result.output
+    result = runner.invoke(args=["campaign", "step", "add", str(cid), "--after", "36h", "--new-thread",
+                                 "--subject", "s3", "--body", "b3"])
+    assert result.output.strip() == "3"
+    assert runner.invoke(args=["campaign", "step", "variant", str(cid), "2", "B", "--subject", "s2b",
+                               "--body", "b", "--weight", "2"]).exit_code == 0
+    bad = runner.invoke(args=["campaign", "step", "add", str(cid), "--after", "3 weeks", "--subject", "s",
+                              "--body", "b"])
+    assert bad.exit_code == 1 and "like 3d or 36h" in bad.output
+    assert runner.invoke(args=["campaign", "stop", str(cid), "LEAD0001@example.com"]).exit_code == 0
+    shown = runner.invoke(args=["campaign", "show", str(cid)]).output
+    assert "step 1: at once — sent 0, waiting 1, stopped 1" in shown
+    assert "step 2: 3 days (business days) after, same thread" in shown and "variant B (weight 2): s2b" in shown
+    assert "step 3: 36 hours after, new thread" in shown
+    assert runner.invoke(args=["campaign", "step", "archive", str(cid), "3"]).exit_code == 0
+    assert "[archived]" in runner.invoke(args=["campaign", "show", str(cid)]).output
+    assert runner.invoke(args=["campaign", "step", "remove", str(cid), "2"]).exit_code == 0
+    assert "no step 2" in runner.invoke(args=["campaign", "step", "remove", str(cid), "2"]).output
+
+
+def test_enroll_warns_about_leads_active_elsewhere_and_can_skip_them(app, engine, runner):
+    make_campaign(engine, 3)
+    other = campaigns.create(engine, name="other", from_address="team@sendonce.test")
+    campaigns.add_variant(engine, other, "A", "s", "b")
+    warned = runner.invoke(args=["campaign", "enroll", str(other), "--all", "--skip-active-elsewhere"])
+    assert warned.exit_code == 0, warned.output
+    assert "3 of these leads are active in another campaign; skipped" in warned.output
+    assert "lead0000@example.com in campaign 1" in warned.output and "enrolled 0 new (all 3" in warned.output
+    anyway = runner.invoke(args=["campaign", "enroll", str(other), "--all"])
+    assert "enrolled anyway" in anyway.output and "enrolled 3 new" in anyway.output
+
+
+def test_suppress_domain_refuses_a_non_domain_and_the_claim_honours_it(app, engine, settings, runner):
+    assert runner.invoke(args=["suppress-domain", "not a domain"]).exit_code == 1
+    result = runner.invoke(args=["suppress-domain", "@Example.COM", "--note", "competitor"])
+    assert result.exit_code == 0 and "suppressed" in result.output
+    assert "already" in runner.invoke(args=["suppress-domain", "example.com"]).output
+    cid = make_sequence(engine, 1)
+    assert send_at(app, engine, settings, cid, NOW).sent == 0
