@@ -211,7 +211,9 @@ class CampaignStep(db.Model):
 
 
 class Variant(db.Model):
-    __table_args__ = (UniqueConstraint("campaign_id", "step", "letter", name="uq_variant_campaign_step_letter"),)
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "step", "letter", name="uq_variant_campaign_step_letter"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))

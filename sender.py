@@ -122,6 +122,48 @@ P25 A broken mailbox (bad credentials, failures in a row) pauses alone; its lead
     proven by: test_mailbox_engine::test_bad_credentials_pause_that_mailbox_only;
                races::test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin
 
+P26 One send_log row per (campaign, lead, step) of a sequence: the database refuses a second (per
+    variant too); two steps are two messages, never a duplicate in the timeline
+    kept by:   models.SendLog UNIQUE(campaign_id, lead_id, step[, variant_letter]) (revision 0008)
+    proven by: test_schema::test_db_rejects_second_row_for_the_same_step_of_a_sequence;
+               test_sequences::test_two_steps_of_a_lead_are_not_duplicates_in_the_timeline
+P27 Step n+1 is claimed only after step n is `sent` to that lead and its delay has passed (business days:
+    the campaign's weekdays minus its country's public holidays), checked inside the claim; a `failed`
+    or `unknown` step stops the lead's sequence until a person decides ("mark as sent" moves it on)
+    kept by:   `_advance` in the outcome's transaction (state, step, due_at); the due walks of
+               `_take_pending`; core.sequences.due_after; `resolve_unknown`
+    proven by: test_sequences::test_steps_go_out_in_order_each_once_and_never_before_their_delay,
+               ::test_business_days_skip_the_weekend_and_polish_holidays,
+               ::test_the_engine_counts_business_days_from_the_sent_time,
+               ::test_an_unknown_step_stops_the_sequence_until_a_person_decides;
+               test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay,
+               ::test_worker_killed_mid_step_two_leaves_it_unknown_and_step_three_is_never_sent
+P28 A stopped lead (replied, a person's stop) is never claimed again; a stop recorded while its message
+    is in flight ends it `stopped`; its retry is not retried; a suppressed domain is never mailed
+    kept by:   `stopped_at IS NULL` and the state in `_NEXT_PENDING`, `_advance`, `_take_retry`,
+               `_SUPPRESSED` (address or "@domain"); core.sequences.stop / stop_for_reply
+    proven by: test_sequences::test_a_stopped_lead_is_never_claimed,
+               ::test_a_stop_recorded_while_the_step_is_in_flight_ends_the_lead_stopped,
+               ::test_a_retry_of_a_stopped_lead_is_not_retried,
+               ::test_a_suppressed_domain_is_skipped_inside_the_claim,
+               ::test_a_reply_stops_the_company_but_never_a_freemail_domain;
+               test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay
+P29 A campaign is not finished while a lead waits for a later step; a decision or a reopened campaign
+    that gives a lead a step wakes a finished campaign
+    kept by:   `_finish_if_done` (pending counts as open), `resolve_unknown`, core.sequences.add_step(reopen)
+    proven by: test_sequences::test_steps_go_out_in_order_each_once_and_never_before_their_delay,
+               ::test_a_finished_campaign_reopens_for_a_new_step_only_when_confirmed,
+               ::test_an_unknown_step_stops_the_sequence_until_a_person_decides
+P30 A follow-up goes from the lead's pinned mailbox as a reply in its thread ("Re: " + the step-1 subject
+    the lead got, In-Reply-To the previous step, References all earlier ones) unless its step says new
+    thread; a later step's variant is chosen once (weighted, per lead and step) and kept in its row
+    kept by:   `_thread` in `_read_for_send`, `_compose`; pick_variant in `_take_pending`; the mailbox
+               pin (P24)
+    proven by: test_sequences::test_a_follow_up_replies_in_the_thread_of_step_one,
+               ::test_a_new_thread_step_has_its_own_subject_and_no_reply_headers,
+               ::test_a_later_steps_variant_is_chosen_once_per_lead_by_its_weights;
+               test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay
+
 A mailbox's limits cost nothing on a crash: its checkpoint (last_send_at) and the row that
 counts against its cap are written by the claim transaction itself, so a crash can only
 leave a mailbox under its cap (a claimed row that was never sent still counts), never over.
@@ -320,7 +362,8 @@ _CHECKPOINT = "UPDATE campaign SET last_claim_at = ? WHERE id = ?"
 _SUPPRESSED = ("EXISTS (SELECT 1 FROM suppression s WHERE s.email IN "
                "(lead.email, '@' || substr(lead.email, instr(lead.email, '@') + 1)))")
 _NEXT_RETRY = (
-    f"SELECT l.id, l.lead_id, l.variant_letter, l.attempts, {_SUPPRESSED}, l.message_id, l.mailbox_id, l.step, "
+    f"SELECT l.id, l.lead_id, l.variant_letter, l.attempts, {_SUPPRESSED}, l.message_id, l.mailbox_id, "
+    "l.step, "
     "e.stopped_at IS NOT NULL FROM send_log l JOIN lead ON lead.id = l.lead_id "
     "JOIN campaign_lead e ON e.campaign_id = l.campaign_id AND e.lead_id = l.lead_id "
     f"WHERE l.campaign_id = ? AND l.status = '{SendStatus.RETRY}' AND l.next_attempt_at <= ? {{mailboxes}}"
@@ -536,7 +579,8 @@ def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
     log_id, lead_id, letter, attempts, suppressed, message_id, pinned, step, stopped = row
     if suppressed or stopped:  # unsubscribed, bounced or stopped while waiting: never retry it
         conn.execute(update(_log).where(_log.c.id == log_id).values(
-            status=SendStatus.FAILED, smtp_reply="suppressed before retry" if suppressed else "stopped before retry"))
+            status=SendStatus.FAILED,
+            smtp_reply="suppressed before retry" if suppressed else "stopped before retry"))
         _set_enrollment(conn, taker.campaign.id, lead_id,
                         EnrollmentState.SKIPPED if suppressed else EnrollmentState.STOPPED)
         return None
@@ -565,7 +609,8 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
         enrollment_id, lead_id, letter, suppressed, pinned, step, email = row
         if step > 1 and not suppressed:  # a later step's variant is chosen now, once: its row keeps it
             weights = run_sql(conn, _STEP_VARIANTS, (campaign_id, step)).fetchall()
-            letter = pick_variant([tuple(w) for w in weights], campaign_id, email, step) if weights else letter
+            if weights:
+                letter = pick_variant([tuple(w) for w in weights], campaign_id, email, step)
         state = EnrollmentState.SKIPPED if suppressed else EnrollmentState.SENDING
         box = None if suppressed else taker.mailbox_for(pinned)
         # The lead is pinned to its mailbox by this very claim: its later messages follow.
@@ -677,7 +722,8 @@ _PUT_BACK = (
 _ENROLLMENT_STATE = "UPDATE campaign_lead SET state = ? WHERE campaign_id = ? AND lead_id = ?"
 # A follow-up's thread: whether its step starts a new one, and the earlier steps' rows.
 _NEW_THREAD = "SELECT new_thread FROM campaign_step WHERE campaign_id = ? AND position = ?"
-_EARLIER = ("SELECT l.message_id, v.subject FROM send_log l LEFT JOIN variant v ON v.campaign_id = l.campaign_id "
+_EARLIER = ("SELECT l.message_id, v.subject FROM send_log l "
+            "LEFT JOIN variant v ON v.campaign_id = l.campaign_id "
             "AND v.step = 1 AND v.letter = l.variant_letter AND l.step = 1 "
             "WHERE l.campaign_id = ? AND l.lead_id = ? AND l.step < ? ORDER BY l.step")
 # After `sent`: is the lead stopped, and which step (not archived) comes next, with its delay.
@@ -921,7 +967,8 @@ def _set_enrollment(conn: Connection, campaign_id: int, lead_id: int, state: Enr
     run_sql(conn, _ENROLLMENT_STATE, (state, campaign_id, lead_id))
 
 
-def _advance(conn: Connection, campaign_id: int, lead_id: int, step: int, sent_at: datetime) -> EnrollmentState:
+def _advance(conn: Connection, campaign_id: int, lead_id: int, step: int,
+             sent_at: datetime) -> EnrollmentState:
     """Step `step` was sent (or a person says so): the lead waits for its next step, due after
     that step's delay, or is complete; a stop recorded meanwhile ends it `stopped`.
 

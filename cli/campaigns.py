@@ -111,7 +111,8 @@ def campaign_enroll(campaign_id: int, all_leads: bool, tag: str | None, skip_act
              + ("; skipped (--skip-active-elsewhere)" if skip_active_elsewhere else
                 "; enrolled anyway (leave them out with --skip-active-elsewhere)"), err=True)
         for item in elsewhere[:SHOWN_ELSEWHERE]:
-            echo(f"  {visible(item.email)} in campaign {item.campaign_id} {visible(item.campaign_name)}", err=True)
+            echo(f"  {visible(item.email)} in campaign {item.campaign_id} {visible(item.campaign_name)}",
+                 err=True)
     skip = {item.lead_id for item in elsewhere} if skip_active_elsewhere else set()
     try:
         added, matched = campaigns.enroll_leads(db.engine, campaign_id, tag, skip=skip)
@@ -173,7 +174,8 @@ def campaign_show(campaign_id: int) -> None:
 def step_line(step: sequences.StepView) -> str:
     """One line about a step: its delay, thread, and how many leads are where."""
     delay = "at once" if step.position == 1 else (
-        f"{step.delay_amount} {step.delay_unit}" + (" (business days)" if step.business_days else "") + " after")
+        f"{step.delay_amount} {step.delay_unit}" + (" (business days)" if step.business_days else "")
+        + " after")
     thread = "" if step.position == 1 else (", new thread" if step.new_thread else ", same thread")
     counts = ", ".join(f"{name} {n}" for name, n in step.counts.items())
     return f"step {step.position}: {delay}{thread}{' [archived]' if step.archived else ''} — {counts}"
@@ -191,11 +193,13 @@ def _fail(exc: campaigns.CampaignError) -> click.ClickException:
 @step_group.command("add")
 @with_appcontext
 @click.argument("campaign_id", type=int)
-@click.option("--after", "after", required=True, help="Delay after the previous step: 3d (days) or 36h (hours).")
+@click.option("--after", "after", required=True,
+              help="Delay after the previous step: 3d (days) or 36h (hours).")
 @click.option("--business-days", is_flag=True,
               help="Count only the campaign's sending weekdays that are not public holidays of its country.")
 @click.option("--new-thread", is_flag=True, help="A new e-mail thread instead of a reply to step 1.")
-@click.option("--subject", required=True, help="Subject template (a reply in the thread uses Re: + step 1's).")
+@click.option("--subject", required=True,
+              help="Subject template (a reply in the same thread uses Re: + step 1's instead).")
 @click.option("--body", help="Body template text.")
 @click.option("--body-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--variant", "letter", default="A", show_default=True, help="The step's first variant letter.")
@@ -207,13 +211,14 @@ def step_add(campaign_id: int, after: str, business_days: bool, new_thread: bool
     text = _body(body, body_file)
     try:
         amount, unit = sequences.parse_delay(after)
-        added = sequences.add_step(db.engine, campaign_id, amount=amount, unit=unit, business_days=business_days,
-                                   new_thread=new_thread, subject=subject, body=text, letter=letter,
-                                   weight=weight, reopen=reopen, now=utcnow())
+        added = sequences.add_step(db.engine, campaign_id, amount=amount, unit=unit,
+                                   business_days=business_days, new_thread=new_thread, subject=subject,
+                                   body=text, letter=letter, weight=weight, reopen=reopen, now=utcnow())
     except campaigns.CampaignError as exc:
         raise _fail(exc) from exc
     if added.reopened:
-        echo(f"campaign {campaign_id} reopened: {added.reopened} leads will get step {added.position}", err=True)
+        echo(f"campaign {campaign_id} reopened: {added.reopened} leads will get step {added.position}",
+             err=True)
     echo(added.position)
 
 
@@ -236,7 +241,8 @@ def step_variant(campaign_id: int, step: int, letter: str, subject: str, body: s
                  body_file: Path | None, weight: int) -> None:
     """Add or replace variant LETTER of STEP (2 or later; step 1's: `campaign variant`)."""
     try:
-        sequences.set_step_variant(db.engine, campaign_id, step, letter, subject, _body(body, body_file), weight)
+        sequences.set_step_variant(db.engine, campaign_id, step, letter, subject, _body(body, body_file),
+                                   weight)
     except campaigns.CampaignError as exc:
         raise _fail(exc) from exc
 

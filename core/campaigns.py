@@ -14,7 +14,16 @@ from sqlalchemy import ColumnElement, Engine, delete, false, func, select, updat
 
 from core import leads
 from delivery import templating
-from models import Campaign, CampaignLead, CampaignStatus, CampaignStep, EnrollmentState, Lead, SendLog, Variant
+from models import (
+    Campaign,
+    CampaignLead,
+    CampaignStatus,
+    CampaignStep,
+    EnrollmentState,
+    Lead,
+    SendLog,
+    Variant,
+)
 from storage.database import immediate, write_session
 
 MAX_PROBLEMS = 20
@@ -35,7 +44,7 @@ def create(engine: Engine, **values: Any) -> int:
     """Create a draft campaign and return its id."""
     with write_session(engine) as session:
         campaign = Campaign(**values)
-        campaign.steps = [CampaignStep(position=1, delay_amount=0)]  # every campaign is a sequence of 1+ steps
+        campaign.steps = [CampaignStep(position=1, delay_amount=0)]  # every campaign: a sequence of 1+ steps
         session.add(campaign)
         session.flush()
         return campaign.id

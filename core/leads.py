@@ -62,7 +62,8 @@ def enroll(engine: Engine, campaign_id: int, lead_ids: Iterable[int]) -> int:
     ids = list(dict.fromkeys(lead_ids))
     with engine.connect() as conn:
         weights = [(v.letter, v.weight) for v in conn.execute(
-            select(Variant.letter, Variant.weight).where(Variant.campaign_id == campaign_id, Variant.step == 1)
+            select(Variant.letter, Variant.weight)
+            .where(Variant.campaign_id == campaign_id, Variant.step == 1)
             .order_by(Variant.letter))]
         emails: dict[int, str] = {}
         for chunk in _chunks(ids, 500):

@@ -114,7 +114,8 @@ def parse_delay(text: str) -> tuple[int, str]:
     """"3d" -> (3, days), "36h" -> (36, hours); the CLI's --after."""
     match = re.fullmatch(r"\s*(\d+)\s*([dh])\s*", text or "")
     if not match:
-        raise CampaignError(f"a delay is a number of days or hours, like 3d or 36h, not {text!r}", "bad_delay")
+        raise CampaignError(f"a delay is a number of days or hours, like 3d or 36h, not {text!r}",
+                            "bad_delay")
     return int(match.group(1)), DelayUnit.DAYS if match.group(2) == "d" else DelayUnit.HOURS
 
 
@@ -138,7 +139,8 @@ def next_step(conn: Connection, campaign_id: int, after: int):
 
 def ensure_first_step(conn: Connection, campaign_id: int) -> None:
     """Give a campaign its step 1 (no delay) if it has none."""
-    if conn.execute(select(_step.c.id).where(_step.c.campaign_id == campaign_id, _step.c.position == 1)).first():
+    first = select(_step.c.id).where(_step.c.campaign_id == campaign_id, _step.c.position == 1)
+    if conn.execute(first).first():
         return
     conn.execute(insert(_step).values(campaign_id=campaign_id, position=1, delay_amount=0,
                                       delay_unit=DelayUnit.DAYS, business_days=False, new_thread=False))
@@ -153,7 +155,8 @@ class Added:
 def reopen_count(engine: Engine, campaign_id: int) -> int:
     """How many complete leads a reopened finished campaign would give a new step."""
     with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(_enrollment).where(*_complete(campaign_id))).scalar_one()
+        return conn.execute(select(func.count()).select_from(_enrollment)
+                            .where(*_complete(campaign_id))).scalar_one()
 
 
 def _complete(campaign_id: int) -> tuple:
@@ -185,7 +188,8 @@ def add_step(engine: Engine, campaign_id: int, *, amount: int, unit: str, subjec
         position = conn.execute(select(func.max(_step.c.position))
                                 .where(_step.c.campaign_id == campaign_id)).scalar_one() + 1
         conn.execute(insert(_step).values(campaign_id=campaign_id, position=position, delay_amount=amount,
-                                          delay_unit=unit, business_days=business_days, new_thread=new_thread))
+                                          delay_unit=unit, business_days=business_days,
+                                          new_thread=new_thread))
         conn.execute(insert(_variant).values(campaign_id=campaign_id, step=position, letter=letter.upper(),
                                              subject=subject, body=body, weight=weight))
         reopened = _reopen(conn, campaign_id, position) if status == CampaignStatus.FINISHED else 0
@@ -220,7 +224,8 @@ def set_step_variant(engine: Engine, campaign_id: int, position: int, letter: st
         _existing_step(conn, campaign_id, position)
         where = (_variant.c.campaign_id == campaign_id, _variant.c.step == position,
                  _variant.c.letter == letter.upper())
-        if conn.execute(update(_variant).where(*where).values(subject=subject, body=body, weight=weight)).rowcount:
+        changed = update(_variant).where(*where).values(subject=subject, body=body, weight=weight)
+        if conn.execute(changed).rowcount:
             return
         conn.execute(insert(_variant).values(campaign_id=campaign_id, step=position, letter=letter.upper(),
                                              subject=subject, body=body, weight=weight))
@@ -261,7 +266,8 @@ def remove_step(engine: Engine, campaign_id: int, position: int) -> None:
             raise CampaignError(f"{got} leads already got step {position}: it cannot be removed; archive it "
                                 "instead (archived steps are skipped)", "step_sent")
         _skip_waiting(conn, campaign_id, position, skip_archived_too=True)
-        conn.execute(delete(_variant).where(_variant.c.campaign_id == campaign_id, _variant.c.step == position))
+        conn.execute(delete(_variant).where(_variant.c.campaign_id == campaign_id,
+                                            _variant.c.step == position))
         conn.execute(delete(_step).where(_step.c.campaign_id == campaign_id, _step.c.position == position))
 
 
@@ -297,7 +303,8 @@ def _stop(conn: Connection, where, reason: str, now: datetime) -> int:
     fresh = and_(where, _enrollment.c.stopped_at.is_(None),
                  _enrollment.c.state != EnrollmentState.SKIPPED)
     waiting = conn.execute(update(_enrollment).where(fresh, _enrollment.c.state == EnrollmentState.PENDING)
-                           .values(state=EnrollmentState.STOPPED, stopped_at=now, stop_reason=reason)).rowcount
+                           .values(state=EnrollmentState.STOPPED, stopped_at=now,
+                                   stop_reason=reason)).rowcount
     other = conn.execute(update(_enrollment).where(fresh)
                          .values(stopped_at=now, stop_reason=reason)).rowcount
     return waiting + other
@@ -345,7 +352,8 @@ def active_elsewhere(engine: Engine, campaign_id: int, tag: str | None = None,
     active = and_(_enrollment.c.campaign_id != campaign_id, _enrollment.c.stopped_at.is_(None),
                   _enrollment.c.state.in_([EnrollmentState.PENDING, EnrollmentState.SENDING]))
     base = (select(Lead.id, Lead.email, _campaign.c.id, _campaign.c.name)
-            .join(_enrollment, _enrollment.c.lead_id == Lead.id).join(_campaign, _campaign.c.id == _enrollment.c.campaign_id)
+            .join(_enrollment, _enrollment.c.lead_id == Lead.id)
+            .join(_campaign, _campaign.c.id == _enrollment.c.campaign_id)
             .where(active, *campaigns.matching(tag)))
     with engine.connect() as conn:
         count = conn.execute(select(func.count(func.distinct(base.subquery().c.id)))).scalar_one()
@@ -383,12 +391,14 @@ def steps(conn: Connection, campaign_id: int) -> list[StepView]:
     for view in views.values():
         view.counts = dict.fromkeys(COUNTED, 0)
     for row in conn.execute(select(_variant.c.step, _variant.c.letter, _variant.c.weight, _variant.c.subject)
-                            .where(_variant.c.campaign_id == campaign_id).order_by(_variant.c.step, _variant.c.letter)):
+                            .where(_variant.c.campaign_id == campaign_id)
+                            .order_by(_variant.c.step, _variant.c.letter)):
         if row.step in views:
             views[row.step].variants.append(row)
     for position, letter, status, n in conn.execute(
             select(_log.c.step, _log.c.variant_letter, _log.c.status, func.count())
-            .where(_log.c.campaign_id == campaign_id).group_by(_log.c.step, _log.c.variant_letter, _log.c.status)):
+            .where(_log.c.campaign_id == campaign_id)
+            .group_by(_log.c.step, _log.c.variant_letter, _log.c.status)):
         if position in views and status in (SendStatus.SENT, SendStatus.FAILED, SendStatus.UNKNOWN):
             views[position].counts[status] += n
             views[position].by_variant.setdefault(letter, dict.fromkeys(COUNTED, 0))[status] += n
@@ -413,7 +423,8 @@ class Event:
 def lead_timeline(conn: Connection, campaign_id: int, lead_id: int) -> list[Event]:
     """What happened to one lead in the campaign, step by step, and what comes next."""
     events = [Event(row.status, row.step, row.sent_at or row.claimed_at, row.variant_letter)
-              for row in conn.execute(select(_log).where(_log.c.campaign_id == campaign_id, _log.c.lead_id == lead_id)
+              for row in conn.execute(select(_log)
+                                      .where(_log.c.campaign_id == campaign_id, _log.c.lead_id == lead_id)
                                       .order_by(_log.c.step))]
     enrollment = conn.execute(select(_enrollment).where(_enrollment.c.campaign_id == campaign_id,
                                                         _enrollment.c.lead_id == lead_id)).first()

@@ -115,7 +115,8 @@ def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
     assert len(after["campaign_mailbox"]) == len(before["campaign"])
     assert all(r[-2] is not None for r in after["send_log"])  # mailbox_id (step comes after it)
     # Revision 0008: every campaign a one-step sequence; every row and enrollment is step 1.
-    assert sorted(r[1:5] for r in after["campaign_step"]) == sorted((r[0], 1, 0, "days") for r in before["campaign"])
+    assert sorted(r[1:5] for r in after["campaign_step"]) == sorted(
+        (r[0], 1, 0, "days") for r in before["campaign"])
     assert {r[-1] for r in after["send_log"]} == {1} and {r[-1] for r in after["variant"]} == {1}
     assert backup.verify(path).revision == HEAD  # integrity, foreign keys, counts = recounts
     # New sends on the upgraded file: nobody sent (or maybe sent) before gets mail again,

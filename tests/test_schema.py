@@ -36,7 +36,7 @@ def test_db_rejects_second_row_for_the_same_step_of_a_sequence(engine):
     cid = make_campaign(engine, 1)
     with immediate(engine) as conn:
         conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "A", step=1)))
-        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "A", step=2)))  # the next step: fine
+        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "A", step=2)))  # next step: fine
         conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "B", step=3)))
     for letter in "AB":
         with pytest.raises(IntegrityError, match="UNIQUE"), immediate(engine) as conn:

@@ -41,7 +41,8 @@ def log_rows(engine, cid: int) -> list:
 
 def enrollments(engine, cid: int) -> dict:
     with engine.connect() as conn:
-        return {e.lead_id: e for e in conn.execute(select(CampaignLead).where(CampaignLead.campaign_id == cid))}
+        query = select(CampaignLead).where(CampaignLead.campaign_id == cid)
+        return {e.lead_id: e for e in conn.execute(query)}
 
 
 def by_recipient(smtp) -> dict[str, list]:

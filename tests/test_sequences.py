@@ -63,7 +63,8 @@ def rows(engine, cid: int) -> list:
 
 def enrollments(engine, cid: int) -> dict[int, object]:
     with engine.connect() as conn:
-        return {r.lead_id: r for r in conn.execute(select(CampaignLead).where(CampaignLead.campaign_id == cid))}
+        query = select(CampaignLead).where(CampaignLead.campaign_id == cid)
+        return {r.lead_id: r for r in conn.execute(query)}
 
 
 def status_of(engine, cid: int) -> str:
@@ -74,7 +75,8 @@ def status_of(engine, cid: int) -> str:
 def test_steps_go_out_in_order_each_once_and_never_before_their_delay(app, engine, settings, smtp):
     cid = make_sequence(engine, 3)
     assert send_at(app, engine, settings, cid, NOW).sent == 3
-    assert {(e.state, e.step, e.due_at) for e in enrollments(engine, cid).values()} == {("pending", 2, at(days=2))}
+    waiting = {(e.state, e.step, e.due_at) for e in enrollments(engine, cid).values()}
+    assert waiting == {("pending", 2, at(days=2))}
     early = send_at(app, engine, settings, cid, at(days=2, seconds=-1))
     assert early.sent == 0 and early.stopped_by.code == "nothing_due"
     assert status_of(engine, cid) == "active"  # leads wait for a later step: not finished
@@ -83,7 +85,8 @@ def test_steps_go_out_in_order_each_once_and_never_before_their_delay(app, engin
     assert send_at(app, engine, settings, cid, at(days=2, hours=3)).sent == 3
     assert status_of(engine, cid) == "finished"
     sent = rows(engine, cid)
-    assert sorted((r.lead_id, r.step) for r in sent) == [(lead, step) for lead in (1, 2, 3) for step in (1, 2, 3)]
+    assert sorted((r.lead_id, r.step) for r in sent) == [(lead, step) for lead in (1, 2, 3)
+                                                         for step in (1, 2, 3)]
     assert {r.status for r in sent} == {"sent"}
     assert sum(smtp.recorder.received.values()) == 9 and set(smtp.recorder.received.values()) == {1 * 3}
     assert {e.state for e in enrollments(engine, cid).values()} == {"sent"}
@@ -105,9 +108,8 @@ def test_a_step_added_while_leads_are_in_flight_reaches_them_but_not_complete_on
     (datetime(2026, 12, 23, 9, 0), 2, datetime(2026, 12, 29, 9, 0)),  # 24 Wigilia is a holiday since 2025
 ])
 def test_business_days_skip_the_weekend_and_polish_holidays(sent_local, days, due_local):
-    from zoneinfo import ZoneInfo
-
     from datetime import UTC
+    from zoneinfo import ZoneInfo
 
     zone = ZoneInfo("Europe/Warsaw")
     utc = sent_local.replace(tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
@@ -125,7 +127,8 @@ def test_business_hours_count_only_hours_on_business_days():
 
 
 def test_the_engine_counts_business_days_from_the_sent_time(app, engine, settings):
-    cid = make_sequence(engine, 1, steps=((1, DelayUnit.DAYS),), business_days=True, window_weekdays="0,1,2,3,4")
+    cid = make_sequence(engine, 1, steps=((1, DelayUnit.DAYS),), business_days=True,
+                        window_weekdays="0,1,2,3,4")
     tuesday = datetime(2026, 11, 10, 9, 0)  # 10:00 in Warsaw; 11 November is a public holiday
     assert send_at(app, engine, settings, cid, tuesday).sent == 1
     assert enrollments(engine, cid)[1].due_at == datetime(2026, 11, 12, 9, 0)
@@ -217,7 +220,8 @@ def test_a_new_thread_step_has_its_own_subject_and_no_reply_headers(app, engine,
 
 def test_a_later_steps_variant_is_chosen_once_per_lead_by_its_weights(app, engine, settings):
     cid = make_sequence(engine, 30, steps=((1, DelayUnit.HOURS),), start=False)
-    sequences.set_step_variant(engine, cid, 2, "B", "b for {{ first_name }}", "B {{ unsubscribe_url }}", weight=3)
+    sequences.set_step_variant(engine, cid, 2, "B", "b for {{ first_name }}", "B {{ unsubscribe_url }}",
+                               weight=3)
     campaigns.start(engine, cid)
     send_at(app, engine, settings, cid, NOW)
     send_at(app, engine, settings, cid, at(hours=1))
@@ -333,7 +337,8 @@ def test_the_cli_adds_steps_and_variants_shows_them_and_stops_a_lead(app, engine
     assert runner.invoke(args=["campaign", "stop", str(cid), "LEAD0001@example.com"]).exit_code == 0
     shown = runner.invoke(args=["campaign", "show", str(cid)]).output
     assert "step 1: at once — sent 0, waiting 1, stopped 1" in shown
-    assert "step 2: 3 days (business days) after, same thread" in shown and "variant B (weight 2): s2b" in shown
+    assert "step 2: 3 days (business days) after, same thread" in shown
+    assert "variant B (weight 2): s2b" in shown
     assert "step 3: 36 hours after, new thread" in shown
     assert runner.invoke(args=["campaign", "step", "archive", str(cid), "3"]).exit_code == 0
     assert "[archived]" in runner.invoke(args=["campaign", "show", str(cid)]).output

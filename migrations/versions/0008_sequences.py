@@ -53,7 +53,8 @@ def _step_table():
         sa.Column("business_days", sa.Boolean(), nullable=False),
         sa.Column("new_thread", sa.Boolean(), nullable=False),
         sa.Column("archived_at", sa.DateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["campaign_id"], ["campaign.id"], name=op.f("fk_campaign_step_campaign_id_campaign")),
+        sa.ForeignKeyConstraint(["campaign_id"], ["campaign.id"],
+                                name=op.f("fk_campaign_step_campaign_id_campaign")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_campaign_step")),
         sa.UniqueConstraint("campaign_id", "position", name="uq_campaign_step_position"),
     )
@@ -89,7 +90,8 @@ def _variant_step():
     with op.batch_alter_table("variant", schema=None, naming_convention=NAMING_CONVENTION) as batch_op:
         batch_op.add_column(sa.Column("step", sa.Integer(), nullable=False, server_default="1"))
         batch_op.drop_constraint("uq_variant_campaign_id_letter", type_="unique")
-        batch_op.create_unique_constraint("uq_variant_campaign_step_letter", ["campaign_id", "step", "letter"])
+        batch_op.create_unique_constraint("uq_variant_campaign_step_letter",
+                                          ["campaign_id", "step", "letter"])
 
 
 def _send_log_step():
@@ -103,7 +105,8 @@ def _send_log_step():
             batch_op.drop_constraint(name, type_="unique")
         batch_op.create_unique_constraint("uq_send_log_campaign_lead_step_variant",
                                           ["campaign_id", "lead_id", "step", "variant_letter"])
-        batch_op.create_unique_constraint("uq_send_log_campaign_lead_step", ["campaign_id", "lead_id", "step"])
+        batch_op.create_unique_constraint("uq_send_log_campaign_lead_step",
+                                          ["campaign_id", "lead_id", "step"])
 
 
 def upgrade():
@@ -116,7 +119,8 @@ def upgrade():
     _send_log_step()
     # Every campaign is a one-step sequence: step 1, no delay, in the same thread.
     conn.execute(sa.text(
-        "INSERT INTO campaign_step (campaign_id, position, delay_amount, delay_unit, business_days, new_thread) "
+        "INSERT INTO campaign_step (campaign_id, position, delay_amount, delay_unit, business_days, "
+        "new_thread) "
         "SELECT id, 1, 0, 'days', 0, 0 FROM campaign WHERE NOT EXISTS "
         "(SELECT 1 FROM campaign_step s WHERE s.campaign_id = campaign.id)"))
 
