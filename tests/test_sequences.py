@@ -365,3 +365,98 @@ def test_suppress_domain_refuses_a_non_domain_and_the_claim_honours_it(app, engi
     assert "already" in runner.invoke(args=["suppress-domain", "example.com"]).output
     cid = make_sequence(engine, 1)
     assert send_at(app, engine, settings, cid, NOW).sent == 0
+
+
+# --- pages ---------------------------------------------------------------------------
+
+
+def test_the_sequence_page_lists_steps_with_counts_and_adds_one(app, engine, settings, client):
+    from helpers import csrf_token, log_in
+
+    cid = make_sequence(engine, 2, steps=((2, DelayUnit.DAYS),), business_days=True)
+    sequences.set_step_variant(engine, cid, 2, "B", "<script>x</script>", "b")
+    send_at(app, engine, settings, cid, NOW)
+    log_in(app, client)
+    page = client.get(f"/campaigns/{cid}/sequence").get_data(as_text=True)
+    assert 'id="step-1"' in page and 'id="step-2"' in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x" not in page
+    step1 = page.split('id="step-1"')[1].split('id="step-2"')[0]
+    assert '<b class="sent">2</b>' in step1
+    step2 = page.split('id="step-2"')[1].split('id="add-step"')[0]
+    assert '<b class="waiting">2</b>' in step2
+    token = csrf_token(client.get(f"/campaigns/{cid}/sequence").data)
+    added = client.post(f"/campaigns/{cid}/sequence/steps", data={
+        "csrf_token": token, "delay_amount": "36", "delay_unit": "hours", "letter": "A", "subject": "s",
+        "body": "b"}, follow_redirects=True)
+    assert 'id="step-3"' in added.get_data(as_text=True)
+    refused = client.post(f"/campaigns/{cid}/sequence/remove", data={"csrf_token": token, "step": "1"},
+                          follow_redirects=True).get_data(as_text=True)
+    assert 'id="step-1"' in refused  # step 1 stays
+    client.post(f"/campaigns/{cid}/sequence/remove", data={"csrf_token": token, "step": "3"})
+    assert 'id="step-3"' not in client.get(f"/campaigns/{cid}/sequence").get_data(as_text=True)
+    link = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert f'href="/campaigns/{cid}/sequence"' in link
+
+
+def test_a_leads_timeline_shows_sent_due_and_stopped(app, engine, settings, client):
+    from helpers import csrf_token, log_in
+
+    cid = make_sequence(engine, 1)
+    send_at(app, engine, settings, cid, NOW)
+    log_in(app, client)
+    client.post("/language", data={"language": "en", "csrf_token": csrf_token(client.get("/").data)})
+    page = client.get(f"/campaigns/{cid}/leads/1/timeline").get_data(as_text=True)
+    assert "step 1 sent Wed 25.11 11:00 (Europe/Warsaw)" in page and "step 2 due Fri 27.11 11:00" in page
+    token = csrf_token(page.encode())
+    stopped = client.post(f"/campaigns/{cid}/leads/1/stop", data={"csrf_token": token}, follow_redirects=True)
+    assert "stopped" in stopped.get_data(as_text=True) and "stopped by a person" in stopped.get_data(as_text=True)
+    assert enrollments(engine, cid)[1].state == "stopped"
+    found = client.get(f"/campaigns/{cid}/sequence?lead=LEAD0000@example.com")
+    assert found.status_code == 302 and found.location.endswith(f"/campaigns/{cid}/leads/1/timeline")
+
+
+def test_a_finished_campaign_reopens_from_the_page_only_with_the_box_ticked(app, engine, settings, client):
+    from helpers import csrf_token, log_in
+
+    cid = make_sequence(engine, 1, steps=())
+    send_at(app, engine, settings, cid, NOW)
+    log_in(app, client)
+    page = client.get(f"/campaigns/{cid}/sequence").get_data(as_text=True)
+    assert "1 leads who got every step will get the new one" in page or "1 lead" in page
+    data = {"csrf_token": csrf_token(page.encode()), "delay_amount": "1", "delay_unit": "days", "letter": "A",
+            "subject": "s", "body": "b"}
+    client.post(f"/campaigns/{cid}/sequence/steps", data=data)
+    assert status_of(engine, cid) == "finished"
+    client.post(f"/campaigns/{cid}/sequence/steps", data={**data, "reopen": "y"})
+    assert status_of(engine, cid) == "active" and enrollments(engine, cid)[1].step == 2
+
+
+def test_the_enroll_confirmation_warns_about_leads_active_elsewhere_and_skips_them(app, engine, client):
+    from helpers import csrf_token, log_in
+
+    make_campaign(engine, 2)
+    other = campaigns.create(engine, name="other", from_address="team@sendonce.test")
+    campaigns.add_variant(engine, other, "A", "s", "b")
+    log_in(app, client)
+    token = csrf_token(client.get("/").data)
+    page = client.post(f"/campaigns/{other}/enroll", data={"csrf_token": token}).get_data(as_text=True)
+    assert 'id="active-elsewhere"' in page and "lead0001@example.com" in page and 'name="skip_elsewhere"' in page
+    client.post(f"/campaigns/{other}/enroll", data={"csrf_token": token, "confirm": "1", "skip_elsewhere": "1"})
+    assert enrollments(engine, other) == {}
+    client.post(f"/campaigns/{other}/enroll", data={"csrf_token": token, "confirm": "1"})
+    assert len(enrollments(engine, other)) == 2
+
+
+def test_the_suppressions_page_takes_a_whole_domain(app, engine, client):
+    from helpers import csrf_token, log_in
+    from models import Suppression
+
+    log_in(app, client)
+    token = csrf_token(client.get("/suppressions").data)
+    client.post("/suppressions", data={"csrf_token": token, "email": "@Konkurencja.PL", "detail": "rival"})
+    bad = client.post("/suppressions", data={"csrf_token": token, "email": "not a domain!"}).get_data(as_text=True)
+    assert "Not a domain" in bad or "Nie jest domeną" in bad
+    client.post("/suppressions", data={"csrf_token": token, "email": "someone@example.com"})
+    with engine.connect() as conn:
+        assert dict(conn.execute(select(Suppression.email, Suppression.reason)).all()) == {
+            "@konkurencja.pl": "domain", "someone@example.com": "manual"}
