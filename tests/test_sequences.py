@@ -409,7 +409,7 @@ def test_a_leads_timeline_shows_sent_due_and_stopped(app, engine, settings, clie
     assert "step 1 sent Wed 25.11 11:00 (Europe/Warsaw)" in page and "step 2 due Fri 27.11 11:00" in page
     token = csrf_token(page.encode())
     stopped = client.post(f"/campaigns/{cid}/leads/1/stop", data={"csrf_token": token}, follow_redirects=True)
-    assert "stopped" in stopped.get_data(as_text=True) and "stopped by a person" in stopped.get_data(as_text=True)
+    assert "stopped by a person" in stopped.get_data(as_text=True)
     assert enrollments(engine, cid)[1].state == "stopped"
     found = client.get(f"/campaigns/{cid}/sequence?lead=LEAD0000@example.com")
     assert found.status_code == 302 and found.location.endswith(f"/campaigns/{cid}/leads/1/timeline")
@@ -440,8 +440,10 @@ def test_the_enroll_confirmation_warns_about_leads_active_elsewhere_and_skips_th
     log_in(app, client)
     token = csrf_token(client.get("/").data)
     page = client.post(f"/campaigns/{other}/enroll", data={"csrf_token": token}).get_data(as_text=True)
-    assert 'id="active-elsewhere"' in page and "lead0001@example.com" in page and 'name="skip_elsewhere"' in page
-    client.post(f"/campaigns/{other}/enroll", data={"csrf_token": token, "confirm": "1", "skip_elsewhere": "1"})
+    assert 'id="active-elsewhere"' in page and "lead0001@example.com" in page
+    assert 'name="skip_elsewhere"' in page
+    client.post(f"/campaigns/{other}/enroll",
+                data={"csrf_token": token, "confirm": "1", "skip_elsewhere": "1"})
     assert enrollments(engine, other) == {}
     client.post(f"/campaigns/{other}/enroll", data={"csrf_token": token, "confirm": "1"})
     assert len(enrollments(engine, other)) == 2
@@ -454,7 +456,8 @@ def test_the_suppressions_page_takes_a_whole_domain(app, engine, client):
     log_in(app, client)
     token = csrf_token(client.get("/suppressions").data)
     client.post("/suppressions", data={"csrf_token": token, "email": "@Konkurencja.PL", "detail": "rival"})
-    bad = client.post("/suppressions", data={"csrf_token": token, "email": "not a domain!"}).get_data(as_text=True)
+    bad = client.post("/suppressions", data={"csrf_token": token, "email": "not a domain!"})
+    bad = bad.get_data(as_text=True)
     assert "Not a domain" in bad or "Nie jest domeną" in bad
     client.post("/suppressions", data={"csrf_token": token, "email": "someone@example.com"})
     with engine.connect() as conn:

@@ -347,8 +347,8 @@ def enroll(campaign_id: int):
         return render_template("enroll_confirm.html", campaign=campaign, tag=tag, matched=matched,
                                new=new, action=ActionForm(), elsewhere=elsewhere, listed=listed)
     try:
-        added, _matched = campaigns.enroll_leads(db.engine, campaign_id, tag or None,
-                                                 skip={e.lead_id for e in listed} if skip_elsewhere else set())
+        skip = {e.lead_id for e in listed} if skip_elsewhere else set()
+        added, _matched = campaigns.enroll_leads(db.engine, campaign_id, tag or None, skip=skip)
         flash(_("%(n)d leads enrolled.", n=added), "ok")
     except campaigns.CampaignError as exc:
         flash(str(exc), "error")

@@ -27,12 +27,14 @@ bp = Blueprint("sequences", __name__)
 
 
 class StepForm(FlaskForm):
-    delay_amount = IntegerField(_l("Wait"), default=3, validators=[InputRequired(), NumberRange(min=0, max=8760)])
+    delay_amount = IntegerField(_l("Wait"), default=3,
+                                validators=[InputRequired(), NumberRange(min=0, max=8760)])
     delay_unit = SelectField(_l("Unit"), choices=[SelectChoice(DelayUnit.DAYS, _l("days")),
                                                   SelectChoice(DelayUnit.HOURS, _l("hours"))])
     business_days = BooleanField(_l("Count business days only (sending weekdays, without public holidays)"))
     new_thread = BooleanField(_l("Start a new thread (default: reply in the thread of step 1)"))
-    letter = StringField(_l("Variant letter"), default="A", validators=[DataRequired(), Regexp(r"^[A-Za-z]$")])
+    letter = StringField(_l("Variant letter"), default="A",
+                         validators=[DataRequired(), Regexp(r"^[A-Za-z]$")])
     subject = StringField(_l("Subject"), validators=[DataRequired(), Length(max=2000)])
     body = TextAreaField(_l("Text"), validators=[DataRequired()])
     reopen = BooleanField(_l("Yes, reopen the finished campaign for this step"))
@@ -47,7 +49,8 @@ class StepVariantForm(FlaskForm):
 
 
 class SettingsForm(FlaskForm):
-    country = StringField(_l("Holidays of country (ISO code)"), validators=[DataRequired(), Regexp(r"^[A-Za-z]{2}$")])
+    country = StringField(_l("Holidays of country (ISO code)"),
+                          validators=[DataRequired(), Regexp(r"^[A-Za-z]{2}$")])
     stop_company_on_reply = BooleanField(_l("A reply stops every lead of the same company domain "
                                             "(never for free-mail domains)"))
 
@@ -74,7 +77,8 @@ def index(campaign_id: int):
     with db.engine.connect() as conn:
         steps = sequences.steps(conn, campaign_id)
     settings = SettingsForm(country=campaign.country, stop_company_on_reply=campaign.stop_company_on_reply)
-    reopen = sequences.reopen_count(db.engine, campaign_id) if campaign.status == CampaignStatus.FINISHED else None
+    finished = campaign.status == CampaignStatus.FINISHED
+    reopen = sequences.reopen_count(db.engine, campaign_id) if finished else None
     query = (request.args.get("lead") or "").strip()
     found = _find_lead(campaign_id, query) if query else None
     if query and found is not None:
@@ -113,8 +117,8 @@ def add_step(campaign_id: int):
             business_days=form.business_days.data, new_thread=form.new_thread.data, subject=form.subject.data,
             body=form.body.data, letter=form.letter.data, reopen=form.reopen.data, now=utcnow())
     except CampaignError as exc:
-        flash(_("The campaign is finished: tick the box to reopen it; %(n)d leads who got every step will get "
-                "the new one.", n=sequences.reopen_count(db.engine, campaign_id))
+        flash(_("The campaign is finished: tick the box to reopen it; %(n)d leads who got every step "
+                "will get the new one.", n=sequences.reopen_count(db.engine, campaign_id))
               if exc.code == "needs_reopen" else str(exc), "error")
         return _back(campaign_id)
     flash(_("Step %(n)d added.", n=added.position), "ok")
@@ -133,12 +137,13 @@ def step_variant(campaign_id: int):
         _form_errors(form)
         return _back(campaign_id)
     try:
-        sequences.set_step_variant(db.engine, campaign_id, form.step.data, form.letter.data, form.subject.data,
-                                   form.body.data, form.weight.data)
+        sequences.set_step_variant(db.engine, campaign_id, form.step.data, form.letter.data,
+                                   form.subject.data, form.body.data, form.weight.data)
     except CampaignError as exc:
         flash(str(exc), "error")
         return _back(campaign_id)
-    flash(_("Variant %(letter)s of step %(n)d saved.", letter=form.letter.data.upper(), n=form.step.data), "ok")
+    flash(_("Variant %(letter)s of step %(n)d saved.", letter=form.letter.data.upper(), n=form.step.data),
+          "ok")
     return _back(campaign_id)
 
 
