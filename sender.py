@@ -136,6 +136,7 @@ P27 Step n+1 is claimed only after step n is `sent` to that lead and its delay h
                ::test_business_days_skip_the_weekend_and_polish_holidays,
                ::test_the_engine_counts_business_days_from_the_sent_time,
                ::test_an_unknown_step_stops_the_sequence_until_a_person_decides;
+               machine::test_no_interleaving_of_steps_stops_and_outcomes_breaks_a_sequence;
                test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay,
                ::test_worker_killed_mid_step_two_leaves_it_unknown_and_step_three_is_never_sent
 P28 A stopped lead (replied, a person's stop) is never claimed again; a stop recorded while its message
@@ -147,6 +148,7 @@ P28 A stopped lead (replied, a person's stop) is never claimed again; a stop rec
                ::test_a_retry_of_a_stopped_lead_is_not_retried,
                ::test_a_suppressed_domain_is_skipped_inside_the_claim,
                ::test_a_reply_stops_the_company_but_never_a_freemail_domain;
+               machine::test_no_interleaving_of_steps_stops_and_outcomes_breaks_a_sequence;
                test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay
 P29 A campaign is not finished while a lead waits for a later step; a decision or a reopened campaign
     that gives a lead a step wakes a finished campaign
