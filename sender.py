@@ -162,6 +162,7 @@ P30 A follow-up goes from the lead's pinned mailbox as a reply in its thread ("R
     kept by:   `_thread` in `_read_for_send`, `_compose`; pick_variant in `_take_pending`; the mailbox
                pin (P24)
     proven by: test_sequences::test_a_follow_up_replies_in_the_thread_of_step_one,
+               ::test_a_follow_up_goes_out_through_the_leads_pinned_mailbox_only,
                ::test_a_new_thread_step_has_its_own_subject_and_no_reply_headers,
                ::test_a_later_steps_variant_is_chosen_once_per_lead_by_its_weights;
                test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay

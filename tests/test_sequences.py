@@ -463,3 +463,25 @@ def test_the_suppressions_page_takes_a_whole_domain(app, engine, client):
     with engine.connect() as conn:
         assert dict(conn.execute(select(Suppression.email, Suppression.reason)).all()) == {
             "@konkurencja.pl": "domain", "someone@example.com": "manual"}
+
+
+def test_a_follow_up_goes_out_through_the_leads_pinned_mailbox_only(app, engine, settings):
+    from core import mailboxes
+    from delivery.transport import Result
+    from models import SendStatus
+    from sender import record
+    from test_mailbox_engine import add_mailbox
+
+    first = add_mailbox(app, engine, "anna@firma.pl", daily_cap=100)
+    other = add_mailbox(app, engine, "piotr@firma.pl", daily_cap=1000)
+    cid = make_sequence(engine, 1, steps=((1, DelayUnit.HOURS),))
+    mailboxes.link(engine, cid, [first])
+    claim = claim_next(engine, settings, cid, Trigger.CLI, NOW)
+    record(engine, settings, claim, Result(SendStatus.SENT, "250 ok"), NOW)
+    mailboxes.link(engine, cid, [first, other])  # the other has more room now
+    mailboxes.pause(engine, first, "by hand")
+    waiting = claim_next(engine, settings, cid, Trigger.CLI, at(hours=2))
+    assert isinstance(waiting, Refusal)  # step 2 waits for its own mailbox, never the other
+    mailboxes.resume(engine, first)
+    follow_up = claim_next(engine, settings, cid, Trigger.CLI, at(hours=3))
+    assert (follow_up.step, follow_up.mailbox_id) == (2, first)
