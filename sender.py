@@ -612,7 +612,9 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
         enrollment_id, lead_id, letter, suppressed, pinned, step, email = row
         if step > 1 and not suppressed:  # a later step's variant is chosen now, once: its row keeps it
             weights = run_sql(conn, _STEP_VARIANTS, (campaign_id, step)).fetchall()
-            if weights:
+            # None with a positive weight: the step-1 letter. If the step has no such variant
+            # the message cannot be built and the campaign pauses (P18), the lead kept.
+            if any(weight > 0 for _, weight in weights):
                 letter = pick_variant([tuple(w) for w in weights], campaign_id, email, step)
         state = EnrollmentState.SKIPPED if suppressed else EnrollmentState.SENDING
         box = None if suppressed else taker.mailbox_for(pinned)

@@ -265,13 +265,13 @@ def remove_step(engine: Engine, campaign_id: int, position: int) -> None:
         if got:
             raise CampaignError(f"{got} leads already got step {position}: it cannot be removed; archive it "
                                 "instead (archived steps are skipped)", "step_sent")
-        _skip_waiting(conn, campaign_id, position, skip_archived_too=True)
+        _skip_waiting(conn, campaign_id, position)
         conn.execute(delete(_variant).where(_variant.c.campaign_id == campaign_id,
                                             _variant.c.step == position))
         conn.execute(delete(_step).where(_step.c.campaign_id == campaign_id, _step.c.position == position))
 
 
-def _skip_waiting(conn: Connection, campaign_id: int, position: int, skip_archived_too: bool = False) -> int:
+def _skip_waiting(conn: Connection, campaign_id: int, position: int) -> int:
     # Called with the step already archived (or about to be deleted): next_step skips it.
     later = conn.execute(select(_step.c.position).where(
         _step.c.campaign_id == campaign_id, _step.c.position > position,

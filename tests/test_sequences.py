@@ -15,7 +15,7 @@ from core.leads import pick_variant
 from core.suppressions import suppress
 from delivery.transport import make_transport
 from helpers import make_campaign
-from models import Campaign, CampaignLead, DelayUnit, Lead, SendLog, Trigger
+from models import Campaign, CampaignLead, DelayUnit, Lead, SendLog, Trigger, Variant
 from sender import Claim, Refusal, claim_next, deliver, resolve_unknown, send_batch
 from storage.database import immediate
 from timeline import live
@@ -485,3 +485,14 @@ def test_a_follow_up_goes_out_through_the_leads_pinned_mailbox_only(app, engine,
     mailboxes.resume(engine, first)
     follow_up = claim_next(engine, settings, cid, Trigger.CLI, at(hours=3))
     assert (follow_up.step, follow_up.mailbox_id) == (2, first)
+
+
+def test_a_step_without_a_usable_variant_pauses_the_campaign_and_keeps_the_lead(app, engine, settings):
+    cid = make_sequence(engine, 1, steps=((1, DelayUnit.HOURS),), start=False)
+    with immediate(engine) as conn:  # a step left without a variant (removed by hand)
+        conn.execute(Variant.__table__.delete().where(Variant.step == 2))
+    campaigns.start(engine, cid)
+    send_at(app, engine, settings, cid, NOW)
+    send_at(app, engine, settings, cid, at(hours=1))
+    assert status_of(engine, cid) == "paused"
+    assert [(r.step, r.status) for r in rows(engine, cid)] == [(1, "sent"), (2, "retry")]
