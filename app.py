@@ -28,7 +28,7 @@ import scheduler
 from delivery.transport import stale_floor
 from models import db
 from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
-from web import accesslog, accounts, auth, common, editor, errors, i18n, mailboxes, unsubscribe
+from web import accesslog, accounts, auth, common, editor, errors, i18n, mailboxes, sequences, unsubscribe
 from web import alerts as alert_pages
 from web import campaigns as views
 from web import leads as lead_pages
@@ -98,7 +98,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _register_pages(app: Flask) -> None:
     app.url_map.converters["int"] = common.BoundedIntConverter
     for module in (auth, accounts, views, editor, lead_pages, sendlog_pages, suppression_pages,
-                   timeline_pages, alert_pages, mailboxes, i18n, unsubscribe, errors):
+                   timeline_pages, alert_pages, mailboxes, i18n, unsubscribe, errors, sequences):
         app.register_blueprint(module.bp)
     csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 

@@ -1,10 +1,12 @@
 """Typed SQLAlchemy models: the whole state of SendOnce lives in these tables.
 
 Duplicate-proofing is declared here, where a reader looks for it:
-- campaign_lead is UNIQUE(campaign_id, lead_id): a lead is enrolled once, with one variant;
-- send_log is UNIQUE(campaign_id, lead_id, variant_letter) (the incident's fix) and also
-  UNIQUE(campaign_id, lead_id), so even a hand-edited variant letter cannot make the
-  database accept a second delivery row. A retry updates its row; it never adds one.
+- campaign_lead is UNIQUE(campaign_id, lead_id): a lead is enrolled once, with one variant
+  for step 1 (a later step's variant is chosen when it is claimed, stored in its row);
+- send_log is UNIQUE(campaign_id, lead_id, step, variant_letter) (the incident's fix, per
+  step of a sequence) and also UNIQUE(campaign_id, lead_id, step), so even a hand-edited
+  variant letter cannot make the database accept a second delivery row of a step. A retry
+  updates its row; it never adds one.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class EnrollmentState(enum.StrEnum):
     FAILED = "failed"
     UNKNOWN = "unknown"
     SKIPPED = "skipped"  # suppressed before it was claimed
+    STOPPED = "stopped"  # its sequence was stopped (a reply, a person): an accounted end state
 
 
 class SendStatus(enum.StrEnum):
@@ -165,17 +168,56 @@ class Campaign(db.Model):
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Whose public holidays a step's "business days" skip (the `holidays` package).
+    country: Mapped[str] = mapped_column(String(2), default="PL", server_default="PL")
+    # A reply stops every lead of the replier's company domain too (never a free-mail one).
+    stop_company_on_reply: Mapped[bool] = mapped_column(default=False, server_default="0")
 
+    # Step 1's variants: the ones a lead is bound to at enrollment (later steps' are read by
+    # core/sequences.py).
     variants: Mapped[list[Variant]] = relationship(
-        back_populates="campaign", order_by="Variant.letter", cascade="all, delete-orphan"
+        back_populates="campaign", order_by="Variant.letter", cascade="all, delete-orphan",
+        primaryjoin="and_(Campaign.id == Variant.campaign_id, Variant.step == 1)",
+    )
+    steps: Mapped[list[CampaignStep]] = relationship(
+        back_populates="campaign", order_by="CampaignStep.position", cascade="all, delete-orphan"
     )
 
 
-class Variant(db.Model):
-    __table_args__ = (UniqueConstraint("campaign_id", "letter"),)
+class DelayUnit(enum.StrEnum):
+    HOURS = "hours"
+    DAYS = "days"
+    SECONDS = "seconds"  # not offered to people: the real-time race tests' short delays
+
+
+class CampaignStep(db.Model):
+    """One message of a campaign's sequence (#17): step n waits `delay` after step n-1 was
+    sent to the lead. Step 1 always exists (delay 0); an archived step is skipped."""
+
+    __tablename__ = "campaign_step"
+    __table_args__ = (UniqueConstraint("campaign_id", "position", name="uq_campaign_step_position"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
+    position: Mapped[int] = mapped_column()  # 1-based
+    delay_amount: Mapped[int] = mapped_column(default=0)
+    delay_unit: Mapped[str] = mapped_column(String(16), default=DelayUnit.DAYS)
+    # Count only the campaign's sending weekdays that are not public holidays of its country.
+    business_days: Mapped[bool] = mapped_column(default=False)
+    new_thread: Mapped[bool] = mapped_column(default=False)  # False: "Re: step 1" in the same thread
+    archived_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    campaign: Mapped[Campaign] = relationship(back_populates="steps")
+
+
+class Variant(db.Model):
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "step", "letter", name="uq_variant_campaign_step_letter"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
+    step: Mapped[int] = mapped_column(default=1, server_default="1")  # campaign_step.position
     letter: Mapped[str] = mapped_column(String(2))
     subject: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
@@ -217,8 +259,9 @@ class CampaignLead(db.Model):
     __tablename__ = "campaign_lead"
     __table_args__ = (
         UniqueConstraint("campaign_id", "lead_id", name="uq_campaign_lead"),
-        # The claim's "next pending enrollment" lookup walks this index.
         Index("ix_campaign_lead_next", "campaign_id", "state", "id"),
+        # The claim's "next pending enrollment that is due" lookup walks this index.
+        Index("ix_campaign_lead_due", "campaign_id", "state", "due_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -232,6 +275,14 @@ class CampaignLead(db.Model):
     # (its thread); only a person moves it (core/mailboxes.move_leads). None: not sent yet,
     # or a campaign without mailboxes.
     mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailbox.id"), default=None)
+    # The step to send next (or in flight), and when it may be claimed (#17): NULL for
+    # step 1 (due from enrollment on, whatever a process's clock says), the previous step's
+    # sent time + the step's delay for a later one.
+    step: Mapped[int] = mapped_column(default=1, server_default="1")
+    due_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Set by a stop (a reply, a person): never claimed again; its in-flight send ends it STOPPED.
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
+    stop_reason: Mapped[str | None] = mapped_column(String(50), default=None)
 
     lead: Mapped[Lead] = relationship()
 
@@ -273,9 +324,9 @@ class SendLog(db.Model):
     __tablename__ = "send_log"
     __table_args__ = (
         UniqueConstraint(
-            "campaign_id", "lead_id", "variant_letter", name="uq_send_log_campaign_lead_variant"
+            "campaign_id", "lead_id", "step", "variant_letter", name="uq_send_log_campaign_lead_step_variant"
         ),
-        UniqueConstraint("campaign_id", "lead_id", name="uq_send_log_campaign_lead"),
+        UniqueConstraint("campaign_id", "lead_id", "step", name="uq_send_log_campaign_lead_step"),
         Index("ix_send_log_status", "status", "next_attempt_at"),
         Index("ix_send_log_campaign_created", "campaign_id", "created_at"),
         # The timeline's range scans and per-bucket GROUP BYs.
@@ -295,6 +346,7 @@ class SendLog(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id"))
     lead_id: Mapped[int] = mapped_column(ForeignKey("lead.id"))
+    step: Mapped[int] = mapped_column(default=1, server_default="1")  # campaign_step.position
     variant_letter: Mapped[str] = mapped_column(String(2))
     status: Mapped[str] = mapped_column(String(16), default=SendStatus.SENDING)
     attempts: Mapped[int] = mapped_column(default=1)
@@ -393,7 +445,8 @@ class Alert(db.Model):
 
 class Suppression(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalized
+    # A normalized address, or "@domain" for a whole domain (#17: a company, a competitor).
+    email: Mapped[str] = mapped_column(String(320), unique=True)
     reason: Mapped[str] = mapped_column(String(50))  # unsubscribed, bounce, manual
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -130,6 +130,51 @@ P26 A broken mailbox (bad credentials, failures in a row) pauses alone; its lead
     proven by: test_mailbox_engine::test_bad_credentials_pause_that_mailbox_only;
                races::test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin
 
+P27 One send_log row per (campaign, lead, step) of a sequence: the database refuses a second (per
+    variant too); two steps are two messages, never a duplicate in the timeline
+    kept by:   models.SendLog UNIQUE(campaign_id, lead_id, step[, variant_letter]) (revision 0008)
+    proven by: test_schema::test_db_rejects_second_row_for_the_same_step_of_a_sequence;
+               test_sequences::test_two_steps_of_a_lead_are_not_duplicates_in_the_timeline
+P28 Step n+1 is claimed only after step n is `sent` to that lead and its delay has passed (business days:
+    the campaign's weekdays minus its country's public holidays), checked inside the claim; a `failed`
+    or `unknown` step stops the lead's sequence until a person decides ("mark as sent" moves it on)
+    kept by:   `_advance` in the outcome's transaction (state, step, due_at); the due walks of
+               `_take_pending`; core.sequences.due_after; `resolve_unknown`
+    proven by: test_sequences::test_steps_go_out_in_order_each_once_and_never_before_their_delay,
+               ::test_business_days_skip_the_weekend_and_polish_holidays,
+               ::test_the_engine_counts_business_days_from_the_sent_time,
+               ::test_an_unknown_step_stops_the_sequence_until_a_person_decides;
+               machine::test_no_interleaving_of_steps_stops_and_outcomes_breaks_a_sequence;
+               test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay,
+               ::test_worker_killed_mid_step_two_leaves_it_unknown_and_step_three_is_never_sent
+P29 A stopped lead (replied, a person's stop) is never claimed again; a stop recorded while its message
+    is in flight ends it `stopped`; its retry is not retried; a suppressed domain is never mailed
+    kept by:   `stopped_at IS NULL` and the state in `_NEXT_PENDING`, `_advance`, `_take_retry`,
+               `_SUPPRESSED` (address or "@domain"); core.sequences.stop / stop_for_reply
+    proven by: test_sequences::test_a_stopped_lead_is_never_claimed,
+               ::test_a_stop_recorded_while_the_step_is_in_flight_ends_the_lead_stopped,
+               ::test_a_retry_of_a_stopped_lead_is_not_retried,
+               ::test_a_suppressed_domain_is_skipped_inside_the_claim,
+               ::test_a_reply_stops_the_company_but_never_a_freemail_domain;
+               machine::test_no_interleaving_of_steps_stops_and_outcomes_breaks_a_sequence;
+               test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay
+P30 A campaign is not finished while a lead waits for a later step; a decision or a reopened campaign
+    that gives a lead a step wakes a finished campaign
+    kept by:   `_finish_if_done` (pending counts as open), `resolve_unknown`, core.sequences.add_step(reopen)
+    proven by: test_sequences::test_steps_go_out_in_order_each_once_and_never_before_their_delay,
+               ::test_a_finished_campaign_reopens_for_a_new_step_only_when_confirmed,
+               ::test_an_unknown_step_stops_the_sequence_until_a_person_decides
+P31 A follow-up goes from the lead's pinned mailbox as a reply in its thread ("Re: " + the step-1 subject
+    the lead got, In-Reply-To the previous step, References all earlier ones) unless its step says new
+    thread; a later step's variant is chosen once (weighted, per lead and step) and kept in its row
+    kept by:   `_thread` in `_read_for_send`, `_compose`; pick_variant in `_take_pending`; the mailbox
+               pin (P24)
+    proven by: test_sequences::test_a_follow_up_replies_in_the_thread_of_step_one,
+               ::test_a_follow_up_goes_out_through_the_leads_pinned_mailbox_only,
+               ::test_a_new_thread_step_has_its_own_subject_and_no_reply_headers,
+               ::test_a_later_steps_variant_is_chosen_once_per_lead_by_its_weights;
+               test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay
+
 A mailbox's limits cost nothing on a crash: its checkpoint (last_send_at) and the row that
 counts against its cap are written by the claim transaction itself, so a crash can only
 leave a mailbox under its cap (a claimed row that was never sent still counts), never over.
@@ -174,7 +219,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
-from core import mailboxes
+from core import mailboxes, sequences
+from core.leads import pick_variant
 from core.suppressions import suppress
 from delivery import lease as leases
 from delivery import messages, templating
@@ -265,6 +311,7 @@ class Claim:
     message_id: str  # the same on every attempt of this row; stored with the outcome
     deadline: float = math.inf  # time.monotonic(): the final dot is never sent after it
     mailbox_id: int | None = None  # sent through; None: the app's configured transport
+    step: int = 1  # the campaign step (#17) this row sends
 
 
 @dataclass(frozen=True)
@@ -322,15 +369,27 @@ _SENT_SINCE = "SELECT count(*) FROM send_log WHERE campaign_id = ? AND created_a
 _CHECKPOINT = "UPDATE campaign SET last_claim_at = ? WHERE id = ?"
 # {mailboxes}: "" for a campaign without mailboxes, else a filter to the rows unpinned or
 # pinned to a mailbox that may send now (ids are integers from the database, never input).
+# Suppressed: the address, or its whole domain ("@example.com", #17); two unique-index lookups.
+_SUPPRESSED = ("EXISTS (SELECT 1 FROM suppression s WHERE s.email IN "
+               "(lead.email, '@' || substr(lead.email, instr(lead.email, '@') + 1)))")
 _NEXT_RETRY = (
-    "SELECT l.id, l.lead_id, l.variant_letter, l.attempts, s.id IS NOT NULL, l.message_id, l.mailbox_id "
-    "FROM send_log l JOIN lead ON lead.id = l.lead_id LEFT JOIN suppression s ON s.email = lead.email "
+    f"SELECT l.id, l.lead_id, l.variant_letter, l.attempts, {_SUPPRESSED}, l.message_id, l.mailbox_id, "
+    "l.step, "
+    "e.stopped_at IS NOT NULL FROM send_log l JOIN lead ON lead.id = l.lead_id "
+    "JOIN campaign_lead e ON e.campaign_id = l.campaign_id AND e.lead_id = l.lead_id "
     f"WHERE l.campaign_id = ? AND l.status = '{SendStatus.RETRY}' AND l.next_attempt_at <= ? {{mailboxes}}"
     "ORDER BY l.next_attempt_at LIMIT 1")
+# Two walks of ix_campaign_lead_due: later steps whose delay has passed (oldest due first),
+# then step-1 enrollments (due_at NULL: due since enrolled, in enrollment order). A
+# stopped lead is never taken (its state is `stopped`, or it is in flight: stopped_at).
 _NEXT_PENDING = (
-    "SELECT e.id, e.lead_id, e.variant_letter, s.id IS NOT NULL, e.mailbox_id FROM campaign_lead e "
-    "JOIN lead ON lead.id = e.lead_id LEFT JOIN suppression s ON s.email = lead.email "
-    f"WHERE e.campaign_id = ? AND e.state = '{EnrollmentState.PENDING}' {{mailboxes}}ORDER BY e.id LIMIT 1")
+    f"SELECT e.id, e.lead_id, e.variant_letter, {_SUPPRESSED}, e.mailbox_id, e.step, lead.email "
+    "FROM campaign_lead e JOIN lead ON lead.id = e.lead_id "
+    f"WHERE e.campaign_id = ? AND e.state = '{EnrollmentState.PENDING}' AND {{due}} AND e.stopped_at IS NULL "
+    "{mailboxes}ORDER BY {order} LIMIT 1")
+_DUE_LATER_STEP = ("e.due_at <= ?", "e.due_at, e.id")
+_DUE_FIRST_STEP = ("e.due_at IS NULL", "e.id")
+_STEP_VARIANTS = "SELECT letter, weight FROM variant WHERE campaign_id = ? AND step = ? ORDER BY letter"
 _TAKE_PENDING = (f"UPDATE campaign_lead SET state = ?, mailbox_id = ? WHERE id = ? "
                  f"AND state = '{EnrollmentState.PENDING}'")
 # A campaign's mailboxes and what their limits need; and a mailbox's claims since a moment.
@@ -348,8 +407,8 @@ INSTALLATION_KEY = "installation_id"
 _INSTALLATION = f"SELECT value FROM app_meta WHERE key = '{INSTALLATION_KEY}'"
 _NEW_LOG_ROW = (
     'INSERT INTO send_log (id, campaign_id, lead_id, variant_letter, status, attempts, "trigger", worker, '
-    "lease_epoch, message_id, created_at, claimed_at, mailbox_id) "
-    f"VALUES (?, ?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, ?, ?, ?, ?, ?)")
+    "lease_epoch, message_id, created_at, claimed_at, mailbox_id, step) "
+    f"VALUES (?, ?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def _campaign_row(conn: Connection, campaign_id: int) -> _CampaignRow | None:
@@ -438,9 +497,9 @@ class _Taker:
     boxes: list[_Box] | None  # None: the campaign has no mailboxes (the app's transport)
 
     def claim(self, log_id: int, lead_id: int, letter: str, attempts: int, message_id: str,
-              mailbox_id: int | None) -> Claim:
+              mailbox_id: int | None, step: int = 1) -> Claim:
         return Claim(log_id, self.campaign.id, lead_id, letter, attempts, self.worker, message_id,
-                     self.deadline, mailbox_id)
+                     self.deadline, mailbox_id, step)
 
     def mailbox_filter(self, column: str) -> str:
         """The SQL condition keeping rows unpinned or pinned to a mailbox that may send now."""
@@ -531,11 +590,13 @@ def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
     row = run_sql(conn, sql, (taker.campaign.id, _ts(taker.now))).fetchone()
     if row is None:
         return None
-    log_id, lead_id, letter, attempts, suppressed, message_id, pinned = row
-    if suppressed:  # unsubscribed or bounced while waiting: never retry it
-        conn.execute(update(_log).where(_log.c.id == log_id)
-                     .values(status=SendStatus.FAILED, smtp_reply="suppressed before retry"))
-        _set_enrollment(conn, taker.campaign.id, lead_id, EnrollmentState.SKIPPED)
+    log_id, lead_id, letter, attempts, suppressed, message_id, pinned, step, stopped = row
+    if suppressed or stopped:  # unsubscribed, bounced or stopped while waiting: never retry it
+        conn.execute(update(_log).where(_log.c.id == log_id).values(
+            status=SendStatus.FAILED,
+            smtp_reply="suppressed before retry" if suppressed else "stopped before retry"))
+        _set_enrollment(conn, taker.campaign.id, lead_id,
+                        EnrollmentState.SKIPPED if suppressed else EnrollmentState.STOPPED)
         return None
     box = taker.mailbox_for(pinned)
     mailbox_id = box.id if box else pinned
@@ -546,17 +607,26 @@ def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
     )
     if taken.rowcount != 1:  # impossible under BEGIN IMMEDIATE; refuse rather than guess
         return None
-    return taker.claim(log_id, lead_id, letter, attempts + 1, message_id, mailbox_id)
+    return taker.claim(log_id, lead_id, letter, attempts + 1, message_id, mailbox_id, step)
 
 
 def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
     campaign_id = taker.campaign.id
-    sql = _NEXT_PENDING.format(mailboxes=taker.mailbox_filter("e.mailbox_id"))
+    mailboxes = taker.mailbox_filter("e.mailbox_id")
+    walks = [(_NEXT_PENDING.format(due=due, order=order, mailboxes=mailboxes), params)
+             for (due, order), params in ((_DUE_LATER_STEP, (campaign_id, _ts(taker.now))),
+                                          (_DUE_FIRST_STEP, (campaign_id,)))]
     for _ in range(_SKIP_LIMIT):
-        row = run_sql(conn, sql, (campaign_id,)).fetchone()
+        row = next((r for sql, params in walks if (r := run_sql(conn, sql, params).fetchone())), None)
         if row is None:
             return None
-        enrollment_id, lead_id, letter, suppressed, pinned = row
+        enrollment_id, lead_id, letter, suppressed, pinned, step, email = row
+        if step > 1 and not suppressed:  # a later step's variant is chosen now, once: its row keeps it
+            weights = run_sql(conn, _STEP_VARIANTS, (campaign_id, step)).fetchall()
+            # None with a positive weight: the step-1 letter. If the step has no such variant
+            # the message cannot be built and the campaign pauses (P18), the lead kept.
+            if any(weight > 0 for _, weight in weights):
+                letter = pick_variant([tuple(w) for w in weights], campaign_id, email, step)
         state = EnrollmentState.SKIPPED if suppressed else EnrollmentState.SENDING
         box = None if suppressed else taker.mailbox_for(pinned)
         # The lead is pinned to its mailbox by this very claim: its later messages follow.
@@ -569,9 +639,9 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
         log_id = run_sql(conn, _NEXT_LOG_ID).fetchone()[0]
         sender = box.address if box else taker.campaign.from_address  # the Message-ID's domain
         msg_id = messages.message_id(log_id, campaign_id, sender, _installation(conn))
-        claim = taker.claim(log_id, lead_id, letter, 1, msg_id, mailbox_id)
+        claim = taker.claim(log_id, lead_id, letter, 1, msg_id, mailbox_id, step)
         run_sql(conn, _NEW_LOG_ROW, (claim.send_log_id, campaign_id, lead_id, letter, taker.trigger,
-                                     taker.worker, taker.epoch, claim.message_id, now, now, mailbox_id))
+                                     taker.worker, taker.epoch, claim.message_id, now, now, mailbox_id, step))
         return claim
     return None
 
@@ -634,6 +704,10 @@ class _Draft(NamedTuple):
     subject: str
     body: str
     signature: str  # the mailbox's ("" without one)
+    # A follow-up in the lead's thread (#17): step 1's subject template of the lead's
+    # variant, the earlier steps' Message-IDs (oldest first); ("", ()) for step 1 or a new thread.
+    first_subject: str = ""
+    references: tuple[str, ...] = ()
 
 
 # From: the claim's mailbox, or for a campaign without mailboxes the campaign's own sender.
@@ -643,7 +717,7 @@ _DRAFT = (
     "CASE WHEN m.id IS NULL THEN campaign.from_name ELSE m.name END, "
     "variant.subject, variant.body, coalesce(m.signature, '') "
     "FROM lead JOIN campaign ON campaign.id = :campaign "
-    "JOIN variant ON variant.campaign_id = campaign.id AND variant.letter = :letter "
+    "JOIN variant ON variant.campaign_id = campaign.id AND variant.step = :step AND variant.letter = :letter "
     "LEFT JOIN mailbox m ON m.id = :mailbox WHERE lead.id = :lead")
 # The claim token: this row, claimed by this worker at this attempt. Every write of an
 # outcome or a release is conditional on it, so a process that was frozen past the
@@ -662,6 +736,20 @@ _PUT_BACK = (
     f"smtp_reply = 'released before sending: claim or lease lost' WHERE {_OURS} "
     f"AND status IN ('{SendStatus.SENDING}', '{SendStatus.UNKNOWN}')")
 _ENROLLMENT_STATE = "UPDATE campaign_lead SET state = ? WHERE campaign_id = ? AND lead_id = ?"
+# A follow-up's thread: whether its step starts a new one, and the earlier steps' rows.
+_NEW_THREAD = "SELECT new_thread FROM campaign_step WHERE campaign_id = ? AND position = ?"
+_EARLIER = ("SELECT l.message_id, v.subject FROM send_log l "
+            "LEFT JOIN variant v ON v.campaign_id = l.campaign_id "
+            "AND v.step = 1 AND v.letter = l.variant_letter AND l.step = 1 "
+            "WHERE l.campaign_id = ? AND l.lead_id = ? AND l.step < ? ORDER BY l.step")
+# After `sent`: is the lead stopped, and which step (not archived) comes next, with its delay.
+_AFTER_SENT = (
+    "SELECT e.stopped_at, s.position, s.delay_amount, s.delay_unit, s.business_days, c.window_weekdays, "
+    "c.timezone, c.country FROM campaign_lead e JOIN campaign c ON c.id = e.campaign_id "
+    "LEFT JOIN campaign_step s ON s.id = (SELECT id FROM campaign_step n WHERE n.campaign_id = e.campaign_id "
+    "AND n.position > ? AND n.archived_at IS NULL ORDER BY n.position LIMIT 1) "
+    "WHERE e.campaign_id = ? AND e.lead_id = ?")
+_NEXT_STEP = "UPDATE campaign_lead SET state = ?, step = ?, due_at = ? WHERE campaign_id = ? AND lead_id = ?"
 _WAKE_FINISHED = (f"UPDATE campaign SET status = '{CampaignStatus.ACTIVE}' WHERE id = ? "
                   f"AND status = '{CampaignStatus.FINISHED}'")
 _NO_FAILURES = "UPDATE campaign SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures != 0"
@@ -751,14 +839,27 @@ def _read_for_send(conn: Connection, claim: Claim, lease: leases.Lease | None,
     Checked as late as possible before SMTP: only message building (pure CPU) follows.
     """
     with transaction(conn, immediate=False):
-        row = run_sql(conn, _DRAFT, {"lead": claim.lead_id, "campaign": claim.campaign_id,
+        row = run_sql(conn, _DRAFT, {"lead": claim.lead_id, "campaign": claim.campaign_id, "step": claim.step,
                                      "letter": claim.variant_letter, "mailbox": claim.mailbox_id}).fetchone()
+        thread = _thread(conn, claim) if row is not None and claim.step > 1 else None
         status = run_sql(conn, _STATUS_IF_OURS, _token(claim)).fetchone()
         ours = status is not None and status[0] == SendStatus.SENDING
         ours = ours and (lease is None or leases.is_current(conn, lease, now))
     if row is None:
         return None, ours
-    return _Draft(*row), ours
+    return _Draft(*row, *(thread or ())), ours
+
+
+def _thread(conn: Connection, claim: Claim) -> tuple[str, tuple[str, ...]] | None:
+    """Step 1's subject template and the earlier Message-IDs, for a reply in the lead's thread."""
+    new = run_sql(conn, _NEW_THREAD, (claim.campaign_id, claim.step)).fetchone()
+    if new is not None and new[0]:
+        return None
+    earlier = run_sql(conn, _EARLIER, (claim.campaign_id, claim.lead_id, claim.step)).fetchall()
+    first = next((subject for _, subject in earlier if subject is not None), None)
+    if first is None:  # no step-1 row to reply to (a hand-made history): a thread of its own
+        return None
+    return first, tuple(message_id for message_id, _ in earlier if message_id)
 
 
 def _compose(settings: Settings, claim: Claim, draft: _Draft | None):
@@ -767,13 +868,18 @@ def _compose(settings: Settings, claim: Claim, draft: _Draft | None):
     draft = draft._replace(fields=json.loads(draft.fields) if draft.fields else {})
     url = unsubscribe_url(settings.base_url, settings.secret_key, draft.email, claim.campaign_id)
     context = templating.lead_context(draft, url, signature=draft.signature)
+    subject = templating.render(draft.subject, context)
+    if draft.first_subject:  # a reply in the thread step 1 started: "Re: <the subject the lead got>"
+        subject = "Re: " + templating.render(draft.first_subject, context)
     return messages.build_message(
         from_address=draft.from_address, from_name=draft.from_name,
         to_address=draft.email, to_name=f"{draft.first_name} {draft.last_name}".strip(),
-        subject=templating.render(draft.subject, context),
+        subject=subject,
         body=templating.render(draft.body, context),
         msg_id=claim.message_id,
         unsubscribe_url=url,
+        in_reply_to=draft.references[-1] if draft.references else "",
+        references=draft.references,
     )
 
 
@@ -832,7 +938,10 @@ def _store_in(conn: Connection, settings: Settings, outcome: Outcome) -> None:
     if run_sql(conn, _OUTCOME, values).rowcount != 1:
         log.warning("send_log %s was resolved elsewhere; outcome %s not stored", claim.send_log_id, status)
         return
-    _set_enrollment(conn, claim.campaign_id, claim.lead_id, _FINAL_STATE[status])
+    if status == SendStatus.SENT:
+        _advance(conn, claim.campaign_id, claim.lead_id, claim.step, now)
+    else:
+        _set_enrollment(conn, claim.campaign_id, claim.lead_id, _FINAL_STATE[status])
     if status == SendStatus.RETRY:
         _requeued(conn, claim)
     if result.suppress:
@@ -871,6 +980,30 @@ def _email_of(conn: Connection, lead_id: int) -> str:
 
 def _set_enrollment(conn: Connection, campaign_id: int, lead_id: int, state: EnrollmentState) -> None:
     run_sql(conn, _ENROLLMENT_STATE, (state, campaign_id, lead_id))
+
+
+def _advance(conn: Connection, campaign_id: int, lead_id: int, step: int,
+             sent_at: datetime) -> EnrollmentState:
+    """Step `step` was sent (or a person says so): the lead waits for its next step, due after
+    that step's delay, or is complete; a stop recorded meanwhile ends it `stopped`.
+
+    In the transaction that stores `sent`: a crash leaves both or neither, so a lead can
+    neither skip a step nor wait for one that was never made due.
+    """
+    row = run_sql(conn, _AFTER_SENT, (step, campaign_id, lead_id)).fetchone()
+    if row is None:  # no enrollment (a hand-made row): nothing to move on
+        return EnrollmentState.SENT
+    stopped_at, position, amount, unit, business_days, weekdays, zone, country = row
+    if stopped_at is not None:
+        state = EnrollmentState.STOPPED
+    elif position is None:
+        state = EnrollmentState.SENT
+    else:
+        due = sequences.due_after(sent_at, amount, unit, bool(business_days), weekdays, zone, country)
+        run_sql(conn, _NEXT_STEP, (EnrollmentState.PENDING, position, _ts(due), campaign_id, lead_id))
+        return EnrollmentState.PENDING
+    _set_enrollment(conn, campaign_id, lead_id, state)
+    return state
 
 
 def _count_failures(conn: Connection, settings: Settings, campaign_id: int,
@@ -1092,9 +1225,11 @@ def resolve_unknown(engine: Engine, settings: Settings, send_log_id: int, action
         conn.execute(update(_log).where(_log.c.id == send_log_id).values(
             status=SendStatus.SENT if sent else SendStatus.RETRY, decided_by=who,
             next_attempt_at=None if sent else now, sent_at=now if sent else None))
-        state = EnrollmentState.SENT if sent else EnrollmentState.SENDING
-        _set_enrollment(conn, row.campaign_id, row.lead_id, state)
-        if not sent:  # a finished campaign must wake up to send it
+        if sent:  # as if its outcome had been `sent`: the lead moves on to its next step
+            state = _advance(conn, row.campaign_id, row.lead_id, row.step, now)
+        else:
+            _set_enrollment(conn, row.campaign_id, row.lead_id, EnrollmentState.SENDING)
+        if not sent or state == EnrollmentState.PENDING:  # a finished campaign must wake up to send it
             conn.execute(update(_campaign).where(_campaign.c.id == row.campaign_id,
                                                  _campaign.c.status == CampaignStatus.FINISHED)
                          .values(status=CampaignStatus.ACTIVE))

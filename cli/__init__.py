@@ -18,7 +18,8 @@ def register(app: Flask) -> None:
                     sending.send_due,
                     sending.run_scheduler, sending.recover_command, sending.resolve_command,
                     setup.demo, setup.first_run, timeline.timeline_command, operations.backup_command,
-                    operations.restore_command, operations.reconcile_command):
+                    operations.restore_command, operations.reconcile_command,
+                    campaigns.suppress_domain_command):
         app.cli.add_command(_database_errors_in_one_line(command))
     app.cli.add_command(_database_errors_in_one_line(campaigns.campaign_group))
     app.cli.add_command(_database_errors_in_one_line(alerts.alerts_group))

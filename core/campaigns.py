@@ -14,7 +14,16 @@ from sqlalchemy import ColumnElement, Engine, delete, false, func, select, updat
 
 from core import leads
 from delivery import templating
-from models import Campaign, CampaignLead, CampaignStatus, EnrollmentState, Lead, SendLog, Variant
+from models import (
+    Campaign,
+    CampaignLead,
+    CampaignStatus,
+    CampaignStep,
+    EnrollmentState,
+    Lead,
+    SendLog,
+    Variant,
+)
 from storage.database import immediate, write_session
 
 MAX_PROBLEMS = 20
@@ -35,6 +44,7 @@ def create(engine: Engine, **values: Any) -> int:
     """Create a draft campaign and return its id."""
     with write_session(engine) as session:
         campaign = Campaign(**values)
+        campaign.steps = [CampaignStep(position=1, delay_amount=0)]  # every campaign: a sequence of 1+ steps
         session.add(campaign)
         session.flush()
         return campaign.id
@@ -43,15 +53,20 @@ def create(engine: Engine, **values: Any) -> int:
 def add_variant(engine: Engine, campaign_id: int, letter: str, subject: str, body: str,
                 weight: int = 1) -> None:
     """Add a variant; its templates are checked for syntax (and the sandbox) right away."""
+    check_variant(letter, subject, body)
+    with write_session(engine) as session:
+        session.add(Variant(campaign_id=campaign_id, letter=letter.upper(), subject=subject,
+                            body=body, weight=weight))
+
+
+def check_variant(letter: str, subject: str, body: str) -> None:
+    """Refuse a bad letter or a template that does not parse (or leaves the sandbox)."""
     if not re.fullmatch(r"[A-Za-z]", letter):  # fullmatch: "A\n" is not a second "A"
         raise CampaignError(f"a variant letter is one letter A-Z, not {letter!r}")
     problems = templating.check(letter, subject, body, _sample_context(), "")
     syntax = [p for p in problems if not p.undefined]  # fields are checked per lead at start
     if syntax:
         raise CampaignError("; ".join(map(str, syntax)))
-    with write_session(engine) as session:
-        session.add(Variant(campaign_id=campaign_id, letter=letter.upper(), subject=subject,
-                            body=body, weight=weight))
 
 
 def _sample_context() -> dict[str, Any]:
@@ -70,7 +85,9 @@ def validate(engine: Engine, campaign_id: int,
     problems: list[templating.TemplateProblem] = []
     with engine.connect() as conn:
         variants = {v.letter: v for v in conn.execute(
-            select(Variant.__table__).where(Variant.campaign_id == campaign_id))}
+            select(Variant.__table__).where(Variant.campaign_id == campaign_id, Variant.step == 1))}
+        later = [] if draft is not None else conn.execute(
+            select(Variant.__table__).where(Variant.campaign_id == campaign_id, Variant.step > 1)).all()
         if draft is not None:
             variants[draft.letter] = draft
         if not variants:
@@ -81,15 +98,16 @@ def validate(engine: Engine, campaign_id: int,
             .where(CampaignLead.campaign_id == campaign_id,
                    *([CampaignLead.variant_letter == draft.letter] if draft else [])))
         for lead in rows:
-            v = variants[lead.variant_letter]
             context = templating.lead_context(lead, templating.SAMPLE_UNSUBSCRIBE_URL)
-            problems += templating.check(v.letter, v.subject, v.body, context, lead.email)
+            # A later step's variant is chosen when it is due: any lead may get any of them.
+            for v in [variants[lead.variant_letter], *later]:
+                problems += templating.check(v.letter, v.subject, v.body, context, lead.email)
             if len(problems) >= MAX_PROBLEMS:
                 break
     return problems[:MAX_PROBLEMS]
 
 
-def _matching(tag: str | None) -> tuple:
+def matching(tag: str | None) -> tuple:
     """The leads enroll_leads takes: all (but erased ones), or those carrying `tag`."""
     conditions = (Lead.email.not_like(leads.ERASED_PREFIX + "%"),)
     if tag:
@@ -101,16 +119,18 @@ def count_enrollable(engine: Engine, campaign_id: int, tag: str | None = None) -
     """(leads matching `tag` or all, of them not yet in the campaign): what enroll_leads would do."""
     enrolled = select(CampaignLead.lead_id).where(CampaignLead.campaign_id == campaign_id)
     with engine.connect() as conn:
-        matched = conn.execute(select(func.count()).select_from(Lead).where(*_matching(tag))).scalar_one()
+        matched = conn.execute(select(func.count()).select_from(Lead).where(*matching(tag))).scalar_one()
         new = conn.execute(select(func.count()).select_from(Lead).where(
-            *_matching(tag), Lead.id.not_in(enrolled))).scalar_one()
+            *matching(tag), Lead.id.not_in(enrolled))).scalar_one()
     return matched, new
 
 
-def enroll_leads(engine: Engine, campaign_id: int, tag: str | None = None) -> tuple[int, int]:
-    """Enroll every lead (or those carrying `tag`); returns (how many were new, matched)."""
+def enroll_leads(engine: Engine, campaign_id: int, tag: str | None = None,
+                 skip: frozenset[int] | set[int] = frozenset()) -> tuple[int, int]:
+    """Enroll every lead (or those carrying `tag`) but `skip`; returns (how many were new, matched)."""
     with engine.connect() as conn:
-        ids = conn.execute(select(Lead.id).where(*_matching(tag)).order_by(Lead.id)).scalars().all()
+        ids = [i for i in conn.execute(select(Lead.id).where(*matching(tag)).order_by(Lead.id)).scalars()
+               if i not in skip]
     if not _has_variants(engine, campaign_id):
         raise CampaignError("add a variant first: each lead is bound to one variant when enrolled")
     return leads.enroll(engine, campaign_id, ids), len(ids)
@@ -177,11 +197,18 @@ def duplicate(engine: Engine, campaign_id: int, name: str) -> int:
         source = session.get(Campaign, campaign_id)
         if source is None:
             raise CampaignError(f"no campaign {campaign_id}")
-        copy = Campaign(name=name, **{key: getattr(source, key) for key in settings})
+        copy = Campaign(name=name, **{key: getattr(source, key) for key in settings},
+                        country=source.country, stop_company_on_reply=source.stop_company_on_reply)
         copy.variants = [Variant(letter=v.letter, subject=v.subject, body=v.body, weight=v.weight)
                          for v in source.variants]
+        copy.steps = [CampaignStep(position=s.position, delay_amount=s.delay_amount, delay_unit=s.delay_unit,
+                                   business_days=s.business_days, new_thread=s.new_thread)
+                      for s in source.steps if s.archived_at is None] or [CampaignStep(position=1)]
         session.add(copy)
         session.flush()
+        session.add_all([Variant(campaign_id=copy.id, step=v.step, letter=v.letter, subject=v.subject,
+                                 body=v.body, weight=v.weight) for v in session.scalars(select(Variant).where(
+                                     Variant.campaign_id == campaign_id, Variant.step > 1))])
         return copy.id
 
 
@@ -194,7 +221,7 @@ def delete_draft(engine: Engine, campaign_id: int) -> None:
                                 "not_draft")
         if conn.execute(select(SendLog.id).where(SendLog.campaign_id == campaign_id).limit(1)).first():
             raise CampaignError(f"campaign {campaign_id} has sends: archive it instead", "has_sends")
-        for table in (CampaignLead.__table__, Variant.__table__):
+        for table in (CampaignLead.__table__, Variant.__table__, CampaignStep.__table__):
             conn.execute(delete(table).where(table.c.campaign_id == campaign_id))
         conn.execute(delete(Campaign.__table__).where(Campaign.id == campaign_id))
 

@@ -447,7 +447,8 @@ def _split_tags(value: str) -> list[str]:
 def _check_campaign(conn: Connection, campaign_id: int) -> None:
     if conn.execute(select(Campaign.id).where(Campaign.id == campaign_id)).first() is None:
         raise CsvImportError(f"campaign {campaign_id} does not exist")
-    weights = conn.execute(select(Variant.weight).where(Variant.campaign_id == campaign_id)).scalars()
+    weights = conn.execute(select(Variant.weight)
+                           .where(Variant.campaign_id == campaign_id, Variant.step == 1)).scalars()
     if not any(weight > 0 for weight in weights):
         raise CsvImportError(f"campaign {campaign_id} has no variant to assign leads to")
 

@@ -33,12 +33,13 @@ def check_email(raw: str) -> str:
     return address
 
 
-def pick_variant(weights: list[tuple[str, int]], campaign_id: int, email: str) -> str:
-    """Deterministic weighted choice of a variant letter for one lead in one campaign."""
+def pick_variant(weights: list[tuple[str, int]], campaign_id: int, email: str, step: int = 1) -> str:
+    """Deterministic weighted choice of a variant letter for one lead in one campaign (and step)."""
     total = sum(w for _, w in weights if w > 0)
     if total == 0:
         raise ValueError("the campaign has no variant with a positive weight")
-    digest = hashlib.sha256(f"{campaign_id}:{email}".encode()).digest()
+    key = f"{campaign_id}:{email}" if step == 1 else f"{campaign_id}:{email}:{step}"  # step 1 as before #17
+    digest = hashlib.sha256(key.encode()).digest()
     point = int.from_bytes(digest[:8], "big") % total
     for letter, weight in weights:
         if weight > 0 and point < weight:
@@ -61,7 +62,8 @@ def enroll(engine: Engine, campaign_id: int, lead_ids: Iterable[int]) -> int:
     ids = list(dict.fromkeys(lead_ids))
     with engine.connect() as conn:
         weights = [(v.letter, v.weight) for v in conn.execute(
-            select(Variant.letter, Variant.weight).where(Variant.campaign_id == campaign_id)
+            select(Variant.letter, Variant.weight)
+            .where(Variant.campaign_id == campaign_id, Variant.step == 1)
             .order_by(Variant.letter))]
         emails: dict[int, str] = {}
         for chunk in _chunks(ids, 500):

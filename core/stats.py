@@ -92,13 +92,14 @@ class Progress:
     failed: int = 0
     unknown: int = 0
     skipped: int = 0
+    stopped: int = 0  # a sequence stopped (#17): a reply, a person
     last_sent_at: datetime | None = None
     next_due_at: datetime | None = None
     next_send: NextSend | None = None  # when the scheduler sends next, and why not sooner
 
     @property
     def done_percent(self) -> int:
-        finished = self.sent + self.failed + self.unknown + self.skipped
+        finished = self.sent + self.failed + self.unknown + self.skipped + self.stopped
         return round(100 * finished / self.total) if self.total else 0
 
 

@@ -1,7 +1,9 @@
-"""The suppression list: addresses that must never be mailed again."""
+"""The suppression list: addresses that must never be mailed again, and whole domains
+("@example.com": a company or a competitor; checked by the claim like an address)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from itertools import chain
 
@@ -21,6 +23,26 @@ def suppress(conn: Connection, email: str, reason: str, detail: str, now: dateti
     return conn.execute(insert(Suppression.__table__).values(
         email=email.strip().lower(), reason=reason, detail=detail[:500], created_at=now)
         .on_conflict_do_nothing(index_elements=["email"])).rowcount == 1
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def domain_entry(text: str) -> str:
+    """A domain ("firma.pl", "@firma.pl") as its suppression entry "@firma.pl"; ValueError if not one."""
+    domain = text.strip().lower().removeprefix("@")
+    try:  # checked in its ASCII form; kept as written, like the leads' addresses
+        ascii_form = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_form = ""
+    if not _DOMAIN.fullmatch(ascii_form):
+        raise ValueError(f"not a domain: {text.strip()!r}")
+    return "@" + domain
+
+
+def suppress_domain(conn: Connection, domain: str, detail: str, now: datetime) -> bool:
+    """Suppress every address of a domain; False if it was there already. ValueError for a bad domain."""
+    return suppress(conn, domain_entry(domain), "domain", detail, now)
 
 
 def import_csv(engine: Engine, data: bytes, now: datetime) -> tuple[int, list[tuple[int, str]]]:

@@ -86,9 +86,12 @@ def build_message(
     body: str,
     msg_id: str,
     unsubscribe_url: str = "",
+    in_reply_to: str = "",
+    references: tuple[str, ...] = (),
 ) -> Message:
     """A plain-text message with RFC 8058 one-click unsubscribe headers (none without a URL:
-    mail to the team itself, such as alerts, is not a list to leave)."""
+    mail to the team itself, such as alerts, is not a list to leave), and, for a follow-up in
+    the same thread, In-Reply-To and References (RFC 5322 3.6.4)."""
     # A compat32 Message with pre-encoded header strings, not EmailMessage: its header
     # registry parses every value back into objects, ~2 ms a message, most of the
     # engine's time per send. The encoded words are RFC 2047's, as the email package
@@ -102,6 +105,10 @@ def build_message(
     msg["Subject"] = _encoded(one_line(subject))
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = one_line(msg_id)
+    if in_reply_to:
+        msg["In-Reply-To"] = one_line(in_reply_to)
+    if references:
+        msg["References"] = " ".join(one_line(r) for r in references)
     if unsubscribe_url:
         msg["List-Unsubscribe"] = f"<{one_line(unsubscribe_url)}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"

@@ -101,9 +101,11 @@ def _differences(one: str, other: str) -> str:
 
 # Invariants a consistent file keeps; each query counts the rows that break it.
 CHECKS = {
+    # (A later step's variant is chosen when it is claimed: only step 1's is the enrollment's.)
     "every send_log row has its enrollment, with the same variant":
         "SELECT count(*) FROM send_log s LEFT JOIN campaign_lead cl ON cl.campaign_id = s.campaign_id "
-        "AND cl.lead_id = s.lead_id WHERE cl.id IS NULL OR cl.variant_letter <> s.variant_letter",
+        "AND cl.lead_id = s.lead_id "
+        "WHERE cl.id IS NULL OR (s.step = 1 AND cl.variant_letter <> s.variant_letter)",
     f"{schema.COUNTS} equals a recount of campaign_lead": _differences(
         f"SELECT campaign_id, state, n FROM {schema.COUNTS} WHERE n <> 0",
         "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"),

@@ -188,14 +188,14 @@ def install_summary(engine: Engine, metadata: MetaData) -> bool:
 
 
 # One statement: our triggers as install_on writes them, and a unique index on columns
-# within (campaign_id, lead_id) without a WHERE clause. That index means no key and no
-# (campaign, lead) appears twice in any part of send_log: the distinct counts equal the
-# number of sends and there are no duplicate groups to look for.
+# within (campaign_id, lead_id, step) without a WHERE clause. That index means no key and
+# no (campaign, lead, step) appears twice in any part of send_log: the distinct counts
+# equal the number of sends and there are no duplicate groups to look for.
 _USABLE = text(
     "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND sql IN :ddl) = :n "
     "AND EXISTS (SELECT 1 FROM pragma_index_list('send_log') AS il WHERE il.\"unique\" AND NOT il.partial "
     "AND NOT EXISTS (SELECT 1 FROM pragma_index_info(il.name) AS ii "
-    "WHERE ii.name IS NULL OR ii.name NOT IN ('campaign_id', 'lead_id')))"
+    "WHERE ii.name IS NULL OR ii.name NOT IN ('campaign_id', 'lead_id', 'step')))"
 ).bindparams(bindparam("ddl", list(SUMMARY_TRIGGERS.values()), expanding=True), n=len(SUMMARY_TRIGGERS))
 
 

@@ -31,7 +31,7 @@ from test_web import csrf_token
 
 FIXTURE = Path(__file__).with_name("data") / "db_3a618c4.sql"
 NEW_TABLES = {"alembic_version", "app_meta", "claim_heartbeat", "legacy_log", "legacy_event", "mailbox",
-              "campaign_mailbox", "send_request", "alert"}
+              "campaign_mailbox", "send_request", "alert", "campaign_step"}
 
 
 def load_fixture(path: Path) -> Path:
@@ -113,7 +113,11 @@ def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
     senders = {r[3].strip().lower() for r in before["campaign"]}
     assert sorted(r[2] for r in after["mailbox"]) == sorted(senders)
     assert len(after["campaign_mailbox"]) == len(before["campaign"])
-    assert all(r[-1] is not None for r in after["send_log"])
+    assert all(r[-2] is not None for r in after["send_log"])  # mailbox_id (step comes after it)
+    # Revision 0008: every campaign a one-step sequence; every row and enrollment is step 1.
+    assert sorted(r[1:5] for r in after["campaign_step"]) == sorted(
+        (r[0], 1, 0, "days") for r in before["campaign"])
+    assert {r[-1] for r in after["send_log"]} == {1} and {r[-1] for r in after["variant"]} == {1}
     assert backup.verify(path).revision == HEAD  # integrity, foreign keys, counts = recounts
     # New sends on the upgraded file: nobody sent (or maybe sent) before gets mail again,
     # and the trigger-kept counts still equal a recount afterwards.
@@ -258,8 +262,9 @@ def test_first_run_on_an_empty_file_builds_the_schema_by_the_migrations(tmp_path
     assert f"an empty database -> {HEAD}" in result.output
     made = schema_of(tmp_path / "new.db", skip=set())
     old = schema_of(load_fixture(tmp_path / "old.db"))
-    # Revisions 0004, 0005 and 0007 added columns.
-    altered = {("table", "user"), ("table", "lead"), ("table", "send_log"), ("table", "campaign_lead")}
+    # Revisions 0004, 0005, 0007 and 0008 added columns (0008 also re-keyed variant's UNIQUE).
+    altered = {("table", "user"), ("table", "lead"), ("table", "send_log"), ("table", "campaign_lead"),
+               ("table", "campaign"), ("table", "variant")}
     assert {k: v for k, v in made.items() if k in old and k not in altered} == {
         k: v for k, v in old.items() if k not in altered}  # the same tables as an upgraded file
     assert "session_generation" in made[("table", "user")] and "disabled" in made[("table", "user")]

@@ -11,8 +11,8 @@ from models import SendLog
 from storage.database import immediate
 
 
-def _send_log_row(campaign_id: int, lead_id: int, letter: str) -> dict:
-    return dict(campaign_id=campaign_id, lead_id=lead_id, variant_letter=letter,
+def _send_log_row(campaign_id: int, lead_id: int, letter: str, step: int = 1) -> dict:
+    return dict(campaign_id=campaign_id, lead_id=lead_id, variant_letter=letter, step=step,
                 status="sent", trigger="cli", worker="test:1")
 
 
@@ -32,13 +32,26 @@ def test_db_rejects_second_row_even_with_another_variant(engine):
         conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "B")))
 
 
+def test_db_rejects_second_row_for_the_same_step_of_a_sequence(engine):
+    cid = make_campaign(engine, 1)
+    with immediate(engine) as conn:
+        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "A", step=1)))
+        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "A", step=2)))  # next step: fine
+        conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, "B", step=3)))
+    for letter in "AB":
+        with pytest.raises(IntegrityError, match="UNIQUE"), immediate(engine) as conn:
+            conn.execute(insert(SendLog.__table__).values(_send_log_row(cid, 1, letter, step=2)))
+
+
 def test_unique_index_is_declared_on_the_incidents_key(engine):
     with engine.connect() as conn:
         indexes = conn.execute(text("PRAGMA index_list('send_log')")).all()
         unique = {row.name for row in indexes if row.unique}
         columns = {name: [c.name for c in conn.execute(text(f"PRAGMA index_info('{name}')"))]
                    for name in unique}
-    assert ["campaign_id", "lead_id", "variant_letter"] in columns.values()
+    # The incident's key, per step of a sequence; and one row per (campaign, lead, step).
+    assert ["campaign_id", "lead_id", "step", "variant_letter"] in columns.values()
+    assert ["campaign_id", "lead_id", "step"] in columns.values()
 
 
 def test_every_connection_has_wal_full_sync_foreign_keys_and_busy_timeout(engine):

@@ -38,10 +38,21 @@ from sqlalchemy import delete, select
 import sender
 from app import create_app
 from conftest import app_config
-from core import campaigns, importer, leads
+from core import campaigns, importer, leads, sequences
 from delivery import lease as leases
 from delivery.transport import Result
-from models import Campaign, CampaignLead, ClaimHeartbeat, Lead, SendLog, Suppression, Variant, db
+from models import (
+    Campaign,
+    CampaignLead,
+    CampaignStep,
+    ClaimHeartbeat,
+    DelayUnit,
+    Lead,
+    SendLog,
+    Suppression,
+    Variant,
+    db,
+)
 from storage import schema
 from storage.database import immediate
 
@@ -61,18 +72,21 @@ class Flight:
 
 @dataclass
 class World:
-    delivered: dict[int, int] = field(default_factory=dict)  # lead id -> messages the server got
+    delivered: dict[tuple[int, int], int] = field(default_factory=dict)  # (lead, step) -> messages got
+    stopped_at: dict[int, datetime] = field(default_factory=dict)  # lead -> when a stop was recorded
 
 
 class SendMachine(RuleBasedStateMachine):
     engine = None
     config: sender.Settings
+    STEPS = 1  # steps of the campaign's sequence
 
     def __init__(self) -> None:
         super().__init__()
         engine = type(self).engine
         with immediate(engine) as conn:
-            for table in (SendLog, CampaignLead, Variant, Campaign, Lead, ClaimHeartbeat, Suppression):
+            for table in (SendLog, CampaignLead, Variant, CampaignStep, Campaign, Lead, ClaimHeartbeat,
+                          Suppression):
                 conn.execute(delete(table.__table__))
         self.cid = campaigns.create(engine, name="m", from_address="team@sendonce.test", interval_seconds=0)
         campaigns.add_variant(engine, self.cid, "A", "Hi", "Hello {{ first_name }}")
@@ -115,8 +129,8 @@ class SendMachine(RuleBasedStateMachine):
         if self.now >= flight.claimed_at + timedelta(seconds=self.config.send_deadline):
             return
         flight.dot_sent = True
-        lead = flight.claim.lead_id
-        self.world.delivered[lead] = self.world.delivered.get(lead, 0) + 1
+        key = (flight.claim.lead_id, flight.claim.step)
+        self.world.delivered[key] = self.world.delivered.get(key, 0) + 1
 
     def _still_ours(self, claim: sender.Claim) -> bool:
         with self.engine.connect() as conn:
@@ -170,11 +184,11 @@ class SendMachine(RuleBasedStateMachine):
     @rule(index=st.integers(0, 9))
     def person_decides(self, index):
         with self.engine.connect() as conn:
-            unknown = conn.execute(select(SendLog.id, SendLog.lead_id)
+            unknown = conn.execute(select(SendLog.id, SendLog.lead_id, SendLog.step)
                                    .where(SendLog.status == "unknown").order_by(SendLog.id)).all()
         if unknown:
-            log_id, lead = unknown[index % len(unknown)]
-            arrived = self.world.delivered.get(lead, 0) > 0  # the server's log says
+            log_id, lead, step = unknown[index % len(unknown)]
+            arrived = self.world.delivered.get((lead, step), 0) > 0  # the server's log says
             sender.resolve_unknown(self.engine, self.config, log_id, "mark-sent" if arrived else "send-again",
                                    "person", self.now)
 
@@ -199,7 +213,7 @@ class SendMachine(RuleBasedStateMachine):
             return
         while self.flying:  # every claimer reports
             self.outcome(0, "answer")
-        for _ in range(N_LEADS * 4):  # the drain: time, sweeps, a person, ticks, claimers
+        for _ in range(N_LEADS * 4 * self.STEPS):  # the drain: time, sweeps, a person, ticks, claimers
             self.now += timedelta(seconds=self.config.stale_seconds + self.config.heartbeat_stale + 1)
             self.sweep(False)
             for i in range(N_LEADS):
@@ -263,3 +277,65 @@ def test_the_issues_interleavings(machine, steps):
         world.nobody_gets_two()
         world.nobody_is_stranded()
     world.teardown()
+
+
+# --- sequences (#17): the same world with three steps and stops ------------------------------
+
+DELAYS = {2: 30, 3: 1000}  # seconds after the previous step
+
+
+class SequenceMachine(SendMachine):
+    """Steps x stops x outcomes: besides the above, no step twice, never before its delay or
+    the previous step's `sent`, and nothing claimed for a lead after its stop was recorded."""
+
+    STEPS = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        for step, seconds in DELAYS.items():
+            sequences.add_step(self.engine, self.cid, amount=seconds, unit=DelayUnit.SECONDS, subject="s",
+                               body=f"step {step}", now=self.now)
+
+    @rule()
+    def stop(self):
+        # A reply (or a person) stops the lead, whatever it is doing.
+        lead = 1
+        sequences.stop(self.engine, self.cid, lead, "replied", self.now)
+        self.world.stopped_at.setdefault(lead, self.now)
+
+    @rule(checked=st.booleans())
+    def claim(self, checked):
+        before = len(self.flying)
+        super().claim(checked)
+        if len(self.flying) == before:
+            return
+        claim = self.flying[-1].claim
+        assert claim.lead_id not in self.world.stopped_at, "claimed after its stop"
+        if claim.step > 1:
+            with self.engine.connect() as conn:
+                previous = conn.execute(select(SendLog.status, SendLog.sent_at).where(
+                    SendLog.lead_id == claim.lead_id, SendLog.step == claim.step - 1)).one()
+            assert previous.status == "sent", f"step {claim.step} claimed after a {previous.status} step"
+            assert previous.sent_at + timedelta(seconds=DELAYS[claim.step]) <= self.now, "before its delay"
+
+    @invariant()
+    def steps_arrive_in_order(self):
+        for (lead, step) in self.world.delivered:
+            assert step == 1 or (lead, step - 1) in self.world.delivered, f"step {step} without {step - 1}"
+
+
+@pytest.fixture
+def sequence_machine(machine):
+    """SequenceMachine on the machine fixture's database."""
+    SequenceMachine.engine, SequenceMachine.config = machine.engine, machine.config
+    try:
+        yield SequenceMachine
+    finally:
+        SequenceMachine.engine = None
+
+
+@pytest.mark.slow
+def test_no_interleaving_of_steps_stops_and_outcomes_breaks_a_sequence(sequence_machine):
+    runs = settings(max_examples=200, stateful_step_count=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+    run_state_machine_as_test(sequence_machine, settings=runs)

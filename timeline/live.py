@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, and_, func, literal_column, select, type_coerce
+from sqlalchemy import String, and_, func, inspect, literal_column, select, type_coerce
 from sqlalchemy.engine import Connection
 
 from models import Lead, SendLog, timeline_hour
@@ -94,7 +94,7 @@ def overview(conn: Connection, scope: Scope) -> tuple[Analysis, int, list[Bucket
         return analysis, minutes, summary_buckets(conn, scope, minutes)
     analysis = live_analyse(conn, scope)
     minutes = bucket_minutes(analysis.first_send_at, analysis.last_send_at)
-    duplicates = [SendEvent(at, g.campaign, g.lead, g.variant)
+    duplicates = [SendEvent(at, g.campaign, g.lead, g.variant, step=g.step)
                   for g in analysis.duplicate_groups for at in g.times]
     return analysis, minutes, live_buckets(conn, scope, minutes, duplicates)
 
@@ -108,21 +108,31 @@ def _distinct(conn: Connection, columns: list, conditions: list) -> int:
     return conn.execute(select(func.count()).select_from(grouped)).scalar_one()
 
 
-_KEY = [SendLog.campaign_id, SendLog.lead_id, SendLog.variant_letter]
+def _keys(conn: Connection) -> tuple[list, list]:
+    """The exact key (campaign, lead, step, variant) and the recipient's (campaign, lead, step):
+    two steps of a sequence are two mails, never a duplicate (#17). A send_log without a step
+    column (a copy from before revision 0008, a forensic table) has one message a lead."""
+    if any(c["name"] == "step" for c in inspect(conn).get_columns("send_log")):
+        return [SendLog.campaign_id, SendLog.lead_id, SendLog.step, SendLog.variant_letter], \
+            [SendLog.campaign_id, SendLog.lead_id, SendLog.step]
+    return [SendLog.campaign_id, SendLog.lead_id, SendLog.variant_letter], \
+        [SendLog.campaign_id, SendLog.lead_id]
 
 
 def duplicate_events(conn: Connection, scope: Scope) -> list[SendEvent]:
     """Every send of every key sent more than once (empty while the unique index holds)."""
-    keys = select(*_KEY).where(*scope.where()).group_by(*_KEY).having(func.count() > 1) \
+    key = _keys(conn)[0]
+    keys = select(*key).where(*scope.where()).group_by(*key).having(func.count() > 1) \
         .limit(MAX_DUPLICATE_KEYS).subquery()
-    rows = conn.execute(select(SendLog.claimed_at, *_KEY, SendLog.trigger, SendLog.worker)
-                        .join(keys, and_(*(c == keys.c[c.name] for c in _KEY))).where(*scope.where()))
+    rows = conn.execute(select(SendLog.claimed_at, *key, SendLog.trigger, SendLog.worker)
+                        .join(keys, and_(*(c == keys.c[c.name] for c in key))).where(*scope.where()))
     return [_event(row) for row in rows]
 
 
 def _event(row) -> SendEvent:
+    step = getattr(row, "step", None)
     return SendEvent(row.claimed_at, str(row.campaign_id), str(row.lead_id), row.variant_letter,
-                     row.trigger, row.worker)
+                     row.trigger, row.worker, "" if step is None else str(step))
 
 
 def median_interval(conn: Connection, scope: Scope) -> float | None:
@@ -159,11 +169,12 @@ def live_analyse(conn: Connection, scope: Scope) -> Analysis:
     total, first, last = conn.execute(select(func.count(), func.min(SendLog.claimed_at),
                                              func.max(SendLog.claimed_at)).where(*where)).one()
     dup_analysis = analyse_events(duplicate_events(conn, scope))
-    unique_keys = _distinct(conn, _KEY, where)
+    exact, recipient = _keys(conn)
+    unique_keys = _distinct(conn, exact, where)
     duplicates = total - unique_keys
     split = dup_analysis.split_at  # the first repeated key's first send
     before = _count(conn, *where, SendLog.claimed_at < split) if split else total
-    unique_leads = _distinct(conn, _KEY[:2], where)
+    unique_leads = _distinct(conn, recipient, where)
     return Analysis(
         total_sends=total, unique_keys=unique_keys,
         unique_leads=unique_leads, duplicate_sends=duplicates,
@@ -174,7 +185,7 @@ def live_analyse(conn: Connection, scope: Scope) -> Analysis:
         median_interval_seconds=median_interval(conn, scope),
         clusters=dup_analysis.clusters, first_send_at=first, last_send_at=last,
         cluster_seconds=dup_analysis.cluster_seconds, split_at=split,
-        other_view_duplicates=total - unique_leads,  # send_log has no step: the recipient view
+        other_view_duplicates=total - unique_leads,  # the recipient view: (campaign, lead, step)
         bursts=[replace(b, sends=_count(conn, *where, SendLog.campaign_id == int(b.campaign),
                                         SendLog.claimed_at.between(b.start, b.end)))
                 for b in dup_analysis.bursts],  # a burst's sends include those of unrepeated keys
@@ -353,7 +364,7 @@ def summary_analyse(conn: Connection, scope: Scope) -> Analysis:
         before=Totals(total, total, 0), after=Totals(0, 0, 0),
         duplicate_second_histogram={}, median_interval_seconds=median_interval(conn, scope),
         clusters=[], first_send_at=first, last_send_at=last, cluster_seconds=nothing.cluster_seconds,
-        other_view_duplicates=0,  # the unique index holds: one row per (campaign, lead) too
+        other_view_duplicates=0,  # the unique index holds: one row per (campaign, lead, step) too
     )
 
 

@@ -126,7 +126,9 @@ def _mark(conn: Connection, enrollment, row: LogRow, source: str, target: Enroll
                 "smtp_reply": f"reconciled: may have been delivered per {source}, line {row.line}; "
                               "decide with resolve"}
     note["next_attempt_at"] = None
-    key = (SendLog.campaign_id == enrollment.campaign_id, SendLog.lead_id == enrollment.lead_id)
+    # An exported log names no step: it reconciles step 1, the campaign's message before #17.
+    key = (SendLog.campaign_id == enrollment.campaign_id, SendLog.lead_id == enrollment.lead_id,
+           SendLog.step == 1)
     if conn.execute(update(SendLog).where(*key).values(**note)).rowcount == 0:
         conn.execute(insert(SendLog).values(
             campaign_id=enrollment.campaign_id, lead_id=enrollment.lead_id,

@@ -182,7 +182,8 @@ _PAUSED_AFTER = re.compile(r"(\d+) failed sends in a row; last: (.*)", re.DOTALL
 LABELS = {
     "trigger": {"scheduler": _l("scheduler"), "button": _l("button"), "cli": _l("command line")},
     "suppression": {"manual": _l("added by hand"), "unsubscribed": _l("unsubscribed"),
-                    "bounce": _l("address rejected by the server"), "erased": _l("erased on request (GDPR)")},
+                    "bounce": _l("address rejected by the server"), "erased": _l("erased on request (GDPR)"),
+                    "domain": _l("whole domain")},
     # Form fields as the session-expired page names them when it gives a draft back.
     "field": {"subject": _l("Subject"), "body": _l("Body"), "name": _l("Name"), "tag": _l("tag"),
               "from_name": _l("Sender name"), "detail": _l("Note"), "first_name": _l("First name"),

@@ -27,7 +27,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, Optional, Regexp
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from core import campaigns, leads, mailboxes
+from core import campaigns, leads, mailboxes, sequences
 from core.leads import check_email, normalize_email
 from delivery import messages, templating
 from delivery.transport import make_transport
@@ -99,6 +99,7 @@ class TestForm(FlaskForm):
 
 
 MAX_TEST_ADDRESSES = 10
+SHOWN_ELSEWHERE = 20  # leads active in another campaign listed before enrolling
 
 
 def typed_addresses(text: str) -> list[str]:
@@ -240,7 +241,7 @@ def _enrolled(campaign_id: int) -> int:
 
 
 def _variant(campaign_id: int, letter: str) -> Variant | None:
-    return db.session.scalar(select(Variant).where(Variant.campaign_id == campaign_id,
+    return db.session.scalar(select(Variant).where(Variant.campaign_id == campaign_id, Variant.step == 1,
                                                    Variant.letter == letter.upper()))
 
 
@@ -372,13 +373,17 @@ def enroll(campaign_id: int):
         abort(400)
     campaign = db.session.get(Campaign, campaign_id) or abort(404)
     tag = (request.form.get("tag") or "").strip()
+    skip_elsewhere = request.form.get("skip_elsewhere") == "1"
+    elsewhere, listed = sequences.active_elsewhere(db.engine, campaign_id, tag or None,
+                                                   limit=None if skip_elsewhere else SHOWN_ELSEWHERE)
     if request.form.get("confirm") != "1":
         # 23,054 leads enrolled by a click on an empty tag field: say how many first.
         matched, new = campaigns.count_enrollable(db.engine, campaign_id, tag or None)
         return render_template("enroll_confirm.html", campaign=campaign, tag=tag, matched=matched,
-                               new=new, action=ActionForm())
+                               new=new, action=ActionForm(), elsewhere=elsewhere, listed=listed)
     try:
-        added, _matched = campaigns.enroll_leads(db.engine, campaign_id, tag or None)
+        skip = {e.lead_id for e in listed} if skip_elsewhere else set()
+        added, _matched = campaigns.enroll_leads(db.engine, campaign_id, tag or None, skip=skip)
         flash(_("%(n)d leads enrolled.", n=added), "ok")
     except campaigns.CampaignError as exc:
         flash(str(exc), "error")

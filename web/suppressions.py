@@ -9,11 +9,11 @@ from flask_login import login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from sqlalchemy import func, select
-from wtforms import EmailField, StringField
+from wtforms import StringField, ValidationError
 from wtforms.validators import DataRequired, Email, Length
 
 from core import importer
-from core.suppressions import import_csv, suppress
+from core.suppressions import domain_entry, import_csv, suppress
 from models import Suppression, db
 from storage.database import immediate, write_session
 from storage.timeutil import utcnow
@@ -23,9 +23,23 @@ bp = Blueprint("suppression", __name__)
 SHOWN_REJECTED = 10  # rejected lines listed one by one after an import; the rest are counted
 
 
+def _is_domain(text: str) -> bool:
+    return "@" not in text.strip().lstrip("@")
+
+
 class AddForm(FlaskForm):
-    email = EmailField(_l("Address"), validators=[DataRequired(), Email()])
+    # An address, or a whole domain ("@firma.pl" or "firma.pl": a company, a competitor; #17).
+    email = StringField(_l("Address or @domain"), validators=[DataRequired(), Length(max=320)])
     detail = StringField(_l("Note"), validators=[Length(max=500)])
+
+    def validate_email(self, field) -> None:
+        if _is_domain(field.data):
+            try:
+                domain_entry(field.data)
+            except ValueError as exc:
+                raise ValidationError(_("Not a domain: %(text)s", text=field.data.strip())) from exc
+        else:
+            Email()(self, field)
 
 
 class ImportForm(FlaskForm):
@@ -38,10 +52,12 @@ def index():
     """The list (searchable, 50 a page) with the add and import forms."""
     form, upload = AddForm(), ImportForm()
     if form.validate_on_submit():
+        entry = domain_entry(form.email.data) if _is_domain(form.email.data) else form.email.data
         with immediate(db.engine) as conn:
-            added = suppress(conn, form.email.data, "manual", form.detail.data or "", utcnow())
-        flash(_("%(email)s will not be mailed again.", email=form.email.data.strip().lower())
-              if added else _("%(email)s was suppressed already.", email=form.email.data), "ok")
+            added = suppress(conn, entry, "domain" if entry.startswith("@") else "manual",
+                             form.detail.data or "", utcnow())
+        flash(_("%(email)s will not be mailed again.", email=entry.strip().lower())
+              if added else _("%(email)s was suppressed already.", email=entry.strip().lower()), "ok")
         return redirect(url_for("suppression.index"))
     q = request.args.get("q", "").strip()
     page = page_arg()
