@@ -81,8 +81,10 @@ def _verify(conn: sqlite3.Connection) -> Verified:
         raise BackupError("not a SendOnce database (no campaign_lead table)")
     if conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
         raise BackupError("a foreign key is broken (PRAGMA foreign_key_check)")
+    # A backup taken before upgrading (the README's advice) has no step column: one step.
+    step = "s.step" if any(c[1] == "step" for c in conn.execute("PRAGMA table_info(send_log)")) else "1"
     for name, sql in CHECKS.items():
-        bad = conn.execute(sql).fetchone()[0]
+        bad = conn.execute(sql.replace("{step}", step)).fetchone()[0]
         if bad:
             raise BackupError(f"{bad} rows break the rule: {name}")
     found = Verified(counts={t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables})
@@ -105,7 +107,7 @@ CHECKS = {
     "every send_log row has its enrollment, with the same variant":
         "SELECT count(*) FROM send_log s LEFT JOIN campaign_lead cl ON cl.campaign_id = s.campaign_id "
         "AND cl.lead_id = s.lead_id "
-        "WHERE cl.id IS NULL OR (s.step = 1 AND cl.variant_letter <> s.variant_letter)",
+        "WHERE cl.id IS NULL OR ({step} = 1 AND cl.variant_letter <> s.variant_letter)",
     f"{schema.COUNTS} equals a recount of campaign_lead": _differences(
         f"SELECT campaign_id, state, n FROM {schema.COUNTS} WHERE n <> 0",
         "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"),
