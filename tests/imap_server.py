@@ -1,0 +1,189 @@
+"""A throwaway Dovecot (Debian's dovecot-imapd/-lmtpd) for the reply tests: one per session.
+
+Own config in a mkdtemp folder (0755: the auth process runs as `dovecot` and must read the
+passwd file), passwd-file users, Maildir, free ports for IMAP and LMTP, `dovecot -F`
+in the foreground, stopped at the end (/work/shared/NOTES.md, "A real IMAP server").
+Mail arrives as an MTA delivers it (LMTP) or by IMAP APPEND.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from imapclient import IMAPClient
+
+from tests.smtp_sink import free_port
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+CONFIG = """\
+base_dir = {dir}/run
+state_dir = {dir}/state
+instance_name = dovecot-test-{imap}
+log_path = {dir}/dovecot.log
+protocols = imap lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_internal_user = {internal}
+default_internal_group = {internal_group}
+default_login_user = {login}
+first_valid_uid = {first_uid}
+mail_location = maildir:~/Maildir
+mail_uid = {mail_user}
+mail_gid = {mail_group}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {dir}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {dir}/passwd
+  default_fields = home={dir}/mail/%d/%n
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {lmtp}
+  }}
+}}
+"""
+
+
+def _identity() -> dict[str, object]:
+    """Who Dovecot's processes run as: Debian's users as root, ourselves otherwise."""
+    if os.getuid() == 0:
+        return {"internal": "dovecot", "internal_group": "dovecot", "login": "dovenull",
+                "first_uid": 65534, "mail_user": "nobody", "mail_group": "nogroup"}
+    me = pwd.getpwuid(os.getuid())
+    group = subprocess.run(["id", "-gn"], capture_output=True, text=True, check=True).stdout.strip()
+    return {"internal": me.pw_name, "internal_group": group, "login": me.pw_name,
+            "first_uid": os.getuid(), "mail_user": me.pw_name, "mail_group": group}
+
+
+class Dovecot:
+    """One running Dovecot: add users, deliver mail, read flags."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="sendonce-dovecot-"))
+        self.dir.chmod(0o755)
+        self.proc: subprocess.Popen | None = None
+        self.imap_port = self.lmtp_port = 0
+        self.users: dict[str, str] = {}
+
+    def start(self, attempts: int = 5) -> Dovecot:
+        """Start in the foreground on free ports (retried on a port clash); wait for `* OK`."""
+        (self.dir / "passwd").write_text("")
+        mail = self.dir / "mail"
+        mail.mkdir(exist_ok=True)
+        if os.getuid() == 0:
+            shutil.chown(mail, "nobody", "nogroup")
+        for _ in range(attempts):
+            self.imap_port, self.lmtp_port = free_port(), free_port()
+            conf = self.dir / "dovecot.conf"
+            conf.write_text(CONFIG.format(dir=self.dir, imap=self.imap_port, lmtp=self.lmtp_port,
+                                          **_identity()))
+            self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE)
+            if self._ready():
+                return self
+            self.stop()
+        log = self.dir / "dovecot.log"
+        raise RuntimeError(f"dovecot did not start: {log.read_text() if log.exists() else ''}")
+
+    def _ready(self, timeout: float = 10) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.imap_port), timeout=1) as sock:
+                    if sock.recv(100).startswith(b"* OK"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        """SIGTERM, wait (about a second), and forget the process."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        """Stop and remove the folder."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def add_user(self, address: str, password: str) -> None:
+        """A new mailbox user (passwd-file is re-read when it changes)."""
+        self.users[address] = password
+        lines = "".join(f"{user}:{secret}::::::\n" for user, secret in self.users.items())
+        passwd = self.dir / "passwd"
+        tmp = passwd.with_suffix(".tmp")
+        tmp.write_text(lines)
+        tmp.chmod(0o644)
+        os.replace(tmp, passwd)
+
+    def deliver(self, to: str, message: bytes, sender: str = "mta@example.net") -> None:
+        """Deliver as an MTA would: LMTP to INBOX."""
+        with smtplib.LMTP("127.0.0.1", self.lmtp_port) as lmtp:
+            lmtp.sendmail(sender, [to], message)
+
+    def client(self, user: str) -> IMAPClient:
+        """A logged-in IMAP client (the test's own, not the reader's)."""
+        client = IMAPClient("127.0.0.1", port=self.imap_port, ssl=False, timeout=10)
+        client.login(user, self.users[user])
+        return client
+
+    def append(self, user: str, message: bytes, folder: str = "INBOX", flags: tuple = ()) -> None:
+        """APPEND a message (creating the folder if needed), with flags."""
+        with self.client(user) as imap:
+            if not imap.folder_exists(folder):
+                imap.create_folder(folder)
+            imap.append(folder, message, flags=flags)
+
+    def snapshot(self, user: str) -> dict[str, object]:
+        """Every folder's UIDVALIDITY and every message's (uid, flags, size), read read-only."""
+        found: dict[str, object] = {}
+        with self.client(user) as imap:
+            for _flags, _sep, name in imap.list_folders():
+                status = imap.select_folder(name, readonly=True)
+                data = imap.fetch(imap.search("ALL"), ["FLAGS", "RFC822.SIZE"]) if status[b"EXISTS"] else {}
+                found[name] = (status[b"UIDVALIDITY"],
+                               sorted((uid, tuple(sorted(d[b"FLAGS"])), d[b"RFC822.SIZE"])
+                                      for uid, d in data.items()))
+        return found
