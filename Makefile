@@ -34,8 +34,15 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# The reply tests read a throwaway Dovecot (tests/imap_server.py); Debian's policy-rc.d
+# keeps the system service from starting.
+DOVECOT := /usr/sbin/dovecot
+$(DOVECOT):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd dovecot-lmtpd
+
 ## make test: install what the tests need, run the whole suite (slow group included).
-test: $(VENV)/.dev translations $(CHROMIUM)
+test: $(VENV)/.dev translations $(CHROMIUM) $(DOVECOT)
 	$(PY) -m pytest
 
 ## make bench: engine, SMTP, import and pages against bare ceilings; appends BENCHMARKS.md.

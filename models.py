@@ -457,7 +457,8 @@ class InboundMessage(db.Model):
     # Plain text only (HTML converted, the quoted thread cut), shortened; never rendered as HTML.
     snippet: Mapped[str] = mapped_column(Text, default="")
     return_date: Mapped[datetime | None] = mapped_column(default=None)  # an auto-reply's "back on"
-    label: Mapped[str | None] = mapped_column(String(16), default=None)  # interested | not_interested | not_a_reply
+    # A person's judgement: interested | not_interested | not_a_reply.
+    label: Mapped[str | None] = mapped_column(String(16), default=None)
     labelled_by: Mapped[str | None] = mapped_column(String(320), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -20,10 +20,12 @@ from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
 
+from core import replies
 from delivery import lease as leases
 from delivery.transport import make_transport
 from models import Trigger, db
 from sender import BatchResult, Settings, tick
+from storage.secrets import Vault
 from storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -55,10 +57,34 @@ class Ticker:
             results = self.tick() or {}
         except Exception:  # noqa: BLE001 - a job must not die; the lease makes retry safe
             log.exception("tick failed")
-            return
+            results = {}
         for cid, batch in results.items():  # the whole process may not send: say so every tick
             if batch.stopped_by is not None and batch.stopped_by.code in ("schema_mismatch", "maintenance"):
                 log.error("campaign %s not sent: %s", cid, batch.stopped_by)
+        self.safe_read_replies()
+
+    def read_replies(self, mailbox_id: int | None = None) -> list[replies.ReadResult] | None:
+        """Renew or take the lease, then read replies and bounces of every mailbox with an
+        IMAP host (or one); None if another process holds the lease."""
+        with self._lock, self.app.app_context():
+            config = self.app.config
+            seconds = Settings.from_config(config).lease_seconds
+            self.lease = leases.acquire(db.engine, self.holder, utcnow(), seconds)
+            if self.lease is None:
+                return None
+            try:
+                return replies.read_all(db.engine, Vault(config["MAILBOX_KEY_FILE"]),
+                                        replies.ReaderOptions.from_config(config), self.lease, mailbox_id)
+            except replies.LeaseLost:  # a newer holder reads from here; what we committed stays
+                log.warning("scheduler lease lost while reading replies; stopped")
+                return []
+
+    def safe_read_replies(self) -> None:
+        """After each tick: a failing read is logged and the next tick reads again."""
+        try:
+            self.read_replies()
+        except Exception:  # noqa: BLE001 - a job must not die; each message commits alone
+            log.exception("reading replies failed")
 
     def release(self) -> None:
         """Give the lease back (clean shutdown), so another process takes over at once."""

@@ -8,7 +8,7 @@ import click
 from flask import Flask
 from sqlalchemy.exc import OperationalError
 
-from cli import campaigns, operations, sending, setup, timeline
+from cli import campaigns, operations, replies, sending, setup, timeline
 from cli.terminal import visible_lines
 
 
@@ -21,6 +21,7 @@ def register(app: Flask) -> None:
                     operations.restore_command, operations.reconcile_command):
         app.cli.add_command(_database_errors_in_one_line(command))
     app.cli.add_command(_database_errors_in_one_line(campaigns.campaign_group))
+    app.cli.add_command(_database_errors_in_one_line(replies.replies_group))
 
 
 def _database_errors_in_one_line(command: click.Command) -> click.Command:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from imapclient import IMAPClient
@@ -169,12 +170,13 @@ class Dovecot:
         client.login(user, self.users[user])
         return client
 
-    def append(self, user: str, message: bytes, folder: str = "INBOX", flags: tuple = ()) -> None:
-        """APPEND a message (creating the folder if needed), with flags."""
+    def append(self, user: str, message: bytes, folder: str = "INBOX", flags: tuple = (),
+               received: datetime | None = None) -> None:
+        """APPEND a message (creating the folder if needed), with flags and an INTERNALDATE."""
         with self.client(user) as imap:
             if not imap.folder_exists(folder):
                 imap.create_folder(folder)
-            imap.append(folder, message, flags=flags)
+            imap.append(folder, message, flags=flags, msg_time=received)
 
     def snapshot(self, user: str) -> dict[str, object]:
         """Every folder's UIDVALIDITY and every message's (uid, flags, size), read read-only."""
