@@ -56,6 +56,9 @@ def connect(settings: ImapSettings) -> IMAPClient:
         client = IMAPClient(settings.host, port=settings.port, ssl=settings.security == "ssl",
                             ssl_context=context if settings.security == "ssl" else None,
                             timeout=settings.timeout)
+    except (OSError, IMAPClientError) as exc:
+        raise ImapError(f"{settings.host}:{settings.port}: {exc}") from exc
+    try:
         client.normalise_times = False  # aware INTERNALDATEs: we store UTC
         if settings.security == "starttls":
             client.starttls(context)
@@ -64,8 +67,14 @@ def connect(settings: ImapSettings) -> IMAPClient:
         else:
             client.login(settings.username, settings.secret)
     except (OSError, IMAPClientError) as exc:
-        raise ImapError(f"{settings.host}:{settings.port}: {exc}") from exc
+        close(client)
+        raise ImapError(f"{settings.host}:{settings.port}: {_text(exc)}") from exc
     return client
+
+
+def _text(exc: Exception) -> str:
+    text = str(exc)
+    return text[2:-1] if text.startswith(("b'", 'b"')) else text
 
 
 def examine(client: IMAPClient, folder: str) -> int:

@@ -24,6 +24,7 @@ from imapclient import IMAPClient
 from tests.smtp_sink import free_port
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+POOL = 200  # mailbox users made at the start, handed out one a test
 
 CONFIG = """\
 base_dir = {dir}/run
@@ -35,6 +36,7 @@ listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_failure_delay = 0
 default_internal_user = {internal}
 default_internal_group = {internal_group}
 default_login_user = {login}
@@ -88,18 +90,22 @@ def _identity() -> dict[str, object]:
 
 
 class Dovecot:
-    """One running Dovecot: add users, deliver mail, read flags."""
+    """One running Dovecot: users, mail delivery, flags read read-only."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="sendonce-dovecot-"))
         self.dir.chmod(0o755)
         self.proc: subprocess.Popen | None = None
         self.imap_port = self.lmtp_port = 0
-        self.users: dict[str, str] = {}
+        self.users: dict[str, str] = {}  # handed out
+        self._pool: dict[str, str] = {}
 
     def start(self, attempts: int = 5) -> Dovecot:
         """Start in the foreground on free ports (retried on a port clash); wait for `* OK`."""
-        (self.dir / "passwd").write_text("")
+        self._pool = {f"sales{n}@firma.pl": f"secret-{n}" for n in range(1, POOL + 1)}
+        passwd = self.dir / "passwd"
+        passwd.write_text("".join(f"{user}:{secret}::::::\n" for user, secret in self._pool.items()))
+        passwd.chmod(0o644)
         mail = self.dir / "mail"
         mail.mkdir(exist_ok=True)
         if os.getuid() == 0:
@@ -149,15 +155,15 @@ class Dovecot:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def add_user(self, address: str, password: str) -> None:
-        """A new mailbox user (passwd-file is re-read when it changes)."""
-        self.users[address] = password
-        lines = "".join(f"{user}:{secret}::::::\n" for user, secret in self.users.items())
-        passwd = self.dir / "passwd"
-        tmp = passwd.with_suffix(".tmp")
-        tmp.write_text(lines)
-        tmp.chmod(0o644)
-        os.replace(tmp, passwd)
+    def new_user(self) -> tuple[str, str]:
+        """A mailbox user of its own (address, password) for one test."""
+        # Users are written before the start: Dovecot re-reads a changed passwd-file at
+        # most once a second, so a user added later may not exist yet for a while.
+        address = f"sales{len(self.users) + 1}@firma.pl"
+        if address not in self._pool:
+            raise RuntimeError(f"more than {POOL} users asked for: raise POOL")
+        self.users[address] = self._pool[address]
+        return address, self.users[address]
 
     def deliver(self, to: str, message: bytes, sender: str = "mta@example.net") -> None:
         """Deliver as an MTA would: LMTP to INBOX."""

@@ -54,7 +54,8 @@ def test_a_bounce_names_its_failed_addresses_status_and_the_original_message():
 def test_a_reply_keeps_only_its_newest_part_as_text():
     polish = read_message(sample("reply_pl_gmail.eml"), RECEIVED)
     assert polish.from_address == "lead0001@example.com"  # normalized
-    assert "Jestem zainteresowany" in polish.text and "napisał" not in polish.text and "wypisz" not in polish.text
+    assert "Jestem zainteresowany" in polish.text
+    assert "napisał" not in polish.text and "wypisz" not in polish.text
     outlook = read_message(sample("reply_en_outlook_html.eml"), RECEIVED)  # HTML only
     assert outlook.text.startswith("Thanks, not interested") and "Unsubscribe" not in outlook.text
     assert "color: red" not in outlook.text and "<p>" not in outlook.text
@@ -104,6 +105,6 @@ def test_quoted_lines_are_cut_even_without_a_known_header():
 
 
 def test_a_broken_message_is_still_read():
-    reading = read_message(b"From: =?bad?Q?x\nSubject: \xff\xfe\nContent-Type: text/plain; charset=nonesuch\n\n\xffok",
-                           RECEIVED)
+    raw = b"From: =?bad?Q?x\nSubject: \xff\xfe\nContent-Type: text/plain; charset=nonesuch\n\n\xffok"
+    reading = read_message(raw, RECEIVED)
     assert reading.kind == ReplyKind.REPLY and "ok" in reading.text
