@@ -124,6 +124,8 @@ ACCESS = {
     ("/users/<int:user_id>/disable", "POST"): (302, 302),  # refused: the last active user
     ("/users/<int:user_id>/enable", "POST"): (302, 302),
     ("/users/<int:user_id>/remove", "POST"): (302, 302),  # refused: the last active user
+    ("/replies", "GET"): (302, 200),
+    ("/replies/<int:inbound_id>/label", "POST"): (302, 404),  # nothing was read: no message 1
 }
 PUBLIC = {"/healthz", "/login", "/language", "/static/<path:filename>", "/u/<token>"}
 
@@ -147,7 +149,7 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     client.post("/logout", data={"csrf_token": csrf_token(client.get("/").data)})
     unsubscribe = make_token(app.config["SECRET_KEY"], "lead0002@example.com", cid)
     return {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1, "suppression_id": 1,
-            "user_id": 1, "action": "pause", "filename": "style.css",
+            "user_id": 1, "inbound_id": 1, "action": "pause", "filename": "style.css",
             "tokens": {"leads.mapping": waiting, "leads.rejected": done, "timeline.legacy": legacy,
                        "timeline.map_legacy": legacy, "timeline.delete_legacy": legacy,
                        "unsubscribe.unsubscribe": unsubscribe}}
