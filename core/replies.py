@@ -63,6 +63,7 @@ _lead = Lead.__table__
 _mailbox = Mailbox.__table__
 
 SNIPPET_CHARS = 500
+UNREADABLE = "SendOnce could not read this message: open it in the mail client"
 MAX_DELAY = timedelta(days=30)  # an auto-reply delays a lead at most this long
 LABELS = ("interested", "not_interested", "not_a_reply")
 # Tests set this to pause a reader inside a message's transaction, just before it commits
@@ -512,7 +513,7 @@ def _read_folder(engine: Engine, client: Any, mailbox: Any, folder: str, lease: 
     uidvalidity = imap.examine(client, folder)
     last_uid = _open_cursor(engine, mailbox.id, folder, uidvalidity, lease, options)
     for fetched in imap.fetch(client, imap.uids_after(client, last_uid)):
-        reading = read_message(fetched.raw, fetched.received_at)  # parsed outside the write lock
+        reading = _read_safely(fetched)  # parsed outside the write lock
         now = utcnow()
         with immediate(engine) as conn:
             _fenced(conn, lease, now, options)
@@ -524,6 +525,16 @@ def _read_folder(engine: Engine, client: Any, mailbox: Any, folder: str, lease: 
     with immediate(engine) as conn:
         conn.execute(update(_cursor).where(_cursor.c.mailbox_id == mailbox.id, _cursor.c.folder == folder)
                      .values(read_at=utcnow()))
+
+
+def _read_safely(fetched: imap.Fetched) -> Reading:
+    # A message no parser can read must not block every later one (the cursor would stop
+    # at it forever): it is recorded as "other", for a person to open in the mail client.
+    try:
+        return read_message(fetched.raw, fetched.received_at)
+    except Exception:  # noqa: BLE001 - any parser failure; the message is kept, not lost
+        log.exception("message uid %s could not be read; recorded as other", fetched.uid)
+        return Reading(kind=ReplyKind.OTHER, detail=UNREADABLE)
 
 
 def settings_of(mailbox: Any, vault: Vault, timeout: float) -> imap.ImapSettings:

@@ -415,3 +415,20 @@ def test_rates_per_variant(app, engine, dovecot, box, settings):
     with engine.connect() as conn:
         rates = {r.variant: (r.sent, r.replied, r.bounced) for r in replies.rates(conn, cid)}
     assert rates == {"A": (len(by_letter["A"]), 1, 0), "B": (len(by_letter["B"]), 0, 1)}
+
+
+def test_a_message_no_parser_can_read_is_recorded_and_does_not_block_the_next(app, engine, dovecot, box,
+                                                                              monkeypatch):
+    real = replies.read_message
+
+    def fussy(raw: bytes, received_at):
+        if b"poison" in raw:
+            raise UnicodeError("a parser bug")
+        return real(raw, received_at)
+
+    monkeypatch.setattr(replies, "read_message", fussy)
+    dovecot.deliver(box.address, message("p@example.com", "poison"))
+    dovecot.deliver(box.address, message("q@example.com", "fine"))
+    read(app, engine, box)
+    assert [(r.kind, r.snippet) for r in inbound(engine, box)] == [("other", replies.UNREADABLE),
+                                                                   ("unmatched", "fine")]
