@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import func, select, update
 
 from conftest import app_config, env_for
@@ -432,3 +433,39 @@ def test_a_message_no_parser_can_read_is_recorded_and_does_not_block_the_next(ap
     read(app, engine, box)
     assert [(r.kind, r.snippet) for r in inbound(engine, box)] == [("other", replies.UNREADABLE),
                                                                    ("unmatched", "fine")]
+
+
+@pytest.mark.slow
+def test_the_replies_page_in_a_real_browser_runs_no_mail_content(page, live_server, app, engine, dovecot, box,
+                                                                  settings, screenshot):
+    cid = make_campaign(engine, 2)
+    mailboxes.link(engine, cid, [box.id])
+    (a, a_email), (b, b_email) = send(engine, settings, cid, 2)
+    dovecot.deliver(box.address, sample("reply_plain_hostile.eml", a.message_id,
+                                        **{"lead0003@example.com": a_email}))
+    dovecot.deliver(box.address, sample("reply_html_hostile.eml", b.message_id,
+                                        **{"lead0003@example.com": b_email}))
+    read(app, engine, box)
+    dialogs, requests = [], []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("request", lambda request: requests.append(request.url))
+    log_in(app, app.test_client())  # makes the login
+    page.goto(f"{live_server}/login")
+    page.fill("input[name=email]", "admin@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.click("button[type=submit] >> text=Zaloguj")
+    expect(page.locator("h1")).to_have_text("Kampanie")
+    page.click("nav >> text=Odpowiedzi")
+    page.goto(f"{live_server}/replies?campaign={cid}")
+    expect(page.locator("h1")).to_have_text("Odpowiedzi")
+    plain, html = page.locator("tr", has_text=a_email), page.locator("tr", has_text=b_email)
+    expect(plain.locator(".snippet")).to_have_text(
+        "Sure <script>alert('plain-script')</script><img src=x onerror=alert(1)> let's talk.")
+    expect(html.locator(".snippet")).to_have_text("Call me tomorrow & bring the offer.\n\nclick")
+    plain.get_by_role("button", name="zainteresowany", exact=True).click()
+    expect(page.locator("tr", has_text=a_email).locator("td").last).to_contain_text("zainteresowany")
+    expect(page.locator("tr", has_text=a_email).get_by_role("button", name="zainteresowany", exact=True)
+           ).to_have_count(0)  # the mark set is shown, not offered again
+    screenshot("replies")
+    assert dialogs == []  # no script of a mail ran
+    assert not [url for url in requests if not url.startswith(live_server)]  # nothing fetched from elsewhere
