@@ -30,6 +30,11 @@ def read_command(mailbox_id: int | None) -> None:
     if results is None:
         echo("another process holds the scheduler lease; nothing read")
         return
+    if not results:  # a script asking for one mailbox must learn it was not read
+        if mailbox_id is not None:
+            raise click.ClickException(f"no mailbox {mailbox_id} with an IMAP host; nothing read")
+        echo("no mailbox has an IMAP host; nothing read")
+        return
     for result in results:
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result.kinds.items())) or "nothing new"
         echo(f"mailbox {result.mailbox_id} ({visible(result.address)}): {kinds}"

@@ -546,7 +546,8 @@ def settings_of(mailbox: Any, vault: Vault, timeout: float) -> imap.ImapSettings
 
 def read_mailbox(engine: Engine, vault: Vault, mailbox: Any, options: ReaderOptions,
                  lease: Lease | None = None) -> ReadResult:
-    """One pass over a mailbox's INBOX (and bounce folder), then its bounce-rate guard.
+    """One pass over a mailbox's INBOX (and bounce folder), then, after a new hard bounce, its
+    bounce-rate guard.
 
     Raises LeaseLost when the lease moved (what was committed stays); a mailbox that
     cannot be read gives a result with `error`.
@@ -564,7 +565,8 @@ def read_mailbox(engine: Engine, vault: Vault, mailbox: Any, options: ReaderOpti
         result.error = str(exc)
     finally:
         imap.close(client)
-    result.paused = guard_bounce_rate(engine, mailbox.id, options, lease)
+    if result.kinds[ReplyKind.BOUNCE_HARD]:  # only a new bounce re-judges: a person's resume holds until then
+        result.paused = guard_bounce_rate(engine, mailbox.id, options, lease)
     return result
 
 
@@ -588,7 +590,7 @@ def read_all(engine: Engine, vault: Vault, options: ReaderOptions, lease: Lease 
 # --- the bounce-rate guard ----------------------------------------------------------
 
 
-def bounce_rate(conn: Connection, mailbox_id: int, sends: int) -> int:
+def hard_bounces(conn: Connection, mailbox_id: int, sends: int) -> int:
     """How many of the mailbox's last `sends` sends bounced permanently (a DSN said 5.x.x)."""
     last = (select(_log.c.id).where(_log.c.mailbox_id == mailbox_id)
             .order_by(_log.c.claimed_at.desc(), _log.c.id.desc()).limit(sends).subquery())
@@ -603,14 +605,17 @@ def guard_bounce_rate(engine: Engine, mailbox_id: int, options: ReaderOptions,
     is as alarming); the reason when it paused it."""
     with immediate(engine) as conn:
         _fenced(conn, lease, utcnow(), options)
-        bounced = bounce_rate(conn, mailbox_id, options.guard_sends)
+        bounced = hard_bounces(conn, mailbox_id, options.guard_sends)
         if bounced <= options.guard_rate * options.guard_sends:
             return None
         reason = (f"hard-bounce rate {bounced} of the last {options.guard_sends} sends "
                   f"({100 * bounced / options.guard_sends:.1f} %) is above {100 * options.guard_rate:.1f} %")
         active = (_mailbox.c.id == mailbox_id, _mailbox.c.status == "active")
         paused = conn.execute(update(_mailbox).where(*active).values(status="paused", pause_reason=reason))
-        return reason if paused.rowcount else None
+    if not paused.rowcount:
+        return None
+    log.error("mailbox %s paused: %s", mailbox_id, reason)
+    return reason
 
 
 # --- what pages and the CLI show ------------------------------------------------------

@@ -334,6 +334,13 @@ def test_the_bounce_rate_guard_pauses_the_mailbox(app, engine, dovecot, box, set
         status = conn.execute(select(Mailbox.status, Mailbox.pause_reason).where(Mailbox.id == box.id)).one()
     assert tuple(status) == ("paused", result.paused)
     assert isinstance(claim_next(engine, settings, cid, Trigger.CLI, utcnow()), Refusal)  # it sends no more
+    mailboxes.resume(engine, box.id)  # a person looked and resumed it: it holds until a new bounce
+    dovecot.deliver(box.address, message("someone@example.org", "hello"))
+    assert read(app, engine, box, **guard).paused is None
+    claim, email = sent[2]
+    dovecot.deliver(box.address, sample("dsn_hard_postfix.eml", claim.message_id,
+                                        **{"lead0009@example.com": email}))
+    assert read(app, engine, box, **guard).paused.startswith("hard-bounce rate 3 of the last 10 sends")
 
 
 def test_a_reader_whose_lease_was_taken_over_records_nothing(app, engine, dovecot, box):
@@ -469,3 +476,11 @@ def test_the_replies_page_in_a_real_browser_runs_no_mail_content(page, live_serv
     screenshot("replies")
     assert dialogs == []  # no script of a mail ran
     assert not [url for url in requests if not url.startswith(live_server)]  # nothing fetched from elsewhere
+
+
+def test_reading_a_mailbox_without_an_imap_host_is_a_clear_error(app, engine, runner):
+    mailbox_id = mailboxes.create(engine, Vault(app.config["MAILBOX_KEY_FILE"]), address="anna@firma.pl")
+    out = runner.invoke(args=["replies", "read", "--mailbox", str(mailbox_id)])
+    assert out.exit_code == 1 and f"no mailbox {mailbox_id} with an IMAP host" in out.output
+    out = runner.invoke(args=["replies", "read"])
+    assert out.exit_code == 0 and "no mailbox has an IMAP host" in out.output
