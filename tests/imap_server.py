@@ -1,13 +1,15 @@
 """A throwaway Dovecot (Debian's dovecot-imapd/-lmtpd) for the reply tests: one per session.
 
 Own config in a mkdtemp folder (0755: the auth process runs as `dovecot` and must read the
-passwd file), passwd-file users, Maildir, free ports for IMAP and LMTP, `dovecot -F`
+passwd file), passwd-file users, Maildir, free ports for IMAP (STARTTLS offered), IMAPS and
+LMTP, a certificate for 127.0.0.1 signed by a throwaway CA (`ca_file`), `dovecot -F`
 in the foreground, stopped at the end (/work/shared/NOTES.md, "A real IMAP server").
 Mail arrives as an MTA delivers it (LMTP) or by IMAP APPEND.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import shutil
@@ -16,9 +18,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from imapclient import IMAPClient
 
 from tests.smtp_sink import free_port
@@ -33,7 +39,9 @@ instance_name = dovecot-test-{imap}
 log_path = {dir}/dovecot.log
 protocols = imap lmtp
 listen = 127.0.0.1
-ssl = no
+ssl = yes
+ssl_cert = <{dir}/tls/cert.pem
+ssl_key = <{dir}/tls/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -63,7 +71,9 @@ service imap-login {{
     port = {imap}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps}
+    ssl = yes
   }}
 }}
 service lmtp {{
@@ -76,6 +86,33 @@ service lmtp {{
   }}
 }}
 """
+
+
+def make_certificates(folder: Path) -> Path:
+    """A throwaway CA and a certificate for 127.0.0.1 it signed (key readable by root only);
+    returns the CA file a client must trust."""
+    folder.mkdir(mode=0o755)
+    now = datetime.now(UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SendOnce test CA")])
+    host = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+
+    def signed(builder: x509.CertificateBuilder) -> x509.Certificate:
+        return (builder.issuer_name(ca_name).serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=2))
+                .sign(ca_key, hashes.SHA256()))
+
+    ca = signed(x509.CertificateBuilder().subject_name(ca_name).public_key(ca_key.public_key())
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True))
+    cert = signed(x509.CertificateBuilder().subject_name(host).public_key(key.public_key()).add_extension(
+        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False))
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    private = folder / "key.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    return folder / "ca.pem"
 
 
 def _identity() -> dict[str, object]:
@@ -96,7 +133,8 @@ class Dovecot:
         self.dir = Path(tempfile.mkdtemp(prefix="sendonce-dovecot-"))
         self.dir.chmod(0o755)
         self.proc: subprocess.Popen | None = None
-        self.imap_port = self.lmtp_port = 0
+        self.imap_port = self.imaps_port = self.lmtp_port = 0
+        self.ca_file: Path | None = None  # trust it (SSL_CERT_FILE) to check the server's certificate
         self.users: dict[str, str] = {}  # handed out
         self._pool: dict[str, str] = {}
 
@@ -106,15 +144,16 @@ class Dovecot:
         passwd = self.dir / "passwd"
         passwd.write_text("".join(f"{user}:{secret}::::::\n" for user, secret in self._pool.items()))
         passwd.chmod(0o644)
+        self.ca_file = make_certificates(self.dir / "tls")
         mail = self.dir / "mail"
         mail.mkdir(exist_ok=True)
         if os.getuid() == 0:
             shutil.chown(mail, "nobody", "nogroup")
         for _ in range(attempts):
-            self.imap_port, self.lmtp_port = free_port(), free_port()
+            self.imap_port, self.imaps_port, self.lmtp_port = free_port(), free_port(), free_port()
             conf = self.dir / "dovecot.conf"
-            conf.write_text(CONFIG.format(dir=self.dir, imap=self.imap_port, lmtp=self.lmtp_port,
-                                          **_identity()))
+            conf.write_text(CONFIG.format(dir=self.dir, imap=self.imap_port, imaps=self.imaps_port,
+                                          lmtp=self.lmtp_port, **_identity()))
             self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE)
             if self._ready():

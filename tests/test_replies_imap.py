@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -408,21 +409,20 @@ def log_in_token(client) -> str:
 
 
 def test_rates_per_variant(app, engine, dovecot, box, settings):
-    cid = make_campaign(engine, 4, variants="AB")
+    cid = make_campaign(engine, 6, variants="AB")
     mailboxes.link(engine, cid, [box.id])
-    sent = send(engine, settings, cid, 4)
-    by_letter = {}
-    for claim, email in sent:
-        by_letter.setdefault(claim.variant_letter, []).append((claim, email))
-    (replied, replied_email), = by_letter["A"][:1]
-    (bounced, bounced_email), = by_letter["B"][:1]
+    sent = send(engine, settings, cid, 6)
+    (replied, replied_email), (bounced, bounced_email) = sent[0], sent[1]
     dovecot.deliver(box.address, message(replied_email, "yes", In_Reply_To=replied.message_id))
+    dovecot.deliver(box.address, message(replied_email, "and again", In_Reply_To=replied.message_id))
     dovecot.deliver(box.address, sample("dsn_hard_postfix.eml", bounced.message_id,
                                         **{"lead0009@example.com": bounced_email}))
     read(app, engine, box)
     with engine.connect() as conn:
         rates = {r.variant: (r.sent, r.replied, r.bounced) for r in replies.rates(conn, cid)}
-    assert rates == {"A": (len(by_letter["A"]), 1, 0), "B": (len(by_letter["B"]), 0, 1)}
+    letters = Counter(claim.variant_letter for claim, _ in sent)  # variants are drawn at enrollment
+    assert rates == {letter: (n, int(letter == replied.variant_letter), int(letter == bounced.variant_letter))
+                     for letter, n in letters.items()}  # two replies of one lead count once
 
 
 def test_a_message_no_parser_can_read_is_recorded_and_does_not_block_the_next(app, engine, dovecot, box,
@@ -484,3 +484,16 @@ def test_reading_a_mailbox_without_an_imap_host_is_a_clear_error(app, engine, ru
     assert out.exit_code == 1 and f"no mailbox {mailbox_id} with an IMAP host" in out.output
     out = runner.invoke(args=["replies", "read"])
     assert out.exit_code == 0 and "no mailbox has an IMAP host" in out.output
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_with_the_servers_certificate_checked(app, engine, dovecot, box, monkeypatch, security):
+    vault = Vault(app.config["MAILBOX_KEY_FILE"])
+    port = dovecot.imaps_port if security == "ssl" else dovecot.imap_port
+    mailboxes.update_mailbox(engine, vault, box.id, imap_security=security, imap_port=port)
+    dovecot.deliver(box.address, message("p@example.com", "over TLS"))
+    [refused] = replies.read_all(engine, vault, replies.ReaderOptions(), None, box.id)
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.error  # not trusted: not read
+    assert inbound(engine, box) == []
+    monkeypatch.setenv("SSL_CERT_FILE", str(dovecot.ca_file))  # OpenSSL's default trust store, for this test
+    assert read(app, engine, box).read == 1
