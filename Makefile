@@ -41,8 +41,15 @@ $(SPAMASSASSIN):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq spamassassin
 
+# The reply tests read a throwaway Dovecot (tests/imap_server.py); Debian's policy-rc.d
+# keeps the system service from starting.
+DOVECOT := /usr/sbin/dovecot
+$(DOVECOT):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd dovecot-lmtpd
+
 ## make test: install what the tests need, run the whole suite (slow group included).
-test: $(VENV)/.dev translations $(CHROMIUM) $(SPAMASSASSIN)
+test: $(VENV)/.dev translations $(CHROMIUM) $(SPAMASSASSIN) $(DOVECOT)
 	$(PY) -m pytest
 
 ## make bench: engine, SMTP, mailbox lanes, import and pages against bare ceilings; appends BENCHMARKS.md.

@@ -28,7 +28,19 @@ import scheduler
 from delivery.transport import stale_floor
 from models import db
 from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
-from web import accesslog, accounts, auth, common, editor, errors, i18n, mailboxes, sequences, unsubscribe
+from web import (
+    accesslog,
+    accounts,
+    auth,
+    common,
+    editor,
+    errors,
+    i18n,
+    mailboxes,
+    replies,
+    sequences,
+    unsubscribe,
+)
 from web import alerts as alert_pages
 from web import campaigns as views
 from web import leads as lead_pages
@@ -98,7 +110,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _register_pages(app: Flask) -> None:
     app.url_map.converters["int"] = common.BoundedIntConverter
     for module in (auth, accounts, views, editor, lead_pages, sendlog_pages, suppression_pages,
-                   timeline_pages, alert_pages, mailboxes, i18n, unsubscribe, errors, sequences):
+                   timeline_pages, alert_pages, mailboxes, replies, i18n, unsubscribe, errors, sequences):
         app.register_blueprint(module.bp)
     csrf.exempt(unsubscribe.bp)  # RFC 8058 one-click POSTs carry the signed token instead
 
@@ -139,6 +151,13 @@ def _defaults(instance: Path) -> dict[str, Any]:
         # Mailbox passwords and tokens are encrypted with the keys in this file (0600, made
         # on first use; storage/secrets.py). Back it up apart from the database.
         "MAILBOX_KEY_FILE": str(instance / "secret.keys"),
+        # Replies and bounces (#18): every mailbox with an IMAP host is read by the lease holder
+        # each tick, INBOX and this folder too when set (e.g. "Bounces"; "" for none).
+        "IMAP_BOUNCE_FOLDER": "",
+        "IMAP_TIMEOUT": 30,
+        # A mailbox pauses itself when more than RATE x SENDS of its last SENDS sends bounced.
+        "BOUNCE_GUARD_SENDS": 100,
+        "BOUNCE_GUARD_RATE": 0.03,
         "SMTP_HOST": "localhost",
         "SMTP_PORT": 25,
         "SMTP_USERNAME": "",

@@ -19,6 +19,7 @@ from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     ForeignKey,
     Index,
@@ -441,6 +442,77 @@ class Alert(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     emailed_at: Mapped[datetime | None] = mapped_column(default=None)
     cleared_at: Mapped[datetime | None] = mapped_column(default=None)  # resolved, or dismissed by a person
+
+
+class ReplyKind(enum.StrEnum):
+    """What an inbound message is (core/replies.py decides; each kind's effect is there)."""
+
+    REPLY = "reply"  # a person answered: the lead's sequence stops
+    AUTO_REPLY = "auto_reply"  # out of office and the like: recorded, not a stop
+    BOUNCE_HARD = "bounce_hard"  # 5.x.x: the address is suppressed
+    BOUNCE_SOFT = "bounce_soft"  # 4.x.x: recorded only
+    UNSUBSCRIBE = "unsubscribe"  # "wypisz mnie" by reply: the address is suppressed
+    UNMATCHED = "unmatched"  # a person's mail matching no send: listed for a person
+    OTHER = "other"  # our own address writing to itself (a copy of a send, a test)
+    DUPLICATE = "duplicate"  # a copy of a message recorded already (same Message-ID header)
+
+
+class MailboxFolderState(db.Model):
+    """The reader's cursor in one folder of a mailbox: UIDs up to last_uid are processed.
+
+    Advanced in each message's own transaction; a new UIDVALIDITY starts it again at 0
+    (inbound_message's unique key includes uidvalidity, so old and new UIDs never clash).
+    """
+
+    __tablename__ = "mailbox_folder_state"
+
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id"), primary_key=True, autoincrement=False)
+    folder: Mapped[str] = mapped_column(String(255), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    read_at: Mapped[datetime | None] = mapped_column(default=None)  # the last read that finished
+
+
+class InboundMessage(db.Model):
+    """One message read from a mailbox over IMAP (#18), recorded once with its effects.
+
+    UNIQUE(mailbox_id, folder, uidvalidity, uid) is written in the same transaction as the
+    message's effects and the cursor, so a message is processed exactly once across
+    crashes and restarts: a second insert of the same key means "done already".
+    """
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "folder", "uidvalidity", "uid"),
+        Index("ix_inbound_message_created", "created_at"),  # the Replies page, newest first
+        Index("ix_inbound_message_campaign", "campaign_id", "kind"),
+        Index("ix_inbound_message_send_log", "send_log_id"),  # the bounce-rate guard
+        Index("ix_inbound_message_header", "mailbox_id", "message_id"),  # copies of one message
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id"))
+    folder: Mapped[str] = mapped_column(String(255))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[str] = mapped_column(Text, default="")  # the headers, as sent
+    in_reply_to: Mapped[str] = mapped_column(Text, default="")
+    references: Mapped[str] = mapped_column(Text, default="")
+    from_address: Mapped[str] = mapped_column(String(320), default="")  # normalized
+    subject: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[datetime] = mapped_column()  # the server's INTERNALDATE, naive UTC
+    kind: Mapped[str] = mapped_column(String(16))  # ReplyKind
+    # The match: the send this message answers (or reports on), its campaign and lead.
+    send_log_id: Mapped[int | None] = mapped_column(ForeignKey("send_log.id"), default=None)
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaign.id"), default=None)
+    lead_id: Mapped[int | None] = mapped_column(ForeignKey("lead.id"), default=None)
+    # Plain text only (HTML converted, the quoted thread cut), shortened; never rendered as HTML.
+    snippet: Mapped[str] = mapped_column(Text, default="")
+    return_date: Mapped[datetime | None] = mapped_column(default=None)  # an auto-reply's "back on"
+    # A person's judgement: interested | not_interested | not_a_reply.
+    label: Mapped[str | None] = mapped_column(String(16), default=None)
+    labelled_by: Mapped[str | None] = mapped_column(String(320), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Suppression(db.Model):

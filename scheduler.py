@@ -22,7 +22,7 @@ from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
 from sqlalchemy import select
 
-from core import alerts, send_requests
+from core import alerts, replies, send_requests
 from delivery import lease as leases
 from delivery.transport import MailboxTransports, Transport, mailbox_transport, make_transport
 from models import Mailbox, MailboxStatus, Trigger, db
@@ -106,7 +106,12 @@ class Ticker:
             log.exception("serving send requests failed")
 
     def safe_tick(self) -> None:
-        """The scheduled job: a failing tick is logged and the next one tries again; then the alerts."""
+        """The scheduled job: read the mailboxes' replies, then tick, then the alerts; a
+        failing step is logged and the next tick tries again."""
+        # Replies first: a reply recorded now stops this very tick's follow-up to that lead
+        # (the stop is checked inside the claim), so the window a reply can still race is
+        # the time between this read and the send (README: Replies and bounces).
+        self.safe_read_replies()
         try:
             results = self.tick() or {}
         except Exception:  # noqa: BLE001 - a job must not die; the lease makes retry safe
@@ -128,6 +133,28 @@ class Ticker:
                     mail_alerts(self.app, now)
         except Exception:  # noqa: BLE001 - alerts must never stop the ticking
             log.exception("alert check failed")
+    def read_replies(self, mailbox_id: int | None = None) -> list[replies.ReadResult] | None:
+        """Renew or take the lease, then read replies and bounces of every mailbox with an
+        IMAP host (or one); None if another process holds the lease."""
+        with self._lock, self.app.app_context():
+            config = self.app.config
+            seconds = Settings.from_config(config).lease_seconds
+            self.lease = leases.acquire(db.engine, self.holder, utcnow(), seconds)
+            if self.lease is None:
+                return None
+            try:
+                return replies.read_all(db.engine, Vault(config["MAILBOX_KEY_FILE"]),
+                                        replies.ReaderOptions.from_config(config), self.lease, mailbox_id)
+            except replies.LeaseLost:  # a newer holder reads from here; what we committed stays
+                log.warning("scheduler lease lost while reading replies; stopped")
+                return []
+
+    def safe_read_replies(self) -> None:
+        """After each tick: a failing read is logged and the next tick reads again."""
+        try:
+            self.read_replies()
+        except Exception:  # noqa: BLE001 - a job must not die; each message commits alone
+            log.exception("reading replies failed")
 
     def release(self) -> None:
         """Give the lease back (clean shutdown), so another process takes over at once."""

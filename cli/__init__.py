@@ -8,7 +8,7 @@ import click
 from flask import Flask
 from sqlalchemy.exc import OperationalError
 
-from cli import alerts, campaigns, mailboxes, operations, sending, setup, timeline
+from cli import alerts, campaigns, mailboxes, operations, replies, sending, setup, timeline
 from cli.terminal import visible_lines
 
 
@@ -24,6 +24,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(_database_errors_in_one_line(campaigns.campaign_group))
     app.cli.add_command(_database_errors_in_one_line(alerts.alerts_group))
     app.cli.add_command(_database_errors_in_one_line(mailboxes.mailbox_group))
+    app.cli.add_command(_database_errors_in_one_line(replies.replies_group))
 
 
 def _database_errors_in_one_line(command: click.Command) -> click.Command:

@@ -24,11 +24,13 @@ def send_due(campaign_id: int | None) -> None:
     """One tick, for system cron: same lease and pacing rules as the scheduler.
 
     First it carries out the "send now" requests people made since the last run, so a
-    deployment without a scheduler in any process still answers the button.
+    deployment without a scheduler in any process still answers the button, and reads the
+    mailboxes' replies and bounces, so a follow-up to a lead who answered is not claimed.
     """
     ticker: scheduler.Ticker = current_app.extensions["sendonce_ticker"]
     try:
         served = ticker.serve_requests()
+        ticker.safe_read_replies()  # before the claims: a reply read now stops its lead's follow-up
         results = ticker.tick(Trigger.CLI, campaign_id)
         ticker.watch()  # cron may be the only ticker: the alerts are checked (and mailed) here too
     finally:

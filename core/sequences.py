@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import holidays
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from core import campaigns
@@ -332,6 +332,15 @@ def stop_for_reply(conn: Connection, campaign_id: int, lead_id: int, now: dateti
     colleagues = select(_lead.c.id).where(_lead.c.email.endswith("@" + domain, autoescape=True))
     return stopped + _stop(conn, and_(_enrollment.c.campaign_id == campaign_id,
                                       _enrollment.c.lead_id.in_(colleagues)), "company_replied", now)
+
+
+def delay_until(conn: Connection, campaign_id: int, lead_id: int, until: datetime) -> int:
+    """An auto-reply's return date (inside the reader's transaction): the lead's next step
+    waits until then, never sooner than its own delay; how many enrollments were delayed."""
+    return conn.execute(update(_enrollment).where(
+        _enrollment.c.campaign_id == campaign_id, _enrollment.c.lead_id == lead_id,
+        _enrollment.c.state == EnrollmentState.PENDING, _enrollment.c.stopped_at.is_(None),
+        or_(_enrollment.c.due_at.is_(None), _enrollment.c.due_at < until)).values(due_at=until)).rowcount
 
 
 # --- enrolling ---------------------------------------------------------------------------

@@ -104,6 +104,16 @@ def runner(app):
     return app.test_cli_runner()
 
 
+@pytest.fixture(scope="session")
+def dovecot():
+    """One throwaway Dovecot (IMAP + LMTP on free loopback ports) for the whole session."""
+    from tests.imap_server import Dovecot
+
+    server = Dovecot().start()
+    yield server
+    server.cleanup()
+
+
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "tests" / "screenshots"
 

@@ -31,7 +31,8 @@ from test_web import csrf_token
 
 FIXTURE = Path(__file__).with_name("data") / "db_3a618c4.sql"
 NEW_TABLES = {"alembic_version", "app_meta", "claim_heartbeat", "legacy_log", "legacy_event", "mailbox",
-              "campaign_mailbox", "send_request", "alert", "campaign_step"}
+              "campaign_mailbox", "send_request", "alert", "campaign_step", "mailbox_folder_state",
+              "inbound_message"}
 
 
 def load_fixture(path: Path) -> Path:

@@ -144,6 +144,8 @@ ACCESS = {
     ("/mailboxes/<int:mailbox_id>/test", "POST"): (302, 302),  # no address typed: back, with why
     ("/mailboxes/<int:mailbox_id>/<any(pause, resume):action>", "POST"): (302, 302),
     ("/campaigns/<int:campaign_id>/move-leads", "POST"): (302, 302),  # no mailboxes chosen: back, with why
+    ("/replies", "GET"): (302, 200),
+    ("/replies/<int:inbound_id>/label", "POST"): (302, 404),  # nothing was read: no message 1
 }
 PUBLIC = {"/healthz", "/login", "/language", "/static/<path:filename>", "/u/<token>"}
 
@@ -170,8 +172,8 @@ def world(app, engine, client, login, smtp):  # noqa: F811
     client.post("/logout", data={"csrf_token": csrf_token(client.get("/").data)})
     unsubscribe = make_token(app.config["SECRET_KEY"], "lead0002@example.com", cid)
     return {"campaign_id": cid, "lead_id": 1, "letter": "A", "send_log_id": 1, "suppression_id": 1,
-            "user_id": 1, "request_id": 1, "alert_id": 1, "action": "pause", "filename": "style.css",
-            "mailbox_id": 1,
+            "user_id": 1, "request_id": 1, "alert_id": 1, "inbound_id": 1, "action": "pause",
+            "filename": "style.css", "mailbox_id": 1,
             "tokens": {"leads.mapping": waiting, "leads.rejected": done, "timeline.legacy": legacy,
                        "timeline.map_legacy": legacy, "timeline.delete_legacy": legacy,
                        "unsubscribe.unsubscribe": unsubscribe}}
