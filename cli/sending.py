@@ -30,7 +30,7 @@ def send_due(campaign_id: int | None) -> None:
     ticker: scheduler.Ticker = current_app.extensions["sendonce_ticker"]
     try:
         served = ticker.serve_requests()
-        ticker.safe_read_replies()  # before the claims: a reply read now stops its lead's follow-up
+        ticker.read_replies()  # before the claims: a reply read now stops its lead's follow-up
         results = ticker.tick(Trigger.CLI, campaign_id)
         ticker.watch()  # cron may be the only ticker: the alerts are checked (and mailed) here too
     finally:

@@ -15,6 +15,7 @@ import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from storage import schema
 from storage.database import BUSY_TIMEOUT_MS
@@ -81,10 +82,8 @@ def _verify(conn: sqlite3.Connection) -> Verified:
         raise BackupError("not a SendOnce database (no campaign_lead table)")
     if conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
         raise BackupError("a foreign key is broken (PRAGMA foreign_key_check)")
-    # A backup taken before upgrading (the README's advice) has no step column: one step.
-    step = "s.step" if any(c[1] == "step" for c in conn.execute("PRAGMA table_info(send_log)")) else "1"
-    for name, sql in CHECKS.items():
-        bad = conn.execute(sql.replace("{step}", step)).fetchone()[0]
+    for name, sql in checks(conn).items():
+        bad = conn.execute(sql).fetchone()[0]
         if bad:
             raise BackupError(f"{bad} rows break the rule: {name}")
     found = Verified(counts={t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables})
@@ -99,6 +98,15 @@ def _differences(one: str, other: str) -> str:
     """SQL counting the rows in one query's result and not the other's, both ways."""
     return (f"SELECT (SELECT count(*) FROM ({one} EXCEPT {other})) "
             f"+ (SELECT count(*) FROM ({other} EXCEPT {one}))")
+
+
+def checks(conn: Any) -> dict[str, str]:
+    """CHECKS as SQL for this database (sqlite3 or SQLAlchemy connection): a backup taken
+    before upgrading (the README's advice) has no send_log.step column, so one step."""
+    sql = "SELECT count(*) FROM pragma_table_info('send_log') WHERE name = 'step'"
+    run = conn.exec_driver_sql if hasattr(conn, "exec_driver_sql") else conn.execute
+    has_step = run(sql).fetchone()[0]
+    return {name: query.replace("{step}", "s.step" if has_step else "1") for name, query in CHECKS.items()}
 
 
 # Invariants a consistent file keeps; each query counts the rows that break it.

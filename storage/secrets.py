@@ -52,7 +52,15 @@ class Vault:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._fernet = MultiFernet([Fernet(key) for key in _keys(self.path)])
+        self._loaded: MultiFernet | None = None
+
+    @property
+    def _fernet(self) -> MultiFernet:
+        # Loaded (and the file made) at the first secret sealed or opened, not by merely
+        # building a Vault: a deployment without mailbox secrets gets no key file.
+        if self._loaded is None:
+            self._loaded = MultiFernet([Fernet(key) for key in _keys(self.path)])
+        return self._loaded
 
     def seal(self, plain: str) -> str:
         """The stored form of a secret."""
@@ -75,7 +83,7 @@ class Vault:
         """Put a new key first; older keys still decrypt until `reseal` has run everywhere."""
         keys = _keys(self.path)
         _write_private(self.path, b"\n".join([Fernet.generate_key(), *keys]) + b"\n", replace=True)
-        self._fernet = MultiFernet([Fernet(key) for key in _keys(self.path)])
+        self._loaded = None
 
 
 def merge_keys(path: str | os.PathLike, extra: str | os.PathLike) -> int:

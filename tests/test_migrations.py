@@ -172,7 +172,7 @@ def test_autogenerate_finds_no_difference_between_models_and_database(made_by, t
 
 def recounted(engine) -> bool:
     with engine.connect() as conn:
-        return all(conn.execute(text(sql)).scalar() == 0 for sql in backup.CHECKS.values())
+        return all(conn.execute(text(sql)).scalar() == 0 for sql in backup.checks(conn).values())
 
 
 def test_a_batch_move_and_copy_drops_the_triggers_and_every_migration_puts_them_back(app, engine, settings):

@@ -286,8 +286,10 @@ def test_a_temporary_dsn_is_only_recorded(app, engine, dovecot, box, settings):
 def test_an_auto_reply_is_not_a_stop_and_its_return_date_delays(app, engine, dovecot, box, settings,
                                                                 monkeypatch):
     stops, delays = [], []
-    monkeypatch.setattr(replies, "_stop_sequence", lambda conn, cid, lead, now: stops.append((cid, lead)))
-    monkeypatch.setattr(replies, "_delay_until", lambda conn, cid, lead, day: delays.append((cid, lead, day)))
+    monkeypatch.setattr(replies.sequences, "stop_for_reply",
+                        lambda conn, cid, lead, now: stops.append((cid, lead)))
+    monkeypatch.setattr(replies.sequences, "delay_until",
+                        lambda conn, cid, lead, day: delays.append((cid, lead, day)))
     cid = make_campaign(engine, 2)
     mailboxes.link(engine, cid, [box.id])
     (away, _), (answered, answered_email) = send(engine, settings, cid, 2)
