@@ -174,6 +174,14 @@ P31 A follow-up goes from the lead's pinned mailbox as a reply in its thread ("R
                ::test_a_new_thread_step_has_its_own_subject_and_no_reply_headers,
                ::test_a_later_steps_variant_is_chosen_once_per_lead_by_its_weights;
                test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay
+P32 A reply, auto-reply or bounce the reader has recorded stops (or, with a return date, delays) every later
+    claim of its lead: the effect is written in the same transaction as the message's record, read inside
+    the claim; the lease holder reads the mailboxes before it claims; each IMAP message is processed once
+    kept by:   core.replies (`_apply`: sequences.stop_for_reply, delay_until, suppress), the unique key on
+               inbound_message, scheduler `safe_tick` / `send-due` reading first
+    proven by: test_reply_races::test_a_three_step_race_never_claims_a_follow_up_after_a_recorded_reply_or_bounce;
+               test_replies_imap::test_a_reader_killed_between_fetch_and_commit_loses_and_repeats_nothing,
+               ::test_a_permanent_dsn_suppresses_the_address_and_every_campaign_skips_it
 
 A mailbox's limits cost nothing on a crash: its checkpoint (last_send_at) and the row that
 counts against its cap are written by the claim transaction itself, so a crash can only

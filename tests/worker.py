@@ -4,7 +4,8 @@ Configuration comes from FLASK_* variables (as in production). MODE is one of:
 - tick:     the scheduler's tick (lease + fencing), repeatedly;
 - send-due: cron's one-shot tick, repeatedly (takes and releases the lease each time);
 - button:   the "Wyślij kampanię" code path (no lease, bypasses the interval);
-- once:     one button batch, then exit (a claimer the test freezes and thaws).
+- once:     one button batch, then exit (a claimer the test freezes and thaws);
+- scheduler: the scheduler's job as it runs in a serving process (replies read, tick, alerts).
 Each prints "ready" once its app is built, then waits for a start time on stdin, so
 all of them start in the same instant; they stop when the campaign has nothing left
 (or after DEADLINE seconds).
@@ -47,6 +48,9 @@ def main(mode: str, campaign_id: int) -> None:
             db.session.rollback()  # end the read transaction so the next count is fresh
             if mode == "tick":
                 batches = list((ticker.tick() or {}).values())
+            elif mode == "scheduler":
+                ticker.safe_tick()
+                batches = []
             elif mode == "send-due":
                 batches = list((ticker.tick(Trigger.CLI, campaign_id) or {}).values())
                 ticker.release()
