@@ -179,7 +179,7 @@ P32 A reply, auto-reply or bounce the reader has recorded stops (or, with a retu
     the claim; the lease holder reads the mailboxes before it claims; each IMAP message is processed once
     kept by:   core.replies (`_apply`: sequences.stop_for_reply, delay_until, suppress), the unique key on
                inbound_message, scheduler `safe_tick` / `send-due` reading first
-    proven by: test_reply_races::test_a_three_step_race_never_claims_a_follow_up_after_a_recorded_reply_or_bounce;
+    proven by: test_reply_races::test_no_follow_up_is_claimed_after_a_recorded_reply_or_bounce;
                test_replies_imap::test_a_reader_killed_between_fetch_and_commit_loses_and_repeats_nothing,
                ::test_a_permanent_dsn_suppresses_the_address_and_every_campaign_skips_it
 

@@ -27,7 +27,7 @@ def rows(engine, model, *where):
         return conn.execute(select(model.__table__).where(*where)).all()
 
 
-def test_a_three_step_race_never_claims_a_follow_up_after_a_recorded_reply_or_bounce(
+def test_no_follow_up_is_claimed_after_a_recorded_reply_or_bounce(
         app, engine, smtp, config, dovecot):
     address, password = dovecot.new_user()
     box = mailboxes.create(engine, Vault(app.config["MAILBOX_KEY_FILE"]), address=address, backend="smtp",
