@@ -457,11 +457,14 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
         refusal = _check_campaign(conn, campaign, trigger, now)
         if refusal is not None:
             return refusal
-        boxes = _ready_mailboxes(conn, campaign_id, mailbox_id, now)
+        boxes = _ready_mailboxes(conn, campaign, mailbox_id, now)
         if isinstance(boxes, Refusal):
             return boxes
+        boxes, fresh = _lane_share(boxes, mailbox_id, campaign)
+        if boxes == []:  # this lane's mailbox is at its cap or in its gap
+            return Refusal("mailbox_limit", f"mailbox {mailbox_id} may not send now")
         taker = _Taker(campaign, trigger, now, leases.worker_id(), lease.epoch if lease else None,
-                       started + settings.send_deadline, boxes)
+                       started + settings.send_deadline, boxes, fresh)
         claim = _take_retry(conn, taker) or _take_pending(conn, taker)
         if claim is None:
             return _finish_if_done(conn, settings, campaign_id, now) if mailbox_id is None else \
@@ -503,6 +506,7 @@ class _Taker:
     epoch: int | None
     deadline: float
     boxes: list[_Box] | None  # None: the campaign has no mailboxes (the app's transport)
+    fresh: bool = True  # may pin leads not pinned yet (False: only its own pinned leads)
 
     def claim(self, log_id: int, lead_id: int, letter: str, attempts: int, message_id: str,
               mailbox_id: int | None, step: int = 1) -> Claim:
@@ -513,7 +517,8 @@ class _Taker:
         """The SQL condition keeping rows unpinned or pinned to a mailbox that may send now."""
         if self.boxes is None:
             return ""
-        return f"AND ({column} IS NULL OR {column} IN ({', '.join(str(int(b.id)) for b in self.boxes)})) "
+        pinned = f"{column} IN ({', '.join(str(int(b.id)) for b in self.boxes)})"
+        return f"AND ({column} IS NULL OR {pinned}) " if self.fresh else f"AND {pinned} "
 
     def mailbox_for(self, pinned: int | None) -> _Box | None:
         """The pinned mailbox, or for a lead not pinned yet the one with the most room today."""
@@ -522,19 +527,22 @@ class _Taker:
         return next(b for b in self.boxes if b.id == pinned) if pinned is not None else self.boxes[0]
 
 
-def _ready_mailboxes(conn: Connection, campaign_id: int, only: int | None,
+def _ready_mailboxes(conn: Connection, campaign: _CampaignRow, only: int | None,
                      now: datetime) -> list[_Box] | Refusal | None:
     """The campaign's mailboxes that may send now, most room today first; None: it has none.
 
     Read inside the claim transaction, so every process and campaign sharing a mailbox
-    sees the claims before its own: caps and gaps cannot be overrun by a race.
+    sees the claims before its own: caps and gaps cannot be overrun by a race. A lane
+    (`only`) of a campaign without interval needs only its own mailbox; with an interval,
+    every one, to know whether another has more room (`_lane_share`).
     """
-    rows = run_sql(conn, _CAMPAIGN_MAILBOXES, (campaign_id,)).fetchall()
+    rows = run_sql(conn, _CAMPAIGN_MAILBOXES, (campaign.id,)).fetchall()
     if not rows:
         return None
     ready, waits = [], []
+    lane_only = only is not None and campaign.interval_seconds == 0
     for (box_id, address, status, daily_cap, gap, ramp_start, ramp_step, ramp_from, zone, last) in rows:
-        if status != MailboxStatus.ACTIVE or (only is not None and box_id != only):
+        if status != MailboxStatus.ACTIVE or (lane_only and box_id != only):
             continue
         cap = mailboxes.cap_today(daily_cap, ramp_start, ramp_step, datetime.fromisoformat(ramp_from),
                                   zone, now)
@@ -553,6 +561,22 @@ def _ready_mailboxes(conn: Connection, campaign_id: int, only: int | None,
     if not waits:
         return Refusal("mailboxes_paused", "every mailbox of this campaign is paused")
     return Refusal("mailbox_limit", "; ".join(waits))
+
+
+def _lane_share(ready: list[_Box] | None, only: int | None,
+                campaign: _CampaignRow) -> tuple[list[_Box] | None, bool]:
+    """What a claim may take: through which mailboxes, and whether it may pin new leads.
+
+    A lane (`only`) sends its own pinned leads whenever its mailbox may send. New leads:
+    without an interval, every lane takes them at its own pace (the lanes' caps and gaps
+    spread them); with one, the campaign sends one message an interval, so only the lane
+    of the mailbox with the most room today takes it, or the first lane to reach the lock
+    would take every lead (the balance by room left: P24).
+    """
+    if ready is None or only is None:
+        return ready, True
+    mine = [b for b in ready if b.id == only]
+    return mine, campaign.interval_seconds == 0 or (bool(mine) and ready[0].id == only)
 
 
 def _consume_key(conn: Connection, key: str, campaign_id: int, now: datetime) -> bool:

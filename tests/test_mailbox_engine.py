@@ -235,3 +235,21 @@ def test_a_claimer_that_read_its_clock_before_queueing_is_not_refused_without_in
     assert isinstance(late, Claim), late
     again = claim_next(engine, settings, cid, Trigger.SCHEDULER, at(0.2), mailbox_id=boxes[1])
     assert isinstance(again, Claim), again
+
+
+def test_with_an_interval_the_lane_of_the_mailbox_with_most_room_takes_the_next_lead(app, engine, settings):
+    # Lanes race for the lock every tick; with a campaign interval only one claim an
+    # interval succeeds. Without this rule the first lane to the lock took every lead
+    # (seen in `make run`: Anna 2, Piotr 0). Its own pinned leads a lane still sends.
+    anna, piotr = (add_mailbox(app, engine, f"{n}@firma.pl") for n in ("anna", "piotr"))
+    cid = make_campaign(engine, 4, interval=60)
+    mailboxes.link(engine, cid, [anna, piotr])
+    first = claim_next(engine, settings, cid, Trigger.SCHEDULER, at(0), mailbox_id=anna)
+    assert first.mailbox_id == anna  # a tie: the lower id
+    record(engine, settings, first, Result(SendStatus.RETRY, "451 later"), at(0))
+    refused = claim_next(engine, settings, cid, Trigger.SCHEDULER, at(61), mailbox_id=anna)
+    assert isinstance(refused, Claim) and refused.send_log_id == first.send_log_id  # its own retry
+    waits = claim_next(engine, settings, cid, Trigger.SCHEDULER, at(122), mailbox_id=anna)
+    assert isinstance(waits, Refusal) and waits.code == "nothing_due"  # Piotr has more room: his lead
+    second = claim_next(engine, settings, cid, Trigger.SCHEDULER, at(123), mailbox_id=piotr)
+    assert second.mailbox_id == piotr and second.lead_id != first.lead_id
