@@ -784,7 +784,6 @@ _AFTER_SENT = (
 _NEXT_STEP = "UPDATE campaign_lead SET state = ?, step = ?, due_at = ? WHERE campaign_id = ? AND lead_id = ?"
 _WAKE_FINISHED = (f"UPDATE campaign SET status = '{CampaignStatus.ACTIVE}' WHERE id = ? "
                   f"AND status = '{CampaignStatus.FINISHED}'")
-_NO_FAILURES = "UPDATE campaign SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures != 0"
 
 
 def _token(claim: Claim) -> dict[str, Any]:
@@ -979,9 +978,9 @@ def _store_in(conn: Connection, settings: Settings, outcome: Outcome) -> None:
     if result.suppress:
         suppress(conn, _email_of(conn, claim.lead_id), "bounce", result.reply, now)
     if claim.mailbox_id is not None and not result.campaign_fault:
-        _count_mailbox_failures(conn, settings, claim.mailbox_id, status, result)
+        _count_failures(conn, settings, _mailbox, claim.mailbox_id, status, result)
     else:
-        _count_failures(conn, settings, claim.campaign_id, status, result)
+        _count_failures(conn, settings, _campaign, claim.campaign_id, status, result)
 
 
 def _until_stored(settings: Settings, claim: Claim, write: Callable[[], None]) -> None:
@@ -1038,50 +1037,37 @@ def _advance(conn: Connection, campaign_id: int, lead_id: int, step: int,
     return state
 
 
-def _count_failures(conn: Connection, settings: Settings, campaign_id: int,
+# Who failures in a row pause: the campaign (a template, or no mailbox: the app's own SMTP)
+# or the mailbox (its credentials, its server). The reset after a success is SQL text: it
+# runs on every message.
+_NO_FAILURES = {name: f"UPDATE {name} SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures != 0"
+                for name in ("campaign", "mailbox")}
+
+
+def _count_failures(conn: Connection, settings: Settings, table: Any, row_id: int,
                     status: SendStatus, result: Result) -> None:
     # Like listmonk's OnError: failures in a row mean the sender is broken (bad
-    # credentials, server down), not the leads. A refused recipient does not count.
+    # credentials, server down), not the leads. A refused recipient does not count. A
+    # mailbox pauses alone: its leads wait for it (never moved: their thread would break),
+    # other mailboxes go on.
     if status == SendStatus.SENT:
-        run_sql(conn, _NO_FAILURES, (campaign_id,))
+        run_sql(conn, _NO_FAILURES[table.name], (row_id,))
         return
     if result.suppress:
         return
-    where = _campaign.c.id == campaign_id
-    failures = conn.execute(update(_campaign).where(where)
-                            .values(consecutive_failures=_campaign.c.consecutive_failures + 1)
-                            .returning(_campaign.c.consecutive_failures)).scalar_one()
+    where = table.c.id == row_id
+    values = {"consecutive_failures": table.c.consecutive_failures + 1}
+    if "last_error" in table.c:
+        values["last_error"] = result.reply[:1000]
+    failures = conn.execute(update(table).where(where).values(**values)
+                            .returning(table.c.consecutive_failures)).scalar_one()
     if result.config_error or failures >= settings.pause_after_failures:
         reason = (result.reply if result.config_error
                   else f"{failures} failed sends in a row; last: {result.reply}")[:1000]
-        conn.execute(update(_campaign).where(where, _campaign.c.status == CampaignStatus.ACTIVE)
+        # "active" and "paused" are the same words for a campaign and a mailbox.
+        conn.execute(update(table).where(where, table.c.status == CampaignStatus.ACTIVE)
                      .values(status=CampaignStatus.PAUSED, pause_reason=reason))
-        log.error("campaign %s paused: %s", campaign_id, reason)
-
-
-_MAILBOX_OK = "UPDATE mailbox SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures != 0"
-
-
-def _count_mailbox_failures(conn: Connection, settings: Settings, mailbox_id: int,
-                            status: SendStatus, result: Result) -> None:
-    # A mailbox's failures are its own (its credentials, its server): it pauses alone, its
-    # leads wait for it (never moved: their thread would break), other mailboxes go on.
-    if status == SendStatus.SENT:
-        run_sql(conn, _MAILBOX_OK, (mailbox_id,))
-        return
-    if result.suppress:
-        return
-    where = _mailbox.c.id == mailbox_id
-    failures = conn.execute(update(_mailbox).where(where)
-                            .values(consecutive_failures=_mailbox.c.consecutive_failures + 1,
-                                    last_error=result.reply[:1000])
-                            .returning(_mailbox.c.consecutive_failures)).scalar_one()
-    if result.config_error or failures >= settings.pause_after_failures:
-        reason = (result.reply if result.config_error
-                  else f"{failures} failed sends in a row; last: {result.reply}")[:1000]
-        conn.execute(update(_mailbox).where(where, _mailbox.c.status == MailboxStatus.ACTIVE)
-                     .values(status=MailboxStatus.PAUSED, pause_reason=reason))
-        log.error("mailbox %s paused: %s", mailbox_id, reason)
+        log.error("%s %s paused: %s", table.name, row_id, reason)
 
 
 # --- batches, ticks, recovery ------------------------------------------------------
