@@ -318,6 +318,24 @@ def _no_sideways_scroll(page: Page) -> None:
     assert width <= page.viewport_size["width"], (page.url, width)
 
 
+def shoot_every_page(page: Page, live_server: str, pages: dict[str, str], screenshot, prefix: str,
+                     english_header: str) -> None:
+    """Every page in Polish then English, at desktop and phone size: each has its title, a
+    phone never scrolls sideways, and each is saved as `{prefix}-{language}-{size}-{name}`."""
+    for language in ("pl", "en"):
+        if language == "en":
+            page.select_option("select[name=language]", "en")
+            expect(page.locator("header")).to_contain_text(english_header)
+        for size, (width, height) in (("desktop", (1366, 768)), ("phone", (390, 844))):
+            page.set_viewport_size({"width": width, "height": height})
+            for name, url in pages.items():
+                page.goto(f"{live_server}{url}")
+                expect(page.locator("h1")).to_be_visible()
+                if size == "phone":
+                    _no_sideways_scroll(page)
+                screenshot(f"{prefix}-{language}-{size}-{name}")
+
+
 def test_phone_layout_keeps_status_and_the_unknown_row_actions(page: Page, app, live_server, admin, engine,
                                                                 smtp, screenshot):
     cid = make_campaign(engine, 2, batch_size=2, interval=3600)
@@ -399,18 +417,7 @@ def test_every_page_at_both_sizes_in_polish_and_english(page: Page, live_server,
              "leads": "/leads", "lead": "/leads/1", "lead-edit": "/leads/1/edit", "import": "/leads/import",
              "suppressions": "/suppressions", "timeline": "/timeline", "not-found": "/no-such-page"}
     log_in(page, live_server)
-    for language in ("pl", "en"):
-        if language == "en":
-            page.select_option("select[name=language]", "en")
-            expect(page.locator("header")).to_contain_text("Campaigns")
-        for size, (width, height) in (("desktop", (1366, 768)), ("phone", (390, 844))):
-            page.set_viewport_size({"width": width, "height": height})
-            for name, url in pages.items():
-                page.goto(f"{live_server}{url}")
-                expect(page.locator("h1")).to_be_visible()
-                if size == "phone":
-                    _no_sideways_scroll(page)
-                screenshot(f"all-{language}-{size}-{name}")
+    shoot_every_page(page, live_server, pages, screenshot, "all", "Campaigns")
     recipient = page.context.browser.new_page(viewport={"width": 390, "height": 844}, locale="pl-PL")
     recipient.goto(f"{live_server}/u/{token}")
     expect(recipient.locator(".brand")).to_have_text("Team")

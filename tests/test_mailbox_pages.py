@@ -17,8 +17,7 @@ from models import Campaign, CampaignLead, EnrollmentState, Mailbox, SendLog
 from storage.database import immediate
 from storage.secrets import Vault
 from storage.timeutil import utcnow
-from test_browser import _no_sideways_scroll as no_sideways_scroll
-from test_browser import admin, log_in  # noqa: F401 - the admin fixture
+from test_browser import admin, log_in, shoot_every_page  # noqa: F401 - the admin fixture
 from test_security import send_now
 from tests.smtp_sink import SmtpSink
 
@@ -496,18 +495,7 @@ def test_the_mailbox_pages_in_a_real_browser_at_both_sizes_in_both_languages(pag
     log_in(page, live_server)
     pages = {"mailboxes": "/mailboxes", "mailbox-edit": f"/mailboxes/{anna}/edit", "dashboard": "/",
              "campaign": f"/campaigns/{cid}", "campaign-settings": f"/campaigns/{cid}/edit"}
-    for language in ("pl", "en"):
-        if language == "en":
-            page.select_option("select[name=language]", "en")
-            expect(page.locator("header")).to_contain_text("Mailboxes")
-        for size, (width, height) in (("desktop", (1366, 768)), ("phone", (390, 844))):
-            page.set_viewport_size({"width": width, "height": height})
-            for name, url in pages.items():
-                page.goto(f"{live_server}{url}")
-                expect(page.locator("h1")).to_be_visible()
-                if size == "phone":
-                    no_sideways_scroll(page)
-                screenshot(f"mailboxes-{language}-{size}-{name}")
+    shoot_every_page(page, live_server, pages, screenshot, "mailboxes", "Mailboxes")
     # The check button shows the server's answer on the page.
     page.goto(f"{live_server}/mailboxes/{anna}/edit")
     page.click("button >> text=Check the connection")
