@@ -158,12 +158,15 @@ P29 A stopped lead (replied, a person's stop) is never claimed again; a stop rec
                ::test_a_reply_stops_the_company_but_never_a_freemail_domain;
                machine::test_no_interleaving_of_steps_stops_and_outcomes_breaks_a_sequence;
                test_sequence_races::test_processes_racing_a_three_step_sequence_send_each_step_once_in_order_after_its_delay
-P30 A campaign is not finished while a lead waits for a later step; a decision or a reopened campaign
-    that gives a lead a step wakes a finished campaign
-    kept by:   `_finish_if_done` (pending counts as open), `resolve_unknown`, core.sequences.add_step(reopen)
+P30 A campaign is not finished while a lead waits for a later step; a decision, a late `sent` or a
+    reopened campaign that gives a lead a step wakes a finished campaign
+    kept by:   `_finish_if_done` (pending counts as open), `resolve_unknown`, `_store_in` (`_requeued`),
+               core.sequences.add_step(reopen)
     proven by: test_sequences::test_steps_go_out_in_order_each_once_and_never_before_their_delay,
                ::test_a_finished_campaign_reopens_for_a_new_step_only_when_confirmed,
-               ::test_an_unknown_step_stops_the_sequence_until_a_person_decides
+               ::test_an_unknown_step_stops_the_sequence_until_a_person_decides,
+               ::test_a_late_sent_after_the_campaign_finished_wakes_it_for_the_next_step;
+               machine::test_no_interleaving_of_steps_stops_and_outcomes_breaks_a_sequence
 P31 A follow-up goes from the lead's pinned mailbox as a reply in its thread ("Re: " + the step-1 subject
     the lead got, In-Reply-To the previous step, References all earlier ones) unless its step says new
     thread; a later step's variant is chosen once (weighted, per lead and step) and kept in its row
@@ -927,15 +930,16 @@ def _put_back(engine: Engine, claim: Claim, now: datetime) -> None:
 
 
 def _requeued(conn: Connection, claim: Claim) -> None:
-    """A row went back to `retry`: its campaign must be able to send it.
+    """The lead has something to send again (its row back to `retry`, or its next step
+    due after a late `sent`): its campaign must be able to send it.
 
     The sweep may have made the row `unknown` and the campaign `finished` meanwhile (we
-    were frozen or slow); a retry in a finished campaign would never be claimed, a lead
-    stranded. So a finished campaign becomes active again; a paused one sends it when
-    resumed.
+    were frozen or slow); a retry or a next step in a finished campaign would never be
+    claimed, a lead stranded. So a finished campaign becomes active again; a paused one
+    sends it when resumed.
     """
     if run_sql(conn, _WAKE_FINISHED, (claim.campaign_id,)).rowcount:
-        log.warning("campaign %s active again: send_log %s went back to the queue after a late answer",
+        log.warning("campaign %s active again: send_log %s had a late answer and its lead has more to send",
                     claim.campaign_id, claim.send_log_id)
 
 
@@ -969,11 +973,14 @@ def _store_in(conn: Connection, settings: Settings, outcome: Outcome) -> None:
     if run_sql(conn, _OUTCOME, values).rowcount != 1:
         log.warning("send_log %s was resolved elsewhere; outcome %s not stored", claim.send_log_id, status)
         return
+    waits = status == SendStatus.RETRY  # the lead waits for this row again
     if status == SendStatus.SENT:
-        _advance(conn, claim.campaign_id, claim.lead_id, claim.step, now)
+        # A late `sent` (the sweep made the row `unknown` and maybe finished the campaign)
+        # moves the lead on to its next step: that step must be claimable too.
+        waits = _advance(conn, claim.campaign_id, claim.lead_id, claim.step, now) == EnrollmentState.PENDING
     else:
         _set_enrollment(conn, claim.campaign_id, claim.lead_id, _FINAL_STATE[status])
-    if status == SendStatus.RETRY:
+    if waits:
         _requeued(conn, claim)
     if result.suppress:
         suppress(conn, _email_of(conn, claim.lead_id), "bounce", result.reply, now)

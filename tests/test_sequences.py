@@ -13,10 +13,10 @@ from core import campaigns, sequences
 from core.campaigns import CampaignError
 from core.leads import pick_variant
 from core.suppressions import suppress
-from delivery.transport import make_transport
+from delivery.transport import Result, make_transport
 from helpers import make_campaign
-from models import Campaign, CampaignLead, DelayUnit, Lead, SendLog, Trigger, Variant
-from sender import Claim, Refusal, claim_next, deliver, resolve_unknown, send_batch
+from models import Campaign, CampaignLead, DelayUnit, Lead, SendLog, SendStatus, Trigger, Variant
+from sender import Claim, Refusal, claim_next, deliver, record, recover, resolve_unknown, send_batch
 from storage.database import immediate
 from timeline import live
 
@@ -496,3 +496,20 @@ def test_a_step_without_a_usable_variant_pauses_the_campaign_and_keeps_the_lead(
     send_at(app, engine, settings, cid, at(hours=1))
     assert status_of(engine, cid) == "paused"
     assert [(r.step, r.status) for r in rows(engine, cid)] == [(1, "sent"), (2, "retry")]
+
+
+def test_a_late_sent_after_the_campaign_finished_wakes_it_for_the_next_step(engine, settings):
+    # Found by the state machine: a claimer frozen past the sweep reports `sent` after the
+    # campaign finished; its lead moves on to step 2, which a finished campaign never claims.
+    cid = make_campaign(engine, 1, variants="A", start=False)
+    sequences.add_step(engine, cid, amount=10, unit=DelayUnit.SECONDS, subject="s2", body="b2", now=NOW)
+    campaigns.start(engine, cid)
+    claim = claim_next(engine, settings, cid, Trigger.BUTTON, NOW)
+    later = NOW + timedelta(seconds=settings.stale_seconds + 1)
+    recover(engine, settings, later)  # no answer in time: `unknown`
+    assert claim_next(engine, settings, cid, Trigger.BUTTON, later).code == "finished"
+    record(engine, settings, claim, Result(SendStatus.SENT, "250 ok"), later)  # the late answer
+    with engine.connect() as conn:
+        assert conn.execute(select(Campaign.status).where(Campaign.id == cid)).scalar_one() == "active"
+    follow_up = claim_next(engine, settings, cid, Trigger.BUTTON, later + timedelta(seconds=10))
+    assert isinstance(follow_up, Claim) and (follow_up.lead_id, follow_up.step) == (claim.lead_id, 2)
