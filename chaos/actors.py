@@ -1,8 +1,10 @@
-"""The chaos itself: threads that press buttons, pause campaigns, kill and freeze processes.
+"""The chaos itself: threads that press buttons, pause campaigns, stop leads' sequences, kill
+and freeze processes.
 
 Each actor is a thread with its own seeded random generator; all stop when the run's
 stop event is set. What they did is kept for the reconciliation: button presses (by
-one-time key), pauses and resumes, kills and freezes (in the fleet's journal), and
+one-time key), pauses and resumes, stops of single leads, kills and freezes (in the fleet's
+journal), and
 snapshots of the database (lease, campaign statuses, newest ids, new suppressions).
 """
 
@@ -16,11 +18,12 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos.fleet import FLASK, ROOT, Fleet
+from chaos.fleet import FLASK, ROOT, Fleet, Journal
 from chaos.http_client import AdminClient, HttpError
 
 
@@ -205,6 +208,68 @@ class Presser(Actor):
         with self.lock:
             self.presses.append(Press(time.time(), self.name, campaign_id, form.key, status,
                                       categories, kind))
+
+
+# --- stopping single leads -------------------------------------------------------------
+
+
+@dataclass
+class LeadStop:
+    """A person's "stop" of one lead's sequence: asked at `started`, committed by `ended`.
+
+    Read after the commit: the newest send_log id and that enrollment's rows (id -> attempts).
+    A later row with a larger id is a claim after the stop; more attempts, a retry after it.
+    """
+
+    campaign_id: int
+    lead_id: int
+    started: float
+    ended: float | None = None  # None: no answer (an error; it may not have committed)
+    stopped: int = 0
+    max_log_id: int = 0
+    attempts: dict[int, int] | None = None
+
+
+def rows_after(db_path: str, campaign_id: int, lead_id: int) -> tuple[int, dict[int, int]]:
+    """In one read: the newest send_log id, and the enrollment's send_log rows (id -> attempts)."""
+    with closing(sqlite3.connect(db_path, timeout=60, isolation_level=None)) as conn:
+        conn.execute("BEGIN")
+        try:
+            newest = conn.execute("SELECT coalesce(max(id), 0) FROM send_log").fetchone()[0]
+            rows = dict(conn.execute("SELECT id, attempts FROM send_log WHERE campaign_id = ? "
+                                     "AND lead_id = ?", (campaign_id, lead_id)).fetchall())
+        finally:
+            conn.execute("COMMIT")
+    return newest, rows
+
+
+class Stopper(Actor):
+    """Stops a random lead's sequence now and then (core.sequences.stop, as `campaign stop` does),
+    preferring leads between steps; journaled."""
+
+    def __init__(self, stop: threading.Event, seed: int, every: float, db_path: str,
+                 stop_lead: Callable[[int, int], int], journal: Journal) -> None:
+        super().__init__("stopper", stop, seed)
+        self.every, self.db_path, self.stop_lead, self.journal = every, db_path, stop_lead, journal
+        self.stops: list[LeadStop] = []
+
+    def step(self) -> None:
+        if not self.pause(self.every * self.rng.uniform(0.5, 1.5)):
+            return
+        rows = query(self.db_path, "SELECT campaign_id, lead_id, step FROM campaign_lead WHERE state IN "
+                                   "('pending', 'sending') AND stopped_at IS NULL")
+        later = [r for r in rows if r[2] > 1]
+        pool = later if later and self.rng.random() < 0.7 else rows
+        if not pool:
+            return
+        campaign_id, lead_id, step = self.rng.choice(pool)
+        item = LeadStop(campaign_id, lead_id, time.time())
+        self.stops.append(item)  # recorded before it is asked, like a pause
+        item.stopped = self.stop_lead(campaign_id, lead_id)
+        item.ended = time.time()
+        item.max_log_id, item.attempts = rows_after(self.db_path, campaign_id, lead_id)
+        self.journal.add("stop", "lead", lead_id, f"campaign {campaign_id}, at step {step}: "
+                                                  f"{item.stopped} enrollment(s) stopped")
 
 
 # --- pause and resume -----------------------------------------------------------------

@@ -79,6 +79,8 @@ class AdminClient:
         page = self.request("GET", f"/campaigns/{campaign_id}", cookie=self.cookie)
         if page.status != 200:
             raise HttpError(f"campaign page: HTTP {page.status}")
+        if page.session_cookie:  # the page put a fresh CSRF secret in the session: a browser keeps it
+            self.cookie = page.session_cookie
         return SendForm(_find(_CSRF, page.body, "no csrf_token"), _find(_KEY, page.body, "no send key"))
 
     def press_send(self, campaign_id: int, form: SendForm) -> tuple[int, list[str]]:

@@ -14,11 +14,11 @@ import sqlite3
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-FINAL = {"sent", "failed", "skipped", "unknown"}
+FINAL = {"sent", "failed", "skipped", "unknown", "stopped"}
 ACCEPTED = {"accepted"}
 
 
@@ -60,6 +60,9 @@ class Evidence:
     requests: dict[str, list[sqlite3.Row]]  # "send now" requests by their one-time key
     status_changes: list[Any]  # actors.StatusChange by the pauser
     drain_started: float
+    # campaign -> its steps (position, delay), in order
+    steps: dict[int, list[tuple[int, timedelta]]] = field(default_factory=dict)
+    lead_stops: list[Any] = field(default_factory=list)  # actors.LeadStop, by the stopper
 
     @classmethod
     def load(cls, db_path: Path, events_path: Path, **rest) -> Evidence:
@@ -75,6 +78,7 @@ class Evidence:
                 integrity=[r[0] for r in conn.execute("PRAGMA integrity_check")],
                 derived=_derived(conn),
                 requests=_requests(conn),
+                steps=_steps(conn),
                 events=[json.loads(line) for line in events_path.read_text().splitlines() if line],
                 **rest,
             )
@@ -98,36 +102,75 @@ class Evidence:
             seen.setdefault(snap.epoch, snap.t)
         return seen
 
-    def log_by_enrollment(self) -> dict[tuple[int, int], sqlite3.Row]:
-        return {(r["campaign_id"], r["lead_id"]): r for r in self.logs.values()}
+    def log_by_step(self) -> dict[tuple[int, int, int], sqlite3.Row]:
+        """send_log rows by (campaign, lead, step): the database allows one each."""
+        return {(r["campaign_id"], r["lead_id"], r["step"]): r for r in self.logs.values()}
+
+    def last_step(self, campaign_id: int) -> int:
+        return max((p for p, _ in self.steps.get(campaign_id, [])), default=1)
+
+    def previous(self, campaign_id: int, position: int) -> tuple[int, timedelta] | None:
+        """The step before `position` and `position`'s delay (None for the first step)."""
+        steps = self.steps.get(campaign_id, [])
+        earlier = [p for p, _ in steps if p < position]
+        delay = next((d for p, d in steps if p == position), timedelta(0))
+        return (max(earlier), delay) if earlier else None
 
 
 def check_final_states(ev: Evidence) -> Check:
-    """Every enrollment ends in exactly one final state, agreeing with its send_log row."""
-    check = Check("every enrollment has exactly one final state")
-    logs = ev.log_by_enrollment()
+    """Every enrollment ends in exactly one final state at its step, agreeing with its rows.
+
+    Complete is `sent` at the last step; an earlier step ends the sequence only as failed,
+    skipped, unknown or stopped. Every step before the enrollment's was sent; none after it
+    was claimed.
+    """
+    check = Check("every enrollment ends in one final state at its step, agreeing with its rows")
+    logs = ev.log_by_step()
+    rows_of: dict[tuple[int, int], list[sqlite3.Row]] = defaultdict(list)
+    for row in ev.logs.values():
+        rows_of[(row["campaign_id"], row["lead_id"])].append(row)
     counts: Counter[str] = Counter()
+    at_step: Counter[int] = Counter()
     for e in ev.enrollments:
-        state, row = e["state"], logs.get((e["campaign_id"], e["lead_id"]))
+        c, lead, step, state = e["campaign_id"], e["lead_id"], e["step"], e["state"]
+        row = logs.get((c, lead, step))
         counts[state] += 1
-        expected = _expected_state(row)
+        at_step[step] += 1
+        expected = _expected_state(row, e["stopped_at"] is not None)
+        if step != ev.last_step(c):
+            expected.discard("sent")  # sent short of the last step: the lead was never moved on
         if state not in FINAL or state not in expected:
             log_text = (f"send_log {row['id']} {row['status']} ({row['smtp_reply']})" if row
                         else "no send_log row")
-            check.violations.append(f"{ev.who(e['campaign_id'], e['lead_id'])}: enrollment {state!r}, "
+            check.violations.append(f"{ev.who(c, lead)}: enrollment {state!r} at step {step}, "
                                     f"{log_text}; expected one of {sorted(expected)}")
-    check.detail = f"{len(ev.enrollments)} enrollments: " + ", ".join(
-        f"{counts[s]} {s}" for s in ("sent", "failed", "skipped", "unknown") if counts[s])
+        for other in rows_of[(c, lead)]:
+            if other["step"] > step:
+                check.violations.append(f"{ev.who(c, lead)}: send_log {other['id']} of step {other['step']} "
+                                        f"({other['status']}), but the enrollment is at step {step}")
+            elif other["step"] < step and other["status"] != "sent":
+                check.violations.append(f"{ev.who(c, lead)}: moved on to step {step} while send_log "
+                                        f"{other['id']} of step {other['step']} is {other['status']}")
+    complete = sum(1 for e in ev.enrollments if e["state"] == "sent")
+    check.detail = (f"{len(ev.enrollments)} enrollments: " + ", ".join(
+        f"{counts[s]} {s}" for s in ("sent", "stopped", "failed", "skipped", "unknown") if counts[s])
+        + f" ({complete} complete); ended at step "
+        + ", ".join(f"{p}: {n}" for p, n in sorted(at_step.items())))
     return check
 
 
-def _expected_state(row: sqlite3.Row | None) -> set[str]:
-    if row is None:
-        return {"skipped"}  # suppressed before its first claim: no row is ever written
-    status = row["status"]
+def _expected_state(row: sqlite3.Row | None, stopped: bool) -> set[str]:
+    """The states an enrollment may end in, given its row at its current step."""
+    if row is None:  # suppressed (or stopped) before this step's claim: no row is written
+        return {"skipped", "stopped"} if stopped else {"skipped"}
+    status, reply = row["status"], row["smtp_reply"]
     if status == "failed":
-        return {"failed", "skipped"} if row["smtp_reply"] == "suppressed before retry" else {"failed"}
-    return {status} if status in ("sent", "unknown") else set()
+        if reply == "suppressed before retry":
+            return {"failed", "skipped"}
+        return {"failed", "stopped"} if stopped and reply == "stopped before retry" else {"failed"}
+    if status == "sent":  # stopped while this step was in flight: it ends stopped
+        return {"sent", "stopped"} if stopped else {"sent"}
+    return {status} if status == "unknown" else set()
 
 
 def check_no_pending(ev: Evidence) -> Check:
@@ -145,21 +188,28 @@ def check_no_pending(ev: Evidence) -> Check:
 
 
 def check_at_most_once(ev: Evidence) -> Check:
-    """The server accepted at most one message per recipient in each campaign."""
-    check = Check("SMTP server accepted <= 1 message per recipient (per campaign)")
-    per_pair: dict[tuple[int | None, str], list[dict]] = defaultdict(list)
+    """The server accepted at most one message per recipient and step in each campaign.
+
+    A message's step is its send_log row's (the Message-ID carries the row's id); one the
+    database does not know counts as step "?" (check 3 names it).
+    """
+    check = Check("SMTP server accepted <= 1 message per (campaign, recipient, step)")
+    per_step: dict[tuple[int | None, str, int | str], list[dict]] = defaultdict(list)
     accepted = ev.accepted()
     for e in accepted:
-        per_pair[(e["campaign"], e["rcpt"])].append(e)
+        row = ev.logs.get(e["log_id"])
+        per_step[(e["campaign"], e["rcpt"], row["step"] if row is not None else "?")].append(e)
     lead_ids = {email: lead_id for lead_id, email in ev.emails.items()}
-    for (campaign_id, rcpt), got in sorted(per_pair.items(), key=lambda kv: str(kv[0])):
+    for (campaign_id, rcpt, step), got in sorted(per_step.items(), key=lambda kv: str(kv[0])):
         if len(got) > 1:
             times = ", ".join(f"log {g['log_id']} at {_clock(g['t'])}" for g in got)
             check.violations.append(f"{ev.who(campaign_id, lead_ids.get(rcpt, -1))}: "
-                                    f"received {len(got)} messages ({times})")
+                                    f"received {len(got)} messages of step {step} ({times})")
     per_rcpt = Counter(e["rcpt"] for e in accepted)
-    check.detail = (f"{len(accepted)} accepted, {len(per_rcpt)} recipients, max per (campaign, "
-                    f"recipient) {max((len(v) for v in per_pair.values()), default=0)}")
+    steps = Counter(step for _, _, step in per_step)
+    check.detail = (f"{len(accepted)} accepted, {len(per_rcpt)} recipients, "
+                    + ", ".join(f"step {s}: {n}" for s, n in sorted(steps.items(), key=str))
+                    + f"; max per (campaign, recipient, step) {max(map(len, per_step.values()), default=0)}")
     return check
 
 
@@ -189,9 +239,80 @@ def check_sent_equals_accepted(ev: Evidence) -> Check:
         elif status != "sent" and got:
             check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} "
                                     f"is {status} ({row['smtp_reply']}) but the server accepted it")
-    sent = sum(1 for r in ev.logs.values() if r["status"] == "sent")
-    check.detail = (f"{sent} sent rows, {sum(len(v) for v in by_log.values())} accepted "
-                    f"({unknown_accepted} of them for unknown rows)")
+    sent = Counter(r["step"] for r in ev.logs.values() if r["status"] == "sent")
+    got = Counter(ev.logs[log_id]["step"] for log_id, v in by_log.items() for _ in v)
+    check.detail = (f"{sum(sent.values())} sent rows, {sum(got.values())} accepted "
+                    f"({unknown_accepted} of them for unknown rows); per step sent/accepted "
+                    + ", ".join(f"{s}: {sent[s]}/{got[s]}" for s in sorted(set(sent) | set(got))))
+    return check
+
+
+def check_step_order(ev: Evidence) -> Check:
+    """Step n is first claimed only after step n-1 was sent to that lead and its delay passed.
+
+    Exact: the claim compares its `claimed_at` (taken before its transaction, kept as the
+    row's created_at) with the due time its predecessor's outcome stored from `sent_at`.
+    """
+    check = Check("no step claimed before the previous step was sent and its delay passed")
+    logs = ev.log_by_step()
+    margins: list[float] = []
+    for row in ev.logs.values():
+        before = ev.previous(row["campaign_id"], row["step"])
+        if before is None:
+            continue
+        position, delay = before
+        prev = logs.get((row["campaign_id"], row["lead_id"], position))
+        claimed = datetime.fromisoformat(row["created_at"])
+        if prev is None or prev["status"] != "sent" or prev["sent_at"] is None:
+            what = f"send_log {prev['id']} is {prev['status']}" if prev else "there is no row"
+            check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} of "
+                                    f"step {row['step']} claimed at {row['created_at']}, but of step "
+                                    f"{position} {what}")
+            continue
+        due = datetime.fromisoformat(prev["sent_at"]) + delay
+        margins.append((claimed - due).total_seconds())
+        if claimed < due:
+            check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} of "
+                                    f"step {row['step']} claimed at {row['created_at']}, before {due} (step "
+                                    f"{position} sent {prev['sent_at']} + {delay.total_seconds():g} s)")
+    check.detail = (f"{len(margins)} later-step claims, earliest {min(margins):.3f} s after its due time"
+                    if margins else "no later-step claims")
+    return check
+
+
+def check_stops(ev: Evidence) -> Check:
+    """Nothing claimed or retried for a lead after a person's stop of its sequence committed.
+
+    Read after the stop committed: the newest send_log id and the enrollment's rows with
+    their attempts. A row with a larger id is a claim after the stop; more attempts, a
+    retry after it. Exact: no time is compared.
+    """
+    check = Check("nothing claimed or retried for a lead after its stop")
+    enrollments = {(e["campaign_id"], e["lead_id"]): e for e in ev.enrollments}
+    rows_of: dict[tuple[int, int], list[sqlite3.Row]] = defaultdict(list)
+    for row in ev.logs.values():
+        rows_of[(row["campaign_id"], row["lead_id"])].append(row)
+    checked = 0
+    for stop in ev.lead_stops:
+        if stop.ended is None or stop.attempts is None:
+            continue  # no answer: it may not have committed
+        key = (stop.campaign_id, stop.lead_id)
+        checked += 1
+        what = f"its stop at {_clock(stop.ended)}"
+        for row in rows_of[key]:
+            if row["id"] > stop.max_log_id:
+                check.violations.append(f"{ev.who(*key)}: send_log {row['id']} of step {row['step']} "
+                                        f"({row['status']}) was claimed after {what}")
+            elif row["attempts"] > stop.attempts.get(row["id"], row["attempts"]):
+                check.violations.append(f"{ev.who(*key)}: send_log {row['id']} of step {row['step']} was "
+                                        f"retried (attempt {row['attempts']}) after {what}")
+        enrollment = enrollments.get(key)
+        if stop.stopped and (enrollment is None or enrollment["stopped_at"] is None):
+            check.violations.append(f"{ev.who(*key)}: stopped at {_clock(stop.ended)}, but no stop is "
+                                    "recorded")
+    stopped = Counter(e["state"] for e in ev.enrollments if e["stopped_at"] is not None)
+    check.detail = (f"{checked} stops checked; enrollments with a stop end " + (", ".join(
+        f"{n} {s}" for s, n in stopped.most_common()) or "none"))
     return check
 
 
@@ -231,7 +352,7 @@ def check_suppressed(ev: Evidence) -> Check:
     claim that should have been skipped, and a row with more attempts is a retry that
     should have been refused. Exact: no time is compared.
     """
-    check = Check("suppressed addresses got nothing after suppression")
+    check = Check("suppressed addresses got nothing after suppression (any step)")
     lead_ids = {email: lead_id for lead_id, email in ev.emails.items()}
     rows_by_lead: dict[int, list[sqlite3.Row]] = defaultdict(list)
     for row in ev.logs.values():
@@ -322,6 +443,21 @@ _DERIVED = {
 }
 
 
+def _steps(conn: sqlite3.Connection) -> dict[int, list[tuple[int, timedelta]]]:
+    """Each campaign's steps that are not archived, in order, with their delays in seconds.
+
+    The chaos run uses delays in seconds only; a step without a row is step 1 (no delay).
+    """
+    found: dict[int, list[tuple[int, timedelta]]] = defaultdict(list)
+    for row in conn.execute("SELECT campaign_id, position, delay_amount, delay_unit FROM campaign_step "
+                            "WHERE archived_at IS NULL ORDER BY campaign_id, position"):
+        if row["delay_unit"] != "seconds" and row["position"] > 1:
+            raise ValueError(f"campaign {row['campaign_id']} step {row['position']}: the chaos checks "
+                             f"read delays in seconds, not {row['delay_unit']}")
+        found[row["campaign_id"]].append((row["position"], timedelta(seconds=row["delay_amount"])))
+    return dict(found)
+
+
 def _requests(conn: sqlite3.Connection) -> dict[str, list[sqlite3.Row]]:
     found: dict[str, list[sqlite3.Row]] = defaultdict(list)
     for row in conn.execute("SELECT * FROM send_request"):
@@ -370,6 +506,10 @@ def check_double_submits(ev: Evidence) -> Check:
         if not rows and any(p.status == 302 for p in presses):
             check.violations.append(f"key {key} of campaign {presses[0].campaign_id}: answered, "
                                     "but no request was recorded")
+        refused = sorted({p.status for p in presses if p.status not in (None, 302)})
+        if refused:  # a refused button records nothing: the run would not test double submits
+            check.violations.append(f"key {key} of campaign {presses[0].campaign_id}: POST answered "
+                                    f"HTTP {', '.join(map(str, refused))}, not a redirect")
     answered = sum(1 for p in ev.presses if p.status is not None)
     served = sum(1 for rows in ev.requests.values() for r in rows if r["picked_at"])
     check.detail = (f"{len(ev.presses)} POSTs ({answered} answered), {repeated} keys POSTed "
@@ -402,15 +542,17 @@ def check_fencing(ev: Evidence) -> Check:
 
 
 def check_pins(ev: Evidence) -> Check:
-    """Every message went through the mailbox its lead is pinned to (never moved silently)."""
-    check = Check("each lead's message went through its pinned mailbox")
+    """Every step's message went through the mailbox its lead is pinned to (never moved silently)."""
+    check = Check("each lead's messages (every step) went through its pinned mailbox")
     pinned = {(e["campaign_id"], e["lead_id"]): e["mailbox_id"] for e in ev.enrollments}
     for row in ev.logs.values():
         pin = pinned.get((row["campaign_id"], row["lead_id"]))
         if row["mailbox_id"] != pin:
-            check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: sent through mailbox "
+            check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: step {row['step']} "
+                                    f"(send_log {row['id']}) went through mailbox "
                                     f"{row['mailbox_id']}, pinned to {pin}")
-    check.detail = f"{len({r['mailbox_id'] for r in ev.logs.values()})} mailboxes used"
+    check.detail = (f"{len(ev.logs)} rows of {len({r['step'] for r in ev.logs.values()})} steps, "
+                    f"{len({r['mailbox_id'] for r in ev.logs.values()})} mailboxes used")
     return check
 
 
@@ -423,4 +565,4 @@ def run_checks(ev: Evidence) -> list[Check]:
     return [check_final_states(ev), check_at_most_once(ev), check_sent_equals_accepted(ev),
             check_unknown_explained(ev), check_no_pending(ev), check_suppressed(ev),
             check_integrity(ev), check_double_submits(ev), check_fencing(ev), check_paused(ev),
-            check_derived_counts(ev), check_pins(ev)]
+            check_derived_counts(ev), check_pins(ev), check_step_order(ev), check_stops(ev)]

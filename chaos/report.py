@@ -19,7 +19,8 @@ def parameters(args, pop) -> list[tuple[str, str]]:
         ("duration", f"{args.duration:g} s of chaos, then recover and drain (≤ {args.drain_timeout:g} s); "
                      f"seed {args.seed}"),
         ("leads", f"{args.leads} leads, {len(pop.campaign_ids)} campaigns, {pop.enrollments} enrollments "
-                  f"({_pct(args.overlap)} of leads in two campaigns); interval 0, batch {pop.batch_size}"),
+                  f"({_pct(args.overlap)} of leads in two campaigns); {pop.steps} steps each (step n "
+                  f"waits n s after step n-1); interval 0, batch {pop.batch_size}"),
         ("processes", f"gunicorn -w {args.workers} (a scheduler in every worker), 1 dedicated `flask "
                       f"scheduler`, `flask send-due` every ~{args.cron_every:g} s, {args.clients} "
                       "HTTP admins "
@@ -27,7 +28,8 @@ def parameters(args, pop) -> list[tuple[str, str]]:
         ("chaos", f"SIGKILL every ~{args.kill_every:g} s (worker 5 : scheduler 3 : send-due 2), SIGSTOP "
                   f"of the {'lease' if args.freeze_target == 'holder' else 'SQLite write-lock'} holder "
                   f"every ~{args.freeze_every:g} s for {args.freeze_for} s, "
-                  f"pause/resume every ~{args.pause_every:g} s (HTTP 70%, CLI 30%)"),
+                  f"pause/resume every ~{args.pause_every:g} s (HTTP 70%, CLI 30%), a lead's sequence "
+                  + (f"stopped every ~{args.stop_every:g} s" if args.stop_every > 0 else "never stopped")),
         ("SMTP faults", f"transient 421/451 {_pct(f['transient'])}, drop before DATA "
                         f"{_pct(f['drop_before'])}, drop after DATA {_pct(f['drop_after'])}, "
                         f"slow {_pct(f['slow'])} (≤ {f['slow_max']:g} s), "
@@ -64,6 +66,8 @@ def happenings(args, happened, ev, workdir: Path) -> list[tuple[str, str]]:
         ("button", f"{len(presses)} POSTs ({kinds['single']} single, {kinds['double']} in double "
                    f"submits, {kinds['reload']} reloads)"),
         ("pause/resume", ", ".join(f"{n} {k}" for k, n in sorted(happened["pauser"].done.items())) or "none"),
+        ("stops", f"{sum(1 for s in happened['stopper'].stops if s.ended)} leads' sequences stopped by hand "
+                  f"({journal.count('stop')} journaled)"),
         ("SMTP server", f"{events['accepted'] + delivered} accepted, {events['transient']} transient, "
                         f"{events['drop_before_data']} drops before DATA, {events['drop_after_data']} after "
                         f"DATA ({delivered} delivered), {events['bounce']} 550s; "
@@ -85,13 +89,14 @@ def _epoch(value: str) -> float:
 
 
 def outcome_rows(ev) -> list[list[str]]:
-    rows = [["campaign", "status", "enrolled", "sent", "failed", "skipped", "unknown", "open"]]
+    rows = [["campaign", "status", "enrolled", "complete", "stopped", "failed", "skipped", "unknown", "open"]]
     by_campaign: dict[int, Counter] = {}
     for e in ev.enrollments:
         by_campaign.setdefault(e["campaign_id"], Counter())[e["state"]] += 1
     for c in ev.campaigns:
         n = by_campaign.get(c["id"], Counter())
-        rows.append([str(c["id"]), c["status"], str(sum(n.values())), str(n["sent"]), str(n["failed"]),
+        rows.append([str(c["id"]), c["status"], str(sum(n.values())), str(n["sent"]), str(n["stopped"]),
+                     str(n["failed"]),
                      str(n["skipped"]), str(n["unknown"]), str(n["pending"] + n["sending"])])
     return rows
 

@@ -3,7 +3,8 @@
 One SQLite file and one misbehaving SMTP server; against them, all at once, gunicorn
 with a scheduler in every worker, a dedicated `flask scheduler`, `flask send-due` every
 few seconds, admins pressing "Wyślij kampanię" (double clicks included), campaigns
-paused and resumed, a killer (SIGKILL) and a freezer (SIGSTOP of the lease holder).
+paused and resumed, single leads' sequences stopped, a killer (SIGKILL) and a freezer
+(SIGSTOP of the lease holder). Every campaign is a sequence of --steps steps, seconds apart.
 When the time is up: stop, `flask recover`, drain, reconcile, print the table. Exit
 status 0 only if every check holds; otherwise each broken rule names its lead.
 """
@@ -20,9 +21,10 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from chaos.actors import Cron, Freezer, Keeper, Killer, Pauser, Presser, StatusChange, Watch, query
+from chaos.actors import Cron, Freezer, Keeper, Killer, Pauser, Presser, StatusChange, Stopper, Watch, query
 from chaos.fleet import FLASK, Fleet, Journal
 from chaos.http_client import AdminClient
 from chaos.prepare import populate, start_smtp
@@ -41,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=600, help="seconds of chaos")
     p.add_argument("--leads", type=int, default=5000)
     p.add_argument("--campaigns", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3,
+                   help="steps of every campaign; step n waits n seconds after step n-1 was sent")
     p.add_argument("--overlap", type=float, default=0.2, help="share of leads in two campaigns")
     p.add_argument("--mailboxes", type=int, default=3,
                    help="sender mailboxes every campaign sends through (0: the app's SMTP settings)")
@@ -55,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze-target", choices=("holder", "writer"), default="holder",
                    help="SIGSTOP the lease holder, or whoever holds SQLite's write lock")
     p.add_argument("--pause-every", type=float, default=10, help="seconds between pause/resume (±50%%)")
+    p.add_argument("--stop-every", type=float, default=3,
+                   help="seconds between stops of a random lead's sequence (±50%%; 0: none)")
     p.add_argument("--fault-rate", type=float, default=0.04,
                    help="scales every SMTP fault: transient=R, drop_before=R/4, drop_after=R/10, "
                         "slow=R, 550 for R/4 of the addresses")
@@ -76,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lo, _, hi = args.freeze_for.partition("-")
     args.freeze_range = (float(lo), float(hi or lo))
     args.faults = fault_rates(args.fault_rate, args.fault_rates)
+    if args.steps < 1:
+        p.error("--steps must be at least 1")
     if args.lease <= args.tick:
         p.error("--lease must exceed --tick")
     return args
@@ -196,9 +204,14 @@ class ChaosRun:
                        Keeper(self.stop, args.seed, self.fleet), Killer(self.stop, args.seed, self.fleet,
                                                                         args.kill_every),
                        self.freezer, pauser]
+        stopper = Stopper(self.stop, args.seed, args.stop_every, str(self.db_path), self.stop_lead,
+                          self.journal)
+        if args.stop_every > 0:
+            self.actors.append(stopper)
         self.actors += [Presser(f"admin{n}", self.stop, args.seed, clients[n], pop.campaign_ids,
                                 args.double_submit, presses, lock) for n in range(args.clients)]
-        self.happened.update(presses=presses, watch=watch, pauser=pauser, actors=[watch, *self.actors])
+        self.happened.update(presses=presses, watch=watch, pauser=pauser, stopper=stopper,
+                             actors=[watch, *self.actors])
         started = time.time()
         print(f"chaos: {args.duration:.0f}s of chaos from now (gunicorn on port {self.http_port})",
               flush=True)
@@ -216,6 +229,15 @@ class ChaosRun:
         print(f"chaos: stopped; every process exited {time.time() - deadline:.0f}s after the deadline",
               flush=True)
         _journal_gunicorn_timeouts(self.workdir, self.journal)
+
+    def stop_lead(self, campaign_id: int, lead_id: int) -> int:
+        """A person's "stop" of one lead's sequence in one campaign (what `campaign stop` calls)."""
+        from core import sequences
+        from models import db
+
+        with self.app.app_context():
+            return sequences.stop(db.engine, campaign_id, lead_id, "person",
+                                  datetime.now(UTC).replace(tzinfo=None))
 
     def stop_processes(self) -> None:
         """Stop the actors, wake anything frozen, stop every process (idempotent)."""
@@ -277,7 +299,8 @@ class ChaosRun:
         evidence = Evidence.load(
             self.db_path, self.workdir / "smtp-events.jsonl", kills=self.journal.kills(), host=leases.HOST,
             presses=self.happened["presses"], snapshots=watch.snapshots, sightings=watch.sightings,
-            status_changes=self.happened["pauser"].changes, drain_started=self.happened["drain"]["started"])
+            status_changes=self.happened["pauser"].changes, drain_started=self.happened["drain"]["started"],
+            lead_stops=self.happened["stopper"].stops)
         checks = run_checks(evidence)
         text, summary = render(self.args, self.pop, self.happened, evidence, checks, self.workdir)
         print(text, flush=True)

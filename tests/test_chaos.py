@@ -1,8 +1,9 @@
 """The chaos run, shortened (`make chaos` runs the full one): every check must hold.
 
 gunicorn with a scheduler in each worker, a dedicated scheduler, send-due, double
-clicks, pauses, SIGKILLs and SIGSTOPs against one SQLite file and a misbehaving SMTP
-server; then recover, drain and reconcile (chaos/reconcile.py). A failure names the lead
+clicks, pauses, stops of single leads, SIGKILLs and SIGSTOPs against one SQLite file and a
+misbehaving SMTP server, every campaign a three-step sequence (steps 2 and 3 due 2 s and
+3 s after the previous one); then recover, drain and reconcile (chaos/reconcile.py). A failure names the lead
 and the rule it broke; the run's logs stay in the test's tmp_path.
 """
 
@@ -20,8 +21,10 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-# ~400 enrollments in 2 campaigns, 2 workers: about a minute on two busy cores.
-SHORT = ["--duration", "20", "--leads", "320", "--overlap", "0.25", "--campaigns", "2",
+# ~140 enrollments x 3 steps (~420 messages) in 2 campaigns, 2 workers: about a minute on
+# two busy cores.
+SHORT = ["--duration", "20", "--leads", "110", "--steps", "3", "--stop-every", "3", "--overlap", "0.25",
+         "--campaigns", "2",
          "--workers", "2", "--clients", "2", "--kill-every", "4", "--freeze-every", "5",
          "--cron-every", "5", "--pause-every", "4", "--progress-every", "10",
          "--drain-timeout", "120", "--seed", "5"]
@@ -52,10 +55,12 @@ def test_short_chaos_run_keeps_every_promise(tmp_path):
     broken = {c["name"]: c["violations"][:20] for c in report["checks"] if not c["ok"]}
     assert broken == {}, out[-6000:]
     assert code == 0 and "SendOnce chaos run: PASS" in out
-    assert len(report["checks"]) == 12  # incl. the mailbox pins (every campaign through 3 mailboxes)
+    assert len(report["checks"]) == 14  # incl. the mailbox pins, the step order and the stops
+    assert "step 3:" in report["checks"][1]["detail"]  # the server got messages of every step
     # The chaos really happened (the killer kills something every round of ~4 s).
     journal = [json.loads(line) for line in (workdir / "journal.jsonl").read_text().splitlines()]
     assert any(item["action"] == "SIGKILL" and item["note"] == "chaos" for item in journal)
+    assert any(item["action"] == "stop" for item in journal)
 
 
 def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, settings, smtp):
@@ -88,3 +93,84 @@ def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, setting
         conn.close()
     assert any(v.startswith("campaign_state_count") and "kept 3, recounted 2" in v for v in found), found
     assert any(v.startswith("timeline_hour") and "kept 1, recounted 2" in v for v in found), found
+
+
+def _evidence(logs, enrollments=(), stops=(), events=()):
+    """Evidence for the per-step checks, from plain rows (what the checks read of them)."""
+    from datetime import timedelta
+
+    from chaos import reconcile
+
+    return reconcile.Evidence(
+        enrollments=list(enrollments), logs={r["id"]: r for r in logs}, emails={7: "lead7@example.com"},
+        suppressions={}, campaigns=[], integrity=["ok"], derived={}, events=list(events), kills={},
+        host="h", presses=[], snapshots=[], sightings={}, requests={}, status_changes=[], drain_started=0.0,
+        steps={1: [(1, timedelta(0)), (2, timedelta(seconds=2)), (3, timedelta(seconds=3))]},
+        lead_stops=list(stops))
+
+
+def _row(log_id, step, status="sent", created="2026-01-01 10:00:00", sent="2026-01-01 10:00:01",
+         attempts=1):
+    return {"id": log_id, "campaign_id": 1, "lead_id": 7, "step": step, "status": status,
+            "created_at": created, "sent_at": sent if status == "sent" else None, "attempts": attempts,
+            "smtp_reply": "250 ok", "mailbox_id": None}
+
+
+def test_the_step_checks_see_an_early_or_out_of_order_step():
+    # Check 13 must be able to fail: step 2 claimed 1.5 s after step 1 was sent (its delay is
+    # 2 s), and step 3 claimed while step 2 is unknown.
+    from chaos import reconcile
+
+    ok = _evidence([_row(1, 1), _row(2, 2, created="2026-01-01 10:00:03",
+                                      sent="2026-01-01 10:00:04"),
+                    _row(3, 3, created="2026-01-01 10:00:07")])
+    assert reconcile.check_step_order(ok).ok, reconcile.check_step_order(ok).violations
+    early = _evidence([_row(1, 1), _row(2, 2, created="2026-01-01 10:00:02.500000")])
+    found = reconcile.check_step_order(early).violations
+    assert len(found) == 1 and "send_log 2 of step 2" in found[0] and "+ 2 s" in found[0], found
+    unordered = _evidence([_row(1, 1), _row(2, 2, status="unknown", created="2026-01-01 10:00:03"),
+                           _row(3, 3, created="2026-01-01 10:00:09")])
+    found = reconcile.check_step_order(unordered).violations
+    assert len(found) == 1 and "send_log 3 of step 3" in found[0] and "is unknown" in found[0], found
+
+
+def test_the_final_state_check_counts_per_step():
+    # An enrollment `sent` short of the last step, or moved on past an unsent step, is reported.
+    from chaos import reconcile
+
+    enrollment = {"campaign_id": 1, "lead_id": 7, "step": 2, "state": "sent", "stopped_at": None}
+    found = reconcile.check_final_states(_evidence([_row(1, 1), _row(2, 2)], [enrollment])).violations
+    assert len(found) == 1 and "enrollment 'sent' at step 2" in found[0], found
+    complete = {**enrollment, "step": 3}
+    rows = [_row(1, 1), _row(2, 2, status="unknown"), _row(3, 3)]
+    found = reconcile.check_final_states(_evidence(rows, [complete])).violations
+    assert len(found) == 1 and "send_log 2 of step 2 is unknown" in found[0], found
+    assert reconcile.check_final_states(_evidence([_row(1, 1), _row(2, 2), _row(3, 3)], [complete])).ok
+
+
+def test_the_at_most_once_check_is_per_step():
+    # Two messages of different steps are not duplicates; two of one step are.
+    from chaos import reconcile
+
+    def accepted(log_id):
+        return {"ev": "accepted", "campaign": 1, "rcpt": "lead7@example.com", "log_id": log_id, "t": 0.0}
+
+    rows = [_row(1, 1), _row(2, 2)]
+    assert reconcile.check_at_most_once(_evidence(rows, events=[accepted(1), accepted(2)])).ok
+    found = reconcile.check_at_most_once(_evidence(rows, events=[accepted(2), accepted(2)])).violations
+    assert len(found) == 1 and "2 messages of step 2" in found[0], found
+
+
+def test_the_stop_check_sees_a_claim_or_retry_after_the_stop():
+    # Check 14 must be able to fail: after the stop (newest send_log id 5, the lead's row 2 at
+    # attempt 1), a new row 6 was claimed and row 2 was retried.
+    from chaos import reconcile
+    from chaos.actors import LeadStop
+
+    stop = LeadStop(1, 7, 100.0, ended=101.0, stopped=1, max_log_id=5, attempts={1: 1, 2: 1})
+    enrollment = {"campaign_id": 1, "lead_id": 7, "step": 2, "state": "stopped", "stopped_at": "x"}
+    assert reconcile.check_stops(_evidence([_row(1, 1), _row(2, 2)], [enrollment], [stop])).ok
+    rows = [_row(1, 1), _row(2, 2, attempts=2), _row(6, 3)]
+    found = reconcile.check_stops(_evidence(rows, [enrollment], [stop])).violations
+    assert any("send_log 6 of step 3" in v and "claimed after its stop" in v for v in found), found
+    assert any("send_log 2 of step 2 was retried (attempt 2)" in v for v in found), found
