@@ -539,3 +539,20 @@ def test_tls_with_the_servers_certificate_checked(app, engine, dovecot, box, mon
     assert inbound(engine, box) == []
     monkeypatch.setenv("SSL_CERT_FILE", str(dovecot.ca_file))  # OpenSSL's default trust store, for this test
     assert read(app, engine, box).read == 1
+
+
+def test_a_mailbox_that_logs_in_with_xoauth2_is_read_over_imap(app, engine, dovecot):
+    address, token = dovecot.oauth_user()  # Dovecot checks the token with its introspection endpoint
+    vault = Vault(app.config["MAILBOX_KEY_FILE"])
+    common = dict(backend="smtp", smtp_host="127.0.0.1", smtp_security="none", auth_kind="xoauth2",
+                  imap_host="127.0.0.1", imap_port=dovecot.imap_port, imap_security="none",
+                  imap_username=address)
+    good = Box(mailboxes.create(engine, vault, address=address, imap_password=token, **common), address)
+    dovecot.deliver(address, message("someone@example.org", "hello over oauth"))
+    assert read(app, engine, good).read == 1
+    assert [row.snippet for row in inbound(engine, good)] == ["hello over oauth"]
+    assert token in dovecot.introspection.asked
+    # A token the provider does not know (expired, revoked): the mailbox is reported, nothing read.
+    wrong = mailboxes.create(engine, vault, address="other@firma.pl", imap_password="ya29.revoked", **common)
+    [result] = replies.read_all(engine, vault, replies.ReaderOptions(), None, wrong)
+    assert result.error and "uthenticat" in result.error and result.read == 0
