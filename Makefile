@@ -52,8 +52,8 @@ $(DOVECOT):
 test: $(VENV)/.dev translations $(CHROMIUM) $(SPAMASSASSIN) $(DOVECOT)
 	$(PY) -m pytest
 
-## make bench: engine, SMTP, mailbox lanes, import and pages against bare ceilings; appends BENCHMARKS.md.
-bench: $(VENV)/.dev translations
+## make bench: engine, SMTP, mailbox lanes, import, pages and the reply reader against bare ceilings; appends BENCHMARKS.md.
+bench: $(VENV)/.dev translations $(DOVECOT)
 	$(PY) -m bench.run
 
 ## make chaos: the full chaos run (10 min, 5,000 leads, kills, freezes, SMTP faults) and

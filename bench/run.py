@@ -17,7 +17,11 @@ moments before or after it, on the same file settings (WAL, synchronous=FULL):
 7. mailboxes: sender.tick sending through 1, 4 and 8 mailboxes (a lane, a thread and a
    connection each) to a sink that answers each message after 100 ms, vs as many parallel
    bare smtplib connections to the same sink, target ≥ 0.8; and against a sink answering at
-   once (1 and 8), reported. Every lead must reach the sink exactly once.
+   once (1 and 8), reported. Every lead must reach the sink exactly once;
+8. replies: core.replies.read_all over N messages (replies, out-of-office, delivery reports
+   answering real send_log Message-IDs) delivered over LMTP into a throwaway Dovecot
+   (tests/imap_server.py), and a second pass with nothing new, vs a bare IMAPClient
+   FETCH BODY.PEEK[] + email parsing of the same; every message recorded exactly once.
 One markdown table is printed and appended to BENCHMARKS.md with the date, nproc, the CPU
 model and the load average (other work on the machine shows up there, not in the ratios).
 
@@ -61,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 
-SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy", "mailboxes")
+SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy", "mailboxes", "replies")
 PY = sys.executable
 
 
@@ -83,14 +87,15 @@ class Sizes:
     mailbox_counts_at_once: tuple[int, ...] = (1, 8)  # against a sink answering at once
     mailbox_messages: int = 100  # per mailbox (lane)
     mailbox_delay: float = 0.1  # seconds before the sink answers the final dot
+    reply_messages: int = 1000  # delivered into one Dovecot mailbox, read by core.replies
 
 
 DEFAULT = Sizes()
 QUICK = Sizes(claim_leads=600, procs=(1, 2), claim_seconds=4, smtp_messages=60, import_rows=5_000,
               page_leads=5_000, page_campaigns=4, page_sends=20_000, page_repeats=5, page_min_repeats=3,
-              page_seconds=5, legacy_rows=20_000, mailbox_messages=15)
+              page_seconds=5, legacy_rows=20_000, mailbox_messages=15, reply_messages=150)
 FULL = replace(DEFAULT, claim_seconds=0, smtp_messages=2_000, page_repeats=50, page_min_repeats=20,
-               page_seconds=60, mailbox_messages=300)
+               page_seconds=60, mailbox_messages=300, reply_messages=5000)
 
 
 @dataclass
@@ -801,6 +806,153 @@ def section_mailboxes(ctx: Context) -> None:
             sink.close()
 
 
+# --- 8. replies: reading a mailbox over IMAP (a real Dovecot) and classifying -------------
+
+REPLY_SAMPLES = ROOT / "tests" / "data" / "replies"
+# The mix delivered, in turn: human replies (Polish plain, English HTML), out-of-office
+# (Polish with a return date, English), delivery reports (a hard RFC 3464 DSN, a soft one, a
+# qmail-style bounce); each names the lead the sample was written for, replaced by the row's.
+REPLY_MIX = (("reply_pl_gmail.eml", "lead0001@example.com"),
+             ("reply_en_outlook_html.eml", "lead0002@example.com"),
+             ("ooo_pl.eml", "lead0004@example.com"), ("ooo_en.eml", "lead0005@example.com"),
+             ("dsn_hard_postfix.eml", "lead0009@example.com"),
+             ("dsn_soft_headers.eml", "lead0010@example.com"),
+             ("bounce_qmail.eml", "lead0011@example.com"))
+
+
+def reply_messages(sends: list[tuple[str, str]]) -> list[bytes]:
+    """One message per (Message-ID, lead address) of send_log, the samples in turn, each its own
+    Message-ID, answering that send and naming that lead."""
+    import re
+
+    texts = [((REPLY_SAMPLES / name).read_text(encoding="utf-8"), lead) for name, lead in REPLY_MIX]
+    built = []
+    for i, (message_id, email) in enumerate(sends):
+        text, lead = texts[i % len(texts)]
+        text = text.replace("<ORIGINAL-MESSAGE-ID>", message_id)
+        text = re.sub(re.escape(lead), email, text, flags=re.IGNORECASE)
+        text = re.sub(r"^Message-ID: <", f"Message-ID: <bench{i}.", text, count=1, flags=re.MULTILINE)
+        built.append(text.replace("\r\n", "\n").replace("\n", "\r\n").encode())
+    return built
+
+
+def deliver_all(dovecot, user: str, messages: list[bytes]) -> float:
+    """Deliver as an MTA does (LMTP), over one connection; seconds taken."""
+    began = time.perf_counter()
+    with smtplib.LMTP("127.0.0.1", dovecot.lmtp_port) as lmtp:
+        for raw in messages:
+            lmtp.sendmail("mta@example.net", [user], raw)
+    return time.perf_counter() - began
+
+
+def bare_read(dovecot, user: str, last_uid: int = 0) -> tuple[float, int]:
+    """The ceiling: IMAPClient, log in, EXAMINE, the UIDs above last_uid, FETCH BODY.PEEK[] as many at
+    a time as the reader does, each parsed (headers and its text body); seconds and messages."""
+    from email import message_from_bytes, policy
+
+    from imapclient import IMAPClient
+
+    from delivery.imap import FETCH_CHUNK
+
+    began, parsed = time.perf_counter(), 0
+    with IMAPClient("127.0.0.1", port=dovecot.imap_port, ssl=False, timeout=30) as client:
+        client.login(user, dovecot.users[user])
+        client.select_folder("INBOX", readonly=True)
+        uids = sorted(uid for uid in client.search(["UID", f"{last_uid + 1}:*"]) if uid > last_uid)
+        for start in range(0, len(uids), FETCH_CHUNK):
+            data = client.fetch(uids[start:start + FETCH_CHUNK], ["BODY.PEEK[]", "INTERNALDATE"])
+            for item in data.values():
+                msg = message_from_bytes(item[b"BODY[]"], policy=policy.default)
+                _headers = (msg["Message-ID"], msg["In-Reply-To"], msg["From"], msg["Subject"])
+                body = msg.get_body(("plain", "html"))
+                _text = body.get_content() if body is not None else ""
+                parsed += 1
+    return time.perf_counter() - began, parsed
+
+
+def check_replies(engine, mailbox_id: int, total: int) -> dict:
+    """Every delivered message recorded exactly once; kinds and matches for the notes."""
+    with engine.connect() as conn:
+        sql = conn.exec_driver_sql
+        rows = sql("SELECT count(*) FROM inbound_message WHERE mailbox_id = ?", (mailbox_id,)).scalar_one()
+        distinct = sql("SELECT count(*) FROM (SELECT DISTINCT folder, uidvalidity, uid FROM inbound_message "
+                       "WHERE mailbox_id = ?)", (mailbox_id,)).scalar_one()
+        matched = sql("SELECT count(*) FROM inbound_message WHERE mailbox_id = ? AND send_log_id IS NOT NULL",
+                      (mailbox_id,)).scalar_one()
+        kinds = dict(sql("SELECT kind, count(*) FROM inbound_message WHERE mailbox_id = ? GROUP BY kind",
+                         (mailbox_id,)).all())
+    return {"ok": rows == distinct == total, "rows": rows, "distinct": distinct, "matched": matched,
+            "kinds": kinds}
+
+
+def section_replies(ctx: Context) -> None:
+    """core.replies.read_all over N delivered messages, then a pass with nothing new, each
+    against a bare IMAPClient read of the same; every message recorded exactly once."""
+    from app import create_app
+    from core import mailboxes, replies
+    from models import db
+    from storage.secrets import Vault
+    from tests.imap_server import Dovecot
+
+    total = ctx.sizes.reply_messages
+    template = template_db(f"replies{total}", generate.Spec(leads=total, campaigns=1, sends=total), ctx.fresh)
+    db_path = fresh_copy(template, RESULTS / "replies-run.db")
+    key_file = RESULTS / "replies.keys"
+    dovecot = Dovecot().start()
+    try:
+        user, password = dovecot.new_user()
+        app = create_app(dict(config_for(db_path), MAILBOX_KEY_FILE=str(key_file)))
+        with app.app_context():
+            engine, vault = db.engine, Vault(key_file)
+            mailbox_id = mailboxes.create(
+                engine, vault, address=user, backend="smtp", smtp_host="127.0.0.1", smtp_security="none",
+                daily_cap=1000, min_gap_seconds=0, imap_host="127.0.0.1", imap_port=dovecot.imap_port,
+                imap_security="none", imap_username=user, imap_password=password)
+            with engine.begin() as conn:
+                # Every send went out through this mailbox: the reader's fallback (the sender's
+                # address among the mailbox's leads) can match what rewrote the headers.
+                conn.exec_driver_sql("UPDATE send_log SET mailbox_id = ?", (mailbox_id,))
+                sends = [tuple(r) for r in conn.exec_driver_sql(
+                    "SELECT message_id, lead.email FROM send_log JOIN lead ON lead.id = send_log.lead_id "
+                    "ORDER BY send_log.id LIMIT ?", (total,)).all()]
+            log(f"replies: delivering {len(sends)} messages over LMTP")
+            delivered = deliver_all(dovecot, user, reply_messages(sends))
+            bare_read(dovecot, user)  # warm Dovecot's index and the page cache for both
+            options = replies.ReaderOptions.from_config(app.config)
+            log(f"replies: the reader over {len(sends)} messages")
+            began = time.perf_counter()
+            [first] = replies.read_all(engine, vault, options, None, mailbox_id)
+            engine_s = time.perf_counter() - began
+            began = time.perf_counter()
+            [again] = replies.read_all(engine, vault, options, None, mailbox_id)
+            idle_s = time.perf_counter() - began
+            checked = check_replies(engine, mailbox_id, len(sends))
+            engine.dispose()
+        log("replies: bare IMAPClient fetch + parse of the same messages")
+        bare_s, bare_n = bare_read(dovecot, user)
+        bare_idle_s, _none = bare_read(dovecot, user, last_uid=10 ** 9)
+    finally:
+        dovecot.cleanup()
+    n = len(sends)
+    ok = (checked["ok"] and first.error is None and again.error is None and first.read == n
+          and again.read == 0 and bare_n == n)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(checked["kinds"].items()))
+    note = (f"{n} messages delivered over LMTP in {delivered:.1f} s, recorded once each "
+            f"({checked['rows']} rows, {checked['distinct']} distinct UIDs; "
+            f"{checked['matched']} matched to a send): {kinds}; "
+            f"{engine_s:.1f} s vs {bare_s:.1f} s")
+    if not ok:
+        note += (f" — CHECK FAILED: first pass read {first.read} ({first.error}), second {again.read} "
+                 f"({again.error}), bare read {bare_n}")
+    ctx.rows.append(Row("replies", f"messages read and classified/s, {n} in one mailbox",
+                        f"{n / engine_s:,.1f}/s", f"{n / bare_s:,.1f}/s", bare_s / engine_s,
+                        "report, each once", ok, note))
+    ctx.rows.append(Row("replies", "a pass with nothing new (log in, EXAMINE, search)",
+                        f"{idle_s * 1000:.1f} ms", f"{bare_idle_s * 1000:.1f} ms", bare_idle_s / idle_s,
+                        "report", ok,
+                        "the reader's pass also writes its cursor's read time (one commit)"))
+
+
 # --- the table ------------------------------------------------------------------------
 
 
@@ -882,6 +1034,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mailbox-messages", type=int, help="messages per mailbox in the mailboxes section")
     parser.add_argument("--mailbox-delay", type=float,
                         help="seconds the slow sink waits before answering the final dot (default 0.1)")
+    parser.add_argument("--reply-messages", type=int,
+                        help="messages delivered and read in the replies section (default 1000)")
     parser.add_argument("--profile", action="store_true", help="cProfile the engine, import and pages "
                                                                "into bench/results/profile-*.txt")
     parser.add_argument("--fresh", action="store_true", help="regenerate the cached databases")
@@ -894,7 +1048,8 @@ def main(argv: list[str] | None = None) -> None:
                  "smtp_messages": args.smtp_messages, "page_sends": args.page_sends,
                  "page_campaigns": args.page_campaigns, "page_leads": args.page_leads,
                  "mailbox_counts": tuple(int(m) for m in args.mailboxes.split(",") if m.strip()) or None,
-                 "mailbox_messages": args.mailbox_messages, "mailbox_delay": args.mailbox_delay}
+                 "mailbox_messages": args.mailbox_messages, "mailbox_delay": args.mailbox_delay,
+                 "reply_messages": args.reply_messages}
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     sections = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = set(sections) - set(SECTIONS)
@@ -905,7 +1060,7 @@ def main(argv: list[str] | None = None) -> None:
     started, load_before = time.perf_counter(), machine()["load"]
     runners = {"claims": section_claims, "smtp": section_smtp, "import": section_import,
                "pages": section_pages, "memory": section_memory, "legacy": section_legacy,
-               "mailboxes": section_mailboxes}
+               "mailboxes": section_mailboxes, "replies": section_replies}
     for name in SECTIONS:
         if name in sections:
             runners[name](ctx)

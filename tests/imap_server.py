@@ -5,11 +5,15 @@ passwd file), passwd-file users, Maildir, free ports for IMAP (STARTTLS offered)
 LMTP, a certificate for 127.0.0.1 signed by a throwaway CA (`ca_file`), `dovecot -F`
 in the foreground, stopped at the end (/work/shared/NOTES.md, "A real IMAP server").
 Mail arrives as an MTA delivers it (LMTP) or by IMAP APPEND.
+
+XOAUTH2: a second passdb checks bearer tokens with a tiny OAuth2 introspection endpoint
+(RFC 7662, `http.server` in a thread on a free port) that knows the tokens `oauth_user` gave.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import pwd
 import shutil
@@ -17,9 +21,12 @@ import smtplib
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,7 +50,7 @@ ssl = yes
 ssl_cert = <{dir}/tls/cert.pem
 ssl_key = <{dir}/tls/key.pem
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 auth_failure_delay = 0
 default_internal_user = {internal}
 default_internal_group = {internal_group}
@@ -54,7 +61,13 @@ mail_uid = {mail_user}
 mail_gid = {mail_group}
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {dir}/passwd
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {dir}/oauth2.conf.ext
 }}
 userdb {{
   driver = passwd-file
@@ -86,6 +99,44 @@ service lmtp {{
   }}
 }}
 """
+
+OAUTH2 = """\
+introspection_mode = post
+introspection_url = http://127.0.0.1:{port}/introspect
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
+
+class Introspection(ThreadingHTTPServer):
+    """RFC 7662 token introspection for Dovecot's oauth2 passdb: active only for known tokens."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _IntrospectionHandler)
+        self.tokens: dict[str, str] = {}  # token -> user
+        self.asked: list[str] = []  # tokens Dovecot asked about
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _IntrospectionHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        token = (parse_qs(body).get("token") or [""])[0]
+        self.server.asked.append(token)
+        user = self.server.tokens.get(token)
+        answer = {"active": True, "username": user} if user else {"active": False}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
 
 
 def make_certificates(folder: Path) -> Path:
@@ -137,6 +188,7 @@ class Dovecot:
         self.ca_file: Path | None = None  # trust it (SSL_CERT_FILE) to check the server's certificate
         self.users: dict[str, str] = {}  # handed out
         self._pool: dict[str, str] = {}
+        self.introspection: Introspection | None = None
 
     def start(self, attempts: int = 5) -> Dovecot:
         """Start in the foreground on free ports (retried on a port clash); wait for `* OK`."""
@@ -145,6 +197,10 @@ class Dovecot:
         passwd.write_text("".join(f"{user}:{secret}::::::\n" for user, secret in self._pool.items()))
         passwd.chmod(0o644)
         self.ca_file = make_certificates(self.dir / "tls")
+        self.introspection = Introspection()
+        oauth2 = self.dir / "oauth2.conf.ext"
+        oauth2.write_text(OAUTH2.format(port=self.introspection.server_address[1]))
+        oauth2.chmod(0o644)
         mail = self.dir / "mail"
         mail.mkdir(exist_ok=True)
         if os.getuid() == 0:
@@ -190,8 +246,11 @@ class Dovecot:
         self.proc = None
 
     def cleanup(self) -> None:
-        """Stop and remove the folder."""
+        """Stop, the introspection endpoint too, and remove the folder."""
         self.stop()
+        if self.introspection is not None:
+            self.introspection.shutdown()
+            self.introspection.server_close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def new_user(self) -> tuple[str, str]:
@@ -203,6 +262,13 @@ class Dovecot:
             raise RuntimeError(f"more than {POOL} users asked for: raise POOL")
         self.users[address] = self._pool[address]
         return address, self.users[address]
+
+    def oauth_user(self) -> tuple[str, str]:
+        """A mailbox user of its own that logs in with XOAUTH2 (address, bearer token)."""
+        address, _password = self.new_user()
+        token = f"ya29.test-token-{address}"
+        self.introspection.tokens[token] = address
+        return address, token
 
     def deliver(self, to: str, message: bytes, sender: str = "mta@example.net") -> None:
         """Deliver as an MTA would: LMTP to INBOX."""

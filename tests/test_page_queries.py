@@ -14,6 +14,7 @@ import pytest
 from flask import render_template_string
 from sqlalchemy import event
 
+from core import replies
 from helpers import make_campaign, serve_requests
 from models import User, db
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
@@ -117,3 +118,13 @@ def test_times_show_to_the_second(app):
 
     assert utc_time(datetime(2025, 1, 6, 7, 5, 9, 123456)) == "2025-01-06 07:05:09"
     assert utc_time(None) == "—"
+
+
+def test_the_campaign_page_reads_its_reply_and_bounce_rates_in_one_query(app, engine, admin):
+    cid = make_campaign(engine, 2, batch_size=2)
+    press_send(app, admin, cid, "c" * 32)
+    sql = statements(engine, admin, f"/campaigns/{cid}")
+    assert len([s for s in sql if "inbound_message" in s]) == 1  # core.replies.rates: every step and variant
+    with engine.connect() as conn:  # a one-step campaign: counted per variant, as step 1
+        assert {r.step for r in replies.rates(conn, cid)} == {1}
+        assert sum(r.sent for r in replies.rates(conn, cid)) == 2

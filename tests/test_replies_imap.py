@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,20 +20,23 @@ from playwright.sync_api import expect
 from sqlalchemy import func, select, update
 
 from conftest import app_config, env_for
-from core import mailboxes, replies
+from core import mailboxes, replies, sequences
 from delivery import lease as leases
+from delivery.transport import Result
 from helpers import log_in, make_campaign
 from models import (
     CampaignLead,
+    DelayUnit,
     InboundMessage,
     Lead,
     Mailbox,
     MailboxFolderState,
     SendLog,
+    SendStatus,
     Suppression,
     Trigger,
 )
-from sender import Claim, Refusal, claim_next
+from sender import Claim, Refusal, claim_next, record
 from storage.database import immediate
 from storage.secrets import Vault
 from storage.timeutil import utcnow
@@ -410,21 +413,58 @@ def log_in_token(client) -> str:
     return csrf_token(client.get("/replies").data)
 
 
-def test_rates_per_variant(app, engine, dovecot, box, settings):
+def send_through(engine, settings, campaign_id: int, n: int, at: datetime) -> list[tuple[Claim, str]]:
+    """Claim n sends one by one, each recorded as the sender does after the server's 250 (the lead
+    moves on to its next step)."""
+    sent = []
+    for _ in range(n):
+        claim = claim_next(engine, settings, campaign_id, Trigger.CLI, at)
+        assert isinstance(claim, Claim), claim
+        record(engine, settings, claim, Result(SendStatus.SENT, "250 ok"), at)
+        sent.append(claim)
+    with engine.connect() as conn:
+        emails = dict(conn.execute(select(Lead.id, Lead.email)).all())
+    return [(claim, emails[claim.lead_id]) for claim in sent]
+
+
+def test_rates_per_step_and_variant_on_the_campaign_page(app, engine, dovecot, box, settings):
     cid = make_campaign(engine, 6, variants="AB")
     mailboxes.link(engine, cid, [box.id])
-    sent = send(engine, settings, cid, 6)
+    sequences.add_step(engine, cid, amount=1, unit=DelayUnit.HOURS, subject="s2",
+                       body="step 2 {{ unsubscribe_url }}", now=utcnow())
+    sent = send_through(engine, settings, cid, 6, utcnow())
     (replied, replied_email), (bounced, bounced_email) = sent[0], sent[1]
     dovecot.deliver(box.address, message(replied_email, "yes", In_Reply_To=replied.message_id))
     dovecot.deliver(box.address, message(replied_email, "and again", In_Reply_To=replied.message_id))
     dovecot.deliver(box.address, sample("dsn_hard_postfix.eml", bounced.message_id,
                                         **{"lead0009@example.com": bounced_email}))
+    dovecot.deliver(box.address, sample("ooo_en.eml", sent[2][0].message_id))  # an auto-reply: no reply
+    read(app, engine, box)
+    # Step 2 (one variant, A) reaches the three leads who neither answered, bounced nor are away.
+    later = send_through(engine, settings, cid, 3, utcnow() + timedelta(hours=2))
+    assert {claim.step for claim, _ in later} == {2}
+    dovecot.deliver(box.address, message(later[0][1], "step two, yes", In_Reply_To=later[0][0].message_id))
     read(app, engine, box)
     with engine.connect() as conn:
-        rates = {r.variant: (r.sent, r.replied, r.bounced) for r in replies.rates(conn, cid)}
+        rates = {(r.step, r.variant): (r.sent, r.replied, r.bounced) for r in replies.rates(conn, cid)}
     letters = Counter(claim.variant_letter for claim, _ in sent)  # variants are drawn at enrollment
-    assert rates == {letter: (n, int(letter == replied.variant_letter), int(letter == bounced.variant_letter))
-                     for letter, n in letters.items()}  # two replies of one lead count once
+    first = {(1, letter): (n, int(letter == replied.variant_letter), int(letter == bounced.variant_letter))
+             for letter, n in letters.items()}  # two replies of one lead count once
+    assert rates == {**first, (2, "A"): (3, 1, 0)}
+    client = app.test_client()
+    log_in(app, client)
+    page = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    table = page[page.index("Odpowiedzi i odbicia"):]
+    assert f'href="/replies?campaign={cid}"' in table
+    found = re.findall(r'<tr data-step="(\d)" data-variant="(\w)"><td>\d</td><td><b>\w</b></td>'
+                       r'<td>(\d+)</td><td>(\d+)</td>', table)
+    shown = {(int(step), letter): (int(n), int(answered)) for step, letter, n, answered in found}
+    assert shown == {key: (n, r) for key, (n, r, _b) in rates.items()}
+    assert ('<tr data-step="2" data-variant="A"><td>2</td><td><b>A</b></td><td>3</td><td>1</td>'
+            '<td>33.3 %</td><td>0</td><td>0.0 %</td></tr>') in page
+    sequence = client.get(f"/campaigns/{cid}/sequence").get_data(as_text=True)
+    assert sequence.count("<tr data-step=") == len(rates) and f'href="/replies?campaign={cid}"' in sequence
+
 
 
 def test_a_message_no_parser_can_read_is_recorded_and_does_not_block_the_next(app, engine, dovecot, box,
@@ -499,3 +539,20 @@ def test_tls_with_the_servers_certificate_checked(app, engine, dovecot, box, mon
     assert inbound(engine, box) == []
     monkeypatch.setenv("SSL_CERT_FILE", str(dovecot.ca_file))  # OpenSSL's default trust store, for this test
     assert read(app, engine, box).read == 1
+
+
+def test_a_mailbox_that_logs_in_with_xoauth2_is_read_over_imap(app, engine, dovecot):
+    address, token = dovecot.oauth_user()  # Dovecot checks the token with its introspection endpoint
+    vault = Vault(app.config["MAILBOX_KEY_FILE"])
+    common = dict(backend="smtp", smtp_host="127.0.0.1", smtp_security="none", auth_kind="xoauth2",
+                  imap_host="127.0.0.1", imap_port=dovecot.imap_port, imap_security="none",
+                  imap_username=address)
+    good = Box(mailboxes.create(engine, vault, address=address, imap_password=token, **common), address)
+    dovecot.deliver(address, message("someone@example.org", "hello over oauth"))
+    assert read(app, engine, good).read == 1
+    assert [row.snippet for row in inbound(engine, good)] == ["hello over oauth"]
+    assert token in dovecot.introspection.asked
+    # A token the provider does not know (expired, revoked): the mailbox is reported, nothing read.
+    wrong = mailboxes.create(engine, vault, address="other@firma.pl", imap_password="ya29.revoked", **common)
+    [result] = replies.read_all(engine, vault, replies.ReaderOptions(), None, wrong)
+    assert result.error and "uthenticat" in result.error and result.read == 0

@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField
 
-from core import alerts, campaigns, mailboxes, send_requests, stats
+from core import alerts, campaigns, mailboxes, replies, send_requests, stats
 from models import Campaign, CampaignStatus, SendLog, db
 from sender import Refusal
 from storage.timeutil import utcnow
@@ -151,6 +151,7 @@ def campaign(campaign_id: int):
                            progress=stats.progress(db.session, [found])[campaign_id],
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
                            results=stats.variant_results(db.session, campaign_id),
+                           rates=replies.rates(db.session.connection(), campaign_id),
                            send_request=_shown_request(found, scheduler.fresh),
                            action=ActionForm(), active=found.status == CampaignStatus.ACTIVE,
                            **_mailboxes_of(campaign_id))

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from wtforms import BooleanField, IntegerField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Regexp
 
-from core import leads, sequences
+from core import leads, replies, sequences
 from core.campaigns import CampaignError
 from models import Campaign, CampaignStatus, DelayUnit, Lead, db
 from storage.database import immediate
@@ -76,6 +76,7 @@ def index(campaign_id: int):
     campaign = _campaign(campaign_id)
     with db.engine.connect() as conn:
         steps = sequences.steps(conn, campaign_id)
+        rates = replies.rates(conn, campaign_id)
     settings = SettingsForm(country=campaign.country, stop_company_on_reply=campaign.stop_company_on_reply)
     finished = campaign.status == CampaignStatus.FINISHED
     reopen = sequences.reopen_count(db.engine, campaign_id) if finished else None
@@ -85,7 +86,7 @@ def index(campaign_id: int):
         return redirect(url_for("sequences.lead", campaign_id=campaign_id, lead_id=found))
     return render_template("sequence.html", campaign=campaign, steps=steps, step_form=StepForm(),
                            variant_form=StepVariantForm(), settings=settings, action=ActionForm(),
-                           reopen=reopen, query=query, not_found=bool(query))
+                           reopen=reopen, query=query, not_found=bool(query), rates=rates)
 
 
 def _find_lead(campaign_id: int, email: str) -> int | None:
