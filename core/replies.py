@@ -667,15 +667,19 @@ def rates(conn: Connection, campaign_id: int) -> list[Rate]:
     sent = (_log.c.campaign_id == campaign_id, _log.c.status == SendStatus.SENT)
     # Counting per step reads every send's row (no index has the step); a one-step campaign
     # (most of them) counts per variant from a covering index instead, ~10x faster at 100,000
-    # sends. The step count is a constant term: SQLite runs only the branch it allows.
-    steps = (select(func.coalesce(func.max(_step.c.position), 1)).where(_step.c.campaign_id == campaign_id)
-             .scalar_subquery())
+    # sends. Decided first: a branch ruled out only inside the query still scanned its rows
+    # (22 ms of the campaign page at 1 M send_log rows).
+    steps = conn.execute(select(func.max(_step.c.position))
+                         .where(_step.c.campaign_id == campaign_id)).scalar()
     zero = literal(0)
-    one_step = (select(literal(1).label("step"), _log.c.variant_letter.label("variant"),
-                       func.count().label("sent"), zero.label("replied"), zero.label("bounced"))
-                .where(*sent, steps <= 1).group_by(_log.c.variant_letter))
-    many_steps = (select(_log.c.step, _log.c.variant_letter, func.count(), zero, zero)
-                  .where(*sent, steps > 1).group_by(_log.c.step, _log.c.variant_letter))
+    if (steps or 1) <= 1:
+        sends = (select(literal(1).label("step"), _log.c.variant_letter.label("variant"),
+                        func.count().label("sent"), zero.label("replied"), zero.label("bounced"))
+                 .where(*sent).group_by(_log.c.variant_letter))
+    else:
+        sends = (select(_log.c.step.label("step"), _log.c.variant_letter.label("variant"),
+                        func.count().label("sent"), zero.label("replied"), zero.label("bounced"))
+                 .where(*sent).group_by(_log.c.step, _log.c.variant_letter))
     hard = _inbound.c.kind == ReplyKind.BOUNCE_HARD
     answered = (select(_log.c.step, _log.c.variant_letter, zero,  # two replies to one send count once
                        func.count(distinct(case((~hard, _log.c.id)))),
@@ -685,7 +689,7 @@ def rates(conn: Connection, campaign_id: int) -> list[Rate]:
                        _inbound.c.kind.in_([ReplyKind.REPLY, ReplyKind.UNSUBSCRIBE, ReplyKind.BOUNCE_HARD]),
                        or_(_inbound.c.label.is_(None), _inbound.c.label != "not_a_reply"))
                 .group_by(_log.c.step, _log.c.variant_letter))
-    counts = union_all(one_step, many_steps, answered).subquery()
+    counts = union_all(sends, answered).subquery()
     query = (select(counts.c.step, counts.c.variant, func.sum(counts.c.sent), func.sum(counts.c.replied),
                     func.sum(counts.c.bounced))
              .group_by(counts.c.step, counts.c.variant).order_by(counts.c.step, counts.c.variant))
