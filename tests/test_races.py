@@ -85,9 +85,12 @@ def test_incident_replayed_two_gunicorn_workers_with_schedulers(engine, smtp, co
 def test_reloader_watcher_never_ticks(engine, smtp, config, tmp_path):
     make_campaign(engine, 3, interval=1)
     env = env_for({**config, "SCHEDULER_ENABLED": True, "TICK_SECONDS": 0.5, "LEASE_SECONDS": 5})
+    # SIGINT as a terminal's Ctrl-C delivers it, even when this test runs in a background
+    # job (a non-interactive shell starts those with SIGINT ignored, and children inherit it).
     watcher = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "run", "--reload",
                                 "--port", str(free_port())], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: len(log_rows(engine)) >= 2, timeout=30)
         with engine.connect() as conn:
