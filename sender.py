@@ -253,7 +253,7 @@ from models import (
     Trigger,
     campaign_mailbox,
 )
-from storage.database import immediate, run_sql, transaction
+from storage.database import email_domain_sql, immediate, run_sql, transaction
 from storage.migrate import claim_gate
 from storage.timeutil import utcnow
 
@@ -382,7 +382,7 @@ _CHECKPOINT = "UPDATE campaign SET last_claim_at = ? WHERE id = ?"
 # pinned to a mailbox that may send now (ids are integers from the database, never input).
 # Suppressed: the address, or its whole domain ("@example.com", #17); two unique-index lookups.
 _SUPPRESSED = ("EXISTS (SELECT 1 FROM suppression s WHERE s.email IN "
-               "(lead.email, '@' || substr(lead.email, instr(lead.email, '@') + 1)))")
+               f"(lead.email, {email_domain_sql('lead.email')}))")
 _NEXT_RETRY = (
     f"SELECT l.id, l.lead_id, l.variant_letter, l.attempts, {_SUPPRESSED}, l.message_id, l.mailbox_id, "
     "l.step, "

@@ -74,6 +74,12 @@ def _on_begin(conn: Connection) -> None:
     run_sql(conn, "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def email_domain_sql(column: str) -> str:
+    """SQL text for an address column's domain with its "@" ("@example.com"), for the hot
+    path's text SQL. SQLite's spelling; PostgreSQL's would be '@' || split_part(column, '@', 2)."""
+    return f"'@' || substr({column}, instr({column}, '@') + 1)"
+
+
 def run_sql(conn: Connection, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()
             ) -> sqlite3.Cursor:
     """Run SQL text on the sqlite3 connection beneath `conn`, inside conn's transaction.
