@@ -48,9 +48,18 @@ $(DOVECOT):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd dovecot-lmtpd
 
-## make test: install what the tests need, run the whole suite (slow group included).
-test: $(VENV)/.dev translations $(CHROMIUM) $(SPAMASSASSIN) $(DOVECOT)
+# The PostgreSQL run (#19) starts its own throwaway cluster (tests/pg_server.py) with
+# Debian's server binaries; policy-rc.d keeps the system cluster from starting.
+POSTGRES := /usr/lib/postgresql/15/bin/postgres
+$(POSTGRES):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+
+## make test: install what the tests need, run the whole suite (slow group included) on
+## SQLite, then the tests marked `postgres` again on a throwaway PostgreSQL cluster.
+test: $(VENV)/.dev translations $(CHROMIUM) $(SPAMASSASSIN) $(DOVECOT) $(POSTGRES)
 	$(PY) -m pytest
+	SENDONCE_TEST_DB=postgresql $(PY) -m pytest -m postgres
 
 ## make bench: engine, SMTP, mailbox lanes, import, pages and the reply reader against bare ceilings; appends BENCHMARKS.md.
 bench: $(VENV)/.dev translations $(DOVECOT)

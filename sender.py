@@ -226,7 +226,6 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, func, or_, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
@@ -253,7 +252,19 @@ from models import (
     Trigger,
     campaign_mailbox,
 )
-from storage.database import email_domain_sql, immediate, run_sql, transaction
+from storage.database import (
+    CLAIM,
+    as_datetime,
+    email_domain_sql,
+    immediate,
+    insert_for,
+    is_busy,
+    is_postgres,
+    lock_claim_rows,
+    next_id,
+    run_sql,
+    transaction,
+)
 from storage.migrate import claim_gate
 from storage.timeutil import utcnow
 
@@ -381,15 +392,15 @@ _CHECKPOINT = "UPDATE campaign SET last_claim_at = ? WHERE id = ?"
 # {mailboxes}: "" for a campaign without mailboxes, else a filter to the rows unpinned or
 # pinned to a mailbox that may send now (ids are integers from the database, never input).
 # Suppressed: the address, or its whole domain ("@example.com", #17); two unique-index lookups.
-_SUPPRESSED = ("EXISTS (SELECT 1 FROM suppression s WHERE s.email IN "
-               f"(lead.email, {email_domain_sql('lead.email')}))")
+# {domain}: storage.database.email_domain_sql, in the connection's dialect.
+_SUPPRESSED = "EXISTS (SELECT 1 FROM suppression s WHERE s.email IN (lead.email, {domain}))"
 _NEXT_RETRY = (
     f"SELECT l.id, l.lead_id, l.variant_letter, l.attempts, {_SUPPRESSED}, l.message_id, l.mailbox_id, "
     "l.step, "
     "e.stopped_at IS NOT NULL FROM send_log l JOIN lead ON lead.id = l.lead_id "
     "JOIN campaign_lead e ON e.campaign_id = l.campaign_id AND e.lead_id = l.lead_id "
     f"WHERE l.campaign_id = ? AND l.status = '{SendStatus.RETRY}' AND l.next_attempt_at <= ? {{mailboxes}}"
-    "ORDER BY l.next_attempt_at LIMIT 1")
+    "ORDER BY l.next_attempt_at LIMIT 1{lock}")
 # Two walks of ix_campaign_lead_due: later steps whose delay has passed (oldest due first),
 # then step-1 enrollments (due_at NULL: due since enrolled, in enrollment order). A
 # stopped lead is never taken (its state is `stopped`, or it is in flight: stopped_at).
@@ -397,7 +408,7 @@ _NEXT_PENDING = (
     f"SELECT e.id, e.lead_id, e.variant_letter, {_SUPPRESSED}, e.mailbox_id, e.step, lead.email "
     "FROM campaign_lead e JOIN lead ON lead.id = e.lead_id "
     f"WHERE e.campaign_id = ? AND e.state = '{EnrollmentState.PENDING}' AND {{due}} AND e.stopped_at IS NULL "
-    "{mailboxes}ORDER BY {order} LIMIT 1")
+    "{mailboxes}ORDER BY {order} LIMIT 1{lock}")
 _DUE_LATER_STEP = ("e.due_at <= ?", "e.due_at, e.id")
 _DUE_FIRST_STEP = ("e.due_at IS NULL", "e.id")
 _STEP_VARIANTS = "SELECT letter, weight FROM variant WHERE campaign_id = ? AND step = ? ORDER BY letter"
@@ -410,10 +421,10 @@ _CAMPAIGN_MAILBOXES = (
     "WHERE cm.campaign_id = ? ORDER BY m.id")
 _MAILBOX_SENT_SINCE = "SELECT count(*) FROM send_log WHERE mailbox_id = ? AND claimed_at >= ?"
 _MAILBOX_CHECKPOINT = "UPDATE mailbox SET last_send_at = ? WHERE id = ?"
-# The new row's id is chosen under the write lock (what SQLite itself would pick, max + 1)
-# so that its Message-ID, made from the id, is stored by the claim: a row that a crash
-# leaves `unknown` names the Message-ID a person can look up in the mail server's log.
-_NEXT_LOG_ID = "SELECT coalesce(max(id), 0) + 1 FROM send_log"
+# The new row's id is chosen by the claim (storage.database.next_id: max + 1 under
+# SQLite's write lock, the sequence on PostgreSQL) so that its Message-ID, made from the
+# id, is stored by the claim: a row that a crash leaves `unknown` names the Message-ID a
+# person can look up in the mail server's log.
 INSTALLATION_KEY = "installation_id"
 _INSTALLATION = f"SELECT value FROM app_meta WHERE key = '{INSTALLATION_KEY}'"
 _NEW_LOG_ROW = (
@@ -426,8 +437,7 @@ def _campaign_row(conn: Connection, campaign_id: int) -> _CampaignRow | None:
     row = run_sql(conn, _CAMPAIGN, (campaign_id,)).fetchone()
     if row is None:
         return None
-    last = row[4] and datetime.fromisoformat(row[4])
-    return _CampaignRow(*row[:4], last, *row[5:])
+    return _CampaignRow(*row[:4], as_datetime(row[4]), *row[5:])
 
 
 # --- the claim -------------------------------------------------------------------
@@ -448,6 +458,7 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
     """
     started = time.monotonic()  # the send's deadline counts from before the claim's commit
     with _writing(engine, conn) as conn:
+        _lock_rows(conn, [campaign_id], settle)
         if settle is not None:
             _store_in(conn, settings, settle)
         if (gate := claim_gate(conn)) is not None:  # schema revision and restore flag, read every time
@@ -482,12 +493,27 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
 
 @contextmanager
 def _writing(engine: Engine, conn: Connection | None) -> Iterator[Connection]:
+    # CLAIM: BEGIN IMMEDIATE on SQLite; on PostgreSQL the shared write lock, claims then
+    # serializing on the rows _lock_rows takes (storage.database's docstring).
     if conn is None:
-        with immediate(engine) as fresh:
+        with immediate(engine, CLAIM) as fresh:
             yield fresh
     else:
-        with transaction(conn, immediate=True):
+        with transaction(conn, immediate=CLAIM):
             yield conn
+
+
+def _lock_rows(conn: Connection, campaigns: list[int], settle: Outcome | None) -> None:
+    """PostgreSQL: the rows a claim or stored outcome decides on, locked first (P33)."""
+    if settle is not None:
+        campaigns = [*campaigns, settle.claim.campaign_id]
+    lock_claim_rows(conn, campaigns, [settle.claim.mailbox_id] if settle is not None else [])
+
+
+def _pg_lock(conn: Connection, table: str) -> str:
+    # PostgreSQL: the row a claim takes is locked by the query that finds it (already
+    # serialized by the campaign row's lock; SKIP LOCKED never waits on anything else).
+    return f" FOR UPDATE OF {table} SKIP LOCKED" if is_postgres(conn) else ""
 
 
 class _Box(NamedTuple):
@@ -547,12 +573,11 @@ def _ready_mailboxes(conn: Connection, campaign: _CampaignRow, only: int | None,
     for (box_id, address, status, daily_cap, gap, ramp_start, ramp_step, ramp_from, zone, last) in rows:
         if status != MailboxStatus.ACTIVE or (lane_only and box_id != only):
             continue
-        cap = mailboxes.cap_today(daily_cap, ramp_start, ramp_step, datetime.fromisoformat(ramp_from),
-                                  zone, now)
+        cap = mailboxes.cap_today(daily_cap, ramp_start, ramp_step, as_datetime(ramp_from), zone, now)
         _, day_start = mailboxes.local_day(zone, now)
         used = run_sql(conn, _MAILBOX_SENT_SINCE, (box_id, _ts(day_start))).fetchone()[0]
         # No gap, nothing to wait for (as with a campaign's interval: see _check_campaign).
-        free_at = last and gap > 0 and datetime.fromisoformat(last) + timedelta(seconds=gap)
+        free_at = last and gap > 0 and as_datetime(last) + timedelta(seconds=gap)
         if used >= cap:
             waits.append(f"{address}: {used}/{cap} today")
         elif free_at and free_at > now:
@@ -585,7 +610,7 @@ def _lane_share(ready: list[_Box] | None, only: int | None,
 def _consume_key(conn: Connection, key: str, campaign_id: int, now: datetime) -> bool:
     # A double click, a reloaded POST or two tabs share one key: the primary key lets
     # exactly one of them through, decided inside the claim transaction.
-    return conn.execute(sqlite_insert(_press).values(key=key, campaign_id=campaign_id, pressed_at=now)
+    return conn.execute(insert_for(conn, _press).values(key=key, campaign_id=campaign_id, pressed_at=now)
                         .on_conflict_do_nothing()).rowcount == 1
 
 
@@ -621,7 +646,8 @@ def in_window(campaign: Any, local: datetime) -> bool:
 
 
 def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
-    sql = _NEXT_RETRY.format(mailboxes=taker.mailbox_filter("l.mailbox_id"))
+    sql = _NEXT_RETRY.format(mailboxes=taker.mailbox_filter("l.mailbox_id"),
+                             domain=email_domain_sql("lead.email", conn), lock=_pg_lock(conn, "l"))
     row = run_sql(conn, sql, (taker.campaign.id, _ts(taker.now))).fetchone()
     if row is None:
         return None
@@ -648,7 +674,8 @@ def _take_retry(conn: Connection, taker: _Taker) -> Claim | None:
 def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
     campaign_id = taker.campaign.id
     mailboxes = taker.mailbox_filter("e.mailbox_id")
-    walks = [(_NEXT_PENDING.format(due=due, order=order, mailboxes=mailboxes), params)
+    domain, lock = email_domain_sql("lead.email", conn), _pg_lock(conn, "e")
+    walks = [(_NEXT_PENDING.format(due=due, order=order, mailboxes=mailboxes, domain=domain, lock=lock), params)
              for (due, order), params in ((_DUE_LATER_STEP, (campaign_id, _ts(taker.now))),
                                           (_DUE_FIRST_STEP, (campaign_id,)))]
     for _ in range(_SKIP_LIMIT):
@@ -671,7 +698,7 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
             continue
         # The unique indexes on send_log make the database itself refuse a second row.
         now = _ts(taker.now)
-        log_id = run_sql(conn, _NEXT_LOG_ID).fetchone()[0]
+        log_id = next_id(conn, "send_log")
         sender = box.address if box else taker.campaign.from_address  # the Message-ID's domain
         msg_id = messages.message_id(log_id, campaign_id, sender, _installation(conn))
         claim = taker.claim(log_id, lead_id, letter, 1, msg_id, mailbox_id, step)
@@ -952,7 +979,8 @@ def store(engine: Engine, settings: Settings, outcome: Outcome) -> None:
     """Store an outcome in a transaction of its own, waiting out busy writers."""
 
     def write() -> None:
-        with immediate(engine) as conn:
+        with immediate(engine, CLAIM) as conn:
+            _lock_rows(conn, [], outcome)
             _store_in(conn, settings, outcome)
 
     _until_stored(settings, outcome.claim, write)
@@ -1003,8 +1031,7 @@ def _until_stored(settings: Settings, claim: Claim, write: Callable[[], None]) -
         try:
             return write()
         except OperationalError as exc:
-            busy = getattr(exc.orig, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
-            if not busy or time.monotonic() + delay > deadline:
+            if not is_busy(exc) or time.monotonic() + delay > deadline:
                 raise
             log.warning("send_log %s: database busy, outcome not stored yet; retrying",
                         claim.send_log_id)

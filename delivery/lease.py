@@ -29,7 +29,7 @@ from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from models import ClaimHeartbeat, SchedulerLease, SendLog
-from storage.database import immediate
+from storage.database import immediate, is_postgres
 from storage.timeutil import utcnow
 
 LEASE_NAME = "scheduler"
@@ -91,7 +91,8 @@ def acquire(engine: Engine, holder: str, now: datetime, seconds: float) -> Lease
     """Renew our lease or take a free, expired or orphaned one; None if another holds it."""
     expires = now + timedelta(seconds=seconds)
     with immediate(engine) as conn:
-        row = conn.execute(select(_lease).where(_lease.c.name == LEASE_NAME)).first()
+        # FOR UPDATE: on PostgreSQL a take-over waits for the claims in flight (FOR SHARE).
+        row = conn.execute(select(_lease).where(_lease.c.name == LEASE_NAME).with_for_update()).first()
         if row is None:
             conn.execute(insert(_lease).values(name=LEASE_NAME, holder=holder, epoch=1,
                                                heartbeat_at=now, expires_at=expires))
@@ -111,7 +112,16 @@ def _set(conn: Connection, **values) -> None:
 
 
 def fence(conn: Connection, lease: Lease, now: datetime, seconds: float) -> bool:
-    """Inside a claim transaction: is `lease` still current? Extends it if so."""
+    """Inside a claim transaction: is `lease` still current? Extends it if so.
+
+    PostgreSQL: an UPDATE would lock the one lease row for the rest of the claim and make
+    every claim queue behind it again. There a claim reads the row FOR SHARE (a take-over
+    waits for the claims in flight, and they for it), and extends it only when it is past
+    half its time and no other claim holds it (FOR UPDATE SKIP LOCKED: never a wait, never
+    a deadlock); the holder's own ticks renew it too (acquire).
+    """
+    if is_postgres(conn):
+        return _fence_shared(conn, lease, now, seconds)
     result = conn.execute(
         update(_lease)
         .where(_lease.c.name == LEASE_NAME, _lease.c.holder == lease.holder,
@@ -119,6 +129,15 @@ def fence(conn: Connection, lease: Lease, now: datetime, seconds: float) -> bool
         .values(heartbeat_at=now, expires_at=now + timedelta(seconds=seconds))
     )
     return result.rowcount == 1
+
+
+def _fence_shared(conn: Connection, lease: Lease, now: datetime, seconds: float) -> bool:
+    ours = (_lease.c.name == LEASE_NAME, _lease.c.holder == lease.holder, _lease.c.epoch == lease.epoch,
+            _lease.c.expires_at > now)
+    late = _lease.c.expires_at < now + timedelta(seconds=seconds / 2)
+    if conn.execute(select(_lease.c.name).where(*ours, late).with_for_update(skip_locked=True)).first():
+        conn.execute(update(_lease).where(*ours).values(heartbeat_at=now, expires_at=now + timedelta(seconds=seconds)))
+    return conn.execute(select(_lease.c.name).where(*ours).with_for_update(read=True)).first() is not None
 
 
 def is_current(conn: Connection, lease: Lease, now: datetime) -> bool:

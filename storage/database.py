@@ -1,27 +1,58 @@
-"""SQLite connection set-up: pragmas and real BEGIN IMMEDIATE transactions.
+"""Connection set-up and write transactions, for SQLite (the default) and PostgreSQL.
 
-Python's sqlite3 emits a deferred BEGIN only before a write, so a claim that reads and
-then writes could fail with "database is locked" (or, worse, read a stale snapshot).
+SQLite: Python's sqlite3 emits a deferred BEGIN only before a write, so a claim that reads
+and then writes could fail with "database is locked" (or, worse, read a stale snapshot).
 We take transaction control from the driver (isolation_level=None) and emit BEGIN
 ourselves: BEGIN IMMEDIATE for connections marked `immediate=True`, which takes the
 write lock up front so two claimers queue instead of interleaving.
+
+PostgreSQL (#19) has no database-wide write lock, so we make the one we need: a
+transaction-scoped advisory lock, WRITE_LOCK. Every write transaction takes it
+*exclusively* at BEGIN -- exactly BEGIN IMMEDIATE's meaning, so every read-then-write in
+the code base keeps the serial order it was written for -- except the engine's claims
+(and the outcomes they store), which take it *shared* and serialize among themselves on
+the rows they touch instead (`lock_claim_rows`: the campaign rows FOR UPDATE, then their
+mailboxes', then the lease FOR SHARE; always in that order, so claims cannot deadlock).
+Claims of campaigns with different mailboxes then run in parallel; a person's edit, an
+import, a reply being recorded or a lease take-over waits for the claims in flight and
+holds new ones back, as on SQLite. lock_timeout plays busy_timeout's part.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
+
+import psycopg
 
 from flask import current_app, has_app_context
 from sqlalchemy import Engine, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 BUSY_TIMEOUT_MS = 10_000  # the default of the SQLITE_BUSY_TIMEOUT_MS config key
+# PostgreSQL's advisory lock standing in for SQLite's write lock (any constant of ours).
+WRITE_LOCK = 0x53656E64  # "Send"
+# How a write transaction locks (execution option "immediate"): True/"exclusive" is
+# BEGIN IMMEDIATE; "claim" is the engine's shared mode on PostgreSQL (BEGIN IMMEDIATE on SQLite).
+CLAIM = "claim"
+# PostgreSQL errors that mean "try again", as SQLite's BUSY/LOCKED do: serialization
+# failure, deadlock detected, lock not available (lock_timeout).
+_PG_BUSY = {"40001", "40P01", "55P03"}
+
+
+def is_postgres(bind: Any) -> bool:
+    """Whether an engine or connection talks to PostgreSQL (else SQLite)."""
+    return bind.dialect.name == "postgresql"
 
 
 def configure_engine(engine: Engine) -> None:
@@ -33,10 +64,13 @@ def configure_engine(engine: Engine) -> None:
     if getattr(engine, "_sendonce_configured", False):
         return
     engine._sendonce_configured = True  # type: ignore[attr-defined]
-    if engine.dialect.name == "sqlite":
-        _create_private_file(engine.url.database)
     busy_ms = int(current_app.config.get("SQLITE_BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS)
                   if has_app_context() else BUSY_TIMEOUT_MS)
+    if is_postgres(engine):
+        event.listen(engine, "connect", lambda dbapi_connection, record: _on_connect_pg(dbapi_connection, busy_ms))
+        event.listen(engine, "begin", _on_begin_pg)
+        return
+    _create_private_file(engine.url.database)
     event.listen(engine, "connect", lambda dbapi_connection, record: _on_connect(dbapi_connection, busy_ms))
     event.listen(engine, "begin", _on_begin)
 
@@ -74,36 +108,144 @@ def _on_begin(conn: Connection) -> None:
     run_sql(conn, "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def email_domain_sql(column: str) -> str:
+def _on_connect_pg(dbapi_connection, busy_ms: int) -> None:
+    # Naive datetimes are UTC everywhere in SendOnce; lock waits end like SQLite's busy
+    # timeout (55P03, retried or shown as "busy" like SQLITE_BUSY).
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.execute(f"SET lock_timeout = {busy_ms:d}")
+    dbapi_connection.commit()
+
+
+def _on_begin_pg(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("immediate", False)
+    if immediate == CLAIM:
+        run_sql(conn, "SELECT pg_advisory_xact_lock_shared(?)", (WRITE_LOCK,))
+    elif immediate:
+        run_sql(conn, "SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a database error means "another writer holds the lock: try again"."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in _PG_BUSY:
+        return True
+    return getattr(orig, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """Whether a database error means the database may not be written (a read-only file)."""
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlite_errorname", "").startswith("SQLITE_READONLY") or \
+        getattr(orig, "sqlstate", None) == "25006"
+
+
+def email_domain_sql(column: str, bind: Any) -> str:
     """SQL text for an address column's domain with its "@" ("@example.com"), for the hot
-    path's text SQL. SQLite's spelling; PostgreSQL's would be '@' || split_part(column, '@', 2)."""
+    path's text SQL, in the dialect of `bind`."""
+    if is_postgres(bind):
+        return f"'@' || split_part({column}, '@', 2)"
     return f"'@' || substr({column}, instr({column}, '@') + 1)"
 
 
-def run_sql(conn: Connection, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()
-            ) -> sqlite3.Cursor:
-    """Run SQL text on the sqlite3 connection beneath `conn`, inside conn's transaction.
+def as_datetime(value: datetime | str | None) -> datetime | None:
+    """A datetime column's value as run_sql returns it: text on SQLite, datetime on PostgreSQL."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def next_id(conn: Connection, table: str) -> int:
+    """The id the next row of `table` gets, chosen inside the caller's write transaction.
+
+    SQLite: max + 1, safe under the write lock every writer holds. PostgreSQL: the
+    table's sequence, as claims of different campaigns insert in parallel there.
+    """
+    if is_postgres(conn):
+        return run_sql(conn, f"SELECT nextval(pg_get_serial_sequence('{table}', 'id'))").fetchone()[0]
+    return run_sql(conn, f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]
+
+
+def next_ids(conn: Connection, table: str, count: int) -> list[int]:
+    """`count` new ids for `table` (a batch insert's), as next_id chooses them."""
+    if count <= 0:
+        return []
+    if is_postgres(conn):
+        rows = run_sql(conn, f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) "
+                             "FROM generate_series(1, ?)", (count,)).fetchall()
+        return [r[0] for r in rows]
+    first = next_id(conn, table)
+    return list(range(first, first + count))
+
+
+def insert_for(bind: Any, table: Any):
+    """An INSERT of the bind's dialect, with on_conflict_do_nothing/do_update (both have them)."""
+    return (postgresql_insert if is_postgres(bind) else sqlite_insert)(table)
+
+
+def lock_claim_rows(conn: Connection, campaigns: Iterable[int], mailboxes: Iterable[int] = ()) -> None:
+    """PostgreSQL: lock what a claim (or a stored outcome) reads and then writes, in one
+    order for every claim: the campaign rows, then every mailbox of those campaigns (and
+    `mailboxes`), ascending ids. Pacing, caps, windows, a campaign's finish and its
+    wake-up then stay atomic under READ COMMITTED, and claims of campaigns that share no
+    mailbox do not wait for each other. SQLite: nothing to do (BEGIN IMMEDIATE holds all)."""
+    if not is_postgres(conn):
+        return
+    ids = sorted(set(campaigns))
+    run_sql(conn, "SELECT id FROM campaign WHERE id = ANY(?) ORDER BY id FOR UPDATE", (ids,))
+    run_sql(conn, "SELECT id FROM mailbox WHERE id IN (SELECT mailbox_id FROM campaign_mailbox "
+                  "WHERE campaign_id = ANY(?)) OR id = ANY(?) ORDER BY id FOR UPDATE",
+            (ids, sorted({int(m) for m in mailboxes if m is not None})))
+
+
+def run_sql(conn: Connection, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()):
+    """Run SQL text on the driver connection beneath `conn`, inside conn's transaction.
 
     For the few statements every message runs: Core costs ~90 us a statement, the
-    driver ~13 us (bench/README.md). Errors come out as SQLAlchemy's exception classes
-    (OperationalError, IntegrityError), like every other query's, so the callers' and
-    the app's handlers (busy retries, the 503 page) see one kind.
+    driver ~13 us (bench/README.md). Written with sqlite3's placeholders (`?`, `:name`);
+    on PostgreSQL they are rewritten once per statement text for psycopg. Errors come out
+    as SQLAlchemy's exception classes (OperationalError, IntegrityError), like every
+    other query's, so the callers' and the app's handlers (busy retries, the 503 page)
+    see one kind.
     """
+    driver = conn.connection.driver_connection
+    if isinstance(driver, sqlite3.Connection):
+        try:
+            return driver.execute(statement, params)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(statement, params, exc, sqlite3.Error) from exc
     try:
-        return conn.connection.driver_connection.execute(statement, params)
-    except sqlite3.Error as exc:
-        raise DBAPIError.instance(statement, params, exc, sqlite3.Error) from exc
+        return driver.execute(_pg_placeholders(statement), params or None, prepare=True)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, params, exc, psycopg.Error) from exc
+
+
+_TOKENS = re.compile(r"'(?:[^']|'')*'|\?|(?<!:):([A-Za-z_]\w*)|%")
+
+
+@lru_cache(maxsize=512)
+def _pg_placeholders(statement: str) -> str:
+    """sqlite3's `?` and `:name` as psycopg's `%s` and `%(name)s`; a literal `%` doubled."""
+    def swap(match: re.Match) -> str:
+        text = match.group(0)
+        if text.startswith("'"):
+            return text.replace("%", "%%")
+        if text == "?":
+            return "%s"
+        if text == "%":
+            return "%%"
+        return f"%({match.group(1)})s"
+    return _TOKENS.sub(swap, statement)
 
 
 @contextmanager
-def immediate(engine: Engine) -> Iterator[Connection]:
-    """A BEGIN IMMEDIATE transaction on a fresh connection; commits on success."""
-    with engine.connect() as conn, transaction(conn, immediate=True):
+def immediate(engine: Engine, mode: bool | str = True) -> Iterator[Connection]:
+    """A BEGIN IMMEDIATE transaction on a fresh connection; commits on success.
+    `mode=CLAIM`: the engine's claim lock on PostgreSQL (module docstring)."""
+    with engine.connect() as conn, transaction(conn, immediate=mode):
         yield conn
 
 
 @contextmanager
-def transaction(conn: Connection, *, immediate: bool) -> Iterator[Connection]:
+def transaction(conn: Connection, *, immediate: bool | str) -> Iterator[Connection]:
     """A transaction on an open connection: BEGIN IMMEDIATE to write, BEGIN to read.
 
     For a loop that keeps one connection (a batch of sends): checking a pooled

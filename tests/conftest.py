@@ -1,4 +1,9 @@
-"""Fixtures: a fresh SQLite *file* per test, a real SMTP server, an app bound to both."""
+"""Fixtures: a fresh SQLite *file* per test, a real SMTP server, an app bound to both.
+
+With SENDONCE_TEST_DB=postgresql (make test's second run, `-m postgres`), each test's
+database is instead a new database in one throwaway PostgreSQL cluster started for the
+session (tests/pg_server.py): the same tests, the same code paths, the other engine.
+"""
 
 from __future__ import annotations
 
@@ -25,12 +30,43 @@ def pytest_configure(config):
     CommandLineInterface().run(["pybabel", "-q", "compile", "-d", str(ROOT / "translations")])
 
 
+ON_POSTGRES = os.environ.get("SENDONCE_TEST_DB") == "postgresql"
+_cluster = None  # the session's PostgreSQL cluster (ON_POSTGRES only)
+_databases: dict[Path, str] = {}  # a test's database path -> its PostgreSQL database URL
+
+
+def database_url(db_path: Path) -> str:
+    """The database a test's `db_path` stands for: that SQLite file, or (ON_POSTGRES) a new
+    PostgreSQL database made for it, the same one every time the path is asked for."""
+    global _cluster
+    if not ON_POSTGRES:
+        return f"sqlite:///{db_path}"
+    if db_path not in _databases:
+        if _cluster is None:
+            from tests.pg_server import PostgresCluster
+
+            _cluster = PostgresCluster().start()
+        _databases[db_path] = _cluster.new_database()
+    return _databases[db_path]
+
+
+def pg_cluster():
+    """The session's PostgreSQL cluster (started on first use), for tests that need it."""
+    database_url(Path("/nonexistent/cluster-start"))
+    return _cluster
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _cluster is not None:
+        _cluster.stop()
+
+
 def app_config(db_path: Path, smtp_port: int, **extra) -> dict:
     """The configuration tests (and their subprocesses) run with."""
     config = {
         "TESTING": True,
         "SECRET_KEY": "test-secret-not-for-production",
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}",
+        "SQLALCHEMY_DATABASE_URI": database_url(db_path),
         # Beside the test's database, never in the repository's instance/ folder.
         "MAILBOX_KEY_FILE": str(db_path.parent / "secret.keys"),
         "OUTBOX_DIR": str(db_path.parent / "outbox"),
