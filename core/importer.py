@@ -30,7 +30,7 @@ import email_validator
 from email_validator import EmailNotValidError
 from email_validator.rfc_constants import EMAIL_MAX_LENGTH
 from email_validator.syntax import validate_email_domain_name, validate_email_local_part
-from sqlalchemy import Column, Connection, Engine, Executable, Text, bindparam, func, select, update
+from sqlalchemy import JSON, Column, Connection, Engine, Executable, Text, bindparam, func, select, update
 
 from core import csvfile, leads
 from core.csvfile import neutralized, quoted
@@ -487,7 +487,7 @@ def _existing(conn: Connection, emails: list[str]) -> dict[str, tuple[int, _Reco
     # One statement for the whole file: the addresses go in as one JSON array, and SQLite
     # walks it, looking each up in lead's email index (0.03 s per 100,000; chunked
     # IN (...) lists cost a statement compile per 500 addresses, ~1 s, under the write lock).
-    listed = func.json_each(bindparam("emails", type_=Text)).table_valued("value")
+    listed = (func.json_array_elements_text(func.cast(bindparam("emails", type_=Text), JSON)) if conn.dialect.name == "postgresql" else func.json_each(bindparam("emails", type_=Text))).table_valued("value")
     rows = conn.execute(select(lead.c.id, lead.c.email, lead.c.first_name, lead.c.last_name,
                                lead.c.company, lead.c.tags, lead.c.fields)
                         .select_from(listed.join(lead, lead.c.email == listed.c.value)),
@@ -504,13 +504,14 @@ def _insert(conn: Connection, emails: list[str], rows: _Rows) -> range:
     lead = Lead.__table__
     # The transaction holds the write lock, so the ids after the highest are free: choosing
     # them here (as SQLite would) spares reading 100,000 rows back to learn them.
-    first_id = conn.execute(select(func.coalesce(func.max(lead.c.id), 0))).scalar_one() + 1
-    ids = range(first_id, first_id + len(emails))
+    from storage.database import next_ids
+    ids = next_ids(conn, "lead", len(emails))
     now = _binder(conn, lead.c.created_at)(utcnow())
     columns = ("id", "email", "first_name", "last_name", "company", "tags", "fields", "created_at", "search")
     # The driver's executemany with values in database form: SQLAlchemy would bind each
     # row in Python (~25 µs a row, seconds per 100,000, all of it under the write lock).
-    statement = f"INSERT INTO {lead.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    mark = ("%s",) if conn.dialect.name == "postgresql" else ("?",)
+    statement = f"INSERT INTO {lead.name} ({', '.join(columns)}) VALUES ({', '.join(mark * len(columns))})"
     conn.exec_driver_sql(statement, [(lead_id, email, *values, now, _search(email, values))
                                      for lead_id, email in zip(ids, emails, strict=True)
                                      for values in (rows.values(email),)])
@@ -554,4 +555,4 @@ def _executemany(conn: Connection, statement: Executable, rows: list[dict]) -> N
 
 def _binder(conn: Connection, column: Column) -> Callable[[Any], Any]:
     """The column type's own conversion to database form (JSON text, datetime string)."""
-    return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect) or (lambda v: v)

@@ -178,7 +178,9 @@ def next_ids(conn: Connection, table: str, count: int) -> list[int]:
 
 def insert_for(bind: Any, table: Any):
     """An INSERT of the bind's dialect, with on_conflict_do_nothing/do_update (both have them)."""
-    return (postgresql_insert if is_postgres(bind) else sqlite_insert)(table)
+    # preserve_rowcount: an INSERT's rowcount (did ON CONFLICT DO NOTHING insert?) is kept
+    # for the caller only when asked for, on PostgreSQL.
+    return (postgresql_insert if is_postgres(bind) else sqlite_insert)(table).execution_options(preserve_rowcount=True)
 
 
 def lock_claim_rows(conn: Connection, campaigns: Iterable[int], mailboxes: Iterable[int] = ()) -> None:

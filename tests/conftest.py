@@ -45,9 +45,17 @@ def database_url(db_path: Path) -> str:
         if _cluster is None:
             from tests.pg_server import PostgresCluster
 
-            _cluster = PostgresCluster().start()
+            running = os.environ.get("SENDONCE_PG_CLUSTER_DIR")
+            _cluster = PostgresCluster.attach(running) if running else PostgresCluster().start()
+            os.environ["SENDONCE_PG_CLUSTER_DIR"] = str(_cluster.dir)
         _databases[db_path] = _cluster.new_database()
     return _databases[db_path]
+
+
+def sqlite_only(why: str):
+    """Skip a test on the PostgreSQL run: it checks SQLite's own machinery (`why` says which);
+    the same guarantee has its PostgreSQL test beside it or in tests/test_postgres.py."""
+    return pytest.mark.skipif(ON_POSTGRES, reason=f"SQLite only: {why}")
 
 
 def pg_cluster():
@@ -94,6 +102,30 @@ def env_for(config: dict) -> dict[str, str]:
         env[f"FLASK_{key}"] = value if isinstance(value, str) else json.dumps(value)
     env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'tests'}"
     return env
+
+
+@pytest.fixture(autouse=True)
+def _close_postgres_connections():
+    """PostgreSQL run: every engine a test made (create_app in a test, a bench helper...) is
+    disposed at its end; an open psycopg connection left to the garbage collector warns,
+    where an sqlite3 one closes silently."""
+    if not ON_POSTGRES:
+        yield
+        return
+    import weakref
+
+    from sqlalchemy import Engine, event
+
+    engines: weakref.WeakSet = weakref.WeakSet()
+
+    def seen(conn) -> None:
+        engines.add(conn.engine)
+
+    event.listen(Engine, "engine_connect", seen)
+    yield
+    event.remove(Engine, "engine_connect", seen)
+    for engine in list(engines):
+        engine.dispose()
 
 
 @pytest.fixture

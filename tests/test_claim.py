@@ -5,8 +5,10 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import event, select, update
 
+from conftest import sqlite_only
 from core import campaigns, leads
 from core.suppressions import suppress
 from delivery.transport import make_transport
@@ -14,6 +16,8 @@ from helpers import make_campaign
 from models import Campaign, CampaignLead, SendLog, Suppression, Trigger
 from sender import Claim, Refusal, claim_next, send_batch
 from storage.database import immediate
+
+pytestmark = pytest.mark.postgres
 
 NOW = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 11:00 in Warsaw
 
@@ -23,6 +27,7 @@ def at(offset: int) -> datetime:
     return NOW + timedelta(seconds=offset)
 
 
+@sqlite_only("BEGIN IMMEDIATE, seen through sqlite3's trace callback")
 def test_claims_run_under_begin_immediate(engine, settings):
     # Traced in the sqlite3 driver itself: the hot path runs SQL text beneath SQLAlchemy,
     # so only the driver sees every statement, in order.
@@ -42,6 +47,7 @@ def test_claims_run_under_begin_immediate(engine, settings):
     assert statements.count("BEGIN IMMEDIATE") == 1 and not any(s == "BEGIN" for s in statements)
 
 
+@sqlite_only("the database file's write lock, seen by a second sqlite3 connection")
 def test_claim_holds_the_write_lock_from_its_first_statement(engine, settings, app):
     # Behavioural proof: while a claim transaction is open, another connection cannot
     # even begin a write. Under a deferred BEGIN it could, until the claim's first write.

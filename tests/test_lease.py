@@ -6,9 +6,13 @@ import subprocess
 import sys
 from datetime import datetime, timedelta
 
+import pytest
+
 from delivery.lease import HOST, Lease, acquire, fence, release
 from helpers import make_campaign
 from storage.database import immediate
+
+pytestmark = pytest.mark.postgres
 
 NOW = datetime(2026, 11, 25, 10, 0, 0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import select, update
 
 from core import mailboxes
@@ -18,6 +19,8 @@ from storage.database import immediate
 from storage.secrets import Vault
 from storage.timeutil import utcnow
 from tests.smtp_sink import AuthSmtpSink
+
+pytestmark = pytest.mark.postgres
 
 NOW = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 11:00 in Warsaw
 

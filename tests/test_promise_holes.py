@@ -37,6 +37,8 @@ from storage.database import immediate
 from storage.timeutil import utcnow
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
+pytestmark = pytest.mark.postgres
+
 VICTIM = "lead0000@example.com"
 FAST = {"SMTP_TIMEOUT": 0.5, "STALE_SENDING_SECONDS": 3, "HEARTBEAT_SECONDS": 0.2}
 

@@ -31,7 +31,7 @@ from storage.secrets import Vault
 from storage.timeutil import utcnow
 from tests.smtp_sink import AuthSmtpSink, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def emails(n: int) -> list[str]:

@@ -41,6 +41,8 @@ from storage.database import immediate
 from storage.secrets import Vault
 from storage.timeutil import utcnow
 
+pytestmark = pytest.mark.postgres
+
 SAMPLES = Path(__file__).with_name("data") / "replies"
 WORKER = Path(__file__).with_name("reply_worker.py")
 RECEIVED = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)  # INTERNALDATE of APPENDed samples

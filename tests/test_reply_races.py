@@ -19,7 +19,7 @@ from storage.secrets import Vault
 from storage.timeutil import utcnow
 from test_replies_imap import message, sample
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def rows(engine, model, *where):

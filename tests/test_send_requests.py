@@ -25,6 +25,8 @@ from procs import wait_for
 from storage.database import immediate
 from storage.timeutil import utcnow
 
+pytestmark = pytest.mark.postgres
+
 
 def closed_window() -> dict:
     """A one-hour send window twelve hours away: the scheduler's ticks send nothing, so every

@@ -20,7 +20,7 @@ from procs import reap, spawn_workers, wait_all, wait_for
 from sender import recover
 from storage.timeutil import utcnow
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 DELAYS = {2: 1, 3: 2}  # seconds after the previous step ("seconds" is the tests' hidden unit)
 

@@ -20,6 +20,8 @@ from sender import Claim, Refusal, claim_next, deliver, record, recover, resolve
 from storage.database import immediate
 from timeline import live
 
+pytestmark = pytest.mark.postgres
+
 NOW = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 11:00 in Warsaw
 
 

@@ -8,12 +8,15 @@ import pytest
 from sqlalchemy import select, update
 
 from app import create_app
+from conftest import sqlite_only
 from delivery.transport import make_transport
 from helpers import make_campaign
 from models import Campaign, CampaignLead, Lead, SendLog, SendStatus, Suppression, Trigger, Variant, db
 from sender import Settings, send_batch
 from storage.database import immediate
 from tests.smtp_sink import SmtpSink, free_port
+
+pytestmark = pytest.mark.postgres
 
 VICTIM = "lead0000@example.com"
 
@@ -156,41 +159,47 @@ class StalledWriter:
     def __init__(self, config: dict, seconds: float = 1.0) -> None:
         import threading
 
-        self.path = config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
+        self.url = config["SQLALCHEMY_DATABASE_URI"]
         self.seconds, self.held = seconds, threading.Event()
         self.thread = threading.Thread(target=self._hold)
 
     def _hold(self) -> None:
-        import sqlite3
+        # Its own engine, as another process has: SQLite's BEGIN IMMEDIATE, or PostgreSQL's
+        # exclusive write lock (storage.database), held while it sleeps.
+        from sqlalchemy import create_engine
 
-        other = sqlite3.connect(self.path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        self.held.set()
-        time.sleep(self.seconds)
-        other.execute("COMMIT")
-        other.close()
+        from storage.database import configure_engine
+
+        other = create_engine(self.url)
+        configure_engine(other)
+        with immediate(other):
+            self.held.set()
+            time.sleep(self.seconds)
+        other.dispose()
 
     def start(self) -> None:
         self.thread.start()
         self.held.wait()
 
 
+@pytest.fixture
 def impatient_app(config):
     """An app whose writers give up after 100 ms of waiting for the lock."""
     app = create_app({**config, "SQLITE_BUSY_TIMEOUT_MS": 100})
     with app.app_context():
         db.create_all()
-        return app, db.engine, Settings.from_config(app.config)
+        yield app, db.engine, Settings.from_config(app.config)
+        db.engine.dispose()  # PostgreSQL's connections are closed, not left to the collector
 
 
-def test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout(config, smtp):
+def test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout(config, smtp, impatient_app):
     # Found by the chaos run: a process frozen while holding the write lock made record()
     # give up with "database is locked", and a delivered message became `unknown`.
     from delivery.transport import Result
     from sender import claim_next, record
     from storage.timeutil import utcnow
 
-    _, engine, settings = impatient_app(config)
+    _, engine, settings = impatient_app
     cid = make_campaign(engine, 1)
     claim = claim_next(engine, settings, cid, Trigger.BUTTON, utcnow())
     stalled = StalledWriter(config)
@@ -200,13 +209,13 @@ def test_a_known_outcome_waits_out_a_writer_stalled_past_busy_timeout(config, sm
     assert rows(engine, SendLog.status) == [("sent",)]
 
 
-def test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails(config, smtp):
+def test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails(config, smtp, impatient_app):
     # In a batch the server's answer is stored by the next claim's transaction (one
     # commit per message). Here that transaction cannot even begin (another writer
     # stalls past busy_timeout): the answer must still be stored, not left `sending`.
     from sqlalchemy.exc import OperationalError
 
-    app, engine, settings = impatient_app(config)
+    app, engine, settings = impatient_app
     cid = make_campaign(engine, 2)
     stalled = StalledWriter(config)
 
@@ -223,7 +232,7 @@ def test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails(
             self.inner.close()
 
     transport = StallAfterFirstSend(make_transport(app.config))
-    with pytest.raises(OperationalError, match="locked"):
+    with pytest.raises(OperationalError, match="locked|lock timeout"):
         send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
     stalled.thread.join()
     transport.close()
@@ -232,6 +241,7 @@ def test_an_answer_left_for_the_next_claim_is_stored_even_when_that_claim_fails(
     assert sum(smtp.recorder.received.values()) == 1
 
 
+@sqlite_only("commits counted through sqlite3's trace callback")
 def test_a_batch_commits_once_per_message(app, engine, settings, smtp):
     # Outcome n and claim n+1 share a transaction: three messages, four write
     # transactions (the last answer is stored on its own), not six.
@@ -266,6 +276,7 @@ def test_a_non_ascii_address_fails_alone_and_the_next_lead_is_sent(app, engine, 
     assert list(smtp.recorder.received) == ["lead0001@example.com"]
 
 
+@sqlite_only("a json column on PostgreSQL refuses unreadable lead data when it is written")
 def test_unreadable_lead_data_pauses_the_campaign_and_keeps_the_lead(app, engine, smtp):
     # A lead whose stored fields cannot be read is a data problem found before SMTP:
     # retry later and pause, as a template error does; never a row left `sending`.

@@ -56,6 +56,8 @@ from models import (
 from storage import schema
 from storage.database import immediate
 
+pytestmark = pytest.mark.postgres
+
 N_LEADS = 1  # one lead reaches the interesting states (finished, unknown, re-sent) in few steps
 START = datetime(2026, 11, 25, 10, 0, 0)
 
