@@ -15,7 +15,7 @@ from delivery.transport import make_transport
 from helpers import lead_csv, make_campaign
 from models import Campaign, CampaignLead, CampaignStateCount, EnrollmentState, Trigger, db
 from sender import Settings, send_batch
-from storage import schema
+from storage import backup, schema
 from storage.database import immediate, is_busy
 from storage.timeutil import utcnow
 
@@ -36,6 +36,12 @@ def kept(engine) -> dict[tuple[int, str], int]:
                                    CampaignStateCount.n)).all()
     assert all(n >= 0 for _, _, n in rows), rows
     return {(c, s): n for c, s, n in rows if n}
+
+
+def broken_rules(engine) -> list[str]:
+    """The backup's consistency checks (storage/backup.py) that fail on this database."""
+    with engine.connect() as conn:
+        return [name for name, sql in backup.checks(conn).items() if conn.execute(text(sql)).scalar()]
 
 
 def run_batch(app, campaign_id: int, limit: int = 10) -> None:
@@ -215,8 +221,9 @@ def test_a_damaged_postgres_trigger_is_detected_and_reinstalled_with_a_recount(a
         conn.execute(skip.where(CampaignLead.lead_id == 1))
     if damage != "re-create by hand":
         assert kept(engine) != live(engine)
+        assert broken_rules(engine) == [f"{schema.COUNTS} equals a recount of campaign_lead"]
     schema.install(engine, db.metadata)
-    assert triggers_in_place(engine)
+    assert triggers_in_place(engine) and broken_rules(engine) == []
     assert kept(engine) == live(engine) == {(cid, "pending"): 2, (cid, "skipped"): 1}
     with immediate(engine) as conn:  # and from now on the triggers keep it
         conn.execute(skip.where(CampaignLead.lead_id == 2))
