@@ -296,9 +296,16 @@ def fill(engine, n: int, offset: int = 0) -> None:
                                   "at": moment(lead * 3.5)})
 
 
-@NEEDS_LIVE_ON_PG
-def test_install_backfills_an_older_database_and_is_idempotent(tmp_path):
+@pytest.fixture
+def old_engine(tmp_path):
     engine = create_engine(database_url(tmp_path / "old.db"))
+    yield engine
+    engine.dispose()
+
+
+@NEEDS_LIVE_ON_PG
+def test_install_backfills_an_older_database_and_is_idempotent(old_engine):
+    engine = old_engine
     schema_without_summary(engine)
     drop_send_log_foreign_keys(engine)
     fill(engine, 300)
@@ -315,7 +322,6 @@ def test_install_backfills_an_older_database_and_is_idempotent(tmp_path):
     with engine.connect() as conn:
         assert summary(conn) == recount(conn)
         assert_same(conn, Scope())
-    engine.dispose()
 
 
 def test_install_repairs_a_dropped_or_outdated_trigger(bare):
