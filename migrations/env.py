@@ -7,7 +7,8 @@ Changes from Flask-Migrate's template, and why:
   senders wait instead of seeing half a migration;
 - foreign keys are off while migrating (SQLite allows the switch only outside a
   transaction) so a batch "move and copy" can drop and re-create a referenced table,
-  and PRAGMA foreign_key_check runs before the commit instead;
+  and PRAGMA foreign_key_check runs before the commit instead (on PostgreSQL they stay
+  enforced: batch operations are plain ALTERs there, storage.migrate.foreign_keys);
 - every run that applied a step, or finds a derived-table trigger missing, ends with
   storage.migrate.finish_migration: the triggers re-installed, counts recomputed, checked.
 """

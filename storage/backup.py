@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import inspect
+
 from storage import schema
 from storage.database import BUSY_TIMEOUT_MS
 
@@ -96,33 +98,34 @@ def _verify(conn: sqlite3.Connection) -> Verified:
 
 def _differences(one: str, other: str) -> str:
     """SQL counting the rows in one query's result and not the other's, both ways."""
-    return (f"SELECT (SELECT count(*) FROM ({one} EXCEPT {other})) "
-            f"+ (SELECT count(*) FROM ({other} EXCEPT {one}))")
+    return (f"SELECT (SELECT count(*) FROM ({one} EXCEPT {other}) AS d) "
+            f"+ (SELECT count(*) FROM ({other} EXCEPT {one}) AS d)")
 
 
 def checks(conn: Any) -> dict[str, str]:
-    """CHECKS as SQL for this database (sqlite3 or SQLAlchemy connection): a backup taken
-    before upgrading (the README's advice) has no send_log.step column, so one step."""
-    sql = "SELECT count(*) FROM pragma_table_info('send_log') WHERE name = 'step'"
-    run = conn.exec_driver_sql if hasattr(conn, "exec_driver_sql") else conn.execute
-    has_step = run(sql).fetchone()[0]
-    return {name: query.replace("{step}", "s.step" if has_step else "1") for name, query in CHECKS.items()}
-
-
-# Invariants a consistent file keeps; each query counts the rows that break it.
-CHECKS = {
-    # (A later step's variant is chosen when it is claimed: only step 1's is the enrollment's.)
-    "every send_log row has its enrollment, with the same variant":
-        "SELECT count(*) FROM send_log s LEFT JOIN campaign_lead cl ON cl.campaign_id = s.campaign_id "
-        "AND cl.lead_id = s.lead_id "
-        "WHERE cl.id IS NULL OR ({step} = 1 AND cl.variant_letter <> s.variant_letter)",
-    f"{schema.COUNTS} equals a recount of campaign_lead": _differences(
-        f"SELECT campaign_id, state, n FROM {schema.COUNTS} WHERE n <> 0",
-        "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"),
-    f"{schema.SUMMARY} equals a rebuild from send_log": _differences(
-        f'SELECT campaign_id, hour, "trigger", sends FROM {schema.SUMMARY} WHERE sends <> 0',
-        schema.SUMMARY_QUERY),
-}
+    """The invariants a consistent database keeps, as SQL for this one (a sqlite3 connection,
+    or a SQLAlchemy one on either dialect); each query counts the rows that break its rule.
+    A backup taken before upgrading (the README's advice) has no send_log.step column:
+    then every row is step 1."""
+    if hasattr(conn, "exec_driver_sql"):
+        has_step = any(c["name"] == "step" for c in inspect(conn).get_columns("send_log"))
+    else:  # a sqlite3 connection to a backup file
+        has_step = conn.execute("SELECT count(*) FROM pragma_table_info('send_log') WHERE name = 'step'"
+                                ).fetchone()[0]
+    summary = schema.summary_query(conn)
+    step = "s.step" if has_step else "1"
+    return {
+        # (A later step's variant is chosen when it is claimed: only step 1's is the enrollment's.)
+        "every send_log row has its enrollment, with the same variant":
+            "SELECT count(*) FROM send_log s LEFT JOIN campaign_lead cl ON cl.campaign_id = s.campaign_id "
+            "AND cl.lead_id = s.lead_id "
+            f"WHERE cl.id IS NULL OR ({step} = 1 AND cl.variant_letter <> s.variant_letter)",
+        f"{schema.COUNTS} equals a recount of campaign_lead": _differences(
+            f"SELECT campaign_id, state, n FROM {schema.COUNTS} WHERE n <> 0",
+            "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"),
+        f"{schema.SUMMARY} equals a rebuild from send_log": _differences(
+            f'SELECT campaign_id, hour, "trigger", sends FROM {schema.SUMMARY} WHERE sends <> 0', summary),
+    }
 
 
 def restore_into(backup: Path, live: Path) -> None:

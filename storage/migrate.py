@@ -15,15 +15,21 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from storage import schema
-from storage.database import run_sql
+from storage.database import is_postgres, run_sql
 from storage.revision import HEAD, REVISIONS
 
 MAINTENANCE_KEY = "maintenance"  # app_meta key: while set, every claim refuses
 UPGRADE_HINT = "run `flask --app app db upgrade` (or init-db)"
 
 # One read per claim: the schema revision and the maintenance flag (both tiny tables).
-_GATE = ("SELECT (SELECT group_concat(version_num) FROM alembic_version), "
+_GATE = ("SELECT (SELECT {versions} FROM alembic_version), "
          f"(SELECT value FROM app_meta WHERE key = '{MAINTENANCE_KEY}')")
+_GATE_SQLITE = _GATE.format(versions="group_concat(version_num)")
+_GATE_PG = _GATE.format(versions="string_agg(version_num, ',')")
+# PostgreSQL: whether both tables exist. A missing one would abort the claim's whole
+# transaction there (the outcome it stores first included), so it is asked first.
+_GATE_TABLES_PG = "SELECT to_regclass('alembic_version') IS NOT NULL AND to_regclass('app_meta') IS NOT NULL"
+_NO_VERSION = f"the database has no schema version this code knows; {UPGRADE_HINT}"
 
 
 def has_tables(conn: Connection) -> bool:
@@ -39,17 +45,31 @@ def claim_gate(conn: Connection) -> tuple[str, str] | None:
     `schema_mismatch` (the database's revision is not this code's, behind or ahead) and
     `maintenance` (a restore is running).
     """
-    try:
-        revision, maintenance = run_sql(conn, _GATE).fetchone()
-    except OperationalError as exc:  # a table missing: a database older than revision 0002
-        if "no such table" not in str(exc.orig):
-            raise
-        return "schema_mismatch", f"the database has no schema version this code knows; {UPGRADE_HINT}"
+    revision, maintenance = _read_gate(conn)
+    if revision is _MISSING:  # a table missing: a database older than revision 0002
+        return "schema_mismatch", _NO_VERSION
     if revision != HEAD:
         return "schema_mismatch", mismatch_detail(revision)
     if maintenance:
         return "maintenance", f"maintenance in progress ({maintenance}); claims resume when it ends"
     return None
+
+
+_MISSING = object()
+
+
+def _read_gate(conn: Connection) -> tuple:
+    """The schema revision and the maintenance flag; (_MISSING, None) when a table is missing."""
+    if is_postgres(conn):
+        if not run_sql(conn, _GATE_TABLES_PG).fetchone()[0]:
+            return _MISSING, None
+        return run_sql(conn, _GATE_PG).fetchone()
+    try:
+        return run_sql(conn, _GATE_SQLITE).fetchone()
+    except OperationalError as exc:
+        if "no such table" not in str(exc.orig):
+            raise
+        return _MISSING, None
 
 
 def mismatch_detail(revision: str | None) -> str:
@@ -68,9 +88,9 @@ def finish_migration(conn: Connection, metadata: MetaData) -> None:
     triggers with it: without this the counters and the timeline summary would silently
     stop. Forcing the re-install also recounts, so counts written meanwhile are exact.
     """
-    schema.sync_triggers(conn, f"{schema.COUNTS}_", schema.TRIGGERS, force=True)
+    schema.sync_triggers(conn, schema.COUNTS, force=True)
     schema.recount(conn)
-    schema.sync_triggers(conn, f"{schema.SUMMARY}_", schema.SUMMARY_TRIGGERS, force=True)
+    schema.sync_triggers(conn, schema.SUMMARY, force=True)
     schema.rebuild_summary(conn)
     missing = missing_triggers(conn)
     if missing:
@@ -79,9 +99,7 @@ def finish_migration(conn: Connection, metadata: MetaData) -> None:
 
 def missing_triggers(conn: Connection) -> list[str]:
     """Names of derived-table triggers that are absent or differ from this code's DDL."""
-    installed = dict(run_sql(conn, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
-    wanted = {**schema.TRIGGERS, **schema.SUMMARY_TRIGGERS}
-    return sorted(name for name, ddl in wanted.items() if installed.get(name) != ddl)
+    return schema.stale_triggers(conn)
 
 
 def include_object_for(conn: Connection):
@@ -104,12 +122,21 @@ def include_object_for(conn: Connection):
 
 def foreign_keys(conn: Connection, on: bool) -> None:
     """Switch foreign key enforcement on this connection (only possible outside a transaction):
-    off while migrating, so a batch "move and copy" can drop a referenced table."""
+    off while migrating, so a batch "move and copy" can drop a referenced table.
+
+    PostgreSQL: nothing to switch. Foreign keys stay enforced during a migration; batch
+    operations are plain ALTER TABLEs there, which never drop a referenced table.
+    """
+    if is_postgres(conn):
+        return
     conn.connection.driver_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
 
 
 def foreign_key_problems(conn: Connection) -> list[tuple]:
-    """Rows that break a foreign key (PRAGMA foreign_key_check); empty when all is well."""
+    """Rows that break a foreign key (PRAGMA foreign_key_check); empty when all is well.
+    PostgreSQL checks every foreign key at each write: it cannot hold a broken one."""
+    if is_postgres(conn):
+        return []
     return [tuple(r) for r in run_sql(conn, "PRAGMA foreign_key_check").fetchall()]
 
 

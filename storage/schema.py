@@ -14,6 +14,15 @@ whose triggers were dropped; while the triggers stay in place the counts need no
 install() runs create_all and the hook in one BEGIN IMMEDIATE transaction, so no writer
 can slip in between the backfill and the first trigger firing.
 
+PostgreSQL (#19): the same triggers as plpgsql functions (PgTrigger below), one per
+trigger and named after it, run FOR EACH ROW with the same WHEN clauses; the same tables,
+the same counts, the same hour labels (hour_sql). PostgreSQL rewrites a trigger's DDL
+(pg_get_triggerdef), so an installed set is told from a missing or outdated one by what
+we wrote ourselves: the function's source (pg_proc.prosrc), the trigger's table, function
+and enabled flag, and its comment, which holds the CREATE TRIGGER we ran (a trigger
+dropped and re-created by anyone else has no such comment). installed_triggers and
+wanted_triggers give both dialects' views; the rest of the module reads the same on both.
+
 One caveat, by SQLite's rules: a REPLACE conflict resolution that deletes a campaign_lead
 row fires delete triggers only with PRAGMA recursive_triggers on. Nothing in SendOnce
 writes campaign_lead with INSERT OR REPLACE (enrollment is ON CONFLICT DO NOTHING).
@@ -21,10 +30,13 @@ writes campaign_lead with INSERT OR REPLACE (enrollment is ON CONFLICT DO NOTHIN
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from sqlalchemy import Engine, MetaData, bindparam, text
 from sqlalchemy.engine import Connection
 
-from storage.database import immediate
+from storage.database import immediate, is_postgres
 from storage.revision import stamp
 
 COUNTS = "campaign_state_count"
@@ -62,30 +74,62 @@ def install_triggers(metadata: MetaData, conn: Connection, tables=(), **_kw) -> 
     with this code's schema revision (Alembic's recipe: create_all, then stamp the head)."""
     if {t.name for t in tables} == set(metadata.tables):
         stamp(conn)
-    if conn.dialect.name == "postgresql":  # TEMPORARY (#19): plpgsql triggers come next
-        return
-    if sync_triggers(conn, f"{COUNTS}_", TRIGGERS):
+    if sync_triggers(conn, COUNTS):
         recount(conn)
     if SUMMARY in metadata.tables:
         install_summary_on(conn, metadata)
 
 
-def sync_triggers(conn: Connection, prefix: str, triggers: dict[str, str], force: bool = False) -> bool:
-    """Make the triggers named `prefix*` exactly `triggers` (name -> DDL); whether it had to.
+def sync_triggers(conn: Connection, derived: str, force: bool = False) -> bool:
+    """Make the triggers that keep table `derived` (COUNTS or SUMMARY) exactly this code's,
+    in the caller's transaction; whether it had to.
 
-    SQLite keeps each trigger's DDL text in sqlite_master, so comparing it tells an
-    installed trigger from a missing or outdated one. A caller whose triggers changed
-    recounts what they maintain: rows written meanwhile were not counted.
+    Any trigger of the set missing or differing (installed_triggers vs wanted_triggers)
+    re-creates the whole set. A caller whose triggers changed recounts what they
+    maintain: rows written meanwhile were not counted.
     """
-    rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all()
-    installed = {name: sql for name, sql in rows if name.startswith(prefix)}
-    if installed == triggers and not force:
+    prefix = f"{derived}_"
+    installed = installed_triggers(conn, prefix)
+    if installed == wanted_triggers(conn, derived) and not force:
         return False
+    if is_postgres(conn):
+        _create_pg(conn, installed, _PG_SETS[derived])
+        return True
     for name in installed:
         conn.exec_driver_sql(f"DROP TRIGGER {name}")
-    for ddl in triggers.values():
+    for ddl in _SQLITE_SETS[derived].values():
         conn.exec_driver_sql(ddl)
     return True
+
+
+def installed_triggers(conn: Connection, prefix: str) -> dict[str, Any]:
+    """The installed triggers named `prefix*`, each as wanted_triggers describes one.
+
+    SQLite: its DDL text as sqlite_master keeps it. PostgreSQL: (table, function, the
+    function's source, enabled flag, the trigger's comment) -- what we wrote ourselves.
+    """
+    if not is_postgres(conn):
+        rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all()
+        return {name: sql for name, sql in rows if name.startswith(prefix)}
+    rows = conn.execute(_PG_INSTALLED, {"prefix": prefix}).all()
+    return {name: tuple(rest) for name, *rest in rows if name.startswith(prefix)}
+
+
+def wanted_triggers(conn: Connection, derived: str) -> dict[str, Any]:
+    """This code's triggers for table `derived`, as installed_triggers reads installed ones."""
+    if not is_postgres(conn):
+        return dict(_SQLITE_SETS[derived])
+    return {name: trigger.fingerprint(name) for name, trigger in _PG_SETS[derived].items()}
+
+
+def stale_triggers(conn: Connection) -> list[str]:
+    """Names of derived-table triggers (both sets) absent or differing from this code's."""
+    return sorted(_stale(conn, COUNTS) + _stale(conn, SUMMARY))
+
+
+def _stale(conn: Connection, derived: str) -> list[str]:
+    installed = installed_triggers(conn, f"{derived}_")
+    return [name for name, want in wanted_triggers(conn, derived).items() if installed.get(name) != want]
 
 
 def recount(conn: Connection) -> None:
@@ -131,15 +175,42 @@ HOUR_FORMAT = "%Y-%m-%d %H:00"
 SUMMARY = "timeline_hour"
 
 
+# PostgreSQL's to_char pattern for HOUR_FORMAT: the very same text.
+_PG_HOUR_FORMAT = "YYYY-MM-DD HH24:00"
+
+
+def _hour(column: str, postgres: bool) -> str:
+    if postgres:
+        return f"to_char({column}, '{_PG_HOUR_FORMAT}')"
+    return f"strftime('{HOUR_FORMAT}', {column})"
+
+
+def hour_sql(column: str, bind: Any) -> str:
+    """SQL text for a datetime column's summary hour label (HOUR_FORMAT's text, "2026-03-02
+    08:00"), in the dialect of `bind`: the triggers, the rebuild and the backup check agree.
+    A bare sqlite3 connection (a backup file's) is SQLite."""
+    return _hour(column, hasattr(bind, "dialect") and is_postgres(bind))
+
+
 _COUNTED = ", ".join(f"'{s}'" for s in SENT)
-_HOUR = "strftime('" + HOUR_FORMAT + "', {row}.claimed_at)"
-_ADD_NEW = (f'INSERT INTO {SUMMARY} (campaign_id, hour, "trigger", sends) '
-            f'SELECT NEW.campaign_id, {_HOUR.format(row="NEW")}, NEW."trigger", 1 '
+
+
+def _add_new(postgres: bool) -> str:
+    # PostgreSQL: a bare `sends` in DO UPDATE would be ambiguous (the row or EXCLUDED's).
+    sends = f"{SUMMARY}.sends" if postgres else "sends"
+    return (f'INSERT INTO {SUMMARY} (campaign_id, hour, "trigger", sends) '
+            f'SELECT NEW.campaign_id, {_hour("NEW.claimed_at", postgres)}, NEW."trigger", 1 '
             f"WHERE NEW.status IN ({_COUNTED}) "
-            'ON CONFLICT (campaign_id, hour, "trigger") DO UPDATE SET sends = sends + 1;')
-_REMOVE_OLD = (f"UPDATE {SUMMARY} SET sends = sends - 1 WHERE campaign_id = OLD.campaign_id "
-               f'AND hour = {_HOUR.format(row="OLD")} AND "trigger" = OLD."trigger" '
-               f"AND OLD.status IN ({_COUNTED});")
+            f'ON CONFLICT (campaign_id, hour, "trigger") DO UPDATE SET sends = {sends} + 1;')
+
+
+def _remove_old(postgres: bool) -> str:
+    return (f"UPDATE {SUMMARY} SET sends = sends - 1 WHERE campaign_id = OLD.campaign_id "
+            f'AND hour = {_hour("OLD.claimed_at", postgres)} AND "trigger" = OLD."trigger" '
+            f"AND OLD.status IN ({_COUNTED});")
+
+
+_ADD_NEW, _REMOVE_OLD = _add_new(False), _remove_old(False)
 
 # Name -> exact DDL, as SQLite keeps it in sqlite_master: comparing the text tells an
 # installed trigger from a missing or outdated one.
@@ -158,15 +229,17 @@ SUMMARY_TRIGGERS = {
 }
 
 
-# What the summary holds when exact: a live GROUP BY of send_log (also the backup check's).
-SUMMARY_QUERY = (f'SELECT campaign_id, {_HOUR.format(row="send_log")}, "trigger", count(*) '
-                 f"FROM send_log WHERE status IN ({_COUNTED}) GROUP BY 1, 2, 3")
+def summary_query(bind: Any) -> str:
+    """What the summary holds when exact: a live GROUP BY of send_log (also the backup
+    check's), in the dialect of `bind`."""
+    return (f'SELECT campaign_id, {hour_sql("send_log.claimed_at", bind)}, "trigger", count(*) '
+            f"FROM send_log WHERE status IN ({_COUNTED}) GROUP BY 1, 2, 3")
 
 
 def rebuild_summary(conn: Connection) -> None:
     """Set the summary to a live GROUP BY of send_log (inside a write transaction)."""
     conn.exec_driver_sql(f"DELETE FROM {SUMMARY}")
-    conn.exec_driver_sql(f'INSERT INTO {SUMMARY} (campaign_id, hour, "trigger", sends) {SUMMARY_QUERY}')
+    conn.exec_driver_sql(f'INSERT INTO {SUMMARY} (campaign_id, hour, "trigger", sends) {summary_query(conn)}')
 
 
 def install_summary_on(conn: Connection, metadata: MetaData) -> bool:
@@ -174,7 +247,7 @@ def install_summary_on(conn: Connection, metadata: MetaData) -> bool:
     caller's write transaction. Returns whether it had anything to do."""
     new_table = not conn.dialect.has_table(conn, SUMMARY)
     metadata.tables[SUMMARY].create(conn, checkfirst=True)
-    if not sync_triggers(conn, f"{SUMMARY}_", SUMMARY_TRIGGERS, force=new_table):
+    if not sync_triggers(conn, SUMMARY, force=new_table):
         return False
     # Sends written while a trigger (or the table) was missing are unaccounted for:
     # count them all again.
@@ -203,4 +276,88 @@ _USABLE = text(
 
 def summary_usable(conn: Connection) -> bool:
     """Whether the summary may stand in for send_log: kept by our triggers, duplicates impossible."""
-    return bool(conn.execute(_USABLE).scalar())
+    if not is_postgres(conn):
+        return bool(conn.execute(_USABLE).scalar())
+    return not _stale(conn, SUMMARY) and bool(conn.execute(_PG_UNIQUE).scalar())
+
+
+# PostgreSQL: the same unique index test through pg_index (no partial, no expression index).
+_PG_UNIQUE = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass('send_log') "
+    "AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL "
+    "AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) AS k(attnum) "
+    "LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+    "WHERE a.attname IS NULL OR a.attname NOT IN ('campaign_id', 'lead_id', 'step')))")
+
+
+# --- PostgreSQL: the same triggers as plpgsql functions ---
+
+@dataclass(frozen=True)
+class PgTrigger:
+    """One PostgreSQL trigger and its plpgsql function, both named after the trigger."""
+
+    table: str
+    events: str  # "AFTER INSERT", "AFTER UPDATE OF state", ...
+    body: str  # the statements, as in the SQLite trigger (with PostgreSQL's spelling)
+    when: str = ""  # the trigger's WHEN condition: a no-op write skips the function call
+
+    @property
+    def source(self) -> str:
+        """The function's body, exactly as pg_proc.prosrc keeps it."""
+        return f" BEGIN {self.body} RETURN NULL; END "
+
+    def ddl(self, name: str) -> str:
+        when = f" WHEN ({self.when})" if self.when else ""
+        return (f"CREATE TRIGGER {name} {self.events} ON {self.table} FOR EACH ROW{when} "
+                f"EXECUTE FUNCTION {name}()")
+
+    def fingerprint(self, name: str) -> tuple:
+        """What _PG_INSTALLED reads of this trigger once installed as created here."""
+        return (self.table, name, self.source, "O", self.ddl(name))
+
+
+_PG_BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) VALUES (NEW.campaign_id, NEW.state, 1) "
+            f"ON CONFLICT (campaign_id, state) DO UPDATE SET n = {COUNTS}.n + 1;")
+_PG_COUNTED = f"NEW.status IN ({_COUNTED})"
+
+PG_TRIGGERS = {
+    f"{COUNTS}_insert": PgTrigger("campaign_lead", "AFTER INSERT", _PG_BUMP),
+    f"{COUNTS}_delete": PgTrigger("campaign_lead", "AFTER DELETE", _DROP),
+    f"{COUNTS}_update": PgTrigger(
+        "campaign_lead", "AFTER UPDATE OF campaign_id, state", f"{_DROP} {_PG_BUMP}",
+        "OLD.campaign_id IS DISTINCT FROM NEW.campaign_id OR OLD.state IS DISTINCT FROM NEW.state"),
+}
+
+PG_SUMMARY_TRIGGERS = {
+    f"{SUMMARY}_insert": PgTrigger("send_log", "AFTER INSERT", _add_new(True), _PG_COUNTED),
+    f"{SUMMARY}_update": PgTrigger(
+        "send_log", 'AFTER UPDATE OF status, claimed_at, campaign_id, "trigger"',
+        f"{_remove_old(True)} {_add_new(True)}",
+        f"(OLD.status IN ({_COUNTED})) <> ({_PG_COUNTED}) OR ({_PG_COUNTED} AND "
+        "(OLD.claimed_at IS DISTINCT FROM NEW.claimed_at OR OLD.campaign_id IS DISTINCT FROM NEW.campaign_id "
+        'OR OLD."trigger" IS DISTINCT FROM NEW."trigger"))'),
+    f"{SUMMARY}_delete": PgTrigger("send_log", "AFTER DELETE", _remove_old(True),
+                                   f"OLD.status IN ({_COUNTED})"),
+}
+
+_SQLITE_SETS = {COUNTS: TRIGGERS, SUMMARY: SUMMARY_TRIGGERS}
+_PG_SETS = {COUNTS: PG_TRIGGERS, SUMMARY: PG_SUMMARY_TRIGGERS}
+
+# Our triggers as installed, in the search path's schema (internal ones, e.g. foreign keys', left out).
+_PG_INSTALLED = text(
+    "SELECT t.tgname, c.relname, p.proname, p.prosrc, t.tgenabled::text, "
+    "obj_description(t.oid, 'pg_trigger') "
+    "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid "
+    "WHERE NOT t.tgisinternal AND pg_table_is_visible(c.oid) AND starts_with(t.tgname, :prefix)")
+
+
+def _create_pg(conn: Connection, installed: dict[str, Any], triggers: dict[str, PgTrigger]) -> None:
+    """Drop the installed triggers of a set, then create its functions, triggers and comments."""
+    for name, (table, *_rest) in installed.items():
+        conn.exec_driver_sql(f'DROP TRIGGER {name} ON "{table}"')
+    for name, trigger in triggers.items():
+        conn.exec_driver_sql(f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+                             f"AS $${trigger.source}$$")
+        conn.exec_driver_sql(trigger.ddl(name))
+        conn.exec_driver_sql(f"COMMENT ON TRIGGER {name} ON {trigger.table} IS "
+                             f"'{trigger.ddl(name).replace(chr(39), chr(39) * 2)}'")

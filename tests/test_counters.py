@@ -1,18 +1,25 @@
-"""campaign_state_count equals a live GROUP BY of campaign_lead, whoever changes the rows."""
+"""campaign_state_count equals a live GROUP BY of campaign_lead, whoever changes the rows.
+On both dialects: SQLite's triggers, PostgreSQL's plpgsql ones (storage/schema.py)."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, text, update
+import threading
+
+import pytest
+from sqlalchemy import delete, insert, select, text, update
 
 from app import create_app
-from core import importer, leads, stats
+from conftest import ON_POSTGRES, database_url
+from core import campaigns, importer, leads, stats
 from delivery.transport import make_transport
 from helpers import lead_csv, make_campaign
 from models import Campaign, CampaignLead, CampaignStateCount, EnrollmentState, Trigger, db
 from sender import Settings, send_batch
-from storage import schema
-from storage.database import immediate
+from storage import backup, schema
+from storage.database import immediate, is_busy
 from storage.timeutil import utcnow
+
+pytestmark = pytest.mark.postgres
 
 LIVE = "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY campaign_id, state"
 
@@ -31,6 +38,12 @@ def kept(engine) -> dict[tuple[int, str], int]:
     return {(c, s): n for c, s, n in rows if n}
 
 
+def broken_rules(engine) -> list[str]:
+    """The backup's consistency checks (storage/backup.py) that fail on this database."""
+    with engine.connect() as conn:
+        return [name for name, sql in backup.checks(conn).items() if conn.execute(text(sql)).scalar()]
+
+
 def run_batch(app, campaign_id: int, limit: int = 10) -> None:
     with app.app_context():
         transport = make_transport(app.config)
@@ -41,12 +54,34 @@ def run_batch(app, campaign_id: int, limit: int = 10) -> None:
             transport.close()
 
 
+def drop_trigger(conn, name: str, table: str = "campaign_lead") -> None:
+    conn.execute(text(f"DROP TRIGGER {name}" + (f" ON {table}" if ON_POSTGRES else "")))
+
+
 def forget_counters(engine) -> None:
     """What a database made before the counters looks like: no triggers, no table."""
     with immediate(engine) as conn:
         for name in schema.TRIGGERS:
-            conn.execute(text(f"DROP TRIGGER {name}"))
+            drop_trigger(conn, name)
         conn.execute(text(f"DROP TABLE {schema.COUNTS}"))
+
+
+def counting_nothing(conn, name: str) -> None:
+    """Replace a trigger by an older definition under the same name, one that counts nothing."""
+    drop_trigger(conn, name)
+    if ON_POSTGRES:
+        conn.execute(text(f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+                          "AS $$ BEGIN RETURN NULL; END $$"))
+        conn.execute(text(f"CREATE TRIGGER {name} AFTER INSERT ON campaign_lead "
+                          f"FOR EACH ROW EXECUTE FUNCTION {name}()"))
+    else:
+        conn.execute(text(f"CREATE TRIGGER {name} AFTER INSERT ON campaign_lead BEGIN SELECT 1; END"))
+
+
+def triggers_in_place(engine) -> bool:
+    with engine.connect() as conn:
+        installed = schema.installed_triggers(conn, f"{schema.COUNTS}_")
+        return installed == schema.wanted_triggers(conn, schema.COUNTS)
 
 
 def test_counts_follow_enrollment_sends_failures_skips_and_deletes(app, engine, smtp):
@@ -106,16 +141,18 @@ def test_install_replaces_an_outdated_trigger_and_recounts(app, engine):
     cid = make_campaign(engine, 4, start=False)
     name = f"{schema.COUNTS}_insert"
     with immediate(engine) as conn:  # an older definition that counted nothing
-        conn.execute(text(f"DROP TRIGGER {name}"))
-        conn.execute(text(f"CREATE TRIGGER {name} AFTER INSERT ON campaign_lead BEGIN SELECT 1; END"))
+        counting_nothing(conn, name)
+    assert not triggers_in_place(engine)
     report = importer.import_leads(engine, lead_csv(6))
     leads.enroll(engine, cid, report.lead_ids)
     assert kept(engine) != live(engine)
     schema.install(engine, db.metadata)
     assert kept(engine) == live(engine) == {(cid, "pending"): 6}
-    with engine.connect() as conn:
-        assert dict(conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
-                                      f"AND name LIKE '{schema.COUNTS}%'")).all()) == schema.TRIGGERS
+    assert triggers_in_place(engine)
+    if not ON_POSTGRES:
+        with engine.connect() as conn:
+            assert dict(conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                                          f"AND name LIKE '{schema.COUNTS}%'")).all()) == schema.TRIGGERS
 
 
 def test_install_on_an_installed_database_changes_nothing(app, engine):
@@ -129,7 +166,7 @@ def test_install_on_an_installed_database_changes_nothing(app, engine):
 
 def test_plain_create_all_installs_the_triggers_too(config, tmp_path):
     # Code that calls db.create_all() directly (older tests, scripts) gets them as well.
-    app = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'plain.db'}"})
+    app = create_app({**config, "SQLALCHEMY_DATABASE_URI": database_url(tmp_path / "plain.db")})
     with app.app_context():
         db.create_all()
         cid = make_campaign(db.engine, 3, start=False)
@@ -147,6 +184,7 @@ def test_progress_reads_the_counts(app, engine, smtp):
     assert figures.last_sent_at is not None
 
 
+@pytest.mark.skipif(ON_POSTGRES, reason="the bench generator writes an SQLite file with sqlite3")
 def test_the_bench_generator_leaves_exact_counts(tmp_path):
     # The bench and chaos databases are bulk-loaded with bare sqlite3: the triggers count them.
     import sqlite3
@@ -158,3 +196,79 @@ def test_the_bench_generator_leaves_exact_counts(tmp_path):
         counts = conn.execute(f"SELECT campaign_id, state, n FROM {schema.COUNTS} WHERE n != 0").fetchall()
         assert sorted(counts) == sorted(conn.execute(LIVE).fetchall())
     assert sum(n for _, _, n in counts) == 900
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="PostgreSQL's own ways to lose a trigger")
+@pytest.mark.parametrize("damage", ["drop", "disable", "replace the function", "re-create by hand"])
+def test_a_damaged_postgres_trigger_is_detected_and_reinstalled_with_a_recount(app, engine, damage):
+    cid = make_campaign(engine, 3, start=False)
+    name = f"{schema.COUNTS}_update"
+    with immediate(engine) as conn:
+        if damage == "drop":
+            drop_trigger(conn, name)
+        elif damage == "disable":
+            conn.execute(text(f"ALTER TABLE campaign_lead DISABLE TRIGGER {name}"))
+        elif damage == "replace the function":
+            conn.execute(text(f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+                              "AS $$ BEGIN RETURN NULL; END $$"))
+        else:  # the same function, but without the WHEN clause and our comment
+            drop_trigger(conn, name)
+            conn.execute(text(f"CREATE TRIGGER {name} AFTER UPDATE ON campaign_lead "
+                              f"FOR EACH ROW EXECUTE FUNCTION {name}()"))
+    assert not triggers_in_place(engine)
+    skip = update(CampaignLead).values(state=EnrollmentState.SKIPPED)
+    with immediate(engine) as conn:  # a write the damaged trigger does not count (or counts twice)
+        conn.execute(skip.where(CampaignLead.lead_id == 1))
+    if damage != "re-create by hand":
+        assert kept(engine) != live(engine)
+        assert broken_rules(engine) == [f"{schema.COUNTS} equals a recount of campaign_lead"]
+    schema.install(engine, db.metadata)
+    assert triggers_in_place(engine) and broken_rules(engine) == []
+    assert kept(engine) == live(engine) == {(cid, "pending"): 2, (cid, "skipped"): 1}
+    with immediate(engine) as conn:  # and from now on the triggers keep it
+        conn.execute(skip.where(CampaignLead.lead_id == 2))
+    assert kept(engine) == live(engine) == {(cid, "pending"): 1, (cid, "skipped"): 2}
+
+
+def test_counts_stay_exact_under_concurrent_writers(app, engine):
+    # Threads, each with its own connection and no write lock of ours (plain transactions,
+    # as a person's psql session writes): the triggers' upserts meet on the same counter
+    # rows, the first (campaign, state) row included. On SQLite they queue (busy_timeout).
+    cid = campaigns.create(engine, name="race", from_address="team@sendonce.test", from_name="Team")
+    ids, threads, errors = importer.import_leads(engine, lead_csv(240)).lead_ids, 6, []
+    enrollment = CampaignLead.__table__
+
+    def retried(write) -> None:
+        for _ in range(50):
+            try:
+                with engine.begin() as conn:
+                    write(conn)
+                return
+            except Exception as exc:  # deadlock or lock timeout: try again, as the engine does
+                if not is_busy(exc):
+                    raise
+
+    def writer(mine: list[int]) -> None:
+        try:
+            for lead_id in mine:
+                retried(lambda conn, lead_id=lead_id: conn.execute(insert(enrollment).values(
+                    campaign_id=cid, lead_id=lead_id, variant_letter="A", state="pending",
+                    enrolled_at=utcnow())))
+            for i, lead_id in enumerate(mine):
+                state = ("sent", "failed", "skipped")[i % 3]
+                retried(lambda conn, lead_id=lead_id, state=state: conn.execute(
+                    update(CampaignLead).where(CampaignLead.lead_id == lead_id).values(state=state)))
+            for lead_id in mine[::5]:
+                retried(lambda conn, lead_id=lead_id: conn.execute(
+                    delete(CampaignLead).where(CampaignLead.lead_id == lead_id)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(ids[i::threads],)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert kept(engine) == live(engine)
+    assert sum(live(engine).values()) == 240 - len([i for k in range(threads) for i in ids[k::threads][::5]])

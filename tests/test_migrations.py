@@ -1,6 +1,11 @@
 """Schema migrations: the baseline is what 3a618c4 made, old databases upgrade in place losing
 nothing, the derived-table triggers survive every migration, and a claim refuses to run
-against a schema revision its code does not know."""
+against a schema revision its code does not know.
+
+On PostgreSQL (the `postgres` run) too, except what is about SQLite files by nature (the
+3a618c4 fixture is an SQLite file; sqlite_master's DDL): there, the migrations build an
+empty database, autogenerate finds nothing to change, the triggers come back after every
+migration, the claim's gate refuses, and every id column has its sequence."""
 
 from __future__ import annotations
 
@@ -14,20 +19,24 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from alembic.script import ScriptDirectory
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from app import MIGRATIONS, create_app
-from conftest import app_config, env_for
+from conftest import ON_POSTGRES, app_config, database_url, env_for
 from core import campaigns
 from helpers import log_in, make_campaign, serve_requests
 from models import SchedulerLease, Trigger, db
 from procs import reap, spawn_workers, wait_for
 from sender import Refusal, claim_next
 from storage import backup, migrate
-from storage.database import immediate
+from storage.database import immediate, next_id, next_ids
 from storage.revision import BASELINE, HEAD, REVISIONS, current_revision, stamp
 from storage.timeutil import utcnow
 from test_web import csrf_token
+
+pytestmark = pytest.mark.postgres
+SQLITE_FILES = pytest.mark.skipif(ON_POSTGRES,
+                                  reason="the 3a618c4 database is an SQLite file (sqlite_master)")
 
 FIXTURE = Path(__file__).with_name("data") / "db_3a618c4.sql"
 NEW_TABLES = {"alembic_version", "app_meta", "claim_heartbeat", "legacy_log", "legacy_event", "mailbox",
@@ -85,6 +94,7 @@ def test_the_revision_list_the_code_checks_is_alembics():
     assert tuple(reversed(walked)) == REVISIONS and BASELINE == "0001"
 
 
+@SQLITE_FILES
 def test_the_baseline_revision_is_exactly_the_schema_3a618c4_made(tmp_path, smtp):
     app = create_app(app_config(tmp_path / "fresh.db", smtp.port))
     result = invoke(app, "db", "upgrade", BASELINE)
@@ -95,6 +105,7 @@ def test_the_baseline_revision_is_exactly_the_schema_3a618c4_made(tmp_path, smtp
     assert ("index", "sqlite_autoindex_lead_1") in made and ("trigger", "timeline_hour_insert") in made
 
 
+@SQLITE_FILES
 def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
     app, path = old_app
     before = rows_of(path)
@@ -153,7 +164,8 @@ def test_a_database_of_todays_code_before_migrations_upgrades_too(app, engine, c
         assert conn.execute(text("SELECT count(*) FROM campaign_lead")).scalar() == 3
 
 
-@pytest.mark.parametrize("made_by", ["3a618c4 upgraded", "migrations from empty", "create_all"])
+@pytest.mark.parametrize("made_by", [pytest.param("3a618c4 upgraded", marks=SQLITE_FILES),
+                                     "migrations from empty", "create_all"])
 def test_autogenerate_finds_no_difference_between_models_and_database(made_by, tmp_path, smtp, app):
     if made_by == "3a618c4 upgraded":
         path = load_fixture(tmp_path / "old.db")
@@ -168,6 +180,9 @@ def test_autogenerate_finds_no_difference_between_models_and_database(made_by, t
         assert compare_metadata(context, db.metadata) == []
     result = invoke(target, "db", "check")
     assert result.exit_code == 0  # `flask db check` exits 1 when the models and the file differ
+    if target is not app:
+        with target.app_context():
+            db.engine.dispose()
 
 
 def recounted(engine) -> bool:
@@ -178,9 +193,14 @@ def recounted(engine) -> bool:
 def test_a_batch_move_and_copy_drops_the_triggers_and_every_migration_puts_them_back(app, engine, settings):
     cid = make_campaign(engine, 6)
     with immediate(engine) as conn:  # what a migration altering campaign_lead in batch mode does
-        with Operations(MigrationContext.configure(conn)).batch_alter_table(
-                "campaign_lead", recreate="always") as batch:
-            batch.alter_column("variant_letter", existing_type=db.String(2), nullable=False)
+        if ON_POSTGRES:  # batch operations are plain ALTERs there: a migration that re-creates a table
+            for name in ("campaign_state_count_delete", "campaign_state_count_insert",
+                         "campaign_state_count_update"):
+                conn.execute(text(f"DROP TRIGGER {name} ON campaign_lead"))
+        else:
+            with Operations(MigrationContext.configure(conn)).batch_alter_table(
+                    "campaign_lead", recreate="always") as batch:
+                batch.alter_column("variant_letter", existing_type=db.String(2), nullable=False)
         assert migrate.missing_triggers(conn) == [
             "campaign_state_count_delete", "campaign_state_count_insert", "campaign_state_count_update"]
     campaigns.pause(engine, cid)
@@ -261,6 +281,12 @@ def test_first_run_on_an_empty_file_builds_the_schema_by_the_migrations(tmp_path
     result = invoke(app, "first-run")
     assert result.exit_code == 0, result.output
     assert f"an empty database -> {HEAD}" in result.output
+    with app.app_context():
+        with db.engine.connect() as conn:
+            assert current_revision(conn) == HEAD and migrate.missing_triggers(conn) == []
+        db.engine.dispose()
+    if ON_POSTGRES:
+        return  # the rest compares SQLite files' DDL
     made = schema_of(tmp_path / "new.db", skip=set())
     old = schema_of(load_fixture(tmp_path / "old.db"))
     # Revisions 0004, 0005, 0007 and 0008 added columns (0008 also re-keyed variant's UNIQUE).
@@ -269,8 +295,6 @@ def test_first_run_on_an_empty_file_builds_the_schema_by_the_migrations(tmp_path
     assert {k: v for k, v in made.items() if k in old and k not in altered} == {
         k: v for k, v in old.items() if k not in altered}  # the same tables as an upgraded file
     assert "session_generation" in made[("table", "user")] and "disabled" in made[("table", "user")]
-    with app.app_context(), db.engine.connect() as conn:
-        assert current_revision(conn) == HEAD and migrate.missing_triggers(conn) == []
 
 
 
@@ -304,8 +328,11 @@ def _heartbeat(engine, later_than):
 
 
 def test_a_plain_create_all_stamps_a_new_file_and_leaves_an_old_one_unversioned(config, tmp_path, smtp):
-    for path, expected in ((tmp_path / "new.db", HEAD), (load_fixture(tmp_path / "old.db"), None)):
-        app = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}"})
+    made = [(tmp_path / "new.db", HEAD)]
+    if not ON_POSTGRES:  # (an old database is an SQLite file)
+        made.append((load_fixture(tmp_path / "old.db"), None))
+    for path, expected in made:
+        app = create_app({**config, "SQLALCHEMY_DATABASE_URI": database_url(path)})
         with app.app_context():
             db.create_all()  # scripts and older tests make databases this way
             with db.engine.connect() as conn:
@@ -320,3 +347,27 @@ def test_init_db_never_touches_a_database_newer_code_has_upgraded(app, engine):
     assert f"revision 0099, which this code (revision {HEAD}) does not know" in result.output
     with engine.connect() as conn:
         assert current_revision(conn) == "0099"
+
+
+# Every table whose rows get ids from storage.database.next_id / next_ids (and every other
+# table with an integer id): on PostgreSQL that is the column's own sequence.
+ID_TABLES = {"campaign", "lead", "suppression", "user", "campaign_lead", "send_log", "variant", "legacy_log",
+             "mailbox", "send_request", "alert", "campaign_step", "inbound_message"}
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="PostgreSQL's sequences (SQLite: max(id) + 1)")
+@pytest.mark.parametrize("made_by", ["migrations from empty", "create_all"])
+def test_every_id_column_has_its_sequence_on_postgres(made_by, tmp_path, smtp, app):
+    target = app if made_by == "create_all" else create_app(app_config(tmp_path / "other.db", smtp.port))
+    if made_by != "create_all":
+        assert invoke(target, "init-db").exit_code == 0
+    with target.app_context(), db.engine.connect() as conn:
+        with_id = {t for t in inspect(conn).get_table_names()
+                   if "id" in {c["name"] for c in inspect(conn).get_columns(t)}}
+        assert with_id == ID_TABLES
+        for table in sorted(with_id):  # next_id asks pg_get_serial_sequence(table, 'id')
+            first = next_id(conn, table)
+            assert next_ids(conn, table, 3) == [first + 1, first + 2, first + 3], table
+    if target is not app:
+        with target.app_context():
+            db.engine.dispose()  # psycopg warns about a connection left to the garbage collector

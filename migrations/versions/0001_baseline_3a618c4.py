@@ -8,12 +8,21 @@ without the naming convention Alembic would otherwise apply from models.py, and 
 with create_all (portable Core DDL). The derived-table triggers are installed by env.py's
 finish step (storage.migrate.finish_migration), as after every migration.
 
+On PostgreSQL (#19) there is no database of 3a618c4's to match: every one is made by
+these migrations from empty (or copied from SQLite into such a one). There the tables get
+the models' naming convention, so a PostgreSQL database made by the migrations and one
+made by create_all name every constraint alike (PostgreSQL would otherwise name the
+unnamed ones itself: lead_email_key, campaign_pkey...).
+
 Revision ID: 0001
 Revises: (none)
 """
 
 import sqlalchemy as sa
 from alembic import op
+
+from models import NAMING_CONVENTION
+from storage.database import is_postgres
 
 revision = "0001"
 down_revision = None
@@ -22,9 +31,11 @@ depends_on = None
 
 
 def upgrade():
-    meta = sa.MetaData()  # no naming convention: 3a618c4 named only what it named explicitly
+    bind = op.get_bind()
+    # SQLite: no naming convention, 3a618c4 named only what it named explicitly.
+    meta = sa.MetaData(naming_convention=NAMING_CONVENTION if is_postgres(bind) else None)
     _tables(meta)
-    meta.create_all(op.get_bind())
+    meta.create_all(bind)
 
 
 def _tables(meta: sa.MetaData) -> None:

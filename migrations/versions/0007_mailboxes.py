@@ -144,7 +144,7 @@ def _one_mailbox_per_sender(conn):
                 "consecutive_failures, alert_sender, created_at, updated_at) "
                 "VALUES (:name, :address, :backend, :host, :port, :security, :username, 'password', "
                 ":secret, '', 993, 'ssl', '', :cap, 0, 0, :now, "
-                "'Europe/Warsaw', '', 'active', 0, 0, :now, :now) RETURNING id"),
+                "'Europe/Warsaw', '', 'active', 0, FALSE, :now, :now) RETURNING id"),
                 {"name": name, "address": sender.address, "backend": config["MAIL_BACKEND"],
                  "host": config["SMTP_HOST"], "port": int(config["SMTP_PORT"]),
                  "security": config["SMTP_SECURITY"], "username": config["SMTP_USERNAME"],

@@ -121,7 +121,7 @@ def upgrade():
     conn.execute(sa.text(
         "INSERT INTO campaign_step (campaign_id, position, delay_amount, delay_unit, business_days, "
         "new_thread) "
-        "SELECT id, 1, 0, 'days', 0, 0 FROM campaign WHERE NOT EXISTS "
+        "SELECT id, 1, 0, 'days', FALSE, FALSE FROM campaign WHERE NOT EXISTS "
         "(SELECT 1 FROM campaign_step s WHERE s.campaign_id = campaign.id)"))
 
 
