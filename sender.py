@@ -675,7 +675,8 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
     campaign_id = taker.campaign.id
     mailboxes = taker.mailbox_filter("e.mailbox_id")
     domain, lock = email_domain_sql("lead.email", conn), _pg_lock(conn, "e")
-    walks = [(_NEXT_PENDING.format(due=due, order=order, mailboxes=mailboxes, domain=domain, lock=lock), params)
+    walks = [(_NEXT_PENDING.format(due=due, order=order, mailboxes=mailboxes, domain=domain, lock=lock),
+              params)
              for (due, order), params in ((_DUE_LATER_STEP, (campaign_id, _ts(taker.now))),
                                           (_DUE_FIRST_STEP, (campaign_id,)))]
     for _ in range(_SKIP_LIMIT):

@@ -35,7 +35,7 @@ from sqlalchemy import JSON, Column, Connection, Engine, Executable, Text, bindp
 from core import csvfile, leads
 from core.csvfile import neutralized, quoted
 from models import SEARCH_FIELDS, Campaign, Lead, Variant, lead_search_text
-from storage.database import immediate
+from storage.database import immediate, is_postgres, next_ids
 from storage.texts import N_
 from storage.timeutil import utcnow
 
@@ -487,7 +487,9 @@ def _existing(conn: Connection, emails: list[str]) -> dict[str, tuple[int, _Reco
     # One statement for the whole file: the addresses go in as one JSON array, and SQLite
     # walks it, looking each up in lead's email index (0.03 s per 100,000; chunked
     # IN (...) lists cost a statement compile per 500 addresses, ~1 s, under the write lock).
-    listed = (func.json_array_elements_text(func.cast(bindparam("emails", type_=Text), JSON)) if conn.dialect.name == "postgresql" else func.json_each(bindparam("emails", type_=Text))).table_valued("value")
+    emails_json = bindparam("emails", type_=Text)
+    listed = (func.json_array_elements_text(func.cast(emails_json, JSON)) if is_postgres(conn)
+              else func.json_each(emails_json)).table_valued("value")
     rows = conn.execute(select(lead.c.id, lead.c.email, lead.c.first_name, lead.c.last_name,
                                lead.c.company, lead.c.tags, lead.c.fields)
                         .select_from(listed.join(lead, lead.c.email == listed.c.value)),
@@ -504,13 +506,12 @@ def _insert(conn: Connection, emails: list[str], rows: _Rows) -> range:
     lead = Lead.__table__
     # The transaction holds the write lock, so the ids after the highest are free: choosing
     # them here (as SQLite would) spares reading 100,000 rows back to learn them.
-    from storage.database import next_ids
     ids = next_ids(conn, "lead", len(emails))
     now = _binder(conn, lead.c.created_at)(utcnow())
     columns = ("id", "email", "first_name", "last_name", "company", "tags", "fields", "created_at", "search")
     # The driver's executemany with values in database form: SQLAlchemy would bind each
     # row in Python (~25 µs a row, seconds per 100,000, all of it under the write lock).
-    mark = ("%s",) if conn.dialect.name == "postgresql" else ("?",)
+    mark = ("%s",) if is_postgres(conn) else ("?",)
     statement = f"INSERT INTO {lead.name} ({', '.join(columns)}) VALUES ({', '.join(mark * len(columns))})"
     conn.exec_driver_sql(statement, [(lead_id, email, *values, now, _search(email, values))
                                      for lead_id, email in zip(ids, emails, strict=True)

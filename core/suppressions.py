@@ -8,12 +8,11 @@ from datetime import datetime
 from itertools import chain
 
 from sqlalchemy import Engine
-from storage.database import insert_for
 from sqlalchemy.engine import Connection
 
 from core import csvfile, importer
 from models import Suppression
-from storage.database import immediate
+from storage.database import immediate, insert_for
 
 _EMAIL_HEADERS = {csvfile.fold_header(h) for h in ("email", "e-mail", "mail", "adres email")}
 

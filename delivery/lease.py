@@ -35,7 +35,10 @@ from storage.timeutil import utcnow
 LEASE_NAME = "scheduler"
 _lease = SchedulerLease.__table__
 _beat = ClaimHeartbeat.__table__
-HOST = socket.gethostname()
+# This process's host in its identity: a holder on another host cannot be pid-checked, so
+# its lease must run out first. SENDONCE_HOST overrides the name (hosts or containers that
+# share one; the tests' "two hosts" on one machine).
+HOST = os.environ.get("SENDONCE_HOST") or socket.gethostname()
 log = logging.getLogger(__name__)
 _identity: tuple[int, str] | None = None
 
@@ -136,7 +139,8 @@ def _fence_shared(conn: Connection, lease: Lease, now: datetime, seconds: float)
             _lease.c.expires_at > now)
     late = _lease.c.expires_at < now + timedelta(seconds=seconds / 2)
     if conn.execute(select(_lease.c.name).where(*ours, late).with_for_update(skip_locked=True)).first():
-        conn.execute(update(_lease).where(*ours).values(heartbeat_at=now, expires_at=now + timedelta(seconds=seconds)))
+        conn.execute(update(_lease).where(*ours)
+                     .values(heartbeat_at=now, expires_at=now + timedelta(seconds=seconds)))
     return conn.execute(select(_lease.c.name).where(*ours).with_for_update(read=True)).first() is not None
 
 

@@ -30,7 +30,6 @@ from functools import lru_cache
 from typing import Any
 
 import psycopg
-
 from flask import current_app, has_app_context
 from sqlalchemy import Engine, event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -67,7 +66,8 @@ def configure_engine(engine: Engine) -> None:
     busy_ms = int(current_app.config.get("SQLITE_BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS)
                   if has_app_context() else BUSY_TIMEOUT_MS)
     if is_postgres(engine):
-        event.listen(engine, "connect", lambda dbapi_connection, record: _on_connect_pg(dbapi_connection, busy_ms))
+        event.listen(engine, "connect",
+                     lambda dbapi_connection, record: _on_connect_pg(dbapi_connection, busy_ms))
         event.listen(engine, "begin", _on_begin_pg)
         return
     _create_private_file(engine.url.database)
@@ -180,7 +180,8 @@ def insert_for(bind: Any, table: Any):
     """An INSERT of the bind's dialect, with on_conflict_do_nothing/do_update (both have them)."""
     # preserve_rowcount: an INSERT's rowcount (did ON CONFLICT DO NOTHING insert?) is kept
     # for the caller only when asked for, on PostgreSQL.
-    return (postgresql_insert if is_postgres(bind) else sqlite_insert)(table).execution_options(preserve_rowcount=True)
+    dialect_insert = postgresql_insert if is_postgres(bind) else sqlite_insert
+    return dialect_insert(table).execution_options(preserve_rowcount=True)
 
 
 def lock_claim_rows(conn: Connection, campaigns: Iterable[int], mailboxes: Iterable[int] = ()) -> None:

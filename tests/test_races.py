@@ -59,6 +59,16 @@ def test_eight_processes_mixing_ticks_cron_and_button_send_each_lead_once(engine
     assert {r.trigger for r in rows} >= {"button"} and len({r.trigger for r in rows}) >= 2
 
 
+def test_buttons_racing_in_six_processes_keep_the_daily_cap(engine, smtp, config):
+    # The cap is read and spent inside the claim: on SQLite under BEGIN IMMEDIATE, on
+    # PostgreSQL under the campaign row's lock (claims take the write lock shared there).
+    cid = make_campaign(engine, 60, interval=0, batch_size=3, daily_cap=12)
+    wait_all(spawn_workers(["button"] * 6, cid, {**env_for(config), "SENDONCE_WORKER_SECONDS": "4"}))
+
+    assert sum(smtp.recorder.received.values()) == 12 and max(smtp.recorder.received.values()) == 1
+    assert len({r.worker for r in log_rows(engine)}) >= 2  # the race was real
+
+
 def test_incident_replayed_two_gunicorn_workers_with_schedulers(engine, smtp, config):
     # The incident: two app processes, each with a scheduler ticking at the same second.
     make_campaign(engine, 6, interval=2)
@@ -168,6 +178,39 @@ def test_worker_killed_after_claim_leaves_unknown_and_is_not_resent(engine, smtp
     assert state == "unknown"
 
 
+
+
+def test_schedulers_on_two_hosts_take_over_only_after_the_lease_runs_out(engine, smtp, config):
+    # #19: on PostgreSQL several app hosts share one database. A holder on another host
+    # cannot be pid-checked, so its lease must run out before anyone takes over. Host A is
+    # SIGKILLed in the middle of a message; host B's scheduler, running all along, waits
+    # out the lease and sends the rest: every other lead exactly once, the victim (its
+    # row `sending` until the sweep's stale limit) never again.
+    victim = "lead0002@example.com"
+    arrived = threading.Event()
+    smtp.recorder.hold[victim] = (arrived, threading.Event())
+    cid = make_campaign(engine, 40, interval=0, batch_size=10)
+    base = env_for({**config, "TICK_SECONDS": 0.2, "LEASE_SECONDS": 6, "SMTP_TIMEOUT": 10})
+    (host_a,) = spawn_workers(["tick"], cid, {**base, "SENDONCE_HOST": "host-a"}, delay=0)
+    assert arrived.wait(30), "host A never reached the victim's DATA"
+    (host_b,) = spawn_workers(["tick"], cid, {**base, "SENDONCE_HOST": "host-b",
+                                              "SENDONCE_WORKER_SECONDS": "15"}, delay=0)
+    time.sleep(0.5)
+    with engine.connect() as conn:
+        holder, expires = conn.execute(select(SchedulerLease.holder, SchedulerLease.expires_at)).one()
+    assert holder.startswith("host-a:"), "host B took a lease that was still held"
+    host_a.kill()
+    assert reap(host_a) == -signal.SIGKILL
+    del smtp.recorder.hold[victim]  # from now on a re-send would be accepted, and counted
+    wait_all([host_b])
+
+    counts = smtp.recorder.received
+    assert counts[victim] == 0, "the in-flight send of the killed host was sent again"
+    assert all(counts[e] == 1 for e in emails(40) if e != victim), "a lead was lost or mailed twice"
+    rows = log_rows(engine)
+    taken_over = [r.claimed_at for r in rows if r.worker.startswith("host-b:")]
+    assert taken_over and min(taken_over) >= expires, "host B claimed before host A's lease ran out"
+    assert [r.status for r in rows if r.lead_id == 3] == ["sending"]
 
 
 def test_processes_racing_on_four_mailboxes_keep_every_cap_and_gap_and_pin(engine, config, app):
