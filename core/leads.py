@@ -14,10 +14,9 @@ from datetime import datetime
 
 from email_validator import validate_email
 from sqlalchemy import Connection, Engine, delete, func, select, update
-from sqlalchemy.dialects.sqlite import insert
 
 from models import CampaignLead, EnrollmentState, Lead, Suppression, Variant, lead_search_text
-from storage.database import immediate
+from storage.database import immediate, insert_for
 from storage.timeutil import utcnow
 
 
@@ -77,8 +76,8 @@ def enroll(engine: Engine, campaign_id: int, lead_ids: Iterable[int]) -> int:
     with immediate(engine) as conn:
         before = conn.execute(count).scalar_one()
         for chunk in _chunks(rows, 5000):
-            conn.execute(insert(table).on_conflict_do_nothing(index_elements=["campaign_id", "lead_id"]),
-                         chunk)
+            conn.execute(insert_for(conn, table)
+                         .on_conflict_do_nothing(index_elements=["campaign_id", "lead_id"]), chunk)
         return conn.execute(count).scalar_one() - before
 
 
@@ -148,7 +147,8 @@ def erase(engine: Engine, lead_id: int, now: datetime) -> bool:
             CampaignLead.lead_id == lead_id, CampaignLead.state == EnrollmentState.PENDING)
             .values(state=EnrollmentState.SKIPPED))
         conn.execute(delete(suppression).where(suppression.c.email == email))
-        conn.execute(insert(suppression).values(email=key, reason="erased", detail="", created_at=now)
+        conn.execute(insert_for(conn, suppression)
+                     .values(email=key, reason="erased", detail="", created_at=now)
                      .on_conflict_do_nothing(index_elements=["email"]))
         conn.execute(update(table).where(table.c.id == lead_id).values(
             email=key, first_name="", last_name="", company="", tags="", fields={}, search=""))

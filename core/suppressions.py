@@ -8,19 +8,18 @@ from datetime import datetime
 from itertools import chain
 
 from sqlalchemy import Engine
-from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Connection
 
 from core import csvfile, importer
 from models import Suppression
-from storage.database import immediate
+from storage.database import immediate, insert_for
 
 _EMAIL_HEADERS = {csvfile.fold_header(h) for h in ("email", "e-mail", "mail", "adres email")}
 
 
 def suppress(conn: Connection, email: str, reason: str, detail: str, now: datetime) -> bool:
     """Add a normalized address; False if it was there already. Claims skip it from now on."""
-    return conn.execute(insert(Suppression.__table__).values(
+    return conn.execute(insert_for(conn, Suppression.__table__).values(
         email=email.strip().lower(), reason=reason, detail=detail[:500], created_at=now)
         .on_conflict_do_nothing(index_elements=["email"])).rowcount == 1
 

@@ -20,6 +20,8 @@ from core.importer import CsvImportError, run_import
 from models import Lead
 from storage.database import immediate
 
+pytestmark = pytest.mark.postgres  # runs again on PostgreSQL (make test)
+
 LEAD = Lead.__table__
 
 
@@ -110,7 +112,7 @@ def test_stored_fields_are_json_dumps_text_and_read_back_as_written(engine):
             "b@example.com,,\n").encode()
     run_import(engine, data)
     with engine.connect() as conn:
-        raw = dict(conn.exec_driver_sql("SELECT email, fields FROM lead").all())
+        raw = dict(conn.exec_driver_sql("SELECT email, CAST(fields AS TEXT) FROM lead").all())
         parsed = dict(conn.execute(select(LEAD.c.email, LEAD.c.fields)).all())
     expected = {"a@example.com": {"Miasto": "Łódź", "Uwagi": 'say "hi", \\ then\nleave'},
                 "b@example.com": {"Miasto": "", "Uwagi": ""}}

@@ -14,6 +14,8 @@ from models import Campaign, SendRequest, User, db
 from storage.database import write_session
 from storage.revision import HEAD
 
+pytestmark = pytest.mark.postgres  # runs again on PostgreSQL (make test)
+
 PUBLIC = {"static", "auth.login", "unsubscribe.unsubscribe", "views.healthz", "i18n.set_language"}
 
 
