@@ -203,4 +203,6 @@ _USABLE = text(
 
 def summary_usable(conn: Connection) -> bool:
     """Whether the summary may stand in for send_log: kept by our triggers, duplicates impossible."""
+    if conn.dialect.name == "postgresql":  # TEMPORARY (#19): no plpgsql triggers yet, so never
+        return False
     return bool(conn.execute(_USABLE).scalar())

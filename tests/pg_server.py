@@ -51,11 +51,13 @@ class PostgresCluster:
         run_as = self._as_postgres()
         subprocess.run([self.bin / "initdb", "-D", self.dir / "data", "-U", "postgres", "-A", "trust",
                         "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True, **run_as)
-        # Not under runuser: it would not pass SIGINT on to the postmaster.
-        self.process = subprocess.Popen(
-            [self.bin / "postgres", "-D", self.dir / "data", "-k", self.dir, "-p", str(PORT),
-             "-c", "listen_addresses=", "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
-            stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "ab"), **run_as)
+        # Not under runuser: it would not pass SIGINT on to the postmaster. The log file is
+        # the child's; ours is closed at once (an open one is a ResourceWarning, an error here).
+        with open(self.dir / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [self.bin / "postgres", "-D", self.dir / "data", "-k", self.dir, "-p", str(PORT),
+                 "-c", "listen_addresses=", "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
+                stdout=subprocess.DEVNULL, stderr=log, **run_as)
         deadline = time.monotonic() + 30
         while subprocess.run([self.bin / "pg_isready", "-q", "-h", self.dir, "-p", str(PORT)]).returncode:
             if self.process.poll() is not None or time.monotonic() > deadline:
