@@ -52,7 +52,7 @@ def test_backup_is_a_checked_pg_dump_archive_kept_n_with_its_manifest(app, engin
     manifest = json.loads(newest.with_name(newest.name + ".json").read_text())
     assert manifest["rows"]["send_log"] == 3 and manifest["revision"] == HEAD
     assert "password" not in manifest["database"]
-    for path in (newest, newest.with_name(newest.name + ".secret_key"), newest.with_name(newest.name + ".json")):
+    for path in (newest, *(newest.with_name(newest.name + suffix) for suffix in (".secret_key", ".json"))):
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert pgdump.archive_revision(newest) == HEAD
     health = app.test_client().get("/healthz").get_json()
