@@ -8,7 +8,7 @@ import click
 from flask import Flask
 from sqlalchemy.exc import InternalError, OperationalError
 
-from cli import alerts, campaigns, mailboxes, operations, replies, sending, setup, timeline
+from cli import alerts, campaigns, mailboxes, moving, operations, replies, sending, setup, timeline
 from cli.terminal import visible_lines
 from storage.database import is_busy, is_read_only
 
@@ -20,7 +20,7 @@ def register(app: Flask) -> None:
                     sending.run_scheduler, sending.recover_command, sending.resolve_command,
                     setup.demo, setup.first_run, timeline.timeline_command, operations.backup_command,
                     operations.restore_command, operations.reconcile_command,
-                    campaigns.suppress_domain_command):
+                    campaigns.suppress_domain_command, moving.copy_to_command):
         app.cli.add_command(_database_errors_in_one_line(command))
     app.cli.add_command(_database_errors_in_one_line(campaigns.campaign_group))
     app.cli.add_command(_database_errors_in_one_line(alerts.alerts_group))
