@@ -40,8 +40,11 @@ def run(app, *args, code: int = 0) -> str:
 
 
 def counts(engine) -> dict[str, int]:
+    """Rows per table; the derived tables' rows of a zero count (kept on SQLite) left out."""
+    nonzero = {schema.COUNTS: text("n <> 0"), schema.SUMMARY: text("sends <> 0")}
     with engine.connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+        return {t.name: conn.execute(select(func.count()).select_from(t)
+                                     .where(nonzero.get(t.name, text("1 = 1")))).scalar_one()
                 for t in db.metadata.sorted_tables}
 
 
@@ -65,8 +68,8 @@ def test_copy_to_moves_everything_verified_and_sending_continues_there(sqlite_ap
         assert conn.execute(text("SELECT fields::text FROM lead WHERE id = 1")).scalar() == \
             '{"miasto": "Łódź", "x": null}'
         assert conn.execute(select(func.sum(timeline_hour.c.sends))).scalar() == 2
-        states = conn.execute(select(CampaignLead.state, func.count()).where(CampaignLead.campaign_id == first)
-                              .group_by(CampaignLead.state)).all()
+        states = conn.execute(select(CampaignLead.state, func.count())
+                              .where(CampaignLead.campaign_id == first).group_by(CampaignLead.state)).all()
         assert dict(states) == {"sent": 2, "pending": 4}
     target.dispose()
     # The app on PostgreSQL takes over: new ids from the sequences, every lead once.
@@ -79,8 +82,11 @@ def test_copy_to_moves_everything_verified_and_sending_continues_there(sqlite_ap
         db.engine.dispose()
     assert sorted(ids) == list(range(1, 10))  # 2 copied, then the sequence went on from 3
     # lead0000-0002 are in both campaigns: one mail from each.
-    assert smtp.recorder.received == Counter({f"lead{i:04d}@example.com": 2 if i < 3 else 1 for i in range(6)})
+    assert smtp.recorder.received == Counter({f"lead{i:04d}@example.com": 2 if i < 3 else 1
+                                              for i in range(6)})
     assert moved.test_client().get("/healthz").get_json()["database"] == "ok"
+    with moved.app_context():
+        db.engine.dispose()
 
 
 def test_copy_to_refuses_a_held_lease_a_non_empty_target_and_other_databases(sqlite_app, smtp):
