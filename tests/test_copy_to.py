@@ -79,7 +79,6 @@ def test_copy_to_moves_everything_verified_and_sending_continues_there(sqlite_ap
         run(moved, "send-due")
     with moved.app_context(), db.engine.connect() as conn:
         ids = conn.execute(select(SendLog.id)).scalars().all()
-        db.engine.dispose()
     assert sorted(ids) == list(range(1, 10))  # 2 copied, then the sequence went on from 3
     # lead0000-0002 are in both campaigns: one mail from each.
     assert smtp.recorder.received == Counter({f"lead{i:04d}@example.com": 2 if i < 3 else 1
