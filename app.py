@@ -27,7 +27,14 @@ import cli
 import scheduler
 from delivery.transport import stale_floor
 from models import db
-from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes, is_busy, is_read_only
+from storage.database import (
+    BUSY_TIMEOUT_MS,
+    configure_engine,
+    forbid_writes,
+    is_busy,
+    is_postgres,
+    is_read_only,
+)
 from web import (
     accesslog,
     accounts,
@@ -127,7 +134,8 @@ def _database_unavailable(exc: OperationalError | InternalError) -> tuple[str, i
     if isinstance(exc, InternalError) and not is_read_only(exc):
         raise exc  # a server's internal error is a bug to see, not a busy database
     log.error("database unavailable: %s", exc.orig)
-    kind = "locked" if is_busy(exc) else ("read-only" if is_read_only(exc) else "unavailable")
+    kind = "locked" if is_busy(exc) else ("unavailable" if not is_read_only(exc) else
+                                          "read-only-server" if is_postgres(db.engine) else "read-only")
     seconds = current_app.config.get("SQLITE_BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS) / 1000
     try:
         page = render_template("error.html", kind=kind, seconds=seconds)
