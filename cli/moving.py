@@ -41,10 +41,10 @@ def copy_to_command(url: str) -> None:
     Stop every SendOnce process first (web, scheduler, cron): it refuses while the scheduler
     lease is held. Prints what to change in the configuration afterwards.
     """
-    target = _target_engine(url)
     if is_postgres(db.engine):
         raise CopyRefused("this database is PostgreSQL already: flask backup and restore "
                           "(pg_dump/pg_restore) move it")
+    target = _target_engine(url)
     try:
         with immediate(db.engine) as source:  # writers wait (and fail busy) until the copy ends
             _check_source(source)
