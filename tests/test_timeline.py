@@ -14,8 +14,6 @@ from timeline import legacy_log
 from timeline.analysis import SendEvent, analyse, bucket, to_json
 from timeline.words import finding, text_report
 
-pytestmark = pytest.mark.postgres  # runs again on PostgreSQL (make test)
-
 INCIDENT_CSV = Path(__file__).parent / "data" / "timeline" / "incident.csv"
 DAY = datetime(2025, 1, 14)  # incident.md gives no date; any day will do
 
