@@ -20,14 +20,21 @@ from flask_babel import lazy_gettext
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InternalError, OperationalError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 import cli
 import scheduler
 from delivery.transport import stale_floor
 from models import db
-from storage.database import BUSY_TIMEOUT_MS, configure_engine, forbid_writes
+from storage.database import (
+    BUSY_TIMEOUT_MS,
+    configure_engine,
+    forbid_writes,
+    is_busy,
+    is_postgres,
+    is_read_only,
+)
 from web import (
     accesslog,
     accounts,
@@ -101,6 +108,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.after_request(_security_headers)
     app.after_request(csv_with_bom)
     app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(InternalError, _database_unavailable)  # PostgreSQL's read-only
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     cli.register(app)
     scheduler.init_app(app)
@@ -121,12 +129,13 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
-def _database_unavailable(exc: OperationalError) -> tuple[str, int, dict[str, str]]:
-    """A locked or read-only database file: a 503 page in the UI language, not a traceback."""
+def _database_unavailable(exc: OperationalError | InternalError) -> tuple[str, int, dict[str, str]]:
+    """A locked or read-only database: a 503 page in the UI language, not a traceback."""
+    if isinstance(exc, InternalError) and not is_read_only(exc):
+        raise exc  # a server's internal error is a bug to see, not a busy database
     log.error("database unavailable: %s", exc.orig)
-    code = getattr(exc.orig, "sqlite_errorname", "")
-    kind = "locked" if code.startswith("SQLITE_BUSY") else (
-        "read-only" if code.startswith("SQLITE_READONLY") else "unavailable")
+    kind = "locked" if is_busy(exc) else ("unavailable" if not is_read_only(exc) else
+                                          "read-only-server" if is_postgres(db.engine) else "read-only")
     seconds = current_app.config.get("SQLITE_BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS) / 1000
     try:
         page = render_template("error.html", kind=kind, seconds=seconds)

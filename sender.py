@@ -761,7 +761,7 @@ class _Draft(NamedTuple):
     last_name: str
     company: str
     tags: str
-    fields: str  # JSON text; parsed by _compose, where a bad value pauses the campaign
+    fields: str | dict  # JSON text (a dict on PostgreSQL); parsed by _compose, where a bad value pauses
     from_address: str
     from_name: str
     subject: str
@@ -927,7 +927,10 @@ def _thread(conn: Connection, claim: Claim) -> tuple[str, tuple[str, ...]] | Non
 def _compose(settings: Settings, claim: Claim, draft: _Draft | None):
     if draft is None:
         raise LookupError("the lead, campaign or variant of this send no longer exists")
-    draft = draft._replace(fields=json.loads(draft.fields) if draft.fields else {})
+    # JSON text from SQLite (unreadable text raises here: P18's pause); PostgreSQL's driver
+    # hands the json column over parsed.
+    fields = json.loads(draft.fields) if isinstance(draft.fields, str) and draft.fields else draft.fields
+    draft = draft._replace(fields=fields or {})
     url = unsubscribe_url(settings.base_url, settings.secret_key, draft.email, claim.campaign_id)
     context = templating.lead_context(draft, url, signature=draft.signature)
     subject = templating.render(draft.subject, context)

@@ -21,14 +21,15 @@ from core import alerts, campaigns, mailboxes
 from models import db
 from sender import Settings
 from storage import backup as files
-from storage import migrate, schema, secrets
-from storage.database import configure_engine
+from storage import migrate, pgdump, schema, secrets
+from storage.database import configure_engine, is_postgres
 from storage.revision import BASELINE, HEAD, REVISIONS, current_revision
 from storage.timeutil import utcnow
 from timeline import legacy_log
 from timeline import reconcile as reconciling
 
 BACKUP_GLOB = "sendonce-*.db"
+PG_BACKUP_GLOB = f"sendonce-*{pgdump.ARCHIVE_SUFFIX}"  # pg_dump archives (PostgreSQL)
 FAILED = "backup failed, nothing kept: "
 KEY_SUFFIXES = (".secret_key", ".mailbox_keys")  # key files kept beside a backup
 
@@ -72,9 +73,12 @@ def _backup_dir() -> Path:
               help="Backups to keep in BACKUP_DIR (default BACKUP_KEEP).")
 @with_appcontext
 def backup_command(file: Path | None, keep: int | None) -> None:
-    """Copy the database while senders run (SQLite's online backup), verify it, keep the last N."""
+    """Copy the database while senders run (SQLite's online backup), verify it, keep the last N.
+
+    On PostgreSQL: a pg_dump archive (sendonce-*.dump), checked in the snapshot it dumps.
+    """
     try:
-        _backup(file, keep)
+        (_backup_pg if is_postgres(db.engine) else _backup)(file, keep)
     except OSError as exc:  # BACKUP_DIR unwritable, a file, a full disk: one line, exit 1
         _note_backup(str(exc))
         raise click.ClickException(f"backup failed: {exc}") from exc
@@ -172,9 +176,9 @@ def _private_write(path: Path, text: str) -> None:
         out.write(text)
 
 
-def _prune(keep: int) -> list[Path]:
+def _prune(keep: int, pattern: str = BACKUP_GLOB) -> list[Path]:
     """Delete all but the newest `keep` backups in BACKUP_DIR (with their key and manifest files)."""
-    old = sorted(_backup_dir().glob(BACKUP_GLOB))[:-keep]
+    old = sorted(_backup_dir().glob(pattern))[:-keep]
     for path in old:
         for extra in (path, *(path.with_name(path.name + suffix) for suffix in KEY_SUFFIXES),
                       path.with_name(path.name + ".json")):
@@ -189,7 +193,13 @@ def _prune(keep: int) -> list[Path]:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @with_appcontext
 def restore_command(file: Path, wait: int, yes: bool) -> None:
-    """Replace the database's content with a backup; active campaigns come back paused."""
+    """Replace the database's content with a backup; active campaigns come back paused.
+
+    On PostgreSQL: a pg_dump archive of `flask backup`, put in with pg_restore (one transaction).
+    """
+    if is_postgres(db.engine):
+        _restore_pg(file, wait, yes)
+        return
     try:
         found = files.verify(file)
     except files.BackupError as exc:
@@ -259,12 +269,15 @@ def _restore(file: Path, live: Path, taken: str, wait: int) -> tuple[Path, list[
     return aside, paused
 
 
-def _drain(live: Path, wait: int) -> None:
+def _drain(live: Path | None, wait: int) -> None:
     """Wait until no claim may still be sending; a claim older than the stale limit belongs
-    to a dead process (its row becomes `unknown`, whatever the restore does)."""
+    to a dead process (its row becomes `unknown`, whatever the restore does).
+    live=None: the PostgreSQL database of the app."""
     stale = Settings.from_config(current_app.config).stale_seconds
     deadline = time.monotonic() + wait
-    while (busy := files.sends_in_flight(live, _stamp(utcnow() - timedelta(seconds=stale)))):
+    in_flight = ((lambda after: pgdump.sends_in_flight(db.engine, after)) if live is None
+                 else (lambda after: files.sends_in_flight(live, after)))
+    while (busy := in_flight(_stamp(utcnow() - timedelta(seconds=stale)))):
         if time.monotonic() >= deadline:
             raise click.ClickException(f"not restored: {busy} sends are still in flight after {wait}s; "
                                        "stop the senders (or wait longer with --wait) and try again")
@@ -278,6 +291,97 @@ def _pause_staged(staged: Path, reason: str) -> list[int]:
         return campaigns.pause_all_active(engine, reason)
     finally:
         engine.dispose()
+
+
+# --- PostgreSQL: pg_dump and pg_restore (storage/pgdump.py) ---
+
+def _database_label() -> str:
+    return db.engine.url.render_as_string(hide_password=True)
+
+
+def _backup_pg(file: Path | None, keep: int | None) -> None:
+    """_backup for PostgreSQL: a pg_dump archive, written aside and renamed once verified."""
+    taken = utcnow()  # before the snapshot: everything committed before this moment is in it
+    target = file or _backup_dir() / f"sendonce-{taken:%Y%m%dT%H%M%S.%f}Z{pgdump.ARCHIVE_SUFFIX}"
+    if target.exists():
+        raise click.ClickException(f"{target} exists already; give another file name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        found = pgdump.dump(db.engine, partial)
+    except files.BackupError as exc:
+        partial.unlink(missing_ok=True)
+        raise click.ClickException(f"{FAILED}{exc}") from exc
+    partial.rename(target)
+    keys = _copy_keys(target)
+    manifest = {"taken_at": _stamp(taken), "database": _database_label(),
+                "revision": found.revision, "rows": found.counts, "key_files": keys}
+    _private_write(target.with_name(target.name + ".json"), json.dumps(manifest, indent=2))
+    try:  # for /healthz; the backup is made and sound whether or not this note gets written
+        pgdump.write_meta(db.engine, {"last_backup_at": _stamp(taken), "last_backup_file": str(target)})
+    except SQLAlchemyError as exc:
+        echo(f"warning: the backup's time was not noted in the database ({exc}); /healthz "
+             "still shows the previous one", err=True)
+    pruned = (_prune(keep or int(current_app.config["BACKUP_KEEP"]), PG_BACKUP_GLOB)
+              if target.parent == _backup_dir() else [])
+    echo(f"backup {target}: verified (pg_dump snapshot; counts equal recounts; pg_restore reads it), "
+         f"revision {found.revision}, {found.counts.get('send_log', 0)} sends, "
+         f"{found.counts.get('campaign_lead', 0)} enrollments"
+         + (f"; removed {len(pruned)} old" if pruned else ""))
+
+
+def _restore_pg(file: Path, wait: int, yes: bool) -> None:
+    """restore_command for PostgreSQL: the same rules (maintenance flag, sends in flight
+    drained, the previous content kept, campaigns paused for a reconcile), pg_restore's work."""
+    try:
+        revision = pgdump.archive_revision(file)
+    except files.BackupError as exc:
+        raise click.ClickException(f"not restored: {exc} (a SQLite backup goes into PostgreSQL with "
+                                   "`flask --app app copy-to`)") from exc
+    if revision != HEAD:
+        raise click.ClickException(
+            f"not restored: {file} is at schema revision {revision}, this code at {HEAD}. Restore it "
+            "with the version of SendOnce that made it, then upgrade (flask --app app db upgrade).")
+    live = _database_label()
+    if not yes:
+        click.confirm(f"Replace everything in {live} with {file}?", abort=True)
+    taken = _manifest_taken(file) or _stamp(datetime.fromtimestamp(file.stat().st_mtime, UTC))
+    now = utcnow()
+    flag = {migrate.MAINTENANCE_KEY: f"restore of {file.name} started {_stamp(now)} UTC"}
+    try:  # from here on every claim, in every process, refuses
+        pgdump.write_meta(db.engine, flag)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"not restored: {live} cannot be written ({exc})") from exc
+    try:
+        _drain(None, wait)
+        aside = _backup_dir() / f"before-restore-{now:%Y%m%dT%H%M%S}Z{pgdump.ARCHIVE_SUFFIX}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        pgdump.dump(db.engine, aside, check=False)
+        reason = f"restored from a backup of {taken} UTC: sends after {taken} UTC are not in this database"
+        with pgdump.writers_held(db.engine) as unlocked:  # no write gets in until campaigns are paused
+            pgdump.restore(db.engine, file)
+            paused = campaigns.pause_all_active(unlocked, reason)
+    except files.BackupError as exc:
+        raise click.ClickException(f"not restored: {exc}") from exc
+    finally:
+        pgdump.clear_meta(db.engine, migrate.MAINTENANCE_KEY)
+    echo(f"restored {file} (taken {taken} UTC) into {live}; the previous content is kept in {aside}")
+    if paused:
+        echo(f"paused campaigns {', '.join(map(str, paused))}: sends after {taken} UTC are not in this "
+             "database. Reconcile first (flask --app app reconcile <send log>), then resume each.")
+    if file.with_name(file.name + ".secret_key").is_file():
+        echo(f"the backup's secret key is in {file.name}.secret_key; SECRET_KEY_FILE was left as is "
+             "(copy it over only when restoring on a new machine)")
+    _restore_mailbox_keys(file)
+
+
+def _manifest_taken(file: Path) -> str | None:
+    """When `flask backup` took the archive, from the manifest beside it (None: no manifest)."""
+    try:
+        return json.loads(file.with_name(file.name + ".json").read_text(encoding="utf-8"))["taken_at"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @click.command("reconcile")

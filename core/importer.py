@@ -24,18 +24,19 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import email_validator
 from email_validator import EmailNotValidError
 from email_validator.rfc_constants import EMAIL_MAX_LENGTH
 from email_validator.syntax import validate_email_domain_name, validate_email_local_part
-from sqlalchemy import JSON, Column, Connection, Engine, Executable, Text, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Text, bindparam, insert, select, update
 
 from core import csvfile, leads
 from core.csvfile import neutralized, quoted
 from models import SEARCH_FIELDS, Campaign, Lead, Variant, lead_search_text
-from storage.database import immediate, is_postgres, next_ids
+from storage.bulk import binder, executemany
+from storage.database import immediate, next_ids
+from storage.sqlfunc import json_texts
 from storage.texts import N_
 from storage.timeutil import utcnow
 
@@ -484,12 +485,10 @@ def _existing(conn: Connection, emails: list[str]) -> dict[str, tuple[int, _Reco
     if not emails:
         return {}
     lead = Lead.__table__
-    # One statement for the whole file: the addresses go in as one JSON array, and SQLite
-    # walks it, looking each up in lead's email index (0.03 s per 100,000; chunked
+    # One statement for the whole file: the addresses go in as one JSON array, and the
+    # database walks it, looking each up in lead's email index (0.03 s per 100,000; chunked
     # IN (...) lists cost a statement compile per 500 addresses, ~1 s, under the write lock).
-    emails_json = bindparam("emails", type_=Text)
-    listed = (func.json_array_elements_text(func.cast(emails_json, JSON)) if is_postgres(conn)
-              else func.json_each(emails_json)).table_valued("value")
+    listed = json_texts(bindparam("emails", type_=Text)).table_valued("value")
     rows = conn.execute(select(lead.c.id, lead.c.email, lead.c.first_name, lead.c.last_name,
                                lead.c.company, lead.c.tags, lead.c.fields)
                         .select_from(listed.join(lead, lead.c.email == listed.c.value)),
@@ -499,21 +498,20 @@ def _existing(conn: Connection, emails: list[str]) -> dict[str, tuple[int, _Reco
             for row in rows}
 
 
-def _insert(conn: Connection, emails: list[str], rows: _Rows) -> range:
+def _insert(conn: Connection, emails: list[str], rows: _Rows) -> list[int]:
     """Insert the new leads; returns their ids, in the order of emails."""
     if not emails:
-        return range(0)
+        return []
     lead = Lead.__table__
-    # The transaction holds the write lock, so the ids after the highest are free: choosing
-    # them here (as SQLite would) spares reading 100,000 rows back to learn them.
-    ids = next_ids(conn, "lead", len(emails))
-    now = _binder(conn, lead.c.created_at)(utcnow())
+    # Ids chosen here (max + 1 under SQLite's write lock; the sequence on PostgreSQL) spare
+    # reading 100,000 rows back to learn them.
+    ids = next_ids(conn, lead.name, len(emails))
+    now = binder(conn, lead.c.created_at)(utcnow())
     columns = ("id", "email", "first_name", "last_name", "company", "tags", "fields", "created_at", "search")
-    # The driver's executemany with values in database form: SQLAlchemy would bind each
-    # row in Python (~25 µs a row, seconds per 100,000, all of it under the write lock).
-    mark = ("%s",) if is_postgres(conn) else ("?",)
-    statement = f"INSERT INTO {lead.name} ({', '.join(columns)}) VALUES ({', '.join(mark * len(columns))})"
-    conn.exec_driver_sql(statement, [(lead_id, email, *values, now, _search(email, values))
+    # Values in database form at the driver's speed (storage/bulk.py): the file's fields are
+    # JSON text already (_stored_values).
+    executemany(conn, insert(lead), [dict(zip(columns, (lead_id, email, *values, now, _search(email, values)),
+                                              strict=True))
                                      for lead_id, email in zip(ids, emails, strict=True)
                                      for values in (rows.values(email),)])
     return ids
@@ -522,7 +520,7 @@ def _insert(conn: Connection, emails: list[str], rows: _Rows) -> range:
 def _update(conn: Connection, pairs: list[tuple[int, str, _Record, _Record]]) -> None:
     """Write back each existing lead whose values the file changes."""
     lead = Lead.__table__
-    to_json, changes = _binder(conn, lead.c.fields), []
+    to_json, changes = binder(conn, lead.c.fields), []
     for lead_id, email, before, from_file in pairs:
         after = before.copy()
         after.merge(from_file)
@@ -532,7 +530,7 @@ def _update(conn: Connection, pairs: list[tuple[int, str, _Record, _Record]]) ->
                             "b_company": after.company, "b_tags": tags, "b_fields": to_json(after.fields),
                             "b_search": _search(email, (after.first_name, after.last_name,
                                                         after.company, tags))})
-    _executemany(conn, update(lead).where(lead.c.id == bindparam("b_id")).values(
+    executemany(conn, update(lead).where(lead.c.id == bindparam("b_id")).values(
         first_name=bindparam("b_first"), last_name=bindparam("b_last"), company=bindparam("b_company"),
         tags=bindparam("b_tags"), fields=bindparam("b_fields"), search=bindparam("b_search")), changes)
 
@@ -540,20 +538,3 @@ def _update(conn: Connection, pairs: list[tuple[int, str, _Record, _Record]]) ->
 def _search(email: str, values: tuple) -> str:
     """lead.search for an address and its (first name, last name, company, tags, ...) values."""
     return lead_search_text(dict(zip(SEARCH_FIELDS, (email, *values[:4]), strict=True)))
-
-
-def _executemany(conn: Connection, statement: Executable, rows: list[dict]) -> None:
-    """Run statement for every row at the driver's speed; values must be in database form.
-
-    SQLAlchemy binds each row of an executemany in Python, ~25 µs a row: seconds per
-    100,000 rows, all spent holding the write lock the scheduler is waiting for.
-    """
-    if not rows:
-        return
-    compiled = statement.compile(dialect=conn.dialect, column_keys=list(rows[0]))
-    conn.exec_driver_sql(compiled.string, [tuple(row[key] for key in compiled.positiontup) for row in rows])
-
-
-def _binder(conn: Connection, column: Column) -> Callable[[Any], Any]:
-    """The column type's own conversion to database form (JSON text, datetime string)."""
-    return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect) or (lambda v: v)

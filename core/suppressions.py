@@ -21,7 +21,8 @@ def suppress(conn: Connection, email: str, reason: str, detail: str, now: dateti
     """Add a normalized address; False if it was there already. Claims skip it from now on."""
     return conn.execute(insert_for(conn, Suppression.__table__).values(
         email=email.strip().lower(), reason=reason, detail=detail[:500], created_at=now)
-        .on_conflict_do_nothing(index_elements=["email"])).rowcount == 1
+        .on_conflict_do_nothing(index_elements=["email"])
+        .execution_options(preserve_rowcount=True)).rowcount == 1
 
 
 _DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")

@@ -12,13 +12,16 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.dialects import sqlite
 
+from conftest import ON_POSTGRES
 from core import importer, leads
 from core.importer import CsvImportError, run_import
 from models import Lead
 from storage.database import immediate
+
+pytestmark = pytest.mark.postgres  # runs again on PostgreSQL (make test)
 
 LEAD = Lead.__table__
 
@@ -110,7 +113,7 @@ def test_stored_fields_are_json_dumps_text_and_read_back_as_written(engine):
             "b@example.com,,\n").encode()
     run_import(engine, data)
     with engine.connect() as conn:
-        raw = dict(conn.exec_driver_sql("SELECT email, fields FROM lead").all())
+        raw = dict(conn.exec_driver_sql("SELECT email, CAST(fields AS TEXT) FROM lead").all())
         parsed = dict(conn.execute(select(LEAD.c.email, LEAD.c.fields)).all())
     expected = {"a@example.com": {"Miasto": "Łódź", "Uwagi": 'say "hi", \\ then\nleave'},
                 "b@example.com": {"Miasto": "", "Uwagi": ""}}
@@ -125,13 +128,17 @@ def test_new_leads_take_the_ids_after_the_highest_in_file_order(engine):
         conn.execute(insert(LEAD), [{"id": 7, "email": "keep@example.com", "fields": {}},
                                     {"id": 40, "email": "top@example.com", "fields": {}},
                                     {"id": 55, "email": "gone@example.com", "fields": {}}])
+        if ON_POSTGRES:  # rows written with their ids: the sequence is moved past them (as copy-to does)
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('lead', 'id'), 55)"))
         conn.execute(delete(LEAD).where(LEAD.c.id == 55))
     report = run_import(engine, b"email\nnew1@example.com\nKEEP@example.com\nnew2@example.com\n")
     with engine.connect() as conn:
         ids = dict(conn.execute(select(LEAD.c.email, LEAD.c.id)).all())
-    assert ids == {"keep@example.com": 7, "top@example.com": 40, "new1@example.com": 41,
-                   "new2@example.com": 42}
-    assert report.lead_ids == [41, 7, 42]
+    # SQLite: max + 1 under the write lock (the deleted 55 is free again); PostgreSQL: the sequence.
+    first = 56 if ON_POSTGRES else 41
+    assert ids == {"keep@example.com": 7, "top@example.com": 40, "new1@example.com": first,
+                   "new2@example.com": first + 1}
+    assert report.lead_ids == [first, 7, first + 1]
 
 
 def test_every_existing_lead_is_found_in_a_long_file(engine):

@@ -19,6 +19,8 @@ from helpers import make_campaign
 from models import CampaignLead, Lead
 from storage.database import immediate
 
+pytestmark = pytest.mark.postgres  # runs again on PostgreSQL (make test)
+
 CORPUS = Path(__file__).parent / "data" / "csv"
 
 

@@ -15,6 +15,8 @@ from storage.database import immediate
 from storage.secrets import Vault
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 
+pytestmark = pytest.mark.postgres  # runs again on PostgreSQL (make test)
+
 EVIL = '<script>alert("x")</script>'
 QUOTES = "\"'><img src=x onerror=alert(1)>"
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 import json
 import re
-import sqlite3
 
-from sqlalchemy import create_engine
+import pytest
+from sqlalchemy import create_engine, text
 
+from conftest import database_url
 from core.csvfile import neutralized
 from helpers import make_campaign
 from test_timeline import INCIDENT_CSV, incident_events
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 from timeline import analysis as timeline
 from timeline import live as timeline_sql
+
+pytestmark = pytest.mark.postgres  # runs again on PostgreSQL (make test)
 
 INCIDENT_JSON = {"total_sends": 52, "unique_leads": 36, "duplicate_sends": 16,
                  "first_duplicate_at": "2025-01-14T11:40:01",
@@ -57,24 +60,26 @@ def test_cli_refuses_both_sources_and_unreadable_logs(runner, tmp_path):
 
 def test_sql_path_agrees_with_the_python_analysis_on_duplicates(tmp_path):
     # SendOnce's own send_log cannot hold duplicates (unique index), so the SQL path's
-    # duplicate handling is checked on a table shaped like send_log without that index.
-    path = tmp_path / "legacy.db"
-    conn = sqlite3.connect(path)
-    conn.executescript("""
-        CREATE TABLE lead (id INTEGER PRIMARY KEY, email TEXT);
-        CREATE TABLE send_log (id INTEGER PRIMARY KEY, campaign_id INT, lead_id INT, variant_letter TEXT,
-            status TEXT, trigger TEXT, worker TEXT, claimed_at DATETIME);""")
+    # duplicate handling is checked on a table shaped like send_log without that index
+    # (a SQLite file, or a fresh PostgreSQL database in the PostgreSQL run).
     events = incident_events()
-    conn.executemany("INSERT INTO lead VALUES (?, ?)", {(int(e.lead), e.lead) for e in events})
-    conn.executemany("INSERT INTO send_log (campaign_id, lead_id, variant_letter, status, trigger, worker, "
-                     "claimed_at) VALUES (?, ?, ?, 'sent', ?, ?, ?)",
-                     [(int(e.campaign), int(e.lead), e.variant, e.trigger, e.worker,
-                       e.at.isoformat(sep=" ") + ".000000") for e in events])
-    conn.commit()
-    conn.close()
-    with create_engine(f"sqlite:///{path}").connect() as sql:
+    engine = create_engine(database_url(tmp_path / "legacy.db"))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE lead (id INTEGER PRIMARY KEY, email TEXT)"))
+        conn.execute(text('CREATE TABLE send_log (id INTEGER PRIMARY KEY, campaign_id INT, lead_id INT, '
+                          'variant_letter TEXT, status TEXT, "trigger" TEXT, worker TEXT, '
+                          "claimed_at TIMESTAMP)"))
+        conn.execute(text("INSERT INTO lead VALUES (:id, :email)"),
+                     [{"id": int(e.lead), "email": e.lead} for e in {e.lead: e for e in events}.values()])
+        conn.execute(text('INSERT INTO send_log (id, campaign_id, lead_id, variant_letter, status, '
+                          '"trigger", worker, claimed_at) VALUES (:id, :c, :l, :v, \'sent\', :t, :w, :at)'),
+                     [{"id": i, "c": int(e.campaign), "l": int(e.lead), "v": e.variant, "t": e.trigger,
+                       "w": e.worker, "at": e.at.isoformat(sep=" ") + ".000000"}
+                      for i, e in enumerate(events, 1)])
+    with engine.connect() as sql:
         from_sql = timeline_sql.analyse(sql, timeline_sql.Scope())
         buckets = timeline_sql.buckets(sql, timeline_sql.Scope(), 60, events)
+    engine.dispose()
     in_memory = timeline.analyse(events)
     assert timeline.to_json(from_sql) == timeline.to_json(in_memory)
     assert [(b.start, b.sends, b.duplicates) for b in buckets] == [

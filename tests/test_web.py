@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app import create_app
+from conftest import ON_POSTGRES
 from core import campaigns
 from helpers import csrf_token, make_campaign, send_key, serve_requests
 from models import Campaign, SendRequest, User, db
 from storage.database import write_session
 from storage.revision import HEAD
+
+pytestmark = pytest.mark.postgres  # runs again on PostgreSQL (make test)
 
 PUBLIC = {"static", "auth.login", "unsubscribe.unsubscribe", "views.healthz", "i18n.set_language"}
 
@@ -125,6 +128,24 @@ def test_healthz_reports_database_and_lease_without_login(client):
 def test_healthz_is_503_when_the_database_is_unreachable(config, tmp_path):
     app = create_app({**config, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/missing/dir/x.db"})
     assert app.test_client().get("/healthz").status_code == 503
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="a read-only PostgreSQL database (SQLite's: test_bad_input)")
+def test_a_read_only_postgresql_database_is_one_line_in_the_cli_and_a_503_page(app, engine, client, login):
+    cid = make_campaign(engine, 2)
+    login()
+    token = csrf_token(client.get(f"/campaigns/{cid}").data)
+    with engine.connect() as conn:  # as on a standby, or a database an administrator froze
+        conn.execute(text(f"ALTER DATABASE {engine.url.database} SET default_transaction_read_only = on"))
+        conn.commit()
+    engine.dispose()
+    result = app.test_cli_runner().invoke(args=["campaign", "pause", str(cid)])
+    assert result.exit_code == 1 and "the database cannot be written" in result.output
+    assert "the PostgreSQL server accepts writes" in result.output and "Traceback" not in result.output
+    response = client.post(f"/campaigns/{cid}/pause", data={"csrf_token": token, "action": "pause"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert "Serwer bazy danych nie przyjmuje teraz zmian" in response.get_data(as_text=True)
+    assert client.get("/healthz").status_code == 200  # reading still works
 
 
 def test_session_cookie_is_httponly_and_samesite(client, login):

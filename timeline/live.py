@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 
 from models import Lead, SendLog, timeline_hour
 from storage.schema import HOUR_FORMAT, SENT, summary_usable
+from storage.sqlfunc import text_agg, time_label
 from timeline.analysis import Analysis, Bucket, SendEvent, Totals
 from timeline.analysis import analyse as analyse_events
 from timeline.analysis import bucket as bucket_events
@@ -148,10 +149,10 @@ def median_interval(conn: Connection, scope: Scope) -> float | None:
     at_text = type_coerce(SendLog.claimed_at, String).label("at")
     recent = select(SendLog.campaign_id, at_text).where(*scope.where(by_time=True)) \
         .order_by(SendLog.claimed_at.desc(), SendLog.id.desc()).limit(MEDIAN_SAMPLE).subquery()
-    # Fed to group_concat in time order, so sorted() below only confirms it (SQLite does
-    # not promise that order, hence the sort; it costs one pass when it holds).
+    # Fed to text_agg in time order, so sorted() below only confirms it (neither database
+    # promises that order, hence the sort; it costs one pass when it holds).
     in_order = select(recent).order_by(recent.c.campaign_id, recent.c.at).subquery()
-    per_campaign = select(func.group_concat(in_order.c.at, ",")).group_by(in_order.c.campaign_id)
+    per_campaign = select(text_agg(in_order.c.at, ",")).group_by(in_order.c.campaign_id)
     gaps: list[timedelta] = []
     for text in conn.execute(per_campaign).scalars():
         times = sorted(map(datetime.fromisoformat, text.split(",")))
@@ -205,7 +206,7 @@ def bucket_minutes(first: datetime | None, last: datetime | None) -> int:
 
 def bucket_rows(conn: Connection, scope: Scope, minutes: int, by_time: bool = False):
     """(bucket label, trigger, sends) grouped in SQL over send_log, in label order."""
-    label = func.strftime(FORMATS[minutes], SendLog.claimed_at)
+    label = time_label(SendLog.claimed_at, FORMATS[minutes])
     return conn.execute(select(label, SendLog.trigger, func.count()).where(*scope.where(by_time))
                         .group_by(label, SendLog.trigger).order_by(label)).all()
 
@@ -321,7 +322,7 @@ def _totals(conn: Connection, scope: Scope, split: _Split) -> tuple[int, _Cell |
         row = conn.execute(select(func.sum(h.sends), func.min(h.hour), func.max(h.hour))
                            .where(*_summary_where(scope, split.hours))).one()
         parts.append((row, HOUR))
-    minute = func.strftime(FORMATS[1], SendLog.claimed_at)
+    minute = time_label(SendLog.claimed_at, FORMATS[1])
     for edge in split.edges:
         row = conn.execute(select(func.count(), func.min(minute), func.max(minute))
                            .where(*edge.where(by_time=True))).one()
