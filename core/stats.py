@@ -171,9 +171,10 @@ SEND_ROW_COLUMNS = (SendLog.id, SendLog.lead_id, SendLog.variant_letter, SendLog
                     SendLog.decided_by, Lead.email, ClaimHeartbeat.beat_at, SendLog.campaign_id)
 
 
-def send_rows(session: Session, conditions: tuple, limit: int, offset: int = 0) -> list:
+def send_rows(session: Session, conditions: tuple, limit: int | None, offset: int = 0) -> list:
     """Send log rows matching `conditions`, newest first, each with its lead's email: one
-    query, plain rows (ORM objects for 50 rows and their leads cost more than the SQL)."""
+    query, plain rows (ORM objects for 50 rows and their leads cost more than the SQL).
+    `limit` None: all of them."""
     return session.execute(select(*SEND_ROW_COLUMNS).outerjoin(Lead, Lead.id == SendLog.lead_id)
                            .outerjoin(ClaimHeartbeat, leases.claim_beat())
                            .where(*conditions).order_by(SendLog.id.desc())
@@ -182,7 +183,7 @@ def send_rows(session: Session, conditions: tuple, limit: int, offset: int = 0) 
 
 def unknown_rows(session: Session) -> list:
     """Every `unknown` send, oldest first, as send_rows shows them."""
-    return list(reversed(send_rows(session, (SendLog.status == SendStatus.UNKNOWN,), limit=-1)))
+    return list(reversed(send_rows(session, (SendLog.status == SendStatus.UNKNOWN,), limit=None)))
 
 
 @dataclass

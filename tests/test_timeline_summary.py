@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, select, text
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 
 from conftest import ON_POSTGRES, database_url
 from delivery.transport import Result
@@ -32,11 +32,6 @@ from timeline.live import Scope
 pytestmark = pytest.mark.postgres
 
 T0 = datetime(2026, 3, 2, 8, 0, 0)  # a Monday
-# Tests that also read the timeline through timeline/live.py: on PostgreSQL that module's
-# SQL (group_concat, strftime) is another part of #19; until it is ported its queries fail
-# with ProgrammingError (only that: a wrong summary still fails these tests).
-NEEDS_LIVE_ON_PG = pytest.mark.xfail(ON_POSTGRES, raises=ProgrammingError, strict=False,
-                                     reason="timeline/live.py's SQL on PostgreSQL (#19, the timeline part)")
 # The hour label written independently of storage/schema.py, per dialect.
 HOUR = ("to_char(claimed_at, 'YYYY-MM-DD HH24:00')" if ON_POSTGRES
         else "strftime('%Y-%m-%d %H:00', claimed_at)")
@@ -121,7 +116,6 @@ class Scripted:
         pass
 
 
-@NEEDS_LIVE_ON_PG
 def test_engine_sends_keep_the_summary_exact_and_the_page_equal_to_live(engine, settings):
     # The real claim/deliver/retry/recover/resolve paths, over ~2 days of logical time,
     # three campaigns and every trigger.
@@ -157,7 +151,6 @@ def test_engine_sends_keep_the_summary_exact_and_the_page_equal_to_live(engine, 
             assert_same(conn, scope)
 
 
-@NEEDS_LIVE_ON_PG
 def test_cli_sends_through_smtp_appear_in_the_summary(engine, runner, smtp):
     cid = make_campaign(engine, 3)
     for _ in range(3):
@@ -256,7 +249,6 @@ def test_any_insert_update_or_delete_keeps_the_summary_exact(bare, ops):
             assert summary(conn) == recount(conn), op
 
 
-@NEEDS_LIVE_ON_PG
 def test_direct_writes_over_weeks_read_the_same_as_live(bare):
     rng = random.Random(3)
     with bare.begin() as conn:
@@ -303,7 +295,6 @@ def old_engine(tmp_path):
     engine.dispose()
 
 
-@NEEDS_LIVE_ON_PG
 def test_install_backfills_an_older_database_and_is_idempotent(old_engine):
     engine = old_engine
     schema_without_summary(engine)
@@ -421,7 +412,6 @@ def test_the_summary_is_not_used_on_postgres_without_a_unique_index_on_campaign_
         assert schema.summary_usable(conn)
 
 
-@NEEDS_LIVE_ON_PG
 def test_median_interval_takes_the_most_recent_sends_ties_broken_by_id(bare, monkeypatch):
     fill(bare, 120)
     with bare.begin() as conn:  # ties: several sends in the same microsecond
@@ -460,7 +450,6 @@ def csrf_value(html: str) -> str | None:
     return found.group(1) if found else None
 
 
-@NEEDS_LIVE_ON_PG
 def test_the_page_from_the_summary_is_the_page_from_send_log(engine, runner, smtp, client, login):  # noqa: F811
     cid = make_campaign(engine, 8)
     other = make_campaign(engine, 4, name="other")
