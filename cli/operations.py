@@ -221,13 +221,18 @@ def restore_command(file: Path, wait: int, yes: bool) -> None:
             f"not restored: {live} cannot be written ({exc}). If it is damaged, move it away, run "
             "`flask --app app init-db` to make a new one, then restore again.") from exc
     aside, paused = _restore(file, live, taken, wait)
+    _restored(file, live, taken, aside, paused)
+
+
+def _restored(file: Path, live: object, taken: str, aside: Path, paused: list[int]) -> None:
+    """What a restore (either database) tells the person, and the backup's keys put back."""
     echo(f"restored {file} (taken {taken} UTC) into {live}; the previous content is kept in {aside}")
     if paused:
         echo(f"paused campaigns {', '.join(map(str, paused))}: sends after {taken} UTC are not in this "
-                   "database. Reconcile first (flask --app app reconcile <send log>), then resume each.")
+             "database. Reconcile first (flask --app app reconcile <send log>), then resume each.")
     if file.with_name(file.name + ".secret_key").is_file():
         echo(f"the backup's secret key is in {file.name}.secret_key; SECRET_KEY_FILE was left as is "
-                   "(copy it over only when restoring on a new machine)")
+             "(copy it over only when restoring on a new machine)")
     _restore_mailbox_keys(file)
 
 
@@ -366,14 +371,7 @@ def _restore_pg(file: Path, wait: int, yes: bool) -> None:
         raise click.ClickException(f"not restored: {exc}") from exc
     finally:
         pgdump.clear_meta(db.engine, migrate.MAINTENANCE_KEY)
-    echo(f"restored {file} (taken {taken} UTC) into {live}; the previous content is kept in {aside}")
-    if paused:
-        echo(f"paused campaigns {', '.join(map(str, paused))}: sends after {taken} UTC are not in this "
-             "database. Reconcile first (flask --app app reconcile <send log>), then resume each.")
-    if file.with_name(file.name + ".secret_key").is_file():
-        echo(f"the backup's secret key is in {file.name}.secret_key; SECRET_KEY_FILE was left as is "
-             "(copy it over only when restoring on a new machine)")
-    _restore_mailbox_keys(file)
+    _restored(file, live, taken, aside, paused)
 
 
 def _manifest_taken(file: Path) -> str | None:

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
 PORT = 5432
 _counter = itertools.count(1)
 
@@ -81,11 +83,24 @@ class PostgresCluster:
                                "-c", sql], check=True, capture_output=True, text=True)
         return done.stdout.strip()
 
-    def new_database(self, prefix: str = "t") -> str:
-        """A new empty database; its SQLAlchemy URL."""
+    def _admin(self, *statements: str) -> None:
+        # psycopg straight to the maintenance database: CREATE/DROP DATABASE refuse a transaction.
+        with psycopg.connect(host=str(self.dir), port=PORT, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    def new_database(self, prefix: str = "t", template: str | None = None) -> str:
+        """A new database, empty or a copy of `template`'s; its SQLAlchemy URL."""
         name = f"{prefix}_{os.getpid()}_{next(_counter)}"
-        self.psql(f"CREATE DATABASE {name}")
+        self._admin(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
         return self.url(name)
+
+    def refill(self, url: str, template: str) -> None:
+        """Make the (unused) database at `url` a fresh copy of `template` (a file copy: faster
+        than creating every table and trigger again)."""
+        name = url.split("/")[3].split("?")[0]
+        self._admin(f"DROP DATABASE {name}", f"CREATE DATABASE {name} TEMPLATE {template}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
