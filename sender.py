@@ -1,4 +1,5 @@
 """The sending engine: claim in one BEGIN IMMEDIATE transaction, send, record the outcome.
+(On PostgreSQL the same transaction under storage.database's locks: P33.)
 
 THE GUARANTEES LEDGER. Every promise SendOnce makes (P1…), the code that keeps it, and
 the tests that fail if it breaks (in tests/; "races" = test_races.py, "holes" =
@@ -185,6 +186,17 @@ P32 A reply, auto-reply or bounce the reader has recorded stops (or, with a retu
     proven by: test_reply_races::test_no_follow_up_is_claimed_after_a_recorded_reply_or_bounce;
                test_replies_imap::test_a_reader_killed_between_fetch_and_commit_loses_and_repeats_nothing,
                ::test_a_permanent_dsn_suppresses_the_address_and_every_campaign_skips_it
+P33 On PostgreSQL (#19) every promise above holds with the same code: a writer takes the advisory write lock
+    exclusively (BEGIN IMMEDIATE's meaning); a claim and the outcome it stores take it shared and lock what
+    they decide on first (campaign rows, their mailboxes' rows, the lease FOR SHARE, the enrollment FOR
+    UPDATE SKIP LOCKED), in one order; ids come from sequences; 40001/40P01/55P03 are "busy"
+    kept by:   storage.database (`immediate`/`transaction` modes, `lock_claim_rows`, `next_id`, `is_busy`),
+               `_lock_rows`, lease `_fence_shared`
+    proven by: test_postgres::test_claims_of_different_campaigns_run_in_parallel_and_of_one_campaign_queue,
+               ::test_a_writer_waits_for_claims_in_flight_and_claims_wait_for_a_writer;
+               races::test_buttons_racing_in_six_processes_keep_the_daily_cap,
+               ::test_schedulers_on_two_hosts_take_over_only_after_the_lease_runs_out;
+               and every test marked `postgres` (make test's second run)
 
 A mailbox's limits cost nothing on a crash: its checkpoint (last_send_at) and the row that
 counts against its cap are written by the claim transaction itself, so a crash can only
@@ -710,13 +722,18 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
 
 
 def _installation(conn: Connection) -> str:
-    """This database's installation id, made (once, under the claim's lock) if missing."""
+    """This database's installation id, made (once) if missing.
+
+    On PostgreSQL the first claims of two campaigns may run at once: the loser of that race
+    inserts nothing (ON CONFLICT DO NOTHING, waiting for the winner's commit) and reads the
+    winner's id.
+    """
     row = run_sql(conn, _INSTALLATION).fetchone()
     if row is not None:
         return row[0]
     made = messages.new_installation_id()
-    conn.execute(_meta.insert().values(key=INSTALLATION_KEY, value=made))
-    return made
+    conn.execute(insert_for(conn, _meta).values(key=INSTALLATION_KEY, value=made).on_conflict_do_nothing())
+    return run_sql(conn, _INSTALLATION).fetchone()[0]
 
 
 def _may_still_report(settings: Settings, now: datetime):

@@ -127,3 +127,33 @@ def test_send_log_ids_come_from_the_sequence(engine, settings):
         sequence = conn.execute(text("SELECT last_value FROM send_log_id_seq")).scalar_one()
         assert conn.execute(select(Campaign.status).where(Campaign.id == cid)).scalar_one() == "active"
     assert first.send_log_id == sequence
+
+
+def test_the_first_claims_of_two_campaigns_at_once_make_one_installation_id(engine, settings):
+    # Found by the bench: both first claims found no installation id and inserted one; the
+    # second died on the primary key. Now it waits for the first's commit and uses its id.
+    import sender
+
+    first, second = make_campaign(engine, 2), make_campaign(engine, 2)
+    made, go = threading.Event(), threading.Event()
+    ids: list[str] = []
+
+    def first_claim_in_flight() -> None:
+        with immediate(engine, CLAIM) as conn:
+            lock_claim_rows(conn, [first])
+            ids.append(sender._installation(conn))
+            made.set()
+            go.wait(10)
+
+    holder = threading.Thread(target=first_claim_in_flight)
+    holder.start()
+    assert made.wait(10)
+    racing = threading.Thread(target=lambda: ids.append(claim(engine, settings, second)))
+    racing.start()
+    racing.join(0.5)
+    assert racing.is_alive()  # waiting on the first's uncommitted id, not failing
+    go.set()
+    holder.join(10)
+    racing.join(10)
+    installation, other = ids
+    assert isinstance(other, Claim) and f".{installation}@" in other.message_id
