@@ -1112,10 +1112,14 @@ def postgres_claims(ctx: Context, cluster, campaigns: int) -> None:
         for mode in ("pg-bare", "engine", "pg-bare-grouped"):
             run_url = pgdata.recreate(cluster, "bench_claims_run", template)
             log(f"postgres claims: {n} {mode} process(es), {campaigns} campaign(s), {how}")
-            result[mode] = run_claimers(mode, run_url, n, sizes.claim_seconds, campaigns=ids,
+            profiled = ctx.profile and mode == "engine" and n == 1
+            profile_to = RESULTS / f"profile-pg-claims{campaigns}-engine.prof" if profiled else None
+            result[mode] = run_claimers(mode, run_url, n, sizes.claim_seconds, profile_to, campaigns=ids,
                                         config=pg_config(run_url))
             ok, note = check_claims_pg(run_url, leads, result[mode]["claims"], to_the_end)
             result[mode]["ok"], result[mode]["note"] = ok and result[mode]["errors"] == 0, note
+            if profile_to:
+                write_profile_text(profile_to, profile_to.with_suffix(".txt"))
         sqlite_rate = ctx.sqlite_claims.get((n, campaigns))
         if sqlite_rate is None:
             sqlite_rate = sqlite_claims(ctx, sqlite_template, n, campaigns, ids, leads)
