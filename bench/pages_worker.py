@@ -121,13 +121,25 @@ def _bare(conn, statements: list[tuple[str, tuple | dict]]) -> float:
     return time.perf_counter() - began
 
 
+def _slowest(conn, statements: list[tuple[str, tuple | dict]]) -> dict:
+    """The distinct statement that costs the most bare (best of 3): where a page's SQL time goes."""
+    timed = [(min(_bare(conn, [one]) for _ in range(3)), one[0]) for one in statements]
+    seconds, sql = max(timed, default=(0.0, ""))
+    return {"ms": seconds * 1e3, "sql": " ".join(sql.split())}
+
+
 def _bare_connect(spec: dict):
     if spec.get("pg_url"):
         import psycopg
 
         from bench.claim_worker import pg_conninfo
 
-        return psycopg.connect(pg_conninfo(spec["pg_url"]), autocommit=True)
+        # Never prepared, as the page's own statements: psycopg prepares a statement run 5
+        # times, but drops them all at a ROLLBACK, which ends every read-only request (the
+        # pool's reset). A prepared statement may get PostgreSQL's generic plan after 5 more
+        # runs, and that plan can differ from the page's (the timeline's median interval:
+        # ~10 ms generic vs ~200 ms custom at 1,000,000 rows).
+        return psycopg.connect(pg_conninfo(spec["pg_url"]), autocommit=True, prepare_threshold=None)
     bare = sqlite3.connect(spec["db"], isolation_level=None)
     for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=FULL", "foreign_keys=ON"):
         bare.execute(f"PRAGMA {pragma}")
@@ -187,7 +199,7 @@ def main(spec_path: str) -> None:
             bare_s.append(_bare(bare, distinct))
         results[page["name"]] = {"url": url, "page": _summary(page_s), "bare": _summary(bare_s),
                                  "statements": len(statements), "distinct": len(distinct),
-                                 "bytes": len(reply.get_data())}
+                                 "bytes": len(reply.get_data()), "slowest": _slowest(bare, distinct)}
         if spec.get("profile_dir"):
             slug = re.sub(r"[^a-z0-9]+", "-", page["name"].lower()).strip("-")
             _profile(client, url, Path(spec["profile_dir"]) / f"profile-page-{slug}.txt")

@@ -21,7 +21,13 @@ moments before or after it, on the same file settings (WAL, synchronous=FULL):
 8. replies: core.replies.read_all over N messages (replies, out-of-office, delivery reports
    answering real send_log Message-IDs) delivered over LMTP into a throwaway Dovecot
    (tests/imap_server.py), and a second pass with nothing new, vs a bare IMAPClient
-   FETCH BODY.PEEK[] + email parsing of the same; every message recorded exactly once.
+   FETCH BODY.PEEK[] + email parsing of the same; every message recorded exactly once;
+9. postgres (#19): claims/s on PostgreSQL (a throwaway cluster, tests/pg_server.py) with
+   1, 2, 4, 8 processes on 1 campaign and on 8 (taken in turn) vs a bare psycopg claim loop
+   (campaign row FOR UPDATE, enrollment FOR UPDATE SKIP LOCKED, nextval), target ≥ 0.5,
+   0 duplicates checked after each run, SQLite's engine figure beside; and section 4's pages
+   on the same 1,000,000 rows copied into PostgreSQL (bench/pgdata.py) vs their SQL run with
+   bare psycopg ("not ported" for a page whose SQL PostgreSQL cannot run yet).
 One markdown table is printed and appended to BENCHMARKS.md with the date, nproc, the CPU
 model and the load average (other work on the machine shows up there, not in the ratios).
 
@@ -31,6 +37,7 @@ model and the load average (other work on the machine shows up there, not in the
     .venv/bin/python -m bench.run --only mailboxes --mailboxes 1,4,8,16 --mailbox-delay 0.05
     .venv/bin/python -m bench.run --full    # claims run every lead to the end, bigger N
     .venv/bin/python -m bench.run --profile # also cProfile the engine and each page
+    .venv/bin/python -m bench.run --only postgres --pg-parts pages   # PostgreSQL's pages only
 
 Files go to bench/results/ (git-ignored); the 1,000,000-row pages database is generated
 once per (sizes, schema, generator) fingerprint and reused by later runs (--fresh: anew).
@@ -580,8 +587,18 @@ def page_rows(section: str, results: dict, scale: str, beside: dict | None = Non
                         f"{page['median_ms']:.1f} / {page['p95_ms']:.1f} ms",
                         f"{bare['median_ms']:.1f} ms", ratio, target, met,
                         f"`{r['url']}`: {r['statements']} SQL statements ({r['distinct']} distinct), "
-                        f"{page['n']} runs, {r['bytes'] // 1024} KiB; {scale}{_beside(beside or {}, name)}"))
+                        f"{page['n']} runs, {r['bytes'] // 1024} KiB; {scale}{_slowest(r, bare)}"
+                        f"{_beside(beside or {}, name)}"))
     return rows
+
+
+def _slowest(r: dict, bare: dict) -> str:
+    """The statement costing the most of the page's bare SQL time (a quarter or more), shortened."""
+    slowest = r.get("slowest")
+    if not slowest or slowest["ms"] < bare["median_ms"] / 4 or slowest["ms"] < 1:
+        return ""
+    sql = slowest["sql"] if len(slowest["sql"]) <= 90 else slowest["sql"][:90] + "…"
+    return f"; its slowest statement {slowest['ms']:.1f} ms: `{sql}`"
 
 
 def _beside(results: dict, name: str) -> str:
