@@ -1155,7 +1155,7 @@ def postgres_claims(ctx: Context, cluster, campaigns: int) -> None:
             f"the bare loop committing once per message as the engine does: {grouped['rate']:,.1f}/s, "
             f"ratio {engine['rate'] / grouped['rate']:.2f}; **SQLite** engine, same layout: "
             f"{sqlite_rate:,.1f}/s (PostgreSQL/SQLite {engine['rate'] / sqlite_rate:.2f})"))
-        ctx.rss[f"engine-pg-{n}"] = engine["maxrss_kb"]
+        ctx.rss[f"pg-engine-{n}"] = engine["maxrss_kb"]  # not "engine-": section 5 reads SQLite's
 
 
 def sqlite_claims(ctx: Context, template: Path, n: int, campaigns: int, ids: str, leads: int) -> float:
