@@ -61,8 +61,9 @@ test: $(VENV)/.dev translations $(CHROMIUM) $(SPAMASSASSIN) $(DOVECOT) $(POSTGRE
 	$(PY) -m pytest
 	SENDONCE_TEST_DB=postgresql $(PY) -m pytest -m postgres
 
-## make bench: engine, SMTP, mailbox lanes, import, pages and the reply reader against bare ceilings; appends BENCHMARKS.md.
-bench: $(VENV)/.dev translations $(DOVECOT)
+## make bench: engine, SMTP, mailbox lanes, import, pages and the reply reader against bare ceilings, then claims and
+## pages again on a throwaway PostgreSQL cluster (as make test starts one); appends BENCHMARKS.md.
+bench: $(VENV)/.dev translations $(DOVECOT) $(POSTGRES)
 	$(PY) -m bench.run
 
 ## make chaos: the full chaos run (10 min, 5,000 leads, kills, freezes, SMTP faults) and

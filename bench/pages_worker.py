@@ -5,8 +5,11 @@ with a logged-in Flask test client (the login form, CSRF token included). Server
 the time of client.get() around the WSGI app: no socket, no browser. Each page's "bare"
 figure is its SQL without SQLAlchemy, Flask or Jinja: every distinct statement the page
 executed (captured once, by text, with its first parameters; a lazy load repeated per row
-counts once) re-run with plain sqlite3 on the same file. Page and bare runs alternate,
-so drift on a shared machine hits both. Prints one JSON line; peak RSS included.
+counts once) re-run with plain sqlite3 on the same file (on PostgreSQL, SPEC's "pg_url":
+with plain psycopg on the same database). Page and bare runs alternate, so drift on a
+shared machine hits both. A page that does not answer 200 is recorded as failed, with the
+exception it raised (e.g. SQL not ported to PostgreSQL yet), and the others still run.
+Prints one JSON line; peak RSS included.
 """
 
 from __future__ import annotations
@@ -66,42 +69,81 @@ def _add_floor_page(app) -> None:
     app.add_url_rule(FLOOR_URL, "bench_floor", floor)
 
 
-def _capture(app, client, url: str) -> list[tuple[str, tuple]]:
+class PageFailed(Exception):
+    """A page answered other than 200; the message says how, and what it raised."""
+
+
+def _capture(app, client, url: str) -> list[tuple[str, tuple | dict]]:
     """Every statement one request executes, in order (transaction control left out)."""
+    from flask import got_request_exception
     from sqlalchemy import event
 
     from models import db
 
-    seen: list[tuple[str, tuple]] = []
+    seen: list[tuple[str, tuple | dict]] = []
+    raised: list[BaseException] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):
-        if not SKIP_SQL.match(statement):
-            seen.append((statement, tuple(parameters or ())))
+        if not SKIP_SQL.match(statement):  # psycopg's named parameters stay a dict
+            seen.append((statement, parameters if isinstance(parameters, dict) else tuple(parameters or ())))
+
+    def failed(sender, exception, **extra):
+        raised.append(exception)
 
     with app.app_context():
         engine = db.engine
     event.listen(engine, "before_cursor_execute", record)
+    got_request_exception.connect(failed, app)
     try:
         reply = client.get(url)
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        got_request_exception.disconnect(failed, app)
     if reply.status_code != 200:
-        raise SystemExit(f"{url}: HTTP {reply.status_code}")
+        why = f"{type(raised[0]).__name__}: {str(raised[0]).splitlines()[0]}" if raised else "no exception"
+        raise PageFailed(f"HTTP {reply.status_code} ({why})")
     return seen
 
 
-def _distinct(statements: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
-    first: dict[str, tuple] = {}
+def _distinct(statements: list[tuple[str, tuple | dict]]) -> list[tuple[str, tuple | dict]]:
+    first: dict[str, tuple | dict] = {}
     for sql, params in statements:
         first.setdefault(sql, params)
     return list(first.items())
 
 
-def _bare(conn: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> float:
+def _bare(conn, statements: list[tuple[str, tuple | dict]]) -> float:
+    """The statements run on a plain sqlite3 or psycopg connection (no parameters passed
+    when there are none, so psycopg leaves a literal % alone)."""
     began = time.perf_counter()
     for sql, params in statements:
-        conn.execute(sql, params).fetchall()
+        (conn.execute(sql, params) if params else conn.execute(sql)).fetchall()
     return time.perf_counter() - began
+
+
+def _slowest(conn, statements: list[tuple[str, tuple | dict]]) -> dict:
+    """The distinct statement that costs the most bare (best of 3): where a page's SQL time goes."""
+    timed = [(min(_bare(conn, [one]) for _ in range(3)), one[0]) for one in statements]
+    seconds, sql = max(timed, default=(0.0, ""))
+    return {"ms": seconds * 1e3, "sql": " ".join(sql.split())}
+
+
+def _bare_connect(spec: dict):
+    if spec.get("pg_url"):
+        import psycopg
+
+        from bench.claim_worker import pg_conninfo
+
+        # Never prepared, as the page's own statements: psycopg prepares a statement run 5
+        # times, but drops them all at a ROLLBACK, which ends every read-only request (the
+        # pool's reset). A prepared statement may get PostgreSQL's generic plan after 5 more
+        # runs, and that plan can differ from the page's (the timeline's median interval:
+        # ~10 ms generic vs ~200 ms custom at 1,000,000 rows).
+        return psycopg.connect(pg_conninfo(spec["pg_url"]), autocommit=True, prepare_threshold=None)
+    bare = sqlite3.connect(spec["db"], isolation_level=None)
+    for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=FULL", "foreign_keys=ON"):
+        bare.execute(f"PRAGMA {pragma}")
+    return bare
 
 
 def _summary(seconds: list[float]) -> dict:
@@ -131,16 +173,18 @@ def main(spec_path: str) -> None:
     client = app.test_client()
     _login(app, client)
     rules = {rule.rule for rule in app.url_map.iter_rules()}
-    bare = sqlite3.connect(spec["db"], isolation_level=None)
-    for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=FULL", "foreign_keys=ON"):
-        bare.execute(f"PRAGMA {pragma}")
+    bare = _bare_connect(spec)
     results = {}
     for page in spec["pages"]:
         if page.get("requires_rule") and page["requires_rule"] not in rules:
             results[page["name"]] = {"skipped": f"no route {page['requires_rule']} yet"}
             continue
         url = page["url"]
-        statements = _capture(app, client, url)
+        try:
+            statements = _capture(app, client, url)
+        except PageFailed as failed:
+            results[page["name"]] = {"url": url, "failed": str(failed)}
+            continue
         distinct = _distinct(statements)
         client.get(url), _bare(bare, distinct)  # warm the caches: both sides start hot
         page_s, bare_s = [], []
@@ -155,7 +199,7 @@ def main(spec_path: str) -> None:
             bare_s.append(_bare(bare, distinct))
         results[page["name"]] = {"url": url, "page": _summary(page_s), "bare": _summary(bare_s),
                                  "statements": len(statements), "distinct": len(distinct),
-                                 "bytes": len(reply.get_data())}
+                                 "bytes": len(reply.get_data()), "slowest": _slowest(bare, distinct)}
         if spec.get("profile_dir"):
             slug = re.sub(r"[^a-z0-9]+", "-", page["name"].lower()).strip("-")
             _profile(client, url, Path(spec["profile_dir"]) / f"profile-page-{slug}.txt")

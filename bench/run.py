@@ -21,7 +21,13 @@ moments before or after it, on the same file settings (WAL, synchronous=FULL):
 8. replies: core.replies.read_all over N messages (replies, out-of-office, delivery reports
    answering real send_log Message-IDs) delivered over LMTP into a throwaway Dovecot
    (tests/imap_server.py), and a second pass with nothing new, vs a bare IMAPClient
-   FETCH BODY.PEEK[] + email parsing of the same; every message recorded exactly once.
+   FETCH BODY.PEEK[] + email parsing of the same; every message recorded exactly once;
+9. postgres (#19): claims/s on PostgreSQL (a throwaway cluster, tests/pg_server.py) with
+   1, 2, 4, 8 processes on 1 campaign and on 8 (taken in turn) vs a bare psycopg claim loop
+   (campaign row FOR UPDATE, enrollment FOR UPDATE SKIP LOCKED, nextval), target ≥ 0.5,
+   0 duplicates checked after each run, SQLite's engine figure beside; and section 4's pages
+   on the same 1,000,000 rows copied into PostgreSQL (bench/pgdata.py) vs their SQL run with
+   bare psycopg ("not ported" for a page whose SQL PostgreSQL cannot run yet).
 One markdown table is printed and appended to BENCHMARKS.md with the date, nproc, the CPU
 model and the load average (other work on the machine shows up there, not in the ratios).
 
@@ -31,6 +37,7 @@ model and the load average (other work on the machine shows up there, not in the
     .venv/bin/python -m bench.run --only mailboxes --mailboxes 1,4,8,16 --mailbox-delay 0.05
     .venv/bin/python -m bench.run --full    # claims run every lead to the end, bigger N
     .venv/bin/python -m bench.run --profile # also cProfile the engine and each page
+    .venv/bin/python -m bench.run --only postgres --pg-parts pages   # PostgreSQL's pages only
 
 Files go to bench/results/ (git-ignored); the 1,000,000-row pages database is generated
 once per (sizes, schema, generator) fingerprint and reused by later runs (--fresh: anew).
@@ -65,7 +72,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 
-SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy", "mailboxes", "replies")
+SECTIONS = ("claims", "smtp", "import", "pages", "memory", "legacy", "mailboxes", "replies", "postgres")
+PG_PARTS = ("claims", "pages")
 PY = sys.executable
 
 
@@ -88,6 +96,8 @@ class Sizes:
     mailbox_messages: int = 100  # per mailbox (lane)
     mailbox_delay: float = 0.1  # seconds before the sink answers the final dot
     reply_messages: int = 1000  # delivered into one Dovecot mailbox, read by core.replies
+    pg_parts: tuple[str, ...] = ("claims", "pages")  # what section postgres measures
+    pg_campaigns: tuple[int, ...] = (1, 8)  # the claim_leads enrollments spread over this many campaigns
 
 
 DEFAULT = Sizes()
@@ -117,6 +127,10 @@ class Context:
     fresh: bool
     rows: list[Row] = field(default_factory=list)
     rss: dict[str, int] = field(default_factory=dict)  # kB, for the memory section
+    # SQLite's figures from this run, shown beside PostgreSQL's: (processes, campaigns) ->
+    # engine claims/s (section 1); page name -> its result (section 4).
+    sqlite_claims: dict[tuple[int, int], float] = field(default_factory=dict)
+    sqlite_pages: dict[str, dict] = field(default_factory=dict)
 
 
 def log(message: str) -> None:
@@ -161,20 +175,22 @@ def bare_connect(db: Path) -> sqlite3.Connection:
 # --- 1. claims ------------------------------------------------------------------------
 
 
-def run_claimers(mode: str, db: Path, n: int, seconds: float, profile_to: Path | None = None,
-                 script: Path | None = None) -> dict:
+def run_claimers(mode: str, db: Path | str, n: int, seconds: float, profile_to: Path | None = None,
+                 script: Path | None = None, campaigns: str = "1", config: dict | None = None) -> dict:
     """Start n claimer processes at one instant; their summed rate and what each reported.
 
     `script` may be a wrapper that patches a proposed fix in before claim_worker runs
-    (default: bench/claim_worker.py itself, run as a module).
+    (default: bench/claim_worker.py itself, run as a module). `campaigns`: the ids each
+    process takes in turn (claim_worker.Turns), process i beginning with the i-th.
+    `config`: the app's (default: config_for(db)); a PostgreSQL run's names its database.
     """
-    env = env_for(config_for(db))
+    env = env_for(config or config_for(db))
     command = [PY, str(script)] if script else [PY, "-m", "bench.claim_worker"]
     procs = []
     try:
         for i in range(n):
             worker_env = dict(env, BENCH_PROFILE=str(profile_to)) if profile_to and i == 0 else env
-            procs.append(subprocess.Popen([*command, mode, str(db), "1"], cwd=ROOT,
+            procs.append(subprocess.Popen([*command, mode, str(db), campaigns, str(i)], cwd=ROOT,
                                           env=worker_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           text=True))
         for proc in procs:
@@ -207,13 +223,28 @@ def check_claims(db: Path, leads: int, claimed: int, to_the_end: bool) -> tuple[
     """Duplicates and losses after a run: the database and the processes must agree."""
     conn = bare_connect(db)
     try:
-        rows = conn.execute("SELECT count(*) FROM send_log").fetchone()[0]
-        distinct = conn.execute("SELECT count(*) FROM (SELECT DISTINCT campaign_id, lead_id FROM send_log)"
-                                ).fetchone()[0]
-        states = dict(conn.execute("SELECT state, count(*) FROM campaign_lead GROUP BY state").fetchall())
-        not_sent = conn.execute("SELECT count(*) FROM send_log WHERE status != 'sent'").fetchone()[0]
+        return claim_verdict(conn, leads, claimed, to_the_end)
     finally:
         conn.close()
+
+
+def check_claims_pg(url: str, leads: int, claimed: int, to_the_end: bool) -> tuple[bool, str]:
+    """check_claims on a PostgreSQL database (psycopg, its SQLAlchemy URL)."""
+    import psycopg
+
+    from bench.claim_worker import pg_conninfo
+
+    with psycopg.connect(pg_conninfo(url), autocommit=True) as conn:
+        return claim_verdict(conn, leads, claimed, to_the_end)
+
+
+def claim_verdict(conn, leads: int, claimed: int, to_the_end: bool) -> tuple[bool, str]:
+    """The checks of a claim run on an open sqlite3 or psycopg connection (the SQL reads the same)."""
+    rows = conn.execute("SELECT count(*) FROM send_log").fetchone()[0]
+    distinct = conn.execute("SELECT count(*) FROM (SELECT DISTINCT campaign_id, lead_id FROM send_log) AS d"
+                            ).fetchone()[0]
+    states = dict(conn.execute("SELECT state, count(*) FROM campaign_lead GROUP BY state").fetchall())
+    not_sent = conn.execute("SELECT count(*) FROM send_log WHERE status != 'sent'").fetchone()[0]
     duplicates = rows - distinct + max(claimed - rows, 0)
     ok = (duplicates == 0 and rows == claimed == states.get("sent", 0) and not_sent == 0
           and states.get("pending", 0) == leads - rows and (rows == leads or not to_the_end))
@@ -252,6 +283,7 @@ def section_claims(ctx: Context) -> None:
                             f"a bare loop committing once per message as the engine does: "
                             f"{grouped['rate']:,.1f}/s, ratio {engine['rate'] / grouped['rate']:.2f}"))
         ctx.rss[f"engine-{n}"] = engine["maxrss_kb"]
+        ctx.sqlite_claims[(n, 1)] = engine["rate"]
         ctx.rss[f"bare-{n}"] = bare["maxrss_kb"]
 
 
@@ -488,38 +520,61 @@ def page_list(campaign: int) -> list[dict]:
 
 def run_pages(ctx: Context, repeats: int | None = None) -> dict:
     sizes = ctx.sizes
-    spec = generate.Spec(leads=sizes.page_leads, campaigns=sizes.page_campaigns, sends=sizes.page_sends)
-    template = template_db("pages", spec, ctx.fresh)
+    template = template_db("pages", pages_spec(sizes), ctx.fresh)
     db_path = fresh_copy(template, RESULTS / "pages-run.db")
+    result = render_pages(ctx, {"db": str(db_path)}, config_for(db_path), repeats)
+    for suffix in ("", "-wal", "-shm"):  # ~0.5 GB at default sizes; the template stays
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    return result
+
+
+def pages_spec(sizes: Sizes) -> generate.Spec:
+    return generate.Spec(leads=sizes.page_leads, campaigns=sizes.page_campaigns, sends=sizes.page_sends)
+
+
+def render_pages(ctx: Context, database: dict, config: dict, repeats: int | None = None) -> dict:
+    """bench/pages_worker.py in a fresh process on one database (`database`: its job keys,
+    "db" and on PostgreSQL "pg_url"); what it measured, its peak RSS kept in ctx.rss."""
+    sizes = ctx.sizes
     repeats = repeats or sizes.page_repeats
-    job = {"db": str(db_path), "pages": page_list(sizes.page_campaigns), "repeats": repeats,
+    job = {**database, "pages": page_list(sizes.page_campaigns), "repeats": repeats,
            "min_repeats": min(sizes.page_min_repeats, repeats), "seconds_per_page": sizes.page_seconds,
            "profile_dir": str(RESULTS) if ctx.profile else None}
     job_path = RESULTS / "pages-job.json"
     job_path.write_text(json.dumps(job))
     log(f"pages: {len(job['pages'])} pages, up to {job['repeats']} times each")
     out = subprocess.run([PY, "-m", "bench.pages_worker", str(job_path)], cwd=ROOT,
-                         env=env_for(config_for(db_path)), stdout=subprocess.PIPE, text=True, check=True,
+                         env=env_for(config), stdout=subprocess.PIPE, text=True, check=True,
                          timeout=3600).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    ctx.rss["pages"] = result.pop("_process")["maxrss_kb"]
-    for suffix in ("", "-wal", "-shm"):  # ~0.5 GB at default sizes; the template stays
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    ctx.rss["pages-pg" if "pg_url" in database else "pages"] = result.pop("_process")["maxrss_kb"]
     return result
 
 
 def section_pages(ctx: Context) -> None:
     sizes = ctx.sizes
-    scale = f"{sizes.page_leads:,} leads, {sizes.page_sends:,} send_log rows"
     results = run_pages(ctx)
+    ctx.sqlite_pages.update(results)
+    scale = f"{sizes.page_leads:,} leads, {sizes.page_sends:,} send_log rows"
+    ctx.rows.extend(page_rows("pages", results, scale))
+
+
+def page_rows(section: str, results: dict, scale: str, beside: dict | None = None) -> list[Row]:
+    """The table's rows for one pages run: the floor, then each page against its bare SQL.
+    `beside`: another run's results (SQLite's, for PostgreSQL's rows), quoted in the notes."""
+    results = dict(results)
     floor = results.pop("floor (empty admin page)")
-    ctx.rows.append(Row("pages", "floor: empty admin page, median / p95",
-                        f"{floor['page']['median_ms']:.1f} / {floor['page']['p95_ms']:.1f} ms",
-                        notes="login check, base.html, language form, no query of its own: what every "
-                              "page below pays before its own work (added by the bench, not an app route)"))
+    other = _beside(beside or {}, "floor (empty admin page)")
+    rows = [Row(section, "floor: empty admin page, median / p95",
+                f"{floor['page']['median_ms']:.1f} / {floor['page']['p95_ms']:.1f} ms",
+                notes="login check, base.html, language form, no query of its own: what every "
+                      "page below pays before its own work (added by the bench, not an app route)" + other)]
     for name, r in results.items():
         if "skipped" in r:
-            ctx.rows.append(Row("pages", f"{name}: median / p95", "skipped", notes=r["skipped"]))
+            rows.append(Row(section, f"{name}: median / p95", "skipped", notes=r["skipped"]))
+            continue
+        if "failed" in r:
+            rows.append(failed_page_row(section, name, r))
             continue
         page, bare = r["page"], r["bare"]
         ratio = page["median_ms"] / bare["median_ms"]
@@ -528,11 +583,45 @@ def section_pages(ctx: Context) -> None:
         sql_bound = bare["median_ms"] > floor["page"]["median_ms"]
         met = page["p95_ms"] <= 50 and (ratio <= 2 or not sql_bound)
         target = "p95 ≤ 50 ms, ≤ 2×" if sql_bound else "p95 ≤ 50 ms (SQL < floor: no ratio)"
-        ctx.rows.append(Row("pages", f"{name}: median / p95",
-                            f"{page['median_ms']:.1f} / {page['p95_ms']:.1f} ms",
-                            f"{bare['median_ms']:.1f} ms", ratio, target, met,
-                            f"`{r['url']}`: {r['statements']} SQL statements ({r['distinct']} distinct), "
-                            f"{page['n']} runs, {r['bytes'] // 1024} KiB; {scale}"))
+        rows.append(Row(section, f"{name}: median / p95",
+                        f"{page['median_ms']:.1f} / {page['p95_ms']:.1f} ms",
+                        f"{bare['median_ms']:.1f} ms", ratio, target, met,
+                        f"`{r['url']}`: {r['statements']} SQL statements ({r['distinct']} distinct), "
+                        f"{page['n']} runs, {r['bytes'] // 1024} KiB; {scale}{_slowest(r, bare)}"
+                        f"{_beside(beside or {}, name)}"))
+    return rows
+
+
+def _slowest(r: dict, bare: dict) -> str:
+    """The statement costing the most of the page's bare SQL time (a quarter or more), shortened."""
+    slowest = r.get("slowest")
+    if not slowest or slowest["ms"] < bare["median_ms"] / 4 or slowest["ms"] < 1:
+        return ""
+    sql = slowest["sql"] if len(slowest["sql"]) <= 90 else slowest["sql"][:90] + "…"
+    return f"; its slowest statement {slowest['ms']:.1f} ms: `{sql}`"
+
+
+def _beside(results: dict, name: str) -> str:
+    r = results.get(name)
+    if not r or "page" not in r:
+        return ""
+    return f"; SQLite in this run: {r['page']['median_ms']:.1f} / {r['page']['p95_ms']:.1f} ms"
+
+
+# Re-run only the PostgreSQL pages (e.g. once a page's SQL is ported), with the cached data.
+PG_PAGES_AGAIN = "python -m bench.run --only postgres --pg-parts pages"
+
+
+def failed_page_row(section: str, name: str, r: dict) -> Row:
+    """A page that did not answer 200. On PostgreSQL a function SQLite has and PostgreSQL
+    lacks (strftime, group_concat: UndefinedFunction) means its SQL is not ported yet."""
+    not_ported = section == "postgres" and "UndefinedFunction" in r["failed"]
+    if not_ported:
+        return Row(section, f"{name}: median / p95", "not ported", target="p95 ≤ 50 ms",
+                   notes=f"`{r['url']}` fails on PostgreSQL: {r['failed']}; its SQL is not ported yet "
+                         f"(re-run: `{PG_PAGES_AGAIN}`)")
+    return Row(section, f"{name}: median / p95", "failed", target="p95 ≤ 50 ms", met=False,
+               notes=f"`{r['url']}`: {r['failed']} — CHECK FAILED")
 
 
 # --- 5. memory ------------------------------------------------------------------------
@@ -953,6 +1042,153 @@ def section_replies(ctx: Context) -> None:
                         "the reader's pass also writes its cursor's read time (one commit)"))
 
 
+# --- 9. PostgreSQL: the same claims and pages on the other engine (#19) ------------------
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster (tests/pg_server.py; `make bench` installs Debian's
+    postgresql), or the one SENDONCE_PG_CLUSTER_DIR names (the tests' own): left running."""
+    from tests.pg_server import CLUSTER_DIR_ENV, start_or_attach
+
+    named = os.environ.get(CLUSTER_DIR_ENV)
+    cluster = start_or_attach()
+    try:
+        yield cluster
+    finally:
+        if named is None:  # ours: stopped and removed
+            cluster.stop()
+            os.environ.pop(CLUSTER_DIR_ENV, None)
+        else:
+            for name in BENCH_DATABASES:
+                cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+BENCH_DATABASES = ("bench_claims1", "bench_claims8", "bench_claims_run", "bench_pages")
+
+
+def pg_config(url: str) -> dict:
+    """config_for's settings on a PostgreSQL database."""
+    return dict(config_for(RESULTS / "postgres.db"), SQLALCHEMY_DATABASE_URI=url)
+
+
+def claims_template(ctx: Context, campaigns: int) -> tuple[Path, int]:
+    """The SQLite claims database spread over `campaigns` campaigns, all of them active (the
+    generator leaves only the last one active); and the enrollments it holds."""
+    per = ctx.sizes.claim_leads // campaigns
+    name = "claims" if campaigns == 1 else f"claims{campaigns}"
+    template = template_db(name, generate.Spec(leads=per, campaigns=campaigns, sends=0), ctx.fresh)
+    return template, per * campaigns
+
+
+def activate_all(conn) -> None:
+    """Every campaign active (an sqlite3 or psycopg connection, autocommitting)."""
+    conn.execute("UPDATE campaign SET status = 'active', pause_reason = NULL")
+
+
+def section_postgres(ctx: Context) -> None:
+    """Claims and pages on PostgreSQL, each beside a bare psycopg ceiling and SQLite's figure."""
+    with postgres_cluster() as cluster:
+        if "claims" in ctx.sizes.pg_parts:
+            for campaigns in ctx.sizes.pg_campaigns:
+                postgres_claims(ctx, cluster, campaigns)
+        if "pages" in ctx.sizes.pg_parts:
+            postgres_pages(ctx, cluster)
+
+
+def postgres_claims(ctx: Context, cluster, campaigns: int) -> None:
+    """claims/s with 1..8 processes over `campaigns` campaigns: the engine (send_batch, as in
+    section 1) against the bare psycopg loop and the same loop committing once per message,
+    each on a fresh copy (CREATE DATABASE ... TEMPLATE) checked after the run; SQLite's
+    engine figure for the same layout beside it (section 1's when it ran, else run here)."""
+    import psycopg
+
+    from bench import pgdata
+    from bench.claim_worker import pg_conninfo
+    from delivery.messages import new_installation_id
+    from sender import INSTALLATION_KEY
+
+    sizes = ctx.sizes
+    sqlite_template, leads = claims_template(ctx, campaigns)
+    template = f"bench_claims{campaigns}"
+    url = pgdata.recreate(cluster, template)
+    log(f"postgres: copying {sqlite_template.name} into {template}")
+    pgdata.copy_from_sqlite(sqlite_template, url)
+    with psycopg.connect(pg_conninfo(url), autocommit=True) as conn:
+        activate_all(conn)
+        # Made by the very first claim if missing (sender._installation). On PostgreSQL the
+        # first claims of different campaigns run in parallel and may both insert it (a
+        # unique violation: reported on #19); made here once, as a claim before the run would.
+        conn.execute("INSERT INTO app_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                     (INSTALLATION_KEY, new_installation_id()))
+    ids = ",".join(str(c) for c in range(1, campaigns + 1))
+    how = "to the end" if not sizes.claim_seconds else f"{sizes.claim_seconds:.0f} s a run"
+    to_the_end = not sizes.claim_seconds
+    for n in sizes.procs:
+        result = {}
+        for mode in ("pg-bare", "engine", "pg-bare-grouped"):
+            run_url = pgdata.recreate(cluster, "bench_claims_run", template)
+            log(f"postgres claims: {n} {mode} process(es), {campaigns} campaign(s), {how}")
+            profiled = ctx.profile and mode == "engine" and n == 1
+            profile_to = RESULTS / f"profile-pg-claims{campaigns}-engine.prof" if profiled else None
+            result[mode] = run_claimers(mode, run_url, n, sizes.claim_seconds, profile_to, campaigns=ids,
+                                        config=pg_config(run_url))
+            ok, note = check_claims_pg(run_url, leads, result[mode]["claims"], to_the_end)
+            result[mode]["ok"], result[mode]["note"] = ok and result[mode]["errors"] == 0, note
+            if profile_to:
+                write_profile_text(profile_to, profile_to.with_suffix(".txt"))
+        sqlite_rate = ctx.sqlite_claims.get((n, campaigns))
+        if sqlite_rate is None:
+            sqlite_rate = sqlite_claims(ctx, sqlite_template, n, campaigns, ids, leads)
+        bare, engine, grouped = result["pg-bare"], result["engine"], result["pg-bare-grouped"]
+        ratio = engine["rate"] / bare["rate"]
+        checked = bare["ok"] and engine["ok"] and grouped["ok"]
+        spread = ("" if campaigns == 1 else
+                  f"each process takes the {campaigns} campaigns in turn, 20 claims each, process i "
+                  f"beginning with campaign i; ")
+        ctx.rows.append(Row(
+            "postgres", f"PostgreSQL claims/s, {n} process{'es' if n > 1 else ''}, {campaigns} "
+                        f"campaign{'s' if campaigns > 1 else ''}",
+            f"{engine['rate']:,.1f}/s", f"{bare['rate']:,.1f}/s", ratio, "≥ 0.5, 0 dup",
+            ratio >= 0.5 and checked,
+            f"{spread}engine: {engine['note']}; bare: {bare['note'].split(' leads')[0]} claimed; "
+            f"the bare loop committing once per message as the engine does: {grouped['rate']:,.1f}/s, "
+            f"ratio {engine['rate'] / grouped['rate']:.2f}; **SQLite** engine, same layout: "
+            f"{sqlite_rate:,.1f}/s (PostgreSQL/SQLite {engine['rate'] / sqlite_rate:.2f})"))
+        ctx.rss[f"pg-engine-{n}"] = engine["maxrss_kb"]  # not "engine-": section 5 reads SQLite's
+
+
+def sqlite_claims(ctx: Context, template: Path, n: int, campaigns: int, ids: str, leads: int) -> float:
+    """SQLite's engine claims/s for one layout (section 1's run, on `campaigns` campaigns)."""
+    run_db = fresh_copy(template, RESULTS / "claims-run.db")
+    conn = bare_connect(run_db)
+    try:
+        activate_all(conn)
+    finally:
+        conn.close()
+    log(f"postgres claims: beside it, SQLite: {n} engine process(es), {campaigns} campaign(s)")
+    engine = run_claimers("engine", run_db, n, ctx.sizes.claim_seconds, campaigns=ids)
+    ok, note = check_claims(run_db, leads, engine["claims"], not ctx.sizes.claim_seconds)
+    if not ok or engine["errors"]:
+        raise RuntimeError(f"SQLite claims beside PostgreSQL's: {note}")
+    ctx.sqlite_claims[(n, campaigns)] = engine["rate"]
+    return engine["rate"]
+
+
+def postgres_pages(ctx: Context, cluster) -> None:
+    """Section 4's pages on the same rows in PostgreSQL (copied from the generator's SQLite
+    file once, then restored from a pg_dump cache), against their SQL run with bare psycopg."""
+    from bench import pgdata
+
+    sizes = ctx.sizes
+    spec = pages_spec(sizes)
+    template = template_db("pages", spec, ctx.fresh)
+    url = pgdata.cached(cluster, "bench_pages", template, spec, RESULTS, ctx.fresh, log)
+    results = render_pages(ctx, {"db": url, "pg_url": url}, pg_config(url))
+    scale = f"{sizes.page_leads:,} leads, {sizes.page_sends:,} send_log rows, PostgreSQL"
+    ctx.rows.extend(page_rows("postgres", results, scale, ctx.sqlite_pages))
+
+
 # --- the table ------------------------------------------------------------------------
 
 
@@ -1034,6 +1270,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mailbox-messages", type=int, help="messages per mailbox in the mailboxes section")
     parser.add_argument("--mailbox-delay", type=float,
                         help="seconds the slow sink waits before answering the final dot (default 0.1)")
+    parser.add_argument("--pg-parts", default="", help="what section postgres measures: claims,pages "
+                                                       "(both by default)")
+    parser.add_argument("--pg-campaigns", default="",
+                        help="campaign counts for the PostgreSQL claims, e.g. 1,8")
     parser.add_argument("--reply-messages", type=int,
                         help="messages delivered and read in the replies section (default 1000)")
     parser.add_argument("--profile", action="store_true", help="cProfile the engine, import and pages "
@@ -1049,18 +1289,22 @@ def main(argv: list[str] | None = None) -> None:
                  "page_campaigns": args.page_campaigns, "page_leads": args.page_leads,
                  "mailbox_counts": tuple(int(m) for m in args.mailboxes.split(",") if m.strip()) or None,
                  "mailbox_messages": args.mailbox_messages, "mailbox_delay": args.mailbox_delay,
-                 "reply_messages": args.reply_messages}
+                 "reply_messages": args.reply_messages,
+                 "pg_parts": tuple(p.strip() for p in args.pg_parts.split(",") if p.strip()) or None,
+                 "pg_campaigns": tuple(int(c) for c in args.pg_campaigns.split(",") if c.strip()) or None}
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     sections = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if set(sizes.pg_parts) - set(PG_PARTS):
+        parser.error(f"--pg-parts: choose from {', '.join(PG_PARTS)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     ctx = Context(sizes, args.profile, args.fresh)
     started, load_before = time.perf_counter(), machine()["load"]
     runners = {"claims": section_claims, "smtp": section_smtp, "import": section_import,
                "pages": section_pages, "memory": section_memory, "legacy": section_legacy,
-               "mailboxes": section_mailboxes, "replies": section_replies}
+               "mailboxes": section_mailboxes, "replies": section_replies, "postgres": section_postgres}
     for name in SECTIONS:
         if name in sections:
             runners[name](ctx)

@@ -43,11 +43,9 @@ def database_url(db_path: Path) -> str:
         return f"sqlite:///{db_path}"
     if db_path not in _databases:
         if _cluster is None:
-            from tests.pg_server import PostgresCluster
+            from tests.pg_server import start_or_attach
 
-            running = os.environ.get("SENDONCE_PG_CLUSTER_DIR")
-            _cluster = PostgresCluster.attach(running) if running else PostgresCluster().start()
-            os.environ["SENDONCE_PG_CLUSTER_DIR"] = str(_cluster.dir)
+            _cluster = start_or_attach()
         _databases[db_path] = _cluster.new_database()
     return _databases[db_path]
 

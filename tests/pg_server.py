@@ -23,6 +23,8 @@ from pathlib import Path
 import psycopg
 
 PORT = 5432
+# A running cluster's dir, for processes (tests' subprocesses, bench) to attach to.
+CLUSTER_DIR_ENV = "SENDONCE_PG_CLUSTER_DIR"
 _counter = itertools.count(1)
 
 
@@ -111,3 +113,13 @@ class PostgresCluster:
                 self.process.kill()
                 self.process.wait()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_or_attach() -> PostgresCluster:
+    """The cluster named by SENDONCE_PG_CLUSTER_DIR (someone else's: stop() leaves it
+    running), else a new one started here and named there for this process's children.
+    The one starter of conftest (the PostgreSQL test run) and bench (section postgres)."""
+    running = os.environ.get(CLUSTER_DIR_ENV)
+    cluster = PostgresCluster.attach(running) if running else PostgresCluster().start()
+    os.environ[CLUSTER_DIR_ENV] = str(cluster.dir)
+    return cluster

@@ -10,8 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from bench import run
+from bench import pgdata, run
 from core import replies
+from tests.conftest import ON_POSTGRES
 
 
 @pytest.fixture
@@ -60,3 +61,59 @@ def test_the_replies_bench_reports_a_message_not_recorded_as_check_failed(ctx, m
     run.section_replies(replace(ctx, sizes=replace(run.QUICK, reply_messages=7)))
     first, _idle = ctx.rows
     assert "CHECK FAILED" in first.notes and first.met is False
+
+
+# --- section postgres (#19): its own throwaway cluster, so it runs on the SQLite run --------
+# (the bench's SQLite side reads SQLite files, which the PostgreSQL test run replaces).
+
+postgres_bench = pytest.mark.skipif(ON_POSTGRES, reason="the bench section starts its own PostgreSQL "
+                                                        "cluster; its SQLite side needs SQLite files")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with run.postgres_cluster() as started:
+        yield started
+
+
+@postgres_bench
+def test_the_postgres_bench_claims_each_lead_once_over_eight_campaigns(ctx, cluster):
+    sizes = replace(run.QUICK, procs=(2,), claim_seconds=0, claim_leads=48, pg_campaigns=(8,),
+                    pg_parts=("claims",))
+    run.section_postgres(replace(ctx, sizes=sizes))
+    (row,) = ctx.rows
+    assert row.section == "postgres" and row.measure == "PostgreSQL claims/s, 2 processes, 8 campaigns"
+    assert "CHECK FAILED" not in row.notes and "48 of 48 leads claimed once each, 0 duplicates" in row.notes
+    assert "**SQLite** engine, same layout" in row.notes
+
+
+@postgres_bench
+def test_the_postgres_bench_check_reports_a_lost_or_doubled_claim(ctx, cluster):
+    template, leads = run.claims_template(replace(ctx, sizes=replace(run.QUICK, claim_leads=16)), 1)
+    url = pgdata.recreate(cluster, "bench_claims_run")
+    pgdata.copy_from_sqlite(template, url)
+    assert run.check_claims_pg(url, leads, 0, to_the_end=False) == (True, "0 of 16 leads claimed once each, "
+                                                                          "0 duplicates")
+    ok, note = run.check_claims_pg(url, leads, 1, to_the_end=False)  # a process counted a claim never stored
+    assert not ok and "CHECK FAILED" in note
+
+
+@postgres_bench
+def test_the_postgres_bench_renders_the_pages_on_postgresql(ctx, cluster):
+    sizes = replace(run.QUICK, page_leads=200, page_campaigns=2, page_sends=300, page_repeats=1,
+                    page_min_repeats=1, pg_parts=("pages",))
+    run.section_postgres(replace(ctx, sizes=sizes))
+    rendered = {row.measure.split(":")[0]: row for row in ctx.rows}
+    assert set(rendered) == {"floor", "dashboard", "campaign", "leads, page 1", "leads, search",
+                             "send log, failed", "timeline"}
+    assert all(row.value not in ("failed", "not ported") for row in ctx.rows), ctx.rows
+    assert "PostgreSQL" in rendered["dashboard"].notes
+
+
+def test_a_page_failing_on_postgresql_for_a_missing_function_is_not_ported():
+    failure = {"url": "/timeline", "failed": "HTTP 500 (ProgrammingError: (psycopg.errors.UndefinedFunction) "
+                                             "function strftime(unknown, timestamp) does not exist)"}
+    row = run.failed_page_row("postgres", "timeline", failure)
+    assert row.value == "not ported" and row.met is None and run.PG_PAGES_AGAIN in row.notes
+    other = run.failed_page_row("postgres", "timeline", dict(failure, failed="HTTP 500 (KeyError: 'x')"))
+    assert other.value == "failed" and other.met is False and "CHECK FAILED" in other.notes
