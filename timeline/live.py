@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 
 from models import Lead, SendLog, timeline_hour
 from storage.schema import HOUR_FORMAT, SENT, summary_usable
-from storage.sqlfunc import text_agg, time_label
+from storage.sqlfunc import text_agg, time_label, unindexed
 from timeline.analysis import Analysis, Bucket, SendEvent, Totals
 from timeline.analysis import analyse as analyse_events
 from timeline.analysis import bucket as bucket_events
@@ -54,12 +54,13 @@ class Scope:
         """The scope's conditions on send_log.
 
         by_time: for a query that should walk a claimed_at index (ORDER BY claimed_at,
-        or a claimed_at range): the status test is written as an expression, which no
-        index can serve. Without ANALYZE statistics -- a database init-db made and the
-        engine grew has none -- SQLite otherwise takes ix_send_log_status for
-        `status IN (...)` and sorts or filters every send, seconds at a million rows.
+        or a claimed_at range): on SQLite the status test is written as an expression,
+        which no index can serve (storage.sqlfunc.unindexed). Without ANALYZE statistics
+        -- a database init-db made and the engine grew has none -- SQLite otherwise takes
+        ix_send_log_status for `status IN (...)` and sorts or filters every send, seconds
+        at a million rows.
         """
-        status = SendLog.status.concat("") if by_time else SendLog.status
+        status = unindexed(SendLog.status) if by_time else SendLog.status
         conditions = [status.in_(SENT)]
         if self.campaign_id is not None:
             conditions.append(SendLog.campaign_id == self.campaign_id)
