@@ -193,10 +193,17 @@ def lock_claim_rows(conn: Connection, campaigns: Iterable[int], mailboxes: Itera
     if not is_postgres(conn):
         return
     ids = sorted(set(campaigns))
-    run_sql(conn, "SELECT id FROM campaign WHERE id = ANY(?) ORDER BY id FOR UPDATE", (ids,))
-    run_sql(conn, "SELECT id FROM mailbox WHERE id IN (SELECT mailbox_id FROM campaign_mailbox "
-                  "WHERE campaign_id = ANY(?)) OR id = ANY(?) ORDER BY id FOR UPDATE",
-            (ids, sorted({int(m) for m in mailboxes if m is not None})))
+    boxes = sorted({int(m) for m in mailboxes if m is not None})
+    # The campaign rows, and whether any has mailboxes: without any, no second round trip.
+    rows = run_sql(conn, _LOCK_CAMPAIGNS, (ids,)).fetchall()
+    if boxes or any(has_mailboxes for _, has_mailboxes in rows):
+        run_sql(conn, _LOCK_MAILBOXES, (ids, boxes))
+
+
+_LOCK_CAMPAIGNS = ("SELECT c.id, EXISTS (SELECT 1 FROM campaign_mailbox cm WHERE cm.campaign_id = c.id) "
+                   "FROM campaign c WHERE c.id = ANY(?) ORDER BY c.id FOR UPDATE OF c")
+_LOCK_MAILBOXES = ("SELECT id FROM mailbox WHERE id IN (SELECT mailbox_id FROM campaign_mailbox "
+                   "WHERE campaign_id = ANY(?)) OR id = ANY(?) ORDER BY id FOR UPDATE")
 
 
 def run_sql(conn: Connection, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()):
