@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text
@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from conftest import ON_POSTGRES
 from delivery import lease as leases
 from helpers import make_campaign
-from models import Campaign
+from models import Campaign, SchedulerLease
 from sender import Claim, claim_next
 from storage.database import CLAIM, WRITE_LOCK, immediate, is_busy, lock_claim_rows
 from storage.timeutil import utcnow
@@ -157,3 +157,18 @@ def test_the_first_claims_of_two_campaigns_at_once_make_one_installation_id(engi
     racing.join(10)
     installation, other = ids
     assert isinstance(other, Claim) and f".{installation}@" in other.message_id
+
+
+def test_a_claim_extends_a_lease_past_half_its_time_unless_another_claim_holds_it(engine):
+    lease = leases.acquire(engine, "holder-a:1:x", NOW, 60)
+    late = NOW + timedelta(seconds=40)  # 20 s left of 60: past half
+    with immediate(engine, CLAIM) as conn, engine.connect() as other:
+        with other.begin():  # another claim in flight (early in the lease) holds the row FOR SHARE
+            assert leases.fence(other, lease, NOW + timedelta(seconds=1), 60)
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 500")
+            assert leases.fence(conn, lease, late, 60)  # no wait (SKIP LOCKED), no extension
+            assert conn.execute(select(SchedulerLease.expires_at)).scalar_one() == NOW + timedelta(seconds=60)
+    with immediate(engine, CLAIM) as conn:  # alone: it extends the lease
+        assert leases.fence(conn, lease, late, 60)
+    with engine.connect() as conn:
+        assert conn.execute(select(SchedulerLease.expires_at)).scalar_one() == late + timedelta(seconds=60)
