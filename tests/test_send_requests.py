@@ -22,6 +22,7 @@ from delivery import lease as leases
 from helpers import csrf_token, log_in, logged_in_client, make_campaign, send_key, serve_requests
 from models import ButtonPress, SendLog, SendRequest, db
 from procs import wait_for
+from storage import schema
 from storage.database import immediate
 from storage.timeutil import utcnow
 
@@ -205,7 +206,10 @@ def test_the_scheduler_job_of_a_serving_process_carries_out_a_click(tmp_path, sm
                                 TICK_SECONDS=1, REQUEST_POLL_SECONDS=0.2))
     try:
         with app.app_context():
-            db.create_all()
+            # In one BEGIN IMMEDIATE, as init-db does: the scheduler's threads already run, and
+            # a plain create_all's read-then-write transaction would fail at once ("database is
+            # locked", no busy wait) if one of their writes came in between.
+            schema.install(db.engine, db.metadata)
             cid = make_campaign(db.engine, 4, batch_size=2, interval=3600, **closed_window())
         client = logged_in_client(app)
         location = press(client, cid).location
