@@ -190,7 +190,8 @@ P33 On PostgreSQL (#19) every promise above holds with the same code: a writer t
     exclusively (BEGIN IMMEDIATE's meaning); a claim and the outcome it stores take it shared and lock what
     they decide on first (campaign rows, their mailboxes' rows, the lease FOR SHARE, the enrollment FOR
     UPDATE SKIP LOCKED), in one order; ids come from sequences; 40001/40P01/55P03 are "busy"
-    kept by:   storage.database (`immediate`/`transaction` modes, `lock_claim_rows`, `next_id`, `is_busy`),
+    kept by:   storage.database (`immediate`/`transaction` modes, `lock_claim_rows`, `update_then_next_id`,
+               `is_busy`),
                `_lock_rows`, lease `_fence_shared`
     proven by: test_postgres::test_claims_of_different_campaigns_run_in_parallel_and_of_one_campaign_queue,
                ::test_a_writer_waits_for_claims_in_flight_and_claims_wait_for_a_writer;
@@ -273,9 +274,9 @@ from storage.database import (
     is_busy,
     is_postgres,
     lock_claim_rows,
-    next_id,
     run_sql,
     transaction,
+    update_then_next_id,
 )
 from storage.migrate import claim_gate
 from storage.timeutil import utcnow
@@ -395,10 +396,21 @@ class _CampaignRow(NamedTuple):
     window_start_hour: int
     window_end_hour: int
     from_address: str
+    has_retries: bool  # any `retry` row: else the claim need not look for a due one
+    has_due_steps: bool  # any later step due now: else the claim need not look for one
 
 
+# has_retries, has_due_steps: one index probe each (ix_send_log_campaign_status,
+# ix_campaign_lead_due), in the round trip the claim makes anyway; most claims then skip
+# the walk that would find nothing (a round trip each, a server's on PostgreSQL). No
+# writer changes their answer before the claim commits: they hold the write lock or, on
+# PostgreSQL, the campaign's row (P33).
 _CAMPAIGN = ("SELECT id, status, timezone, daily_cap, last_claim_at, interval_seconds, window_weekdays, "
-             "window_start_hour, window_end_hour, from_address FROM campaign WHERE id = ?")
+             "window_start_hour, window_end_hour, from_address, EXISTS (SELECT 1 FROM send_log r "
+             f"WHERE r.campaign_id = campaign.id AND r.status = '{SendStatus.RETRY}'), "
+             "EXISTS (SELECT 1 FROM campaign_lead f WHERE f.campaign_id = campaign.id "
+             f"AND f.state = '{EnrollmentState.PENDING}' AND f.due_at <= ?) "
+             "FROM campaign WHERE id = ?")
 _SENT_SINCE = "SELECT count(*) FROM send_log WHERE campaign_id = ? AND created_at >= ?"
 _CHECKPOINT = "UPDATE campaign SET last_claim_at = ? WHERE id = ?"
 # {mailboxes}: "" for a campaign without mailboxes, else a filter to the rows unpinned or
@@ -433,23 +445,24 @@ _CAMPAIGN_MAILBOXES = (
     "WHERE cm.campaign_id = ? ORDER BY m.id")
 _MAILBOX_SENT_SINCE = "SELECT count(*) FROM send_log WHERE mailbox_id = ? AND claimed_at >= ?"
 _MAILBOX_CHECKPOINT = "UPDATE mailbox SET last_send_at = ? WHERE id = ?"
-# The new row's id is chosen by the claim (storage.database.next_id: max + 1 under
+# The new row's id is chosen by the claim (storage.database.update_then_next_id: max + 1 under
 # SQLite's write lock, the sequence on PostgreSQL) so that its Message-ID, made from the
 # id, is stored by the claim: a row that a crash leaves `unknown` names the Message-ID a
 # person can look up in the mail server's log.
 INSTALLATION_KEY = "installation_id"
 _INSTALLATION = f"SELECT value FROM app_meta WHERE key = '{INSTALLATION_KEY}'"
+_INSTALLATION_SEEN = "sendonce_installation"  # the id, in a pooled connection's info
 _NEW_LOG_ROW = (
     'INSERT INTO send_log (id, campaign_id, lead_id, variant_letter, status, attempts, "trigger", worker, '
     "lease_epoch, message_id, created_at, claimed_at, mailbox_id, step) "
     f"VALUES (?, ?, ?, ?, '{SendStatus.SENDING}', 1, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def _campaign_row(conn: Connection, campaign_id: int) -> _CampaignRow | None:
-    row = run_sql(conn, _CAMPAIGN, (campaign_id,)).fetchone()
+def _campaign_row(conn: Connection, campaign_id: int, now: datetime) -> _CampaignRow | None:
+    row = run_sql(conn, _CAMPAIGN, (_ts(now), campaign_id)).fetchone()
     if row is None:
         return None
-    return _CampaignRow(*row[:4], as_datetime(row[4]), *row[5:])
+    return _CampaignRow(*row[:4], as_datetime(row[4]), *row[5:10], bool(row[10]), bool(row[11]))
 
 
 # --- the claim -------------------------------------------------------------------
@@ -470,7 +483,7 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
     """
     started = time.monotonic()  # the send's deadline counts from before the claim's commit
     with _writing(engine, conn) as conn:
-        _lock_rows(conn, [campaign_id], settle)
+        linked = _lock_rows(conn, [campaign_id], settle)
         if settle is not None:
             _store_in(conn, settings, settle)
         if (gate := claim_gate(conn)) is not None:  # schema revision and restore flag, read every time
@@ -479,11 +492,12 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
             return Refusal("lease_lost", f"epoch {lease.epoch} is no longer current")
         if once_key is not None and not _consume_key(conn, once_key, campaign_id, now):
             return Refusal("already_pressed", "this button press was handled already")
-        campaign = _campaign_row(conn, campaign_id)
+        campaign = _campaign_row(conn, campaign_id, now)
         refusal = _check_campaign(conn, campaign, trigger, now)
         if refusal is not None:
             return refusal
-        boxes = _ready_mailboxes(conn, campaign, mailbox_id, now)
+        boxes = _ready_mailboxes(conn, campaign, mailbox_id, now) if linked is None or campaign_id in linked \
+            else None  # the lock saw no mailbox: no need to ask again
         if isinstance(boxes, Refusal):
             return boxes
         boxes, fresh = _lane_share(boxes, mailbox_id, campaign)
@@ -491,7 +505,7 @@ def claim_next(engine: Engine, settings: Settings, campaign_id: int, trigger: Tr
             return Refusal("mailbox_limit", f"mailbox {mailbox_id} may not send now")
         taker = _Taker(campaign, trigger, now, leases.worker_id(), lease.epoch if lease else None,
                        started + settings.send_deadline, boxes, fresh)
-        claim = _take_retry(conn, taker) or _take_pending(conn, taker)
+        claim = (_take_retry(conn, taker) if campaign.has_retries else None) or _take_pending(conn, taker)
         if claim is None:
             return _finish_if_done(conn, settings, campaign_id, now) if mailbox_id is None else \
                 Refusal("nothing_due", f"nothing for mailbox {mailbox_id}")
@@ -515,11 +529,12 @@ def _writing(engine: Engine, conn: Connection | None) -> Iterator[Connection]:
             yield conn
 
 
-def _lock_rows(conn: Connection, campaigns: list[int], settle: Outcome | None) -> None:
-    """PostgreSQL: the rows a claim or stored outcome decides on, locked first (P33)."""
+def _lock_rows(conn: Connection, campaigns: list[int], settle: Outcome | None) -> set[int] | None:
+    """PostgreSQL: the rows a claim or stored outcome decides on, locked first (P33); which
+    of those campaigns have mailboxes (None on SQLite: not asked)."""
     if settle is not None:
         campaigns = [*campaigns, settle.claim.campaign_id]
-    lock_claim_rows(conn, campaigns, [settle.claim.mailbox_id] if settle is not None else [])
+    return lock_claim_rows(conn, campaigns, [settle.claim.mailbox_id] if settle is not None else [])
 
 
 def _pg_lock(conn: Connection, table: str) -> str:
@@ -687,10 +702,11 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
     campaign_id = taker.campaign.id
     mailboxes = taker.mailbox_filter("e.mailbox_id")
     domain, lock = email_domain_sql("lead.email", conn), _pg_lock(conn, "e")
+    # Later steps due first (a follow-up is not kept waiting behind new leads), then step 1.
+    kinds = [(_DUE_LATER_STEP, (campaign_id, _ts(taker.now)))] if taker.campaign.has_due_steps else []
+    kinds.append((_DUE_FIRST_STEP, (campaign_id,)))
     walks = [(_NEXT_PENDING.format(due=due, order=order, mailboxes=mailboxes, domain=domain, lock=lock),
-              params)
-             for (due, order), params in ((_DUE_LATER_STEP, (campaign_id, _ts(taker.now))),
-                                          (_DUE_FIRST_STEP, (campaign_id,)))]
+              params) for (due, order), params in kinds]
     for _ in range(_SKIP_LIMIT):
         row = next((r for sql, params in walks if (r := run_sql(conn, sql, params).fetchone())), None)
         if row is None:
@@ -706,12 +722,14 @@ def _take_pending(conn: Connection, taker: _Taker) -> Claim | None:
         box = None if suppressed else taker.mailbox_for(pinned)
         # The lead is pinned to its mailbox by this very claim: its later messages follow.
         mailbox_id = box.id if box else pinned
-        taken = run_sql(conn, _TAKE_PENDING, (state, mailbox_id, enrollment_id))
-        if taken.rowcount != 1 or suppressed:
+        if suppressed:
+            run_sql(conn, _TAKE_PENDING, (state, mailbox_id, enrollment_id))
+            continue
+        log_id = update_then_next_id(conn, _TAKE_PENDING, (state, mailbox_id, enrollment_id), "send_log")
+        if log_id is None:  # not taken (impossible under the claim's locks): the next one
             continue
         # The unique indexes on send_log make the database itself refuse a second row.
         now = _ts(taker.now)
-        log_id = next_id(conn, "send_log")
         sender = box.address if box else taker.campaign.from_address  # the Message-ID's domain
         msg_id = messages.message_id(log_id, campaign_id, sender, _installation(conn))
         claim = taker.claim(log_id, lead_id, letter, 1, msg_id, mailbox_id, step)
@@ -728,8 +746,16 @@ def _installation(conn: Connection) -> str:
     inserts nothing (ON CONFLICT DO NOTHING, waiting for the winner's commit) and reads the
     winner's id.
     """
+    known = conn.connection.info
+    if _INSTALLATION_SEEN in known:
+        return known[_INSTALLATION_SEEN]
     row = run_sql(conn, _INSTALLATION).fetchone()
     if row is not None:
+        # Kept for the pooled connection's life: it is made once and never changes. (A
+        # database restored under a running process could bring another; the Message-ID's
+        # random part keeps it unique all the same.) Not an id made below: its transaction
+        # may yet roll back.
+        known[_INSTALLATION_SEEN] = row[0]
         return row[0]
     made = messages.new_installation_id()
     conn.execute(insert_for(conn, _meta).values(key=INSTALLATION_KEY, value=made).on_conflict_do_nothing())
@@ -791,19 +817,22 @@ class _Draft(NamedTuple):
 
 
 # From: the claim's mailbox, or for a campaign without mailboxes the campaign's own sender.
-_DRAFT = (
-    "SELECT lead.email, lead.first_name, lead.last_name, lead.company, lead.tags, lead.fields, "
-    "coalesce(m.address, campaign.from_address), "
-    "CASE WHEN m.id IS NULL THEN campaign.from_name ELSE m.name END, "
-    "variant.subject, variant.body, coalesce(m.signature, '') "
-    "FROM lead JOIN campaign ON campaign.id = :campaign "
-    "JOIN variant ON variant.campaign_id = campaign.id AND variant.step = :step AND variant.letter = :letter "
-    "LEFT JOIN mailbox m ON m.id = :mailbox WHERE lead.id = :lead")
 # The claim token: this row, claimed by this worker at this attempt. Every write of an
 # outcome or a release is conditional on it, so a process that was frozen past the
 # sweep, or whose row a person re-queued, cannot overwrite what happened since.
 _OURS = "id = :log_id AND worker = :token_worker AND attempts = :token_attempts"
 _STATUS_IF_OURS = f"SELECT status FROM send_log WHERE {_OURS}"
+# The message's data and, last column, the row's status if the claim is still ours: one
+# round trip (a server's, on PostgreSQL) for both. No row: _STATUS_IF_OURS alone.
+_DRAFT = (
+    "SELECT lead.email, lead.first_name, lead.last_name, lead.company, lead.tags, lead.fields, "
+    "coalesce(m.address, campaign.from_address), "
+    "CASE WHEN m.id IS NULL THEN campaign.from_name ELSE m.name END, "
+    "variant.subject, variant.body, coalesce(m.signature, ''), "
+    f"({_STATUS_IF_OURS}) "
+    "FROM lead JOIN campaign ON campaign.id = :campaign "
+    "JOIN variant ON variant.campaign_id = campaign.id AND variant.step = :step AND variant.letter = :letter "
+    "LEFT JOIN mailbox m ON m.id = :mailbox WHERE lead.id = :lead")
 # `unknown` is accepted too: the sweep may have judged us dead while we were merely
 # slow; a definite answer from the server is better than a guess.
 _OUTCOME = (
@@ -919,9 +948,13 @@ def _read_for_send(conn: Connection, claim: Claim, lease: leases.Lease | None,
     """
     with transaction(conn, immediate=False):
         row = run_sql(conn, _DRAFT, {"lead": claim.lead_id, "campaign": claim.campaign_id, "step": claim.step,
-                                     "letter": claim.variant_letter, "mailbox": claim.mailbox_id}).fetchone()
+                                     "letter": claim.variant_letter, "mailbox": claim.mailbox_id,
+                                     **_token(claim)}).fetchone()
+        if row is None:
+            status = run_sql(conn, _STATUS_IF_OURS, _token(claim)).fetchone()
+        else:
+            row, status = row[:-1], row[-1:]
         thread = _thread(conn, claim) if row is not None and claim.step > 1 else None
-        status = run_sql(conn, _STATUS_IF_OURS, _token(claim)).fetchone()
         ours = status is not None and status[0] == SendStatus.SENDING
         ours = ours and (lease is None or leases.is_current(conn, lease, now))
     if row is None:

@@ -164,6 +164,19 @@ def next_id(conn: Connection, table: str) -> int:
     return run_sql(conn, f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]
 
 
+def update_then_next_id(conn: Connection, statement: str, params: Sequence[Any], table: str) -> int | None:
+    """Run UPDATE `statement` (run_sql's placeholders); when it changed one row, the id the
+    next row of `table` gets (as next_id), else None. On PostgreSQL in one round trip:
+    the UPDATE returns nextval (a claim's take and its send_log id, on every message)."""
+    if is_postgres(conn):
+        row = run_sql(conn, f"{statement} RETURNING nextval(pg_get_serial_sequence('{table}', 'id'))",
+                      params).fetchone()
+        return row[0] if row is not None else None
+    if run_sql(conn, statement, params).rowcount != 1:
+        return None
+    return next_id(conn, table)
+
+
 def next_ids(conn: Connection, table: str, count: int) -> list[int]:
     """`count` new ids for `table` (a batch insert's), as next_id chooses them."""
     if count <= 0:
@@ -184,20 +197,26 @@ def insert_for(bind: Any, table: Any):
     return dialect_insert(table).execution_options(preserve_rowcount=True)
 
 
-def lock_claim_rows(conn: Connection, campaigns: Iterable[int], mailboxes: Iterable[int] = ()) -> None:
+def lock_claim_rows(conn: Connection, campaigns: Iterable[int],
+                    mailboxes: Iterable[int] = ()) -> set[int] | None:
     """PostgreSQL: lock what a claim (or a stored outcome) reads and then writes, in one
     order for every claim: the campaign rows, then every mailbox of those campaigns (and
     `mailboxes`), ascending ids. Pacing, caps, windows, a campaign's finish and its
     wake-up then stay atomic under READ COMMITTED, and claims of campaigns that share no
-    mailbox do not wait for each other. SQLite: nothing to do (BEGIN IMMEDIATE holds all)."""
+    mailbox do not wait for each other. Returns which of `campaigns` have mailboxes
+    (read under the lock: no writer changes that before the claim commits), so a claim
+    need not ask again. SQLite: nothing to do (BEGIN IMMEDIATE holds all); None, not known.
+    """
     if not is_postgres(conn):
-        return
+        return None
     ids = sorted(set(campaigns))
     boxes = sorted({int(m) for m in mailboxes if m is not None})
     # The campaign rows, and whether any has mailboxes: without any, no second round trip.
     rows = run_sql(conn, _LOCK_CAMPAIGNS, (ids,)).fetchall()
-    if boxes or any(has_mailboxes for _, has_mailboxes in rows):
+    linked = {campaign_id for campaign_id, has_mailboxes in rows if has_mailboxes}
+    if boxes or linked:
         run_sql(conn, _LOCK_MAILBOXES, (ids, boxes))
+    return linked
 
 
 _LOCK_CAMPAIGNS = ("SELECT c.id, EXISTS (SELECT 1 FROM campaign_mailbox cm WHERE cm.campaign_id = c.id) "

@@ -29,6 +29,7 @@ _GATE_PG = _GATE.format(versions="string_agg(version_num, ',')")
 # PostgreSQL: whether both tables exist. A missing one would abort the claim's whole
 # transaction there (the outcome it stores first included), so it is asked first.
 _GATE_TABLES_PG = "SELECT to_regclass('alembic_version') IS NOT NULL AND to_regclass('app_meta') IS NOT NULL"
+_GATE_TABLES_SEEN = "sendonce_gate_tables"  # the flag in a pooled connection's info
 _NO_VERSION = f"the database has no schema version this code knows; {UPGRADE_HINT}"
 
 
@@ -61,8 +62,14 @@ _MISSING = object()
 def _read_gate(conn: Connection) -> tuple:
     """The schema revision and the maintenance flag; (_MISSING, None) when a table is missing."""
     if is_postgres(conn):
-        if not run_sql(conn, _GATE_TABLES_PG).fetchone()[0]:
-            return _MISSING, None
+        # Asked once a connection: only a DROP makes the tables go again, and a claim then
+        # fails on the gate's read, loudly (a restore's pg_restore re-creates them in one
+        # transaction, which a claim waiting on their locks finds by name afterwards).
+        seen = conn.connection.info
+        if not seen.get(_GATE_TABLES_SEEN):
+            if not run_sql(conn, _GATE_TABLES_PG).fetchone()[0]:
+                return _MISSING, None
+            seen[_GATE_TABLES_SEEN] = True
         return run_sql(conn, _GATE_PG).fetchone()
     try:
         return run_sql(conn, _GATE_SQLITE).fetchone()
