@@ -444,6 +444,12 @@ def test_a_sequence_in_a_real_browser(page: Page, live_server, admin, app, smtp,
     expect(page.locator("#step-2")).to_contain_text("tylko dni robocze")
     expect(page.locator("#step-2")).to_contain_text("odpowiedź w tym samym wątku")
     screenshot("sequence-two-steps")
+    # A checkbox sits before its label, on the label's first line (not alone, centred, under it).
+    box = form.locator("input[name=new_thread]").bounding_box()
+    label = form.locator("label:has(input[name=new_thread])").bounding_box()
+    assert abs(box["x"] - label["x"]) < 8 and box["y"] - label["y"] < 12, (box, label)
+    # The forms side by side on a desktop-wide page, not one narrow column.
+    assert page.locator("#step-variant").bounding_box()["x"] > form.bounding_box()["x"] + 100
     page.fill("input[name=lead]", "lead0000@example.com")
     page.click("#find-lead button")
     expect(page.locator("#lead-timeline")).to_contain_text("krok 1 czeka na wysłanie")
