@@ -274,6 +274,7 @@ from storage.database import (
     is_busy,
     is_postgres,
     lock_claim_rows,
+    reading,
     run_sql,
     transaction,
     update_then_next_id,
@@ -942,11 +943,11 @@ def route(transport: Any, mailbox_id: int | None) -> Transport:
 
 def _read_for_send(conn: Connection, claim: Claim, lease: leases.Lease | None,
                    now: datetime) -> tuple[_Draft | None, bool]:
-    """The message's data and whether the claim (and lease) is still ours, in one snapshot.
+    """The message's data and whether the claim (and lease) is still ours (one snapshot on SQLite).
 
     Checked as late as possible before SMTP: only message building (pure CPU) follows.
     """
-    with transaction(conn, immediate=False):
+    with reading(conn):
         row = run_sql(conn, _DRAFT, {"lead": claim.lead_id, "campaign": claim.campaign_id, "step": claim.step,
                                      "letter": claim.variant_letter, "mailbox": claim.mailbox_id,
                                      **_token(claim)}).fetchone()

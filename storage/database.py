@@ -285,6 +285,28 @@ def transaction(conn: Connection, *, immediate: bool | str) -> Iterator[Connecti
         yield conn
 
 
+@contextmanager
+def reading(conn: Connection) -> Iterator[Connection]:
+    """Reads that belong together, on an open connection (a batch's, between its claims).
+
+    SQLite: one deferred transaction, so that they share one snapshot. PostgreSQL: under
+    READ COMMITTED each statement takes its own snapshot, in a transaction or not; there
+    they run in autocommit, which saves BEGIN's and COMMIT's round trips (every message
+    reads once before SMTP).
+    """
+    if not is_postgres(conn):
+        with transaction(conn, immediate=False):
+            yield conn
+        return
+    driver = conn.connection.driver_connection
+    driver.autocommit = True
+    try:
+        with transaction(conn, immediate=False):  # SQLAlchemy's bookkeeping: no BEGIN is sent
+            yield conn
+    finally:
+        driver.autocommit = False
+
+
 def forbid_writes(session_class: type[Session]) -> None:
     """Make a session class read-only: every write must go through write_session.
 
