@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Select, bindparam, func, literal, select, union_all
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from core import mailboxes
@@ -17,6 +18,7 @@ from models import (
     Campaign,
     CampaignStateCount,
     CampaignStatus,
+    CampaignStep,
     ClaimHeartbeat,
     Lead,
     SchedulerLease,
@@ -238,20 +240,77 @@ class VariantResult:
         return round(100 * self.unsubscribed / self.sent, 1) if self.sent else 0.0
 
 
-def variant_results(session: Session, campaign_id: int) -> list[VariantResult]:
-    """Per-variant sent, failed, unknown and unsubscribed counts for A/B comparison."""
+# What the A/B table and the reply rates count; a send still `sending`/`retry` is neither yet.
+COUNTED = (SendStatus.SENT, SendStatus.FAILED, SendStatus.UNKNOWN)
+SendCounts = dict[tuple[int, str, str], int]  # (step, variant letter, status) -> sends
+
+
+def send_counts(conn: Connection, campaign_id: int) -> SendCounts:
+    """The campaign's sent, failed and unknown sends per (step, variant, status), in one query.
+
+    A one-step campaign (most of them) is counted from ix_send_log_campaign_status_variant
+    alone, one count per (status, letter) with every column of the index fixed: a GROUP BY
+    over the same index entries costs ~3x as much on both databases (a comparison or hash
+    of the letter and status per send: 18 ms vs 6 ms at 100,000 sends on PostgreSQL). No
+    index has the step, so a sequence's counts read every send's row, once for both tables.
+    """
+    steps = conn.execute(select(func.max(CampaignStep.position))
+                         .where(CampaignStep.campaign_id == campaign_id)).scalar()
+    if (steps or 1) > 1:
+        rows = conn.execute(select(SendLog.step, SendLog.variant_letter, SendLog.status, func.count())
+                            .where(SendLog.campaign_id == campaign_id, SendLog.status.in_(COUNTED))
+                            .group_by(SendLog.step, SendLog.variant_letter, SendLog.status))
+        return {(step, letter, str(status)): n for step, letter, status, n in rows}
+    found = conn.execute(_letters(campaign_id)).all()
+    if not found:
+        return {}
+    # Each (status, letter) counted on its own, one scalar subquery each in one row: a GROUP
+    # BY over the same index entries compares or hashes every send's letter and status (~3x
+    # the time), and a UNION ALL of the counts gets a parallel plan on PostgreSQL whose
+    # workers cost more to start than they save.
+    each = [select(func.count()).where(SendLog.campaign_id == campaign_id, SendLog.status == status,
+                                       SendLog.variant_letter == letter).scalar_subquery()
+            for status, letter in found]
+    counted = conn.execute(select(*each)).one()
+    return {(1, letter, str(status)): n for (status, letter), n in zip(found, counted, strict=True)}
+
+
+def _letters(campaign_id: int) -> Select:
+    """(status, letter) for every letter a COUNTED status has in the campaign: a skip scan of
+    ix_send_log_campaign_status_variant, one probe per letter (the least one above the last).
+
+    Its own statement, not a CTE under the counts: PostgreSQL then estimated ~300 letters,
+    costed the counts past jit_above_cost and spent ~20 ms compiling them.
+    """
+
+    def first_letter(status, after=None):
+        later = () if after is None else (SendLog.variant_letter > after,)
+        return (select(func.min(SendLog.variant_letter))
+                .where(SendLog.campaign_id == campaign_id, SendLog.status == status, *later)
+                .scalar_subquery())
+
+    wanted = union_all(*(select(literal(s, SendLog.status.type).label("status")) for s in COUNTED)).subquery()
+    letters = (select(wanted.c.status, first_letter(wanted.c.status).label("letter"))
+               .cte("letters", recursive=True))
+    letters = letters.union_all(select(letters.c.status, first_letter(letters.c.status, letters.c.letter))
+                                .where(letters.c.letter.is_not(None)))
+    return select(letters.c.status, letters.c.letter).where(letters.c.letter.is_not(None))
+
+
+def variant_results(session: Session, campaign_id: int,
+                    counts: SendCounts | None = None) -> list[VariantResult]:
+    """Per-variant sent, failed, unknown and unsubscribed counts for A/B comparison (every
+    step's sends of a letter together). counts: send_counts' result when the caller has it."""
     results: dict[str, VariantResult] = {}
 
     def row(letter: str) -> VariantResult:
         return results.setdefault(letter, VariantResult(1, letter))
 
     # From send_log alone: the campaign page must not scan a million enrollments.
-    counted = [SendStatus.SENT, SendStatus.FAILED, SendStatus.UNKNOWN]
-    outcomes = session.execute(select(SendLog.variant_letter, SendLog.status, func.count())
-                               .where(SendLog.campaign_id == campaign_id, SendLog.status.in_(counted))
-                               .group_by(SendLog.variant_letter, SendLog.status))
-    for letter, status, n in outcomes:
-        setattr(row(letter), str(status), n)
+    if counts is None:
+        counts = send_counts(session.connection(), campaign_id)
+    for (_step, letter, status), n in counts.items():
+        setattr(row(letter), status, getattr(row(letter), status) + n)
     # An unsubscribe link names its campaign (web/unsubscribe.py: detail "campaign <id>"), and
     # only a lead who was sent the campaign has the link: its send_log row knows the variant.
     unsubscribed = session.execute(
