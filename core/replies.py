@@ -34,7 +34,7 @@ from typing import Any
 from flufl.bounce import all_failures
 from inscriptis import get_text
 from mailparser_reply import EmailReplyParser
-from sqlalchemy import Engine, case, distinct, func, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, case, distinct, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from core import sequences, stats
@@ -659,6 +659,19 @@ class Rate:
         return self.bounced / self.sent if self.sent else 0.0
 
 
+_HARD = _inbound.c.kind == ReplyKind.BOUNCE_HARD
+_CAMPAIGN = bindparam("campaign_id")
+# A campaign's sends a person answered and those that bounced, per step and variant (rates).
+_ANSWERED = (select(_log.c.step, _log.c.variant_letter,  # two replies to one send count once
+                    func.count(distinct(case((~_HARD, _log.c.id)))),
+                    func.count(distinct(case((_HARD, _log.c.id)))))
+             .join(_log, _log.c.id == _inbound.c.send_log_id)
+             .where(_inbound.c.campaign_id == _CAMPAIGN, _log.c.campaign_id == _CAMPAIGN,
+                    _log.c.status == SendStatus.SENT,
+                    _inbound.c.kind.in_([ReplyKind.REPLY, ReplyKind.UNSUBSCRIBE, ReplyKind.BOUNCE_HARD]),
+                    or_(_inbound.c.label.is_(None), _inbound.c.label != "not_a_reply"))
+             .group_by(_log.c.step, _log.c.variant_letter))
+
 def rates(conn: Connection, campaign_id: int, counts: stats.SendCounts | None = None) -> list[Rate]:
     """Per step and variant: sends, the sends a person answered (a reply or an unsubscribe by
     reply, not an auto-reply) and the sends that bounced permanently; the answers in one query.
@@ -666,16 +679,7 @@ def rates(conn: Connection, campaign_id: int, counts: stats.SendCounts | None = 
     if counts is None:
         counts = stats.send_counts(conn, campaign_id)
     sent = {(step, letter): n for (step, letter, status), n in counts.items() if status == SendStatus.SENT}
-    hard = _inbound.c.kind == ReplyKind.BOUNCE_HARD
-    answered = conn.execute(
-        select(_log.c.step, _log.c.variant_letter,  # two replies to one send count once
-               func.count(distinct(case((~hard, _log.c.id)))), func.count(distinct(case((hard, _log.c.id)))))
-        .join(_log, _log.c.id == _inbound.c.send_log_id)
-        .where(_inbound.c.campaign_id == campaign_id, _log.c.campaign_id == campaign_id,
-               _log.c.status == SendStatus.SENT,
-               _inbound.c.kind.in_([ReplyKind.REPLY, ReplyKind.UNSUBSCRIBE, ReplyKind.BOUNCE_HARD]),
-               or_(_inbound.c.label.is_(None), _inbound.c.label != "not_a_reply"))
-        .group_by(_log.c.step, _log.c.variant_letter))
+    answered = conn.execute(_ANSWERED, {"campaign_id": campaign_id})
     found = {(step, letter): (replied, bounced) for step, letter, replied, bounced in answered}
     return [Rate(step, letter, sent.get((step, letter), 0), *found.get((step, letter), (0, 0)))
             for step, letter in sorted(sent.keys() | found.keys())]
