@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Select, bindparam, func, literal, select, union_all
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from core import mailboxes
@@ -17,6 +19,7 @@ from models import (
     Campaign,
     CampaignStateCount,
     CampaignStatus,
+    CampaignStep,
     ClaimHeartbeat,
     Lead,
     SchedulerLease,
@@ -238,29 +241,100 @@ class VariantResult:
         return round(100 * self.unsubscribed / self.sent, 1) if self.sent else 0.0
 
 
-def variant_results(session: Session, campaign_id: int) -> list[VariantResult]:
-    """Per-variant sent, failed, unknown and unsubscribed counts for A/B comparison."""
+# What the A/B table and the reply rates count; a send still `sending`/`retry` is neither yet.
+COUNTED = (SendStatus.SENT, SendStatus.FAILED, SendStatus.UNKNOWN)
+SendCounts = dict[tuple[int, str, str], int]  # (step, variant letter, status) -> sends
+
+
+def send_counts(conn: Connection, campaign_id: int) -> SendCounts:
+    """The campaign's sent, failed and unknown sends per (step, variant, status).
+
+    A one-step campaign (most of them) is counted from ix_send_log_campaign_status_variant
+    alone: its letters found by a skip scan, then each (status, letter) counted with every
+    column of the index fixed. A GROUP BY over the same index entries compares or hashes
+    every send's letter and status: ~3x the time on both databases (18 vs 6 ms at 100,000
+    sends on PostgreSQL). No index has the step, so a sequence's counts read every send's row.
+    The statements are built once (building them cost ~2 ms a page).
+    """
+    ids = {"campaign_id": campaign_id}
+    if (conn.execute(_STEPS, ids).scalar() or 1) > 1:
+        rows = conn.execute(_BY_STEP, ids)
+        return {(step, letter, str(status)): n for step, letter, status, n in rows}
+    found = conn.execute(_LETTERS, ids).all()
+    if not found:
+        return {}
+    values = {f"status_{i}": status for i, (status, _letter) in enumerate(found)}
+    values.update({f"letter_{i}": letter for i, (_status, letter) in enumerate(found)})
+    counted = conn.execute(_counts(len(found)), {**ids, **values}).one()
+    return {(1, letter, str(status)): n for (status, letter), n in zip(found, counted, strict=True)}
+
+
+_CAMPAIGN = bindparam("campaign_id")
+_STEPS = select(func.max(CampaignStep.position)).where(CampaignStep.campaign_id == _CAMPAIGN)
+_BY_STEP = (select(SendLog.step, SendLog.variant_letter, SendLog.status, func.count())
+            .where(SendLog.campaign_id == _CAMPAIGN, SendLog.status.in_(COUNTED))
+            .group_by(SendLog.step, SendLog.variant_letter, SendLog.status))
+
+
+def _first_letter(status, after=None):
+    """The campaign's least letter with `status` (above `after`): one probe of the index."""
+    later = () if after is None else (SendLog.variant_letter > after,)
+    return (select(func.min(SendLog.variant_letter))
+            .where(SendLog.campaign_id == _CAMPAIGN, SendLog.status == status, *later).scalar_subquery())
+
+
+def _skip_scan() -> Select:
+    """(status, letter) for every letter a COUNTED status has in the campaign, one index probe
+    each (the least letter above the last). Its own statement, not a CTE under the counts:
+    PostgreSQL then estimated ~300 letters, costed the counts past jit_above_cost and spent
+    ~20 ms compiling them."""
+    wanted = union_all(*(select(literal(s, SendLog.status.type).label("status")) for s in COUNTED)).subquery()
+    letters = (select(wanted.c.status, _first_letter(wanted.c.status).label("letter"))
+               .cte("letters", recursive=True))
+    letters = letters.union_all(select(letters.c.status, _first_letter(letters.c.status, letters.c.letter))
+                                .where(letters.c.letter.is_not(None)))
+    return select(letters.c.status, letters.c.letter).where(letters.c.letter.is_not(None))
+
+
+_LETTERS = _skip_scan()
+
+
+@lru_cache(maxsize=32)
+def _counts(pairs: int) -> Select:
+    """One row of `pairs` counts, each (status_i, letter_i) a scalar subquery: one statement,
+    and no UNION ALL, which gets a parallel plan on PostgreSQL whose workers cost more to
+    start than they save."""
+    return select(*(select(func.count()).where(
+        SendLog.campaign_id == _CAMPAIGN, SendLog.status == bindparam(f"status_{i}"),
+        SendLog.variant_letter == bindparam(f"letter_{i}")).scalar_subquery() for i in range(pairs)))
+
+
+# An unsubscribe link names its campaign (web/unsubscribe.py: detail "campaign <id>"), and
+# only a lead who was sent the campaign has the link: its send_log row knows the variant.
+_UNSUBSCRIBED = (select(SendLog.variant_letter, func.count())
+                 .join(Lead, Lead.id == SendLog.lead_id)
+                 .join(Suppression, Suppression.email == Lead.email)
+                 .where(SendLog.campaign_id == _CAMPAIGN, Suppression.reason == "unsubscribed",
+                        Suppression.detail == bindparam("detail"))
+                 .group_by(SendLog.variant_letter))
+
+
+def variant_results(session: Session, campaign_id: int,
+                    counts: SendCounts | None = None) -> list[VariantResult]:
+    """Per-variant sent, failed, unknown and unsubscribed counts for A/B comparison (every
+    step's sends of a letter together). counts: send_counts' result when the caller has it."""
     results: dict[str, VariantResult] = {}
 
     def row(letter: str) -> VariantResult:
         return results.setdefault(letter, VariantResult(1, letter))
 
     # From send_log alone: the campaign page must not scan a million enrollments.
-    counted = [SendStatus.SENT, SendStatus.FAILED, SendStatus.UNKNOWN]
-    outcomes = session.execute(select(SendLog.variant_letter, SendLog.status, func.count())
-                               .where(SendLog.campaign_id == campaign_id, SendLog.status.in_(counted))
-                               .group_by(SendLog.variant_letter, SendLog.status))
-    for letter, status, n in outcomes:
-        setattr(row(letter), str(status), n)
-    # An unsubscribe link names its campaign (web/unsubscribe.py: detail "campaign <id>"), and
-    # only a lead who was sent the campaign has the link: its send_log row knows the variant.
-    unsubscribed = session.execute(
-        select(SendLog.variant_letter, func.count())
-        .join(Lead, Lead.id == SendLog.lead_id)
-        .join(Suppression, Suppression.email == Lead.email)
-        .where(SendLog.campaign_id == campaign_id, Suppression.reason == "unsubscribed",
-               Suppression.detail == f"campaign {campaign_id}")
-        .group_by(SendLog.variant_letter))
+    if counts is None:
+        counts = send_counts(session.connection(), campaign_id)
+    for (_step, letter, status), n in counts.items():
+        setattr(row(letter), status, getattr(row(letter), status) + n)
+    unsubscribed = session.execute(_UNSUBSCRIBED, {"campaign_id": campaign_id,
+                                                   "detail": f"campaign {campaign_id}"})
     for letter, n in unsubscribed:
         row(letter).unsubscribed = n
     return [results[letter] for letter in sorted(results)]

@@ -41,7 +41,7 @@
   var show = function (box, c) {
     var bar = box.querySelector("progress");
     if (bar) { bar.max = c.total || 1; bar.value = c.sent; }
-    ["failed", "skipped", "pending", "sending"].forEach(function (k) { set(box, "." + k, c[k]); });
+    ["failed", "skipped", "stopped", "pending", "sending"].forEach(function (k) { set(box, "." + k, c[k]); });
     set(box, "span.unknown", c.unknown);
     set(box, ".sent-count", c.sent_text);
     set(box, ".last-sent", c.last_sent);

@@ -8,15 +8,18 @@ campaign_lead), and no page runs a query per row or per campaign.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import flask_babel
 import pytest
 from flask import render_template_string
-from sqlalchemy import event
+from sqlalchemy import event, func, insert, select
 
-from core import replies
+from core import replies, sequences, stats
 from helpers import make_campaign, serve_requests
-from models import User, db
+from models import DelayUnit, Lead, SendLog, User, db
+from storage.database import immediate
+from storage.timeutil import utcnow
 from test_web import csrf_token, login  # noqa: F401 - the login fixture
 from web import i18n
 from web.campaigns import utc_time
@@ -128,3 +131,82 @@ def test_the_campaign_page_reads_its_reply_and_bounce_rates_in_one_query(app, en
     with engine.connect() as conn:  # a one-step campaign: counted per variant, as step 1
         assert {r.step for r in replies.rates(conn, cid)} == {1}
         assert sum(r.sent for r in replies.rates(conn, cid)) == 2
+
+
+def add_sends(engine, campaign_id: int, step: int, shapes: list[tuple[str, str]]) -> None:
+    """send_log rows (letter, status) for the campaign's first leads, one each, at `step`."""
+    with engine.connect() as conn:
+        lead_ids = conn.execute(select(Lead.id).order_by(Lead.id)).scalars().all()
+    with immediate(engine) as conn:
+        conn.execute(insert(SendLog.__table__), [
+            {"campaign_id": campaign_id, "lead_id": lead, "step": step, "variant_letter": letter,
+             "status": status, "trigger": "cli", "worker": "test"}
+            for lead, (letter, status) in zip(lead_ids, shapes, strict=False)])
+
+
+def recount(engine, campaign_id: int, one_step: bool) -> dict:
+    """What stats.send_counts must equal: a plain GROUP BY of the campaign's sends."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(SendLog.step, SendLog.variant_letter, SendLog.status, func.count())
+                            .where(SendLog.campaign_id == campaign_id, SendLog.status.in_(stats.COUNTED))
+                            .group_by(SendLog.step, SendLog.variant_letter, SendLog.status))
+        counts: Counter = Counter()
+        for step, letter, status, n in rows:
+            counts[(1 if one_step else step, letter, status)] += n
+    return dict(counts)
+
+
+def check_counts(engine, app, campaign_id: int, one_step: bool) -> None:
+    expected = recount(engine, campaign_id, one_step)
+    with engine.connect() as conn:
+        assert stats.send_counts(conn, campaign_id) == expected
+        sent = {(r.step, r.variant): r.sent for r in replies.rates(conn, campaign_id)}
+    assert sent == {(step, letter): n for (step, letter, status), n in expected.items() if status == "sent"}
+    with app.app_context():
+        shown = {(r.letter, status): getattr(r, status)
+                 for r in stats.variant_results(db.session, campaign_id) for status in stats.COUNTED}
+    by_letter: Counter = Counter()
+    for (_step, letter, status), n in expected.items():
+        by_letter[(letter, status)] += n
+    assert {key: n for key, n in shown.items() if n} == dict(by_letter)
+
+
+@pytest.mark.postgres
+def test_the_a_b_counts_equal_a_group_by_for_every_letter_status_and_step(app, engine):
+    # The campaign page counts each (status, letter) found by a skip scan of the index: a
+    # letter with only failed sends, one with none counted, a two-letter one, another campaign.
+    cid = make_campaign(engine, 14, start=False)
+    other = make_campaign(engine, 14, start=False)
+    add_sends(engine, other, 1, [("A", "sent")] * 5 + [("C", "failed")])
+    add_sends(engine, cid, 1, [("A", "sent"), ("A", "sent"), ("A", "failed"), ("B", "sent"),
+                               ("B", "unknown"), ("C", "failed"), ("D", "retry"), ("D", "sending"),
+                               ("AB", "sent"), ("Z", "unknown"), ("B", "sent"), ("A", "unknown")])
+    check_counts(engine, app, cid, one_step=True)
+    # A sequence: counted per step (from the rows: no index has the step).
+    sequences.add_step(engine, cid, amount=1, unit=DelayUnit.DAYS, subject="s2", body="b2", now=utcnow())
+    add_sends(engine, cid, 2, [("A", "sent"), ("B", "failed"), ("A", "unknown"), ("E", "sent")])
+    check_counts(engine, app, cid, one_step=False)
+    empty = make_campaign(engine, 1, start=False)
+    with engine.connect() as conn:
+        assert stats.send_counts(conn, empty) == {} and replies.rates(conn, empty) == []
+
+
+@pytest.mark.postgres
+def test_the_campaign_page_counts_the_sends_once_for_the_a_b_table_and_the_rates(app, engine, admin):
+    cid = make_campaign(engine, 2, batch_size=2)
+    press_send(app, admin, cid, "d" * 32)
+    sql = statements(engine, admin, f"/campaigns/{cid}")
+    assert len([s for s in sql if "count(*)" in s and "send_log.variant_letter =" in s]) == 1
+    assert not [s for s in sql if "GROUP BY send_log.variant_letter, send_log.status" in s]
+
+
+@pytest.mark.postgres
+def test_the_campaign_page_shows_the_stopped_sequences(app, engine, admin):
+    cid = make_campaign(engine, 3)
+    with engine.connect() as conn:
+        first = conn.execute(select(Lead.id).order_by(Lead.id)).scalars().first()
+    assert sequences.stop(engine, cid, first, "person", utcnow()) == 1
+    page = admin.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert re.search(r'zatrzymane <span class="stopped">1</span>', page)
+    assert 'title="sekwencje zatrzymane przez odpowiedź lub ręcznie"' in page
+    assert admin.get("/status.json").get_json()["campaigns"][str(cid)]["stopped"] == 1

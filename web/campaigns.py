@@ -131,7 +131,7 @@ def status_json():
     return jsonify(scheduler=scheduler.as_json(), campaigns={
         c.id: {"status": c.status, "percent": progress[c.id].done_percent, **{
             k: getattr(progress[c.id], k) for k in ("total", "sent", "failed", "unknown", "skipped",
-                                                     "pending", "sending")},
+                                                     "stopped", "pending", "sending")},
                # The texts as the pages show them, so the live refresh moves words, not only bars.
                "sent_text": _("%(sent)d of %(total)d sent", sent=progress[c.id].sent,
                               total=progress[c.id].total),
@@ -147,11 +147,12 @@ def campaign(campaign_id: int):
     found = db.session.get(Campaign, campaign_id) or abort(404)
     recent = stats.send_rows(db.session, (SendLog.campaign_id == campaign_id,), 20)
     scheduler = stats.scheduler_state(db.session)
+    counts = stats.send_counts(db.session.connection(), campaign_id)  # the A/B table's and the rates'
     return render_template("campaign.html", campaign=found, scheduler=scheduler,
                            progress=stats.progress(db.session, [found])[campaign_id],
                            recent=recent, send_form=SendForm(key=secrets.token_hex(16)),
-                           results=stats.variant_results(db.session, campaign_id),
-                           rates=replies.rates(db.session.connection(), campaign_id),
+                           results=stats.variant_results(db.session, campaign_id, counts),
+                           rates=replies.rates(db.session.connection(), campaign_id, counts),
                            send_request=_shown_request(found, scheduler.fresh),
                            action=ActionForm(), active=found.status == CampaignStatus.ACTIVE,
                            **_mailboxes_of(campaign_id))
