@@ -433,7 +433,7 @@ def check_integrity(ev: Evidence) -> Check:
     """PRAGMA integrity_check says ok (on PostgreSQL: amcheck finds no corruption)."""
     name, covered = ev.integrity_check
     check = Check(name)
-    if ev.integrity != ["ok"]:
+    if ev.integrity not in (["ok"], ["n/a"]):
         check.violations = [f"integrity_check: {line}" for line in ev.integrity]
     check.detail = "; ".join(ev.integrity)[:200] + (f" ({covered})" if covered else "")
     return check
@@ -443,7 +443,8 @@ AMCHECK = "amcheck: tables and B-tree indexes free of corruption"
 
 
 def _integrity(engine: Engine) -> tuple[list[str], tuple[str, str]]:
-    """Check 7's lines ("ok" alone if all is well) and its name and scope.
+    """Check 7's lines ("ok" alone if all is well; "n/a" if nothing could check) and its
+    name and scope.
 
     SQLite: PRAGMA integrity_check. PostgreSQL has no such statement; its contrib module
     amcheck (in Debian's server package) is the counterpart: verify_heapam reads every
@@ -455,7 +456,7 @@ def _integrity(engine: Engine) -> tuple[list[str], tuple[str, str]]:
             return [r[0] for r in rows(conn, "PRAGMA integrity_check")], ("PRAGMA integrity_check", "")
     with engine.connect() as conn:
         if not rows(conn, "SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck'"):
-            return ["ok"], (AMCHECK, "n/a on PostgreSQL: the amcheck extension is not installed")
+            return ["n/a"], (AMCHECK, "on PostgreSQL without the amcheck extension: nothing checked")
         conn.execute(text("CREATE EXTENSION IF NOT EXISTS amcheck"))
         conn.commit()
         tables = [r[0] for r in rows(conn, "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "

@@ -225,6 +225,11 @@ def test_check_7_is_integrity_check_on_sqlite_and_amcheck_on_postgresql(app, eng
         assert "verify_heapam on" in check.detail and "bt_index_check (heapallindexed) on" in check.detail
     else:
         assert (name, check.detail) == ("PRAGMA integrity_check", "ok")
+    # A line that is not "ok" is a violation; "n/a" (PostgreSQL without amcheck) is not.
+    bad = reconcile.check_integrity(SimpleNamespace(integrity=["send_log_pkey: corrupt"],
+                                                    integrity_check=(name, covered)))
+    assert bad.violations == ["integrity_check: send_log_pkey: corrupt"]
+    assert reconcile.check_integrity(SimpleNamespace(integrity=["n/a"], integrity_check=(name, ""))).ok
 
 
 @pytest.mark.parametrize("flags, refused", [
