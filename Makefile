@@ -68,7 +68,8 @@ bench: $(VENV)/.dev translations $(DOVECOT) $(POSTGRES)
 
 ## make chaos: the full chaos run (10 min, 5,000 leads, kills, freezes, SMTP faults) and
 ## its reconciliation table; more: make chaos CHAOS_ARGS="--duration 900 --seed 7".
-chaos: $(VENV)/.dev translations
+## On PostgreSQL (a throwaway cluster, installed as for make test): CHAOS_ARGS="--database postgresql".
+chaos: $(VENV)/.dev translations $(if $(findstring postgresql,$(CHAOS_ARGS)),$(POSTGRES))
 	$(PY) -m chaos.run $(CHAOS_ARGS)
 
 lint: $(VENV)/.dev

@@ -13,24 +13,20 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+
 from chaos.fleet import FLASK, ROOT, Fleet, Journal
 from chaos.http_client import AdminClient, HttpError
-
-
-def query(db_path: str | os.PathLike, sql: str) -> list[tuple]:
-    """One read on a short-lived connection (closed, so it pins no WAL snapshot)."""
-    with closing(sqlite3.connect(db_path, timeout=60)) as conn:
-        return conn.execute(sql).fetchall()
+from chaos.store import query, rows, snapshot
 
 
 class Actor(threading.Thread):
@@ -68,7 +64,10 @@ class Snapshot:
     Its read point lies between `t0` and `t`: everything it shows had committed by `t`,
     nothing it misses had committed by `t0`. send_log and suppression ids grow in commit
     order (inserts are serialized by the write lock, rows are never deleted), so a row
-    with a larger id than the snapshot's newest committed after it.
+    with a larger id than the snapshot's newest committed after it. On PostgreSQL claims
+    and outcomes serialize on the rows of the mailboxes every campaign of the run shares
+    (storage.database.lock_claim_rows; hence --mailboxes >= 1 there), and take their ids
+    from the sequences under those locks: the same order.
     """
 
     t0: float  # before the read began
@@ -95,12 +94,12 @@ class Watch(Actor):
     takeover and suppression of the run is seen by some snapshot.
     """
 
-    def __init__(self, stop: threading.Event, seed: int, db_path: str) -> None:
+    def __init__(self, stop: threading.Event, seed: int, engine: Engine) -> None:
         super().__init__("watch", stop, seed)
-        self.db_path = db_path
+        self.engine = engine
         self.snapshots: list[Snapshot] = []
         self.sightings: dict[int, Sighting] = {}  # suppression id -> first sight
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Connection | None = None
 
     @property
     def holder(self) -> str:
@@ -125,27 +124,23 @@ class Watch(Actor):
     def snap(self) -> Snapshot:
         """Take one snapshot (also called once more after the drain, for the last word)."""
         if self._conn is None:
-            self._conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+            self._conn = self.engine.connect()
         conn = self._conn
         t0 = time.time()
-        conn.execute("BEGIN")  # one read snapshot for every query below (WAL)
-        try:
-            lease = conn.execute("SELECT holder, epoch FROM scheduler_lease").fetchall()
-            max_log = conn.execute("SELECT coalesce(max(id), 0) FROM send_log").fetchall()[0][0]
-            statuses = dict(conn.execute("SELECT id, status FROM campaign").fetchall())
+        with conn.begin():  # one read snapshot for every query below (store.reader)
+            lease = rows(conn, "SELECT holder, epoch FROM scheduler_lease")
+            max_log = rows(conn, "SELECT coalesce(max(id), 0) FROM send_log")[0][0]
+            statuses = dict(rows(conn, "SELECT id, status FROM campaign"))
             seen = max(self.sightings, default=0)
-            new = conn.execute("SELECT id, email FROM suppression WHERE id > ? ORDER BY id",
-                               (seen,)).fetchall()
-            rows = {sid: dict(conn.execute(
-                "SELECT send_log.id, attempts FROM send_log JOIN lead ON lead.id = send_log.lead_id "
-                "WHERE lead.email = ?", (email,)).fetchall()) for sid, email in new}
-        finally:
-            conn.execute("COMMIT")
+            new = rows(conn, "SELECT id, email FROM suppression WHERE id > :seen ORDER BY id", seen=seen)
+            found = {sid: dict(rows(
+                conn, "SELECT send_log.id, attempts FROM send_log JOIN lead ON lead.id = send_log.lead_id "
+                "WHERE lead.email = :email", email=email)) for sid, email in new}
         holder, epoch = lease[0] if lease else ("", 0)
         snap = Snapshot(t0, time.time(), holder or "", int(epoch), max_log,
-                        max([seen, *rows]), statuses)
+                        max([seen, *found]), statuses)
         self.snapshots.append(snap)
-        for sid, attempts in rows.items():
+        for sid, attempts in found.items():
             self.sightings[sid] = Sighting(snap, attempts)
         return snap
 
@@ -230,36 +225,32 @@ class LeadStop:
     attempts: dict[int, int] | None = None
 
 
-def rows_after(db_path: str, campaign_id: int, lead_id: int) -> tuple[int, dict[int, int]]:
+def rows_after(engine: Engine, campaign_id: int, lead_id: int) -> tuple[int, dict[int, int]]:
     """In one read: the newest send_log id, and the enrollment's send_log rows (id -> attempts)."""
-    with closing(sqlite3.connect(db_path, timeout=60, isolation_level=None)) as conn:
-        conn.execute("BEGIN")
-        try:
-            newest = conn.execute("SELECT coalesce(max(id), 0) FROM send_log").fetchone()[0]
-            rows = dict(conn.execute("SELECT id, attempts FROM send_log WHERE campaign_id = ? "
-                                     "AND lead_id = ?", (campaign_id, lead_id)).fetchall())
-        finally:
-            conn.execute("COMMIT")
-    return newest, rows
+    with snapshot(engine) as conn:
+        newest = rows(conn, "SELECT coalesce(max(id), 0) FROM send_log")[0][0]
+        found = dict(rows(conn, "SELECT id, attempts FROM send_log WHERE campaign_id = :campaign "
+                                "AND lead_id = :lead", campaign=campaign_id, lead=lead_id))
+    return newest, found
 
 
 class Stopper(Actor):
     """Stops a random lead's sequence now and then (core.sequences.stop, as `campaign stop` does),
     preferring leads between steps; journaled."""
 
-    def __init__(self, stop: threading.Event, seed: int, every: float, db_path: str,
+    def __init__(self, stop: threading.Event, seed: int, every: float, engine: Engine,
                  stop_lead: Callable[[int, int], int], journal: Journal) -> None:
         super().__init__("stopper", stop, seed)
-        self.every, self.db_path, self.stop_lead, self.journal = every, db_path, stop_lead, journal
+        self.every, self.engine, self.stop_lead, self.journal = every, engine, stop_lead, journal
         self.stops: list[LeadStop] = []
 
     def step(self) -> None:
         if not self.pause(self.every * self.rng.uniform(0.5, 1.5)):
             return
-        rows = query(self.db_path, "SELECT campaign_id, lead_id, step FROM campaign_lead WHERE state IN "
-                                   "('pending', 'sending') AND stopped_at IS NULL")
-        later = [r for r in rows if r[2] > 1]
-        pool = later if later and self.rng.random() < 0.7 else rows
+        open_rows = query(self.engine, "SELECT campaign_id, lead_id, step FROM campaign_lead WHERE state IN "
+                                       "('pending', 'sending') AND stopped_at IS NULL")
+        later = [r for r in open_rows if r[2] > 1]
+        pool = later if later and self.rng.random() < 0.7 else open_rows
         if not pool:
             return
         campaign_id, lead_id, step = self.rng.choice(pool)
@@ -267,7 +258,7 @@ class Stopper(Actor):
         self.stops.append(item)  # recorded before it is asked, like a pause
         item.stopped = self.stop_lead(campaign_id, lead_id)
         item.ended = time.time()
-        item.max_log_id, item.attempts = rows_after(self.db_path, campaign_id, lead_id)
+        item.max_log_id, item.attempts = rows_after(self.engine, campaign_id, lead_id)
         self.journal.add("stop", "lead", lead_id, f"campaign {campaign_id}, at step {step}: "
                                                   f"{item.stopped} enrollment(s) stopped")
 
@@ -279,15 +270,15 @@ class Pauser(Actor):
     """Pauses a random active campaign, later resumes a paused one; by HTTP or the CLI."""
 
     def __init__(self, stop: threading.Event, seed: int, client: AdminClient, campaign_ids: list[int],
-                 every: float, env: dict[str, str], db_path: str) -> None:
+                 every: float, env: dict[str, str], engine: Engine) -> None:
         super().__init__("pauser", stop, seed)
         self.client, self.campaign_ids, self.every = client, campaign_ids, every
-        self.env, self.db_path = env, db_path
+        self.env, self.engine = env, engine
         self.done: Counter[str] = Counter()
         self.changes: list[StatusChange] = []
 
     def statuses(self) -> dict[int, str]:
-        return dict(query(self.db_path, "SELECT id, status FROM campaign"))
+        return dict(query(self.engine, "SELECT id, status FROM campaign"))
 
     def step(self) -> None:
         if not self.pause(self.rng.uniform(0.5, 1.5) * self.every):
@@ -410,7 +401,8 @@ class Freezer(Actor):
 
     target "holder": the scheduler lease holder (often frozen past its lease: fencing);
     target "writer": whichever of our processes holds SQLite's write lock at that instant
-    (everyone else's writes then wait for it, up to busy_timeout).
+    (everyone else's writes then wait for it, up to busy_timeout). SQLite only: PostgreSQL
+    has no database-wide write lock to find in /proc/locks (run.py refuses it there).
     """
 
     def __init__(self, stop: threading.Event, seed: int, fleet: Fleet, watch: Watch,
@@ -434,7 +426,7 @@ class Freezer(Actor):
             self.frozen = pid
         if self.target == "holder":
             what = "lease holder"
-        elif pid in write_lock_holders(self.watch.db_path):
+        elif pid in write_lock_holders(self.watch.engine.url.database):
             what = "write-lock holder"
         else:
             what = "write-lock holder (had just let go)"
@@ -449,7 +441,7 @@ class Freezer(Actor):
     def _writer(self) -> int | None:
         deadline = time.time() + 5  # write transactions are short: look often, for a while
         while time.time() < deadline and not self.stop.is_set():
-            for pid in write_lock_holders(self.watch.db_path):
+            for pid in write_lock_holders(self.watch.engine.url.database):
                 if self.fleet.role_of(pid):
                     return pid
             time.sleep(0.002)

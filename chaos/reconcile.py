@@ -10,13 +10,19 @@ commit it shows); ids of inserted rows grow in commit order.
 from __future__ import annotations
 
 import json
-import sqlite3
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from chaos.store import dicts, is_postgres, rows, snapshot
+from storage.schema import hour_sql
 
 FINAL = {"sent", "failed", "skipped", "unknown", "stopped"}
 ACCEPTED = {"accepted"}
@@ -33,22 +39,27 @@ class Check:
         return not self.violations
 
 
-def ts(value: str | None) -> float | None:
+def ts(value: str | datetime | None) -> float | None:
     """A naive-UTC database timestamp as epoch seconds."""
     if value is None:
         return None
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+    return as_datetime(value).replace(tzinfo=UTC).timestamp()
+
+
+def as_datetime(value: str | datetime) -> datetime:
+    """A timestamp as the driver gives it (text on SQLite, a datetime on PostgreSQL)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 @dataclass
 class Evidence:
     """Everything the checks read, loaded once after the run."""
 
-    enrollments: list[sqlite3.Row]
-    logs: dict[int, sqlite3.Row]
+    enrollments: list[dict]
+    logs: dict[int, dict]
     emails: dict[int, str]
-    suppressions: dict[str, sqlite3.Row]
-    campaigns: list[sqlite3.Row]
+    suppressions: dict[str, dict]
+    campaigns: list[dict]
     integrity: list[str]
     derived: dict[str, tuple[Counter, Counter]]  # table -> (as kept by triggers, recounted)
     events: list[dict]
@@ -57,34 +68,33 @@ class Evidence:
     presses: list[Any]
     snapshots: list[Any]  # actors.Snapshot, in time order
     sightings: dict[int, Any]  # suppression id -> actors.Sighting
-    requests: dict[str, list[sqlite3.Row]]  # "send now" requests by their one-time key
+    requests: dict[str, list[dict]]  # "send now" requests by their one-time key
     status_changes: list[Any]  # actors.StatusChange by the pauser
     drain_started: float
     # campaign -> its steps (position, delay), in order
     steps: dict[int, list[tuple[int, timedelta]]] = field(default_factory=dict)
     lead_stops: list[Any] = field(default_factory=list)  # actors.LeadStop, by the stopper
+    # check 7's name and what it covered: SQLite's PRAGMA, or amcheck on PostgreSQL
+    integrity_check: tuple[str, str] = ("PRAGMA integrity_check", "")
 
     @classmethod
-    def load(cls, db_path: Path, events_path: Path, **rest) -> Evidence:
-        conn = sqlite3.connect(db_path, timeout=60)
-        conn.row_factory = sqlite3.Row
-        try:
-            ev = cls(
-                enrollments=conn.execute("SELECT * FROM campaign_lead ORDER BY id").fetchall(),
-                logs={r["id"]: r for r in conn.execute("SELECT * FROM send_log")},
-                emails=dict(conn.execute("SELECT id, email FROM lead").fetchall()),
-                suppressions={r["email"]: r for r in conn.execute("SELECT * FROM suppression")},
-                campaigns=conn.execute("SELECT * FROM campaign ORDER BY id").fetchall(),
-                integrity=[r[0] for r in conn.execute("PRAGMA integrity_check")],
+    def load(cls, engine: Engine, events_path: Path, **rest) -> Evidence:
+        integrity, integrity_check = _integrity(engine)
+        with snapshot(engine) as conn:
+            return cls(
+                enrollments=dicts(conn, "SELECT * FROM campaign_lead ORDER BY id"),
+                logs={r["id"]: r for r in dicts(conn, "SELECT * FROM send_log")},
+                emails=dict(rows(conn, "SELECT id, email FROM lead")),
+                suppressions={r["email"]: r for r in dicts(conn, "SELECT * FROM suppression")},
+                campaigns=dicts(conn, "SELECT * FROM campaign ORDER BY id"),
+                integrity=integrity,
+                integrity_check=integrity_check,
                 derived=_derived(conn),
                 requests=_requests(conn),
                 steps=_steps(conn),
                 events=[json.loads(line) for line in events_path.read_text().splitlines() if line],
                 **rest,
             )
-        finally:
-            conn.close()
-        return ev
 
     def who(self, campaign_id: int, lead_id: int) -> str:
         return f"lead {lead_id} <{self.emails.get(lead_id, '?')}> in campaign {campaign_id}"
@@ -102,7 +112,7 @@ class Evidence:
             seen.setdefault(snap.epoch, snap.t)
         return seen
 
-    def log_by_step(self) -> dict[tuple[int, int, int], sqlite3.Row]:
+    def log_by_step(self) -> dict[tuple[int, int, int], dict]:
         """send_log rows by (campaign, lead, step): the database allows one each."""
         return {(r["campaign_id"], r["lead_id"], r["step"]): r for r in self.logs.values()}
 
@@ -126,7 +136,7 @@ def check_final_states(ev: Evidence) -> Check:
     """
     check = Check("every enrollment ends in one final state at its step, agreeing with its rows")
     logs = ev.log_by_step()
-    rows_of: dict[tuple[int, int], list[sqlite3.Row]] = defaultdict(list)
+    rows_of: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for row in ev.logs.values():
         rows_of[(row["campaign_id"], row["lead_id"])].append(row)
     counts: Counter[str] = Counter()
@@ -159,7 +169,7 @@ def check_final_states(ev: Evidence) -> Check:
     return check
 
 
-def _expected_state(row: sqlite3.Row | None, stopped: bool) -> set[str]:
+def _expected_state(row: dict | None, stopped: bool) -> set[str]:
     """The states an enrollment may end in, given its row at its current step."""
     if row is None:  # suppressed (or stopped) before this step's claim: no row is written
         return {"skipped", "stopped"} if stopped else {"skipped"}
@@ -262,14 +272,14 @@ def check_step_order(ev: Evidence) -> Check:
             continue
         position, delay = before
         prev = logs.get((row["campaign_id"], row["lead_id"], position))
-        claimed = datetime.fromisoformat(row["created_at"])
+        claimed = as_datetime(row["created_at"])
         if prev is None or prev["status"] != "sent" or prev["sent_at"] is None:
             what = f"send_log {prev['id']} is {prev['status']}" if prev else "there is no row"
             check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} of "
                                     f"step {row['step']} claimed at {row['created_at']}, but of step "
                                     f"{position} {what}")
             continue
-        due = datetime.fromisoformat(prev["sent_at"]) + delay
+        due = as_datetime(prev["sent_at"]) + delay
         margins.append((claimed - due).total_seconds())
         if claimed < due:
             check.violations.append(f"{ev.who(row['campaign_id'], row['lead_id'])}: send_log {row['id']} of "
@@ -289,7 +299,7 @@ def check_stops(ev: Evidence) -> Check:
     """
     check = Check("nothing claimed or retried for a lead after its stop")
     enrollments = {(e["campaign_id"], e["lead_id"]): e for e in ev.enrollments}
-    rows_of: dict[tuple[int, int], list[sqlite3.Row]] = defaultdict(list)
+    rows_of: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for row in ev.logs.values():
         rows_of[(row["campaign_id"], row["lead_id"])].append(row)
     checked = 0
@@ -354,7 +364,7 @@ def check_suppressed(ev: Evidence) -> Check:
     """
     check = Check("suppressed addresses got nothing after suppression (any step)")
     lead_ids = {email: lead_id for lead_id, email in ev.emails.items()}
-    rows_by_lead: dict[int, list[sqlite3.Row]] = defaultdict(list)
+    rows_by_lead: dict[int, list[dict]] = defaultdict(list)
     for row in ev.logs.values():
         rows_by_lead[row["lead_id"]].append(row)
     in_flight = unseen = 0
@@ -420,12 +430,54 @@ def check_paused(ev: Evidence) -> Check:
 
 
 def check_integrity(ev: Evidence) -> Check:
-    """PRAGMA integrity_check says ok."""
-    check = Check("PRAGMA integrity_check")
-    if ev.integrity != ["ok"]:
+    """PRAGMA integrity_check says ok (on PostgreSQL: amcheck finds no corruption)."""
+    name, covered = ev.integrity_check
+    check = Check(name)
+    if ev.integrity not in (["ok"], ["n/a"]):
         check.violations = [f"integrity_check: {line}" for line in ev.integrity]
-    check.detail = "; ".join(ev.integrity)[:200]
+    check.detail = "; ".join(ev.integrity)[:200] + (f" ({covered})" if covered else "")
     return check
+
+
+AMCHECK = "amcheck: tables and B-tree indexes free of corruption"
+
+
+def _integrity(engine: Engine) -> tuple[list[str], tuple[str, str]]:
+    """Check 7's lines ("ok" alone if all is well; "n/a" if nothing could check) and its
+    name and scope.
+
+    SQLite: PRAGMA integrity_check. PostgreSQL has no such statement; its contrib module
+    amcheck (in Debian's server package) is the counterpart: verify_heapam reads every
+    table's pages, bt_index_check with heapallindexed every B-tree index -- send_log's
+    unique keys among them, the at-most-once guard -- and that it holds every table row.
+    """
+    if not is_postgres(engine):
+        with snapshot(engine) as conn:
+            return [r[0] for r in rows(conn, "PRAGMA integrity_check")], ("PRAGMA integrity_check", "")
+    with engine.connect() as conn:
+        if not rows(conn, "SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck'"):
+            return ["n/a"], (AMCHECK, "on PostgreSQL without the amcheck extension: nothing checked")
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS amcheck"))
+        conn.commit()
+        tables = [r[0] for r in rows(conn, "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
+                                           "ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
+                                           "AND c.relkind = 'r' ORDER BY 1")]
+        indexes = [r[0] for r in rows(conn, "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c "
+                                            "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                                            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                            "WHERE n.nspname = 'public' AND a.amname = 'btree' ORDER BY 1")]
+        found = [f"{table}: block {block}, offset {offset}: {msg}" for table in tables
+                 for block, offset, msg in rows(conn, "SELECT blkno, offnum, msg FROM "
+                                                      "verify_heapam(CAST(:t AS regclass))", t=table)]
+        for index in indexes:
+            try:
+                with conn.begin_nested():
+                    rows(conn, "SELECT bt_index_check(CAST(:i AS regclass), true)", i=index)
+            except DBAPIError as exc:
+                found.append(f"{index}: {exc.orig}")
+        conn.commit()
+    return found or ["ok"], (AMCHECK, f"verify_heapam on {len(tables)} tables, bt_index_check "
+                                      f"(heapallindexed) on {len(indexes)} indexes")
 
 
 # Tables kept by triggers, each beside the GROUP BY it must equal (zero counts dropped):
@@ -438,19 +490,19 @@ _DERIVED = {
         "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"),
     "timeline_hour": (
         'SELECT campaign_id, hour, "trigger", sends FROM timeline_hour WHERE sends != 0',
-        "SELECT campaign_id, strftime('%Y-%m-%d %H:00', claimed_at), \"trigger\", count(*) FROM send_log "
+        "SELECT campaign_id, {hour}, \"trigger\", count(*) FROM send_log "
         "WHERE status IN ('sent', 'unknown') GROUP BY 1, 2, 3"),
 }
 
 
-def _steps(conn: sqlite3.Connection) -> dict[int, list[tuple[int, timedelta]]]:
+def _steps(conn: Connection) -> dict[int, list[tuple[int, timedelta]]]:
     """Each campaign's steps that are not archived, in order, with their delays in seconds.
 
     The chaos run uses delays in seconds only; a step without a row is step 1 (no delay).
     """
     found: dict[int, list[tuple[int, timedelta]]] = defaultdict(list)
-    for row in conn.execute("SELECT campaign_id, position, delay_amount, delay_unit FROM campaign_step "
-                            "WHERE archived_at IS NULL ORDER BY campaign_id, position"):
+    for row in dicts(conn, "SELECT campaign_id, position, delay_amount, delay_unit FROM campaign_step "
+                           "WHERE archived_at IS NULL ORDER BY campaign_id, position"):
         if row["delay_unit"] != "seconds" and row["position"] > 1:
             raise ValueError(f"campaign {row['campaign_id']} step {row['position']}: the chaos checks "
                              f"read delays in seconds, not {row['delay_unit']}")
@@ -458,18 +510,19 @@ def _steps(conn: sqlite3.Connection) -> dict[int, list[tuple[int, timedelta]]]:
     return dict(found)
 
 
-def _requests(conn: sqlite3.Connection) -> dict[str, list[sqlite3.Row]]:
-    found: dict[str, list[sqlite3.Row]] = defaultdict(list)
-    for row in conn.execute("SELECT * FROM send_request"):
+def _requests(conn: Connection) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = defaultdict(list)
+    for row in dicts(conn, "SELECT * FROM send_request"):
         found[row["key"]].append(row)
     return found
 
 
-def _derived(conn: sqlite3.Connection) -> dict[str, tuple[Counter, Counter]]:
+def _derived(conn: Connection) -> dict[str, tuple[Counter, Counter]]:
     def counts(sql: str) -> Counter:
-        return Counter({tuple(row[:-1]): row[-1] for row in conn.execute(sql)})
+        return Counter({tuple(row[:-1]): row[-1] for row in rows(conn, sql)})
 
-    return {table: (counts(kept), counts(live)) for table, (kept, live) in _DERIVED.items()}
+    hour = hour_sql("claimed_at", conn).replace(":", "\\:")  # a colon in text() starts a parameter
+    return {table: (counts(kept), counts(live.format(hour=hour))) for table, (kept, live) in _DERIVED.items()}
 
 
 def check_derived_counts(ev: Evidence) -> Check:

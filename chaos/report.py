@@ -36,7 +36,8 @@ def parameters(args, pop) -> list[tuple[str, str]]:
                         f"550 for {_pct(f['bounce'])} of addresses (first attempt)"),
         ("engine", f"TICK {args.tick:g} s, LEASE {args.lease:g} s, STALE {args.stale:g} s, SMTP_TIMEOUT "
                    f"{args.smtp_timeout:g} s, RETRY_BASE {args.retry_base:g} s, MAX_ATTEMPTS "
-                   f"{args.max_attempts}, PAUSE_AFTER_FAILURES {args.pause_after}"),
+                   f"{args.max_attempts}, PAUSE_AFTER_FAILURES {args.pause_after}"
+                   + ("; PostgreSQL (a throwaway cluster)" if args.database == "postgresql" else "")),
     ]
 
 
@@ -51,7 +52,9 @@ def happenings(args, happened, ev, workdir: Path) -> list[tuple[str, str]]:
     for actor in happened["actors"]:
         errors.update(actor.errors)
     logs = {name: (workdir / f"{name}.log").read_text(errors="replace") for name in LOGS}
-    locked = sum(len(re.findall(r"database is locked", text)) for text in logs.values())
+    # A lock wait that ran out: SQLite's busy_timeout, PostgreSQL's lock_timeout.
+    phrase = "lock timeout" if args.database == "postgresql" else "database is locked"
+    locked = sum(len(re.findall(phrase, text)) for text in logs.values())
     tracebacks = sum(text.count("Traceback") for text in logs.values())
     triggers = Counter(r["trigger"] for r in ev.logs.values() if r["status"] == "sent")
     during = sum(1 for r in ev.logs.values() if r["status"] == "sent" and r["sent_at"]
@@ -77,7 +80,7 @@ def happenings(args, happened, ev, workdir: Path) -> list[tuple[str, str]]:
          + f"; {during} during the chaos, the rest in the drain"),
         ("recover, drain", f"`flask recover`: {happened['recover'] or '-'}; drain {drain['seconds']:.0f} s, "
                            f"{drain['ticks']} ticks, {drain['resumed']} resumes"),
-        ("errors seen", f"{tracebacks} tracebacks in app logs ({locked} 'database is locked'); client side: "
+        ("errors seen", f"{tracebacks} tracebacks in app logs ({locked} '{phrase}'); client side: "
                         + (", ".join(f"{n} {k}" for k, n in errors.most_common(6)) or "none")),
     ]
 

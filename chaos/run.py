@@ -1,6 +1,7 @@
 """The chaos run: `python -m chaos.run [--duration 600 --leads 5000 ...]`.
 
-One SQLite file and one misbehaving SMTP server; against them, all at once, gunicorn
+One database (an SQLite file, or with --database postgresql a throwaway PostgreSQL
+cluster's) and one misbehaving SMTP server; against them, all at once, gunicorn
 with a scheduler in every worker, a dedicated `flask scheduler`, `flask send-due` every
 few seconds, admins pressing "Wyślij kampanię" (double clicks included), campaigns
 paused and resumed, single leads' sequences stopped, a killer (SIGKILL) and a freezer
@@ -21,15 +22,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chaos.actors import Cron, Freezer, Keeper, Killer, Pauser, Presser, StatusChange, Stopper, Watch, query
+from sqlalchemy import Engine
+
+from chaos.actors import Cron, Freezer, Keeper, Killer, Pauser, Presser, StatusChange, Stopper, Watch
 from chaos.fleet import FLASK, Fleet, Journal
 from chaos.http_client import AdminClient
 from chaos.prepare import populate, start_smtp
 from chaos.reconcile import Evidence, run_checks
 from chaos.report import render
+from chaos.store import POSTGRESQL, SQLITE, query, reader
 
 CHAOS = Path(__file__).resolve().parent
 ROOT = CHAOS.parent
@@ -76,9 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=900)
     p.add_argument("--progress-every", type=float, default=30)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--database", choices=(SQLITE, POSTGRESQL), default=SQLITE,
+                   help="postgresql: a fresh database in a throwaway cluster (tests/pg_server.py), "
+                        "stopped at the end")
     p.add_argument("--workdir", type=Path, help="logs and report (default: a new temp dir)")
     p.add_argument("--db", type=Path, help="the SQLite file (default: WORKDIR/chaos.db; must not exist)")
     args = p.parse_args(argv)
+    if args.database == POSTGRESQL:
+        refuse_on_postgres(p, args)
     lo, _, hi = args.freeze_for.partition("-")
     args.freeze_range = (float(lo), float(hi or lo))
     args.faults = fault_rates(args.fault_rate, args.fault_rates)
@@ -87,6 +98,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.lease <= args.tick:
         p.error("--lease must exceed --tick")
     return args
+
+
+def refuse_on_postgres(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The flags that mean something on SQLite only."""
+    if args.freeze_target == "writer":
+        p.error("--freeze-target writer is SQLite's: it finds the holder of SQLite's write lock in "
+                "/proc/locks, and PostgreSQL has no database-wide write lock; on PostgreSQL the "
+                "freezer stops the lease holder (--freeze-target holder, the default)")
+    if args.db is not None:
+        p.error("--db names the SQLite file; --database postgresql makes its own database")
+    if args.mailboxes < 1:
+        # The checks read "a larger send_log id committed later" (actors.Snapshot): on
+        # PostgreSQL that holds because every claim locks the mailboxes all campaigns share.
+        p.error("--database postgresql needs --mailboxes >= 1: claims of campaigns without "
+                "shared mailboxes run in parallel there, and ids no longer follow commit order")
+
+
+@contextmanager
+def database(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
+    """The run's database URL: its SQLite file's, or a new database in a throwaway PostgreSQL
+    cluster (make test's, if SENDONCE_PG_CLUSTER_DIR names one), stopped however the run ends."""
+    if args.database == SQLITE:
+        path = (args.db or workdir / "chaos.db").resolve()
+        if path.exists():
+            raise SystemExit(f"{path} exists: the chaos run needs a fresh database file")
+        yield f"sqlite:///{path}"
+        return
+    from tests.pg_server import start_or_attach
+
+    cluster = start_or_attach()
+    try:
+        yield cluster.new_database("chaos")
+    finally:
+        cluster.stop()
 
 
 def fault_rates(rate: float, overrides: str) -> dict[str, float]:
@@ -101,12 +146,13 @@ def fault_rates(rate: float, overrides: str) -> dict[str, float]:
     return faults
 
 
-def app_settings(args, db_path: Path, smtp_port: int) -> dict:
+def app_settings(args, url: str, workdir: Path, smtp_port: int) -> dict:
     """The configuration every process of the run shares (as FLASK_* variables)."""
     from tests.conftest import app_config
 
     return app_config(
-        db_path, smtp_port, TESTING=False, SECRET_KEY=secrets.token_hex(32), SCHEDULER_ENABLED=True,
+        workdir / "chaos.db", smtp_port, SQLALCHEMY_DATABASE_URI=url, TESTING=False,
+        SECRET_KEY=secrets.token_hex(32), SCHEDULER_ENABLED=True,
         TICK_SECONDS=args.tick, LEASE_SECONDS=args.lease, STALE_SENDING_SECONDS=args.stale,
         SMTP_TIMEOUT=args.smtp_timeout, RETRY_BASE_SECONDS=args.retry_base,
         MAX_ATTEMPTS=args.max_attempts, PAUSE_AFTER_FAILURES=args.pause_after,
@@ -123,21 +169,21 @@ def process_env(config: dict) -> dict[str, str]:
     return env
 
 
-def open_work(db_path: Path) -> int:
+def open_work(engine: Engine) -> int:
     """Enrollments not yet in a final state."""
-    return query(db_path, "SELECT count(*) FROM campaign_lead WHERE state IN ('pending', 'sending')")[0][0]
+    return query(engine, "SELECT count(*) FROM campaign_lead WHERE state IN ('pending', 'sending')")[0][0]
 
 
-def paused_campaigns(db_path: Path) -> list[int]:
-    return [row[0] for row in query(db_path, "SELECT id FROM campaign WHERE status = 'paused'")]
+def paused_campaigns(engine: Engine) -> list[int]:
+    return [row[0] for row in query(engine, "SELECT id FROM campaign WHERE status = 'paused'")]
 
 
-def paused_mailboxes(db_path: Path) -> list[int]:
-    return [row[0] for row in query(db_path, "SELECT id FROM mailbox WHERE status = 'paused'")]
+def paused_mailboxes(engine: Engine) -> list[int]:
+    return [row[0] for row in query(engine, "SELECT id FROM mailbox WHERE status = 'paused'")]
 
 
-def progress_line(db_path: Path, started: float, journal: Journal) -> str:
-    states = dict(query(db_path, "SELECT state, count(*) FROM campaign_lead GROUP BY state"))
+def progress_line(engine: Engine, started: float, journal: Journal) -> str:
+    states = dict(query(engine, "SELECT state, count(*) FROM campaign_lead GROUP BY state"))
     return (f"[chaos {time.time() - started:5.0f}s] "
             + " ".join(f"{k}={v}" for k, v in sorted(states.items()))
             + f" | kills={journal.count('SIGKILL')} freezes={journal.count('SIGSTOP')}")
@@ -146,19 +192,15 @@ def progress_line(db_path: Path, started: float, journal: Journal) -> str:
 class ChaosRun:
     """One run: prepare, chaos, recover, drain, reconcile; cleanup always stops everything."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, url: str) -> None:
         from app import create_app
         from tests.smtp_sink import free_port
 
-        self.args = args
-        self.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sendonce-chaos-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.db_path = (args.db or self.workdir / "chaos.db").resolve()
-        if self.db_path.exists():
-            raise SystemExit(f"{self.db_path} exists: the chaos run needs a fresh database file")
+        self.args, self.workdir, self.url = args, workdir, url
+        self.db = reader(url)  # the run's own reads (store.py); the app has its engine
         self.rng = random.Random(args.seed)
         self.smtp_port, self.http_port = free_port(), free_port()
-        self.config = app_settings(args, self.db_path, self.smtp_port)
+        self.config = app_settings(args, url, workdir, self.smtp_port)
         self.env = process_env(self.config)
         self.app = create_app({**self.config, "SCHEDULER_ENABLED": False})
         self.journal = Journal(self.workdir / "journal.jsonl")
@@ -173,7 +215,8 @@ class ChaosRun:
 
     def prepare(self) -> None:
         """The database, the SMTP server."""
-        print(f"chaos: workdir {self.workdir}, database {self.db_path}", flush=True)
+        where = self.db.url.database if self.args.database == SQLITE else self.url
+        print(f"chaos: workdir {self.workdir}, database {where}", flush=True)
         self.pop = populate(self.app, self.args, self.rng)
         faults = self.args.faults
         bounce = sorted(self.rng.sample(self.pop.emails, round(len(self.pop.emails) * faults["bounce"])))
@@ -193,18 +236,18 @@ class ChaosRun:
             client = AdminClient(self.http_port, load_session)
             client.login(email, password)
             clients.append(client)
-        watch = self.watch = Watch(self.watch_stop, args.seed, str(self.db_path))
+        watch = self.watch = Watch(self.watch_stop, args.seed, self.db)
         presses, lock = [], threading.Lock()
         self.freezer = Freezer(self.stop, args.seed, self.fleet, watch, args.freeze_every, args.freeze_range,
                                args.freeze_target)
         pauser = Pauser(self.stop, args.seed, clients[-1], pop.campaign_ids, args.pause_every, self.env,
-                        str(self.db_path))
+                        self.db)
         watch.start()
         self.actors = [Cron(self.stop, args.seed, self.fleet, args.cron_every),
                        Keeper(self.stop, args.seed, self.fleet), Killer(self.stop, args.seed, self.fleet,
                                                                         args.kill_every),
                        self.freezer, pauser]
-        stopper = Stopper(self.stop, args.seed, args.stop_every, str(self.db_path), self.stop_lead,
+        stopper = Stopper(self.stop, args.seed, args.stop_every, self.db, self.stop_lead,
                           self.journal)
         if args.stop_every > 0:
             self.actors.append(stopper)
@@ -222,7 +265,7 @@ class ChaosRun:
         while time.time() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.time())))
             if time.time() >= next_progress:
-                print(progress_line(self.db_path, started, self.journal), flush=True)
+                print(progress_line(self.db, started, self.journal), flush=True)
                 next_progress += args.progress_every
         self.stop_processes()
         self.happened.update(started=started, ended=time.time())
@@ -267,9 +310,9 @@ class ChaosRun:
         ticker = self.app.extensions["sendonce_ticker"]
         started = time.time()
         ticks = resumed = 0
-        while open_work(self.db_path) and time.time() - started < self.args.drain_timeout:
+        while open_work(self.db) and time.time() - started < self.args.drain_timeout:
             with self.app.app_context():
-                for campaign_id in paused_campaigns(self.db_path):
+                for campaign_id in paused_campaigns(self.db):
                     change = StatusChange(campaign_id, "resume", time.time())
                     self.happened["pauser"].changes.append(change)  # for the pause check
                     try:
@@ -279,7 +322,7 @@ class ChaosRun:
                     except campaigns.CampaignError:
                         pass
                     change.ended = time.time()
-                for mailbox_id in paused_mailboxes(self.db_path):  # failures in a row paused it
+                for mailbox_id in paused_mailboxes(self.db):  # failures in a row paused it
                     mailboxes.resume(db.engine, mailbox_id)
                     resumed += 1
             results = ticker.tick(Trigger.CLI) or {}
@@ -297,7 +340,7 @@ class ChaosRun:
 
         watch = self.happened["watch"]
         evidence = Evidence.load(
-            self.db_path, self.workdir / "smtp-events.jsonl", kills=self.journal.kills(), host=leases.HOST,
+            self.db, self.workdir / "smtp-events.jsonl", kills=self.journal.kills(), host=leases.HOST,
             presses=self.happened["presses"], snapshots=watch.snapshots, sightings=watch.sightings,
             status_changes=self.happened["pauser"].changes, drain_started=self.happened["drain"]["started"],
             lead_stops=self.happened["stopper"].stops)
@@ -325,6 +368,14 @@ class ChaosRun:
             self.smtp.send_signal(signal.SIGTERM)
             self.smtp.wait(timeout=30)
 
+    def close(self) -> None:
+        """Give back every connection (a PostgreSQL cluster stops once none is left)."""
+        from models import db
+
+        with self.app.app_context():
+            db.engine.dispose()
+        self.db.dispose()
+
 
 def _journal_gunicorn_timeouts(workdir: Path, journal: Journal) -> None:
     # gunicorn's master kills a worker that missed --timeout: a kill we did not send, but a
@@ -342,16 +393,23 @@ def _interrupt(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = ChaosRun(parse_args(argv))
+    args = parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sendonce-chaos-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)  # so that `finally` stops every process
-    try:
-        run.prepare()
-        run.run_chaos()
-        run.recover()
-        run.drain()
-    finally:
-        run.cleanup()
-    return run.reconcile()
+    with database(args, workdir) as url:
+        run = ChaosRun(args, workdir, url)
+        try:
+            try:
+                run.prepare()
+                run.run_chaos()
+                run.recover()
+                run.drain()
+            finally:
+                run.cleanup()
+            return run.reconcile()
+        finally:
+            run.close()
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def app_config(db_path: Path, smtp_port: int, **extra) -> dict:
     config = {
         "TESTING": True,
         "SECRET_KEY": "test-secret-not-for-production",
-        "SQLALCHEMY_DATABASE_URI": database_url(db_path),
+        # A URL given wins (the chaos run's own database): none is made for db_path then.
+        "SQLALCHEMY_DATABASE_URI": extra.pop("SQLALCHEMY_DATABASE_URI", None) or database_url(db_path),
         # Beside the test's database, never in the repository's instance/ folder.
         "MAILBOX_KEY_FILE": str(db_path.parent / "secret.keys"),
         "OUTBOX_DIR": str(db_path.parent / "outbox"),

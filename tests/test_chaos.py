@@ -1,9 +1,10 @@
 """The chaos run, shortened (`make chaos` runs the full one): every check must hold.
 
 gunicorn with a scheduler in each worker, a dedicated scheduler, send-due, double
-clicks, pauses, stops of single leads, SIGKILLs and SIGSTOPs against one SQLite file and a
-misbehaving SMTP server, every campaign a three-step sequence (steps 2 and 3 due 2 s and
-3 s after the previous one); then recover, drain and reconcile (chaos/reconcile.py). A failure names the lead
+clicks, pauses, stops of single leads, SIGKILLs and SIGSTOPs against one SQLite file (and,
+in make test's PostgreSQL run, one PostgreSQL database) and a misbehaving SMTP server,
+every campaign a three-step sequence (steps 2 and 3 due 2 s and 3 s after the previous
+one); then recover, drain and reconcile (chaos/reconcile.py). A failure names the lead
 and the rule it broke; the run's logs stay in the test's tmp_path.
 """
 
@@ -17,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ON_POSTGRES, ROOT, pg_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +31,9 @@ SHORT = ["--duration", "20", "--leads", "110", "--steps", "3", "--stop-every", "
          "--drain-timeout", "120", "--seed", "5"]
 
 
-def run_chaos(workdir, timeout: float = 300) -> tuple[int, str]:
+def run_chaos(workdir, *extra: str, timeout: float = 300) -> tuple[int, str]:
     """Run `python -m chaos.run` in its own process group (so a timeout leaves no process behind)."""
-    command = [sys.executable, "-m", "chaos.run", *SHORT, "--workdir", str(workdir)]
+    command = [sys.executable, "-m", "chaos.run", *SHORT, *extra, "--workdir", str(workdir)]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -48,8 +49,24 @@ def run_chaos(workdir, timeout: float = 300) -> tuple[int, str]:
 
 
 def test_short_chaos_run_keeps_every_promise(tmp_path):
-    workdir = tmp_path / "chaos"
-    code, out = run_chaos(workdir)
+    assert_every_promise_kept(tmp_path / "chaos")
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not ON_POSTGRES, reason="the chaos run on PostgreSQL; make test's second run")
+def test_short_chaos_run_on_postgresql_keeps_every_promise(tmp_path):
+    # The same run against PostgreSQL, in a fresh database of the session's cluster (the run
+    # attaches to it through SENDONCE_PG_CLUSTER_DIR instead of starting its own).
+    cluster = pg_cluster()
+    report, out = assert_every_promise_kept(tmp_path / "chaos", "--database", "postgresql")
+    assert f"host={cluster.dir}&" in out.splitlines()[0], out.splitlines()[0]
+    integrity = report["checks"][6]
+    assert integrity["name"].startswith("amcheck") and "bt_index_check" in integrity["detail"], integrity
+
+
+def assert_every_promise_kept(workdir, *extra: str) -> tuple[dict, str]:
+    """Run the short chaos; every check holds, every step was sent, kills and stops happened."""
+    code, out = run_chaos(workdir, *extra)
     assert (workdir / "report.json").exists(), out[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     broken = {c["name"]: c["violations"][:20] for c in report["checks"] if not c["ok"]}
@@ -61,15 +78,18 @@ def test_short_chaos_run_keeps_every_promise(tmp_path):
     journal = [json.loads(line) for line in (workdir / "journal.jsonl").read_text().splitlines()]
     assert any(item["action"] == "SIGKILL" and item["note"] == "chaos" for item in journal)
     assert any(item["action"] == "stop" for item in journal)
+    return report, out
 
 
+@pytest.mark.postgres
 def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, settings, smtp):
     # Check 11 of the reconciliation must be able to fail: a trigger-kept count that no
     # longer matches its rows is reported with its table and key.
-    import sqlite3
     from types import SimpleNamespace
 
-    from chaos import reconcile
+    from sqlalchemy import text
+
+    from chaos import reconcile, store
     from delivery.transport import make_transport
     from helpers import make_campaign
     from models import Trigger
@@ -79,18 +99,19 @@ def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, setting
     transport = make_transport(app.config)
     send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
     transport.close()
-    conn = sqlite3.connect(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"))
+    reader = store.reader(app.config["SQLALCHEMY_DATABASE_URI"])  # the chaos run's own reads
     try:
         def check():
-            return reconcile.check_derived_counts(SimpleNamespace(derived=reconcile._derived(conn)))
+            with store.snapshot(reader) as conn:
+                return reconcile.check_derived_counts(SimpleNamespace(derived=reconcile._derived(conn)))
 
         assert check().ok, check().violations
-        conn.execute("UPDATE campaign_state_count SET n = n + 1 WHERE state = 'sent'")
-        conn.execute("UPDATE timeline_hour SET sends = sends - 1")
-        conn.commit()
+        with reader.begin() as conn:
+            conn.execute(text("UPDATE campaign_state_count SET n = n + 1 WHERE state = 'sent'"))
+            conn.execute(text("UPDATE timeline_hour SET sends = sends - 1"))
         found = check().violations
     finally:
-        conn.close()
+        reader.dispose()
     assert any(v.startswith("campaign_state_count") and "kept 3, recounted 2" in v for v in found), found
     assert any(v.startswith("timeline_hour") and "kept 1, recounted 2" in v for v in found), found
 
@@ -174,3 +195,71 @@ def test_the_stop_check_sees_a_claim_or_retry_after_the_stop():
     found = reconcile.check_stops(_evidence(rows, [enrollment], [stop])).violations
     assert any("send_log 6 of step 3" in v and "claimed after its stop" in v for v in found), found
     assert any("send_log 2 of step 2 was retried (attempt 2)" in v for v in found), found
+
+
+@pytest.mark.postgres
+def test_check_7_is_integrity_check_on_sqlite_and_amcheck_on_postgresql(app, engine, settings, smtp):
+    # PRAGMA integrity_check is SQLite's; on PostgreSQL amcheck reads every table and every
+    # B-tree index (send_log's unique keys among them) and finds nothing wrong.
+    from types import SimpleNamespace
+
+    from chaos import reconcile, store
+    from delivery.transport import make_transport
+    from helpers import make_campaign
+    from models import Trigger
+    from sender import send_batch
+
+    cid = make_campaign(engine, 3)
+    transport = make_transport(app.config)
+    send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
+    transport.close()
+    reader = store.reader(app.config["SQLALCHEMY_DATABASE_URI"])
+    try:
+        lines, (name, covered) = reconcile._integrity(reader)
+    finally:
+        reader.dispose()
+    check = reconcile.check_integrity(SimpleNamespace(integrity=lines, integrity_check=(name, covered)))
+    assert check.ok, check.violations
+    if ON_POSTGRES:
+        assert name == reconcile.AMCHECK
+        assert "verify_heapam on" in check.detail and "bt_index_check (heapallindexed) on" in check.detail
+    else:
+        assert (name, check.detail) == ("PRAGMA integrity_check", "ok")
+    # A line that is not "ok" is a violation; "n/a" (PostgreSQL without amcheck) is not.
+    bad = reconcile.check_integrity(SimpleNamespace(integrity=["send_log_pkey: corrupt"],
+                                                    integrity_check=(name, covered)))
+    assert bad.violations == ["integrity_check: send_log_pkey: corrupt"]
+    assert reconcile.check_integrity(SimpleNamespace(integrity=["n/a"], integrity_check=(name, ""))).ok
+
+
+@pytest.mark.parametrize("flags, refused", [
+    (["--freeze-target", "writer"], "--freeze-target writer is SQLite's"),
+    (["--db", "x.db"], "--db names the SQLite file"),
+    (["--mailboxes", "0"], "needs --mailboxes >= 1"),
+])
+def test_sqlite_only_flags_are_refused_on_postgresql(flags, refused, capsys):
+    from chaos.run import parse_args
+
+    assert parse_args(flags).database == "sqlite"  # the default takes them all
+    with pytest.raises(SystemExit):
+        parse_args(["--database", "postgresql", *flags])
+    assert refused in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not ON_POSTGRES, reason="starts a PostgreSQL cluster; make test's second run")
+def test_the_run_stops_its_own_cluster_when_it_fails(tmp_path, monkeypatch):
+    # Without a cluster to attach to, the run starts its own; whatever ends the run (an error
+    # here; SIGTERM is turned into one), the cluster is stopped and its directory removed.
+    from chaos.run import database, parse_args
+    from tests.pg_server import CLUSTER_DIR_ENV
+
+    monkeypatch.delenv(CLUSTER_DIR_ENV, raising=False)
+    seen = {}
+    with pytest.raises(RuntimeError, match="mid-run"), database(parse_args(["--database", "postgresql"]),
+                                                                tmp_path) as url:
+        seen["url"] = url
+        seen["dir"] = url.split("host=")[1].split("&")[0]
+        assert os.path.isdir(seen["dir"])
+        raise RuntimeError("mid-run")
+    assert seen["url"].startswith("postgresql+psycopg://") and not os.path.exists(seen["dir"])
