@@ -1,7 +1,8 @@
 """What create_all cannot declare: triggers that keep derived tables exact, and their install.
 
-campaign_state_count holds, per campaign and enrollment state, how many campaign_lead rows
-are in that state, so the dashboard reads ~60 rows instead of grouping a million. SQLite
+campaign_state_count holds, per campaign and counted state (counted_state: the enrollment's
+state, except `pending` at a later step of a sequence, which is `waiting`), how many
+campaign_lead rows are in that state, so the dashboard reads ~60 rows instead of grouping a million. SQLite
 triggers maintain it, not application code: they run inside the very transaction (and
 statement) that changes campaign_lead, whoever writes it (the engine, the importer, the
 CLI, a person with the sqlite3 shell), so the counts are never ahead of or behind the rows.
@@ -40,9 +41,37 @@ from storage.database import immediate, is_postgres
 from storage.revision import stamp
 
 COUNTS = "campaign_state_count"
-_BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) VALUES (NEW.campaign_id, NEW.state, 1) "
+# The counted state of a pending enrollment whose next step is a later one (#17): the lead
+# got step 1 and waits for a follow-up, which is not "not contacted yet".
+WAITING = "waiting"
+WAITING_SINCE = "0010"  # the schema revision from which the counts are keyed by counted_state
+
+
+def counted_state(row: str) -> str:
+    """SQL for the state an enrollment is counted under in COUNTS: its state, except
+    `pending` at a step after the first, which is WAITING. `row` is NEW, OLD or a table name
+    or alias of campaign_lead. The one spelling the triggers (both dialects), recount and
+    every check of the counts use."""
+    return f"CASE WHEN {row}.state = 'pending' AND {row}.step > 1 THEN '{WAITING}' ELSE {row}.state END"
+
+
+# What COUNTS holds when exact (zero rows aside): a live GROUP BY of campaign_lead by
+# counted state, on both dialects (recount, the backup and copy-to checks, chaos, tests).
+RECOUNT = f"SELECT campaign_id, {counted_state('campaign_lead')}, count(*) FROM campaign_lead GROUP BY 1, 2"
+
+
+def recount_for(revision: str | None) -> str:
+    """RECOUNT as a database at schema `revision` keeps its counts: by plain state before
+    WAITING_SINCE (a backup taken before upgrading, a database made before migrations)."""
+    if revision is not None and revision >= WAITING_SINCE:
+        return RECOUNT
+    return "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"
+
+
+_BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) VALUES (NEW.campaign_id, {counted_state('NEW')}, 1) "
          "ON CONFLICT (campaign_id, state) DO UPDATE SET n = n + 1;")
-_DROP = f"UPDATE {COUNTS} SET n = n - 1 WHERE campaign_id = OLD.campaign_id AND state = OLD.state;"
+_DROP = (f"UPDATE {COUNTS} SET n = n - 1 WHERE campaign_id = OLD.campaign_id "
+         f"AND state = {counted_state('OLD')};")
 
 # Name -> exact DDL. SQLite keeps this text in sqlite_master (without "IF NOT EXISTS"), so
 # comparing it tells an installed trigger from a missing or older one.
@@ -51,9 +80,11 @@ TRIGGERS = {
                         f"BEGIN {_BUMP} END",
     f"{COUNTS}_delete": f"CREATE TRIGGER {COUNTS}_delete AFTER DELETE ON campaign_lead "
                         f"BEGIN {_DROP} END",
-    # WHEN: an UPDATE that rewrites the same state (or touches other columns) costs nothing.
-    f"{COUNTS}_update": f"CREATE TRIGGER {COUNTS}_update AFTER UPDATE OF campaign_id, state ON campaign_lead "
-                        "WHEN OLD.campaign_id IS NOT NEW.campaign_id OR OLD.state IS NOT NEW.state "
+    # WHEN: an UPDATE that keeps the counted state (or touches other columns) costs nothing.
+    f"{COUNTS}_update": f"CREATE TRIGGER {COUNTS}_update "
+                        "AFTER UPDATE OF campaign_id, state, step ON campaign_lead "
+                        "WHEN OLD.campaign_id IS NOT NEW.campaign_id "
+                        f"OR ({counted_state('OLD')}) IS NOT ({counted_state('NEW')}) "
                         f"BEGIN {_DROP} {_BUMP} END",
 }
 
@@ -135,8 +166,7 @@ def _stale(conn: Connection, derived: str) -> list[str]:
 def recount(conn: Connection) -> None:
     """Set the counts to a live GROUP BY of campaign_lead (run inside a write transaction)."""
     conn.exec_driver_sql(f"DELETE FROM {COUNTS}")
-    conn.exec_driver_sql(f"INSERT INTO {COUNTS} (campaign_id, state, n) "
-                         "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY campaign_id, state")
+    conn.exec_driver_sql(f"INSERT INTO {COUNTS} (campaign_id, state, n) {RECOUNT}")
 
 
 # --- The timeline's hourly summary (table timeline_hour, declared in models.py) ---
@@ -316,7 +346,8 @@ class PgTrigger:
         return (self.table, name, self.source, "O", self.ddl(name))
 
 
-_PG_BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) VALUES (NEW.campaign_id, NEW.state, 1) "
+_PG_BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) "
+            f"VALUES (NEW.campaign_id, {counted_state('NEW')}, 1) "
             f"ON CONFLICT (campaign_id, state) DO UPDATE SET n = {COUNTS}.n + 1;")
 _PG_COUNTED = f"NEW.status IN ({_COUNTED})"
 
@@ -324,8 +355,9 @@ PG_TRIGGERS = {
     f"{COUNTS}_insert": PgTrigger("campaign_lead", "AFTER INSERT", _PG_BUMP),
     f"{COUNTS}_delete": PgTrigger("campaign_lead", "AFTER DELETE", _DROP),
     f"{COUNTS}_update": PgTrigger(
-        "campaign_lead", "AFTER UPDATE OF campaign_id, state", f"{_DROP} {_PG_BUMP}",
-        "OLD.campaign_id IS DISTINCT FROM NEW.campaign_id OR OLD.state IS DISTINCT FROM NEW.state"),
+        "campaign_lead", "AFTER UPDATE OF campaign_id, state, step", f"{_DROP} {_PG_BUMP}",
+        "OLD.campaign_id IS DISTINCT FROM NEW.campaign_id "
+        f"OR ({counted_state('OLD')}) IS DISTINCT FROM ({counted_state('NEW')})"),
 }
 
 PG_SUMMARY_TRIGGERS = {
