@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from chaos.store import dicts, is_postgres, rows, snapshot
-from storage.schema import hour_sql
+from storage import schema
 
 FINAL = {"sent", "failed", "skipped", "unknown", "stopped"}
 ACCEPTED = {"accepted"}
@@ -481,13 +481,12 @@ def _integrity(engine: Engine) -> tuple[list[str], tuple[str, str]]:
 
 
 # Tables kept by triggers, each beside the GROUP BY it must equal (zero counts dropped):
-# the dashboard's enrollment counts (schema.py) and the timeline's hourly sends
+# the dashboard's enrollment counts by counted state (schema.py) and the timeline's hourly sends
 # (timeline_summary.py). Written in the same statement as the rows they count, they must
 # match after any number of SIGKILLs mid-transaction.
 _DERIVED = {
     "campaign_state_count": (
-        "SELECT campaign_id, state, n FROM campaign_state_count WHERE n != 0",
-        "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"),
+        "SELECT campaign_id, state, n FROM campaign_state_count WHERE n != 0", schema.RECOUNT),
     "timeline_hour": (
         'SELECT campaign_id, hour, "trigger", sends FROM timeline_hour WHERE sends != 0',
         "SELECT campaign_id, {hour}, \"trigger\", count(*) FROM send_log "
@@ -521,7 +520,7 @@ def _derived(conn: Connection) -> dict[str, tuple[Counter, Counter]]:
     def counts(sql: str) -> Counter:
         return Counter({tuple(row[:-1]): row[-1] for row in rows(conn, sql)})
 
-    hour = hour_sql("claimed_at", conn).replace(":", "\\:")  # a colon in text() starts a parameter
+    hour = schema.hour_sql("claimed_at", conn).replace(":", "\\:")  # a colon in text() starts a parameter
     return {table: (counts(kept), counts(live.format(hour=hour))) for table, (kept, live) in _DERIVED.items()}
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 from flask import current_app
 from flask.cli import with_appcontext
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from cli.mailboxes import refused
 from cli.terminal import echo, visible
 from core import campaigns, importer, leads, mailboxes, sequences
 from core.suppressions import suppress_domain
-from models import Campaign, CampaignLead, Lead, db
+from models import Campaign, CampaignStateCount, Lead, db
 from storage.database import immediate
 from storage.timeutil import utcnow
 
@@ -162,7 +162,7 @@ _status_command("resume", campaigns.resume, "Validate again and resume sending."
 @with_appcontext
 @click.argument("campaign_id", type=int)
 def campaign_show(campaign_id: int) -> None:
-    """Print a campaign's settings and its enrollments by state."""
+    """Print a campaign's settings and its enrollments by state (`waiting`: for a later step)."""
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None:
         raise click.ClickException(f"no campaign {campaign_id}")
@@ -177,9 +177,11 @@ def campaign_show(campaign_id: int) -> None:
             echo("  " + step_line(step))
             for v in step.variants if step.position > 1 else ():
                 echo(f"    variant {v.letter} (weight {v.weight}): {visible(v.subject)}")
+    # By counted state: `waiting` (pending at a later step) apart from `pending` (not contacted yet).
     states = db.session.execute(
-        select(CampaignLead.state, func.count()).where(CampaignLead.campaign_id == campaign_id)
-        .group_by(CampaignLead.state)).all()
+        select(CampaignStateCount.state, CampaignStateCount.n).where(
+            CampaignStateCount.campaign_id == campaign_id, CampaignStateCount.n != 0)
+        .order_by(CampaignStateCount.state)).all()
     echo("  " + ", ".join(f"{state}: {n}" for state, n in states) if states else "  no leads")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 from flask import current_app
 from flask.cli import with_appcontext
-from sqlalchemy import Connection, MetaData, create_engine, func, inspect, select
+from sqlalchemy import Connection, MetaData, String, create_engine, func, inspect, literal_column, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, ProgrammingError
 
@@ -127,8 +127,8 @@ def _copy(source: Connection, target: Connection) -> dict[str, int]:
 def _derived_differences(conn: Connection) -> dict[str, int]:
     """Rows of each derived table that differ from a recount (both ways)."""
     counts = db.metadata.tables[schema.COUNTS]
-    recount = (select(CampaignLead.campaign_id, CampaignLead.state, func.count())
-               .group_by(CampaignLead.campaign_id, CampaignLead.state))
+    state = literal_column(schema.counted_state(CampaignLead.__tablename__), String)
+    recount = select(CampaignLead.campaign_id, state, func.count()).group_by(CampaignLead.campaign_id, state)
     stored = select(counts.c.campaign_id, counts.c.state, counts.c.n).where(counts.c.n != 0)
     hour = time_label(SendLog.claimed_at, HOUR_FORMAT)
     rebuilt = (select(SendLog.campaign_id, hour, SendLog.trigger, func.count())

@@ -88,8 +88,11 @@ def _window_opening(campaign: Campaign, local: datetime) -> datetime | None:
 
 @dataclass
 class Progress:
+    """A campaign's enrollments by counted state (storage.schema.counted_state) and its send times."""
+
     total: int = 0
-    pending: int = 0
+    pending: int = 0  # not contacted yet (step 1 to send)
+    waiting: int = 0  # got an earlier step, waits for the next one (#17): still open, not finished
     sending: int = 0
     sent: int = 0
     failed: int = 0
@@ -99,6 +102,11 @@ class Progress:
     last_sent_at: datetime | None = None
     next_due_at: datetime | None = None
     next_send: NextSend | None = None  # when the scheduler sends next, and why not sooner
+
+    @property
+    def unfinished(self) -> int:
+        """Enrollments that may still get a message: not contacted, waiting or in flight."""
+        return self.pending + self.waiting + self.sending
 
     @property
     def done_percent(self) -> int:

@@ -41,7 +41,9 @@
   var show = function (box, c) {
     var bar = box.querySelector("progress");
     if (bar) { bar.max = c.total || 1; bar.value = c.sent; }
-    ["failed", "skipped", "stopped", "pending", "sending"].forEach(function (k) { set(box, "." + k, c[k]); });
+    ["failed", "skipped", "stopped", "pending", "waiting", "sending"].forEach(function (k) { set(box, "." + k, c[k]); });
+    set(box, ".waiting-text", c.waiting_text);
+    box.querySelectorAll(".waiting-note").forEach(function (el) { el.hidden = !c.waiting; });
     set(box, "span.unknown", c.unknown);
     set(box, ".sent-count", c.sent_text);
     set(box, ".last-sent", c.last_sent);

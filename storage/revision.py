@@ -11,7 +11,7 @@ from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, in
 from sqlalchemy.engine import Connection
 
 # Oldest first; 0001 is the schema of commit 3a618c4.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010")
 BASELINE = REVISIONS[0]  # what a database made before migrations existed is stamped with
 HEAD = REVISIONS[-1]  # the revision this code needs
 

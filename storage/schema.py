@@ -1,7 +1,8 @@
 """What create_all cannot declare: triggers that keep derived tables exact, and their install.
 
-campaign_state_count holds, per campaign and enrollment state, how many campaign_lead rows
-are in that state, so the dashboard reads ~60 rows instead of grouping a million. SQLite
+campaign_state_count holds, per campaign and counted state (counted_state: the enrollment's
+state, except `pending` at a later step of a sequence, which is `waiting`), how many
+campaign_lead rows are in that state, so the dashboard reads ~60 rows instead of grouping a million. SQLite
 triggers maintain it, not application code: they run inside the very transaction (and
 statement) that changes campaign_lead, whoever writes it (the engine, the importer, the
 CLI, a person with the sqlite3 shell), so the counts are never ahead of or behind the rows.
@@ -33,29 +34,90 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, bindparam, text
+from sqlalchemy import Engine, MetaData, bindparam, inspect, text
 from sqlalchemy.engine import Connection
 
 from storage.database import immediate, is_postgres
 from storage.revision import stamp
 
 COUNTS = "campaign_state_count"
-_BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) VALUES (NEW.campaign_id, NEW.state, 1) "
-         "ON CONFLICT (campaign_id, state) DO UPDATE SET n = n + 1;")
-_DROP = f"UPDATE {COUNTS} SET n = n - 1 WHERE campaign_id = OLD.campaign_id AND state = OLD.state;"
+# The counted state of a pending enrollment whose next step is a later one (#17): the lead
+# got step 1 and waits for a follow-up, which is not "not contacted yet".
+WAITING = "waiting"
+WAITING_SINCE = "0010"  # the schema revision from which the counts are keyed by counted_state
 
-# Name -> exact DDL. SQLite keeps this text in sqlite_master (without "IF NOT EXISTS"), so
-# comparing it tells an installed trigger from a missing or older one.
-TRIGGERS = {
-    f"{COUNTS}_insert": f"CREATE TRIGGER {COUNTS}_insert AFTER INSERT ON campaign_lead "
-                        f"BEGIN {_BUMP} END",
-    f"{COUNTS}_delete": f"CREATE TRIGGER {COUNTS}_delete AFTER DELETE ON campaign_lead "
-                        f"BEGIN {_DROP} END",
-    # WHEN: an UPDATE that rewrites the same state (or touches other columns) costs nothing.
-    f"{COUNTS}_update": f"CREATE TRIGGER {COUNTS}_update AFTER UPDATE OF campaign_id, state ON campaign_lead "
-                        "WHEN OLD.campaign_id IS NOT NEW.campaign_id OR OLD.state IS NOT NEW.state "
-                        f"BEGIN {_DROP} {_BUMP} END",
-}
+
+def counted_state(row: str, has_step: bool = True) -> str:
+    """SQL for the state an enrollment is counted under in COUNTS: its state, except
+    `pending` at a step after the first, which is WAITING. `row` is NEW, OLD or a table name
+    of campaign_lead. The one spelling the triggers (both dialects), recount and every check
+    of the counts use. has_step False: a database before revision 0008 (no campaign_lead.step,
+    every enrollment at step 1), which a migration run passes through."""
+    if not has_step:
+        return f"{row}.state"
+    return f"CASE WHEN {row}.state = 'pending' AND {row}.step > 1 THEN '{WAITING}' ELSE {row}.state END"
+
+
+def _recount(has_step: bool) -> str:
+    state = counted_state("campaign_lead", has_step)
+    return f"SELECT campaign_id, {state}, count(*) FROM campaign_lead GROUP BY 1, 2"
+
+
+# What COUNTS holds when exact (zero rows aside): a live GROUP BY of campaign_lead by
+# counted state, on both dialects (recount, the backup and copy-to checks, chaos, tests).
+RECOUNT = _recount(True)
+
+
+def recount_for(revision: str | None) -> str:
+    """RECOUNT as a database at schema `revision` keeps its counts: by plain state before
+    WAITING_SINCE (a backup taken before upgrading, a database made before migrations)."""
+    return _recount(revision is not None and revision >= WAITING_SINCE)
+
+
+def _has_step(conn: Connection) -> bool:
+    return any(c["name"] == "step" for c in inspect(conn).get_columns("campaign_lead"))
+
+
+def _bump(has_step: bool, postgres: bool) -> str:
+    # PostgreSQL: a bare `n` in DO UPDATE would be ambiguous (the row's or EXCLUDED's).
+    n = f"{COUNTS}.n" if postgres else "n"
+    return (f"INSERT INTO {COUNTS} (campaign_id, state, n) "
+            f"VALUES (NEW.campaign_id, {counted_state('NEW', has_step)}, 1) "
+            f"ON CONFLICT (campaign_id, state) DO UPDATE SET n = {n} + 1;")
+
+
+def _drop(has_step: bool) -> str:
+    return (f"UPDATE {COUNTS} SET n = n - 1 WHERE campaign_id = OLD.campaign_id "
+            f"AND state = {counted_state('OLD', has_step)};")
+
+
+def _moved(has_step: bool, differ: str) -> str:
+    """The UPDATE trigger's WHEN: the row changed campaign or counted state (`differ`: IS NOT,
+    or PostgreSQL's IS DISTINCT FROM). Without a step column, the text of revision 0001."""
+    if not has_step:
+        return f"OLD.campaign_id {differ} NEW.campaign_id OR OLD.state {differ} NEW.state"
+    return (f"OLD.campaign_id {differ} NEW.campaign_id "
+            f"OR ({counted_state('OLD')}) {differ} ({counted_state('NEW')})")
+
+
+def _updated_columns(has_step: bool) -> str:
+    return "AFTER UPDATE OF campaign_id, state, step" if has_step else "AFTER UPDATE OF campaign_id, state"
+
+
+def _sqlite_counts(has_step: bool) -> dict[str, str]:
+    """Name -> exact DDL. SQLite keeps this text in sqlite_master (without "IF NOT EXISTS"),
+    so comparing it tells an installed trigger from a missing or older one."""
+    bump, drop = _bump(has_step, False), _drop(has_step)
+    return {
+        f"{COUNTS}_insert": f"CREATE TRIGGER {COUNTS}_insert AFTER INSERT ON campaign_lead BEGIN {bump} END",
+        f"{COUNTS}_delete": f"CREATE TRIGGER {COUNTS}_delete AFTER DELETE ON campaign_lead BEGIN {drop} END",
+        # WHEN: an UPDATE that keeps the counted state (or touches other columns) costs nothing.
+        f"{COUNTS}_update": f"CREATE TRIGGER {COUNTS}_update {_updated_columns(has_step)} ON campaign_lead "
+                            f"WHEN {_moved(has_step, 'IS NOT')} BEGIN {drop} {bump} END",
+    }
+
+
+TRIGGERS = _sqlite_counts(True)
 
 
 def install(engine: Engine, metadata: MetaData) -> None:
@@ -93,11 +155,11 @@ def sync_triggers(conn: Connection, derived: str, force: bool = False) -> bool:
     if installed == wanted_triggers(conn, derived) and not force:
         return False
     if is_postgres(conn):
-        _create_pg(conn, installed, _PG_SETS[derived])
+        _create_pg(conn, installed, _trigger_set(conn, derived))
         return True
     for name in installed:
         conn.exec_driver_sql(f"DROP TRIGGER {name}")
-    for ddl in _SQLITE_SETS[derived].values():
+    for ddl in _trigger_set(conn, derived).values():
         conn.exec_driver_sql(ddl)
     return True
 
@@ -117,9 +179,10 @@ def installed_triggers(conn: Connection, prefix: str) -> dict[str, Any]:
 
 def wanted_triggers(conn: Connection, derived: str) -> dict[str, Any]:
     """This code's triggers for table `derived`, as installed_triggers reads installed ones."""
+    wanted = _trigger_set(conn, derived)
     if not is_postgres(conn):
-        return dict(_SQLITE_SETS[derived])
-    return {name: trigger.fingerprint(name) for name, trigger in _PG_SETS[derived].items()}
+        return dict(wanted)
+    return {name: trigger.fingerprint(name) for name, trigger in wanted.items()}
 
 
 def stale_triggers(conn: Connection) -> list[str]:
@@ -135,8 +198,7 @@ def _stale(conn: Connection, derived: str) -> list[str]:
 def recount(conn: Connection) -> None:
     """Set the counts to a live GROUP BY of campaign_lead (run inside a write transaction)."""
     conn.exec_driver_sql(f"DELETE FROM {COUNTS}")
-    conn.exec_driver_sql(f"INSERT INTO {COUNTS} (campaign_id, state, n) "
-                         "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY campaign_id, state")
+    conn.exec_driver_sql(f"INSERT INTO {COUNTS} (campaign_id, state, n) {_recount(_has_step(conn))}")
 
 
 # --- The timeline's hourly summary (table timeline_hour, declared in models.py) ---
@@ -316,17 +378,21 @@ class PgTrigger:
         return (self.table, name, self.source, "O", self.ddl(name))
 
 
-_PG_BUMP = (f"INSERT INTO {COUNTS} (campaign_id, state, n) VALUES (NEW.campaign_id, NEW.state, 1) "
-            f"ON CONFLICT (campaign_id, state) DO UPDATE SET n = {COUNTS}.n + 1;")
 _PG_COUNTED = f"NEW.status IN ({_COUNTED})"
 
-PG_TRIGGERS = {
-    f"{COUNTS}_insert": PgTrigger("campaign_lead", "AFTER INSERT", _PG_BUMP),
-    f"{COUNTS}_delete": PgTrigger("campaign_lead", "AFTER DELETE", _DROP),
-    f"{COUNTS}_update": PgTrigger(
-        "campaign_lead", "AFTER UPDATE OF campaign_id, state", f"{_DROP} {_PG_BUMP}",
-        "OLD.campaign_id IS DISTINCT FROM NEW.campaign_id OR OLD.state IS DISTINCT FROM NEW.state"),
-}
+
+def _pg_counts(has_step: bool) -> dict[str, PgTrigger]:
+    """The count triggers on PostgreSQL: _sqlite_counts' statements, FOR EACH ROW."""
+    bump, drop = _bump(has_step, True), _drop(has_step)
+    return {
+        f"{COUNTS}_insert": PgTrigger("campaign_lead", "AFTER INSERT", bump),
+        f"{COUNTS}_delete": PgTrigger("campaign_lead", "AFTER DELETE", drop),
+        f"{COUNTS}_update": PgTrigger("campaign_lead", _updated_columns(has_step), f"{drop} {bump}",
+                                      _moved(has_step, "IS DISTINCT FROM")),
+    }
+
+
+PG_TRIGGERS = _pg_counts(True)
 
 PG_SUMMARY_TRIGGERS = {
     f"{SUMMARY}_insert": PgTrigger("send_log", "AFTER INSERT", _add_new(True), _PG_COUNTED),
@@ -340,8 +406,16 @@ PG_SUMMARY_TRIGGERS = {
                                    f"OLD.status IN ({_COUNTED})"),
 }
 
-_SQLITE_SETS = {COUNTS: TRIGGERS, SUMMARY: SUMMARY_TRIGGERS}
-_PG_SETS = {COUNTS: PG_TRIGGERS, SUMMARY: PG_SUMMARY_TRIGGERS}
+
+
+def _trigger_set(conn: Connection, derived: str) -> dict[str, Any]:
+    """This code's triggers for table `derived` on this database: SQLite DDL or PgTriggers.
+    The count triggers of a database without campaign_lead.step are the step-less ones."""
+    postgres = is_postgres(conn)
+    if derived == COUNTS:
+        has_step = _has_step(conn)
+        return _pg_counts(has_step) if postgres else _sqlite_counts(has_step)
+    return PG_SUMMARY_TRIGGERS if postgres else SUMMARY_TRIGGERS
 
 # Our triggers as installed, in the search path's schema (internal ones, e.g. foreign keys', left out).
 _PG_INSTALLED = text(

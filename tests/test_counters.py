@@ -1,4 +1,5 @@
-"""campaign_state_count equals a live GROUP BY of campaign_lead, whoever changes the rows.
+"""campaign_state_count equals a live GROUP BY of campaign_lead by counted state, whoever
+changes the rows (step advances included).
 On both dialects: SQLite's triggers, PostgreSQL's plpgsql ones (storage/schema.py)."""
 
 from __future__ import annotations
@@ -10,18 +11,19 @@ from sqlalchemy import delete, insert, select, text, update
 
 from app import create_app
 from conftest import ON_POSTGRES, database_url
-from core import campaigns, importer, leads, stats
+from core import campaigns, importer, leads, sequences, stats
 from delivery.transport import make_transport
 from helpers import lead_csv, make_campaign
-from models import Campaign, CampaignLead, CampaignStateCount, EnrollmentState, Trigger, db
-from sender import Settings, send_batch
+from models import Campaign, CampaignLead, CampaignStateCount, DelayUnit, EnrollmentState, Trigger, db
+from sender import Claim, Settings, claim_next, send_batch
 from storage import backup, schema
 from storage.database import immediate, is_busy
 from storage.timeutil import utcnow
+from test_sequences import NOW, at, deliver_at, make_sequence, send_at
 
 pytestmark = pytest.mark.postgres
 
-LIVE = "SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY campaign_id, state"
+LIVE = schema.RECOUNT  # by counted state: `waiting` for a pending enrollment at a later step
 
 
 def live(engine) -> dict[tuple[int, str], int]:
@@ -182,6 +184,36 @@ def test_progress_reads_the_counts(app, engine, smtp):
         figures = stats.progress(db.session, [campaign])[cid]
     assert (figures.total, figures.sent, figures.pending) == (4, 3, 1)
     assert figures.last_sent_at is not None
+
+
+def test_a_lead_waiting_for_its_next_step_is_counted_apart_through_every_advance(app, engine, settings, smtp):
+    cid = make_sequence(engine, 3, steps=((2, DelayUnit.DAYS),))
+    assert kept(engine) == live(engine) == {(cid, "pending"): 3}
+    assert send_at(app, engine, settings, cid, NOW).sent == 3  # step 1 out: all wait for step 2
+    assert kept(engine) == live(engine) == {(cid, "waiting"): 3}
+    claim = claim_next(engine, settings, cid, Trigger.CLI, at(days=2))  # step 2 due and claimed
+    assert isinstance(claim, Claim) and claim.step == 2
+    assert kept(engine) == live(engine) == {(cid, "waiting"): 2, (cid, "sending"): 1}
+    waiting = min({1, 2, 3} - {claim.lead_id})
+    assert sequences.stop(engine, cid, waiting, "person", at(days=2)) == 1
+    assert kept(engine) == live(engine) == {(cid, "waiting"): 1, (cid, "sending"): 1, (cid, "stopped"): 1}
+    deliver_at(app, engine, settings, claim, at(days=2))  # the last step: the lead is complete
+    assert kept(engine) == live(engine) == {(cid, "waiting"): 1, (cid, "sent"): 1, (cid, "stopped"): 1}
+    with immediate(engine) as conn:  # a write of `step` alone moves the lead between counts too
+        moved = conn.execute(update(CampaignLead).where(CampaignLead.campaign_id == cid,
+                                                        CampaignLead.state == "pending").values(step=1))
+    assert moved.rowcount == 1
+    assert kept(engine) == live(engine) == {(cid, "pending"): 1, (cid, "sent"): 1, (cid, "stopped"): 1}
+    assert broken_rules(engine) == []
+
+
+def test_progress_counts_waiting_leads_as_open_not_finished(app, engine, settings, smtp):
+    cid = make_sequence(engine, 4, steps=((2, DelayUnit.DAYS),))
+    send_at(app, engine, settings, cid, NOW)
+    with app.app_context():
+        figures = stats.progress(db.session, [db.session.get(Campaign, cid)])[cid]
+    assert (figures.total, figures.pending, figures.waiting, figures.sent) == (4, 0, 4, 0)
+    assert figures.unfinished == 4 and figures.done_percent == 0
 
 
 @pytest.mark.skipif(ON_POSTGRES, reason="the bench generator writes an SQLite file with sqlite3")

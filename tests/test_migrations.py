@@ -25,13 +25,14 @@ from app import MIGRATIONS, create_app
 from conftest import ON_POSTGRES, app_config, database_url, env_for
 from core import campaigns
 from helpers import log_in, make_campaign, serve_requests
-from models import SchedulerLease, Trigger, db
+from models import DelayUnit, SchedulerLease, Trigger, db
 from procs import reap, spawn_workers, wait_for
 from sender import Refusal, claim_next
-from storage import backup, migrate
+from storage import backup, migrate, schema
 from storage.database import immediate, next_id, next_ids
 from storage.revision import BASELINE, HEAD, REVISIONS, current_revision, stamp
 from storage.timeutil import utcnow
+from test_sequences import NOW, at, make_sequence, send_at
 from test_web import csrf_token
 
 pytestmark = pytest.mark.postgres
@@ -146,7 +147,7 @@ def test_a_3a618c4_database_upgrades_in_place_losing_nothing(old_app, smtp):
     assert backup.verify(path).counts["send_log"] > len(before["send_log"])
     with app.app_context(), db.engine.connect() as conn:
         counts = conn.execute(text("SELECT campaign_id, state, n FROM campaign_state_count WHERE n > 0"))
-        recount = conn.execute(text("SELECT campaign_id, state, count(*) FROM campaign_lead GROUP BY 1, 2"))
+        recount = conn.execute(text(schema.RECOUNT))
         counts, recount = counts.all(), recount.all()
     assert sorted(counts) == sorted(recount)
     assert f"{HEAD} -> {HEAD}" in invoke(app, "init-db").output  # again: nothing to do, nothing lost
@@ -215,6 +216,33 @@ def test_a_batch_move_and_copy_drops_the_triggers_and_every_migration_puts_them_
     campaigns.resume(engine, cid)  # new sends after the migration keep the counts exact
     assert app.test_cli_runner().invoke(args=["send-due"]).exit_code == 0
     assert recounted(engine)
+
+
+def test_upgrading_from_0009_counts_the_leads_waiting_for_a_later_step_apart(app, engine, settings, smtp):
+    cid = make_sequence(engine, 3, steps=((2, DelayUnit.DAYS),))
+    assert send_at(app, engine, settings, cid, NOW, limit=2).sent == 2  # two wait for step 2, one new
+    with immediate(engine) as conn:  # a database at 0009: its counts by plain state
+        stamp(conn, "0009")
+        conn.execute(text(f"DELETE FROM {schema.COUNTS}"))
+        conn.execute(text(f"INSERT INTO {schema.COUNTS} (campaign_id, state, n) "
+                          f"{schema.recount_for('0009')}"))
+    assert kept_counts(engine) == {(cid, "pending"): 3}
+    assert recounted(engine)  # a backup taken before upgrading verifies by its own revision's counts
+    result = invoke(app, "db", "upgrade")
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        assert current_revision(conn) == HEAD and migrate.missing_triggers(conn) == []
+        live = {(c, s): n for c, s, n in conn.execute(text(schema.RECOUNT))}
+    assert kept_counts(engine) == live == {(cid, "waiting"): 2, (cid, "pending"): 1}
+    assert recounted(engine)
+    assert send_at(app, engine, settings, cid, at(days=2)).sent == 3  # step 1 to the third, step 2 to two
+    assert kept_counts(engine) == {(cid, "sent"): 2, (cid, "waiting"): 1} and recounted(engine)
+
+
+def kept_counts(engine) -> dict[tuple[int, str], int]:
+    with engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT campaign_id, state, n FROM {schema.COUNTS} WHERE n <> 0"))
+        return {(c, s): n for c, s, n in rows}
 
 
 def set_revision(engine, revision: str | None) -> None:
@@ -290,8 +318,9 @@ def test_first_run_on_an_empty_file_builds_the_schema_by_the_migrations(tmp_path
     made = schema_of(tmp_path / "new.db", skip=set())
     old = schema_of(load_fixture(tmp_path / "old.db"))
     # Revisions 0004, 0005, 0007 and 0008 added columns (0008 also re-keyed variant's UNIQUE).
+    # Revision 0010 re-keyed the count triggers by counted state (`waiting`).
     altered = {("table", "user"), ("table", "lead"), ("table", "send_log"), ("table", "campaign_lead"),
-               ("table", "campaign"), ("table", "variant")}
+               ("table", "campaign"), ("table", "variant"), *(("trigger", name) for name in schema.TRIGGERS)}
     assert {k: v for k, v in made.items() if k in old and k not in altered} == {
         k: v for k, v in old.items() if k not in altered}  # the same tables as an upgraded file
     assert "session_generation" in made[("table", "user")] and "disabled" in made[("table", "user")]

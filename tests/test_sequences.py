@@ -14,7 +14,7 @@ from core.campaigns import CampaignError
 from core.leads import pick_variant
 from core.suppressions import suppress
 from delivery.transport import Result, make_transport
-from helpers import make_campaign
+from helpers import csrf_token, log_in, make_campaign
 from models import Campaign, CampaignLead, DelayUnit, Lead, SendLog, SendStatus, Trigger, Variant
 from sender import Claim, Refusal, claim_next, deliver, record, recover, resolve_unknown, send_batch
 from storage.database import immediate
@@ -398,6 +398,49 @@ def test_the_sequence_page_lists_steps_with_counts_and_adds_one(app, engine, set
     assert 'id="step-3"' not in client.get(f"/campaigns/{cid}/sequence").get_data(as_text=True)
     link = client.get(f"/campaigns/{cid}").get_data(as_text=True)
     assert f'href="/campaigns/{cid}/sequence"' in link
+
+
+def dashboard_row(client, cid: int) -> str:
+    return client.get("/").get_data(as_text=True).split(f'data-campaign="{cid}"')[1].split("</tr>")[0]
+
+
+def test_the_pages_count_leads_waiting_for_the_next_step_apart_from_new_ones(app, engine, settings, client):
+    cid = make_sequence(engine, 3, steps=((2, DelayUnit.DAYS),))
+    send_at(app, engine, settings, cid, NOW)  # step 1 went to all three: they wait for step 2
+    log_in(app, client)
+    row = dashboard_row(client, cid)
+    assert '<span class="sent-count">Wysłano 0 z 3</span>' in row  # "sent" stays what it says
+    assert ('<span class="small muted waiting-note">· '
+            '<span class="waiting-text">3 czekają na kolejny krok</span>') in row
+    page = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert ('oczekuje <span class="pending">0</span> · '
+            'czeka na kolejny krok <span class="waiting">3</span>') in page
+    live = client.get("/status.json").get_json()["campaigns"][str(cid)]
+    assert (live["pending"], live["waiting"], live["waiting_text"]) == (0, 3, "3 czekają na kolejny krok")
+    client.post("/language", data={"language": "en", "csrf_token": csrf_token(client.get("/").data)})
+    row = dashboard_row(client, cid)
+    assert "0 of 3 sent" in row and '<span class="waiting-text">3 waiting for the next step</span>' in row
+    page = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert 'waiting for the next step <span class="waiting">3</span>' in page
+    with immediate(engine) as conn:  # every lead got every step: the note is hidden
+        conn.execute(update(CampaignLead.__table__).values(state="sent", step=2, due_at=None))
+    assert '<span class="small muted waiting-note" hidden>' in dashboard_row(client, cid)
+
+
+def test_a_campaign_whose_leads_all_wait_is_not_reported_finished(app, engine, settings, client, runner):
+    cid = make_sequence(engine, 2, steps=((2, DelayUnit.DAYS),))
+    send_at(app, engine, settings, cid, NOW)
+    assert send_at(app, engine, settings, cid, at(days=1)).stopped_by.code == "nothing_due"
+    assert status_of(engine, cid) == "active"
+    assert "pending: 0" not in (shown := runner.invoke(args=["campaign", "show", str(cid)]).output)
+    assert "waiting: 2" in shown
+    with immediate(engine) as conn:  # a draft (or finished) campaign with leads waiting still has work
+        conn.execute(update(Campaign.__table__).where(Campaign.id == cid).values(status="draft"))
+    log_in(app, client)
+    page = client.get(f"/campaigns/{cid}").get_data(as_text=True)
+    assert 'id="start-hint"' not in page and f"/campaigns/{cid}/start" in page
+    campaigns.start(engine, cid)  # not refused as "nothing to send"
+    assert status_of(engine, cid) == "active"
 
 
 def test_a_leads_timeline_shows_sent_due_and_stopped(app, engine, settings, client):

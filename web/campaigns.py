@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
-from flask_babel import format_datetime
+from flask_babel import format_datetime, ngettext
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
@@ -65,6 +65,13 @@ def zoned_time(value: datetime | None, zone: str, exact: bool = False) -> str:
     if exact:
         return f"{local:%Y-%m-%d %H:%M:%S} ({zone})"
     return f"{format_datetime(local, 'EEE d.MM HH:mm', rebase=False)} ({zone})"
+
+
+@bp.app_template_global()
+def waiting_text(progress: stats.Progress) -> str:
+    """How many leads got an earlier step of the sequence and wait for the next, in words."""
+    return ngettext("%(num)d waiting for the next step", "%(num)d waiting for the next step",
+                    progress.waiting)
 
 
 @bp.app_template_global()
@@ -131,10 +138,11 @@ def status_json():
     return jsonify(scheduler=scheduler.as_json(), campaigns={
         c.id: {"status": c.status, "percent": progress[c.id].done_percent, **{
             k: getattr(progress[c.id], k) for k in ("total", "sent", "failed", "unknown", "skipped",
-                                                     "stopped", "pending", "sending")},
+                                                     "stopped", "pending", "waiting", "sending")},
                # The texts as the pages show them, so the live refresh moves words, not only bars.
                "sent_text": _("%(sent)d of %(total)d sent", sent=progress[c.id].sent,
                               total=progress[c.id].total),
+               "waiting_text": waiting_text(progress[c.id]),
                "last_sent": zoned_time(progress[c.id].last_sent_at, c.timezone),
                "next_send": next_send_text(progress[c.id], c, scheduler.fresh)}
         for c in all_campaigns})
