@@ -8,6 +8,7 @@ import json
 import re
 import sqlite3
 import subprocess
+import threading
 import sys
 from collections import Counter
 from pathlib import Path
@@ -113,12 +114,21 @@ def test_restore_waits_for_sends_in_flight_and_gives_up_cleanly(app, engine, con
 def test_a_backup_taken_while_real_processes_send_restores_to_a_consistent_file(app, engine, config, tmp_path,
                                                                                  smtp):
     cid = make_campaign(engine, 400, interval=0, batch_size=5)
-    env = env_for(config)
+    # From lead 100 on the server holds each message until the backup is taken: the senders
+    # are mid-campaign (each inside SMTP with a claimed row) however fast this machine is;
+    # a slow backup start cannot find the campaign already finished.
+    arrived, release = threading.Event(), threading.Event()
+    smtp.recorder.hold.update({f"lead{i:04d}@example.com": (arrived, release) for i in range(100, 400)})
+    env = env_for({**config, "SMTP_TIMEOUT": 120})  # a held message must not time out meanwhile
     workers = spawn_workers(["tick", "send-due", "button", "button"], cid, env)
-    wait_for(lambda: sent_count(engine) >= 20, timeout=60)
-    target = tmp_path / "during.db"
-    taken = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "backup", str(target)],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert arrived.wait(60), "no sender reached lead 100"
+        wait_for(lambda: sent_count(engine) >= 20, timeout=60)
+        target = tmp_path / "during.db"
+        taken = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "backup", str(target)],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        release.set()
     assert taken.returncode == 0, taken.stderr
     wait_all(workers)
     assert smtp.recorder.received == Counter({f"lead{i:04d}@example.com": 1 for i in range(400)})
