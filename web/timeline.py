@@ -153,18 +153,20 @@ def live(campaign_id: int | None = None):
     campaign = db.session.get(Campaign, campaign_id) or abort(404) if campaign_id else None
     (tz, tz_note), page = _zone_and_note(), page_arg()
     scope = _scope(campaign_id, tz)
-    with db.engine.connect() as conn:
+    fragment = bool(request.args.get("fragment"))
+    with db.engine.connect() as conn:  # one connection for the page's every query
         analysis, minutes, buckets = live_sql.overview(conn, scope)
         events = live_sql.events_page(conn, scope, page, PAGE_SIZE)
-        names = _campaign_names(conn, {str(e.campaign_id) for e in events} | _campaigns_in(analysis))
+        names = {str(e.campaign_id): e.campaign_name for e in events if e.campaign_name is not None}
+        names |= _campaign_names(conn, _campaigns_in(analysis) - names.keys())
+        logs = [] if fragment else stored.listing(conn)
     rows = [_row(row, names) for row in events]
     analysis = named(analysis, names)
-    template = "_timeline_body.html" if request.args.get("fragment") else "timeline.html"
-    return render_template(template, analysis=analysis, buckets=buckets, minutes=minutes, rows=rows,
+    return render_template("_timeline_body.html" if fragment else "timeline.html", analysis=analysis,
+                           buckets=buckets, minutes=minutes, rows=rows,
                            page=page, pages=page_count(analysis.total_sends),
                            tz=tz, campaign=campaign, legacy=None, tz_note=tz_note, error=_range(tz)[2],
-                           logs=_logs() if not request.args.get("fragment") else [], form_tz=tz,
-                           finding=finding(analysis, str(get_locale()), tz), args=_args())
+                           logs=logs, form_tz=tz, finding=finding(analysis, str(get_locale()), tz), args=_args())
 
 
 def _row(row, names: dict[str, str]) -> dict:
@@ -179,7 +181,8 @@ def _campaigns_in(analysis) -> set[str]:
 
 
 def _campaign_names(conn, ids: set[str]) -> dict[str, str]:
-    """Campaign names by id (as the analysis spells ids: text), one query for a page."""
+    """Campaign names by id (as the analysis spells ids: text), one query for the ids the page's
+    event rows did not name (those come with their names: no query at all when that is every id)."""
     wanted = {int(i) for i in ids if i.isdigit()}
     if not wanted:
         return {}
