@@ -412,6 +412,40 @@ def test_the_summary_is_not_used_on_postgres_without_a_unique_index_on_campaign_
         assert schema.summary_usable(conn)
 
 
+@pytest.mark.parametrize("change", [
+    "ALTER TABLE send_log DISABLE TRIGGER timeline_hour_insert",
+    "COMMENT ON TRIGGER timeline_hour_update ON send_log IS 'edited by hand'",
+    "CREATE OR REPLACE FUNCTION timeline_hour_delete() RETURNS trigger LANGUAGE plpgsql "
+    "AS $$ BEGIN RETURN NULL; END $$",
+    "DROP TRIGGER timeline_hour_insert ON send_log",
+    "ALTER TABLE send_log DROP CONSTRAINT uq_send_log_campaign_lead_step",
+])
+@pytest.mark.skipif(not ON_POSTGRES, reason="PostgreSQL's triggers: function, source, enabled flag, comment")
+def test_the_postgres_summary_check_is_one_statement_that_sees_every_change(bare, change):
+    # One round trip a timeline page (it was two): the trigger fingerprints are compared in
+    # the query, and any trigger change stale_triggers sees makes the summary unusable too.
+    from sqlalchemy import event
+
+    fill(bare, 10)
+    seen: list[str] = []
+
+    def record(conn, cursor, sql, params, context, many) -> None:
+        seen.append(sql)
+
+    with bare.connect() as conn:
+        event.listen(bare, "before_cursor_execute", record)
+        assert schema.summary_usable(conn)
+        event.remove(bare, "before_cursor_execute", record)
+        assert len(seen) == 1
+        if "uq_send_log_campaign_lead_step" in change:  # the narrower of the two unique keys
+            conn.exec_driver_sql("ALTER TABLE send_log DROP CONSTRAINT uq_send_log_campaign_lead_step_variant")
+        conn.exec_driver_sql(change)
+        assert not schema.summary_usable(conn)
+        assert bool(schema.stale_triggers(conn)) is ("CONSTRAINT" not in change)
+        conn.rollback()
+        assert schema.summary_usable(conn)
+
+
 def test_median_interval_takes_the_most_recent_sends_ties_broken_by_id(bare, monkeypatch):
     fill(bare, 120)
     with bare.begin() as conn:  # ties: several sends in the same microsecond

@@ -154,12 +154,14 @@ def live(campaign_id: int | None = None):
     (tz, tz_note), page = _zone_and_note(), page_arg()
     scope = _scope(campaign_id, tz)
     fragment = bool(request.args.get("fragment"))
-    with db.engine.connect() as conn:  # one connection for the page's every query
-        analysis, minutes, buckets = live_sql.overview(conn, scope)
-        events = live_sql.events_page(conn, scope, page, PAGE_SIZE)
-        names = {str(e.campaign_id): e.campaign_name for e in events if e.campaign_name is not None}
-        names |= _campaign_names(conn, _campaigns_in(analysis) - names.keys())
-        logs = [] if fragment else stored.listing(conn)
+    # The request's own connection (the login check's): on PostgreSQL every other connection
+    # would cost a BEGIN and a ROLLBACK round trip of its own.
+    conn = db.session.connection()
+    analysis, minutes, buckets = live_sql.overview(conn, scope)
+    events = live_sql.events_page(conn, scope, page, PAGE_SIZE)
+    names = {str(e.campaign_id): e.campaign_name for e in events if e.campaign_name is not None}
+    names |= _campaign_names(conn, _campaigns_in(analysis) - names.keys())
+    logs = [] if fragment else stored.listing(conn)
     rows = [_row(row, names) for row in events]
     analysis = named(analysis, names)
     return render_template("_timeline_body.html" if fragment else "timeline.html", analysis=analysis,
