@@ -168,7 +168,8 @@ def live(campaign_id: int | None = None):
                            buckets=buckets, minutes=minutes, rows=rows,
                            page=page, pages=page_count(analysis.total_sends),
                            tz=tz, campaign=campaign, legacy=None, tz_note=tz_note, error=_range(tz)[2],
-                           logs=logs, form_tz=tz, finding=finding(analysis, str(get_locale()), tz), args=_args())
+                           logs=logs, form_tz=tz, finding=finding(analysis, str(get_locale()), tz),
+                           args=_args())
 
 
 def _row(row, names: dict[str, str]) -> dict:
