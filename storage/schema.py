@@ -278,25 +278,12 @@ def summary_usable(conn: Connection) -> bool:
     """Whether the summary may stand in for send_log: kept by our triggers, duplicates impossible."""
     if not is_postgres(conn):
         return bool(conn.execute(_USABLE).scalar())
-    wanted = [trigger.fingerprint(name) for name, trigger in PG_SUMMARY_TRIGGERS.items()]
-    tables, names, sources, enabled, ddls = (list(column) for column in zip(*wanted, strict=True))
-    return bool(conn.execute(_PG_USABLE, {"tables": tables, "names": names, "sources": sources,
-                                          "enabled": enabled, "ddls": ddls, "n": len(wanted)}).scalar())
+    return not _stale(conn, SUMMARY) and bool(conn.execute(_PG_UNIQUE).scalar())
 
 
-# PostgreSQL, also one statement (a round trip less for every timeline page): each of our
-# summary triggers installed as _PG_INSTALLED reads it and fingerprint() describes it (its
-# table, its function of the same name with our source, enabled, our DDL as its comment),
-# and the same unique index test as SQLite's through pg_index (no partial, no expression index).
-_PG_USABLE = text(
-    "SELECT (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-    "JOIN pg_proc p ON p.oid = t.tgfoid "
-    "JOIN unnest(CAST(:tables AS text[]), CAST(:names AS text[]), CAST(:sources AS text[]), "
-    "CAST(:enabled AS text[]), CAST(:ddls AS text[])) AS w(tbl, name, src, enabled, ddl) "
-    "ON c.relname = w.tbl AND t.tgname = w.name AND p.proname = w.name AND p.prosrc = w.src "
-    "AND t.tgenabled::text = w.enabled AND obj_description(t.oid, 'pg_trigger') = w.ddl "
-    "WHERE NOT t.tgisinternal AND pg_table_is_visible(c.oid)) = :n "
-    "AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass('send_log') "
+# PostgreSQL: the same unique index test through pg_index (no partial, no expression index).
+_PG_UNIQUE = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass('send_log') "
     "AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL "
     "AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) AS k(attnum) "
     "LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "

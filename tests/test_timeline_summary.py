@@ -421,22 +421,12 @@ def test_the_summary_is_not_used_on_postgres_without_a_unique_index_on_campaign_
     "ALTER TABLE send_log DROP CONSTRAINT uq_send_log_campaign_lead_step",
 ])
 @pytest.mark.skipif(not ON_POSTGRES, reason="PostgreSQL's triggers: function, source, enabled flag, comment")
-def test_the_postgres_summary_check_is_one_statement_that_sees_every_change(bare, change):
-    # One round trip a timeline page (it was two): the trigger fingerprints are compared in
-    # the query, and any trigger change stale_triggers sees makes the summary unusable too.
-    from sqlalchemy import event
-
+def test_the_postgres_summary_check_sees_every_change(bare, change):
+    # Any trigger change stale_triggers sees makes the summary unusable, and so does losing
+    # the unique key; a rollback of the change makes it usable again.
     fill(bare, 10)
-    seen: list[str] = []
-
-    def record(conn, cursor, sql, params, context, many) -> None:
-        seen.append(sql)
-
     with bare.connect() as conn:
-        event.listen(bare, "before_cursor_execute", record)
         assert schema.summary_usable(conn)
-        event.remove(bare, "before_cursor_execute", record)
-        assert len(seen) == 1
         if "uq_send_log_campaign_lead_step" in change:  # and the wider one, which does not count
             conn.exec_driver_sql("ALTER TABLE send_log DROP CONSTRAINT "
                                  "uq_send_log_campaign_lead_step_variant")
