@@ -8,13 +8,16 @@ the importer) builds one query and reads the same on both:
   group_concat / string_agg (of the value as text). Neither promises an order.
 - json_texts(json_text): the strings of a JSON array as rows of one column `value` --
   json_each / json_array_elements_text; used as `json_texts(...).table_valued("value")`.
+- middle_values(expr): the middle one or two values of a group, in order (a median's) --
+  PostgreSQL's ordered array_agg; SQLite has none (the timeline sorts in Python there).
 """
 
 from __future__ import annotations
 
 import re
 
-from sqlalchemy import String, Text
+from sqlalchemy import ARRAY, String, Text
+from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -127,3 +130,32 @@ def _unindexed_sqlite(element, compiler, **kw):
 @compiles(unindexed, "postgresql")
 def _unindexed_pg(element, compiler, **kw):
     return compiler.process(element.clauses, **kw)
+
+
+class middle_values(FunctionElement):  # noqa: N801
+    """middle_values(expr): an aggregate, the middle one (an odd count) or two (an even count)
+    of the group's non-null values in their order, as an array; NULL when there are none.
+    What a median needs, without sending the group to Python.
+
+    PostgreSQL only: SQLite (before 3.44) has no ordered aggregate to spell it with, and its
+    window functions over text times cost more than sorting in Python (timeline.live).
+    """
+
+    inherit_cache = True
+
+    def __init__(self, expr) -> None:
+        super().__init__(expr)
+        self.type = ARRAY(self.clauses.clauses[0].type)
+
+
+@compiles(middle_values)
+def _middle_values_sqlite(element, compiler, **kw):
+    raise CompileError("middle_values is PostgreSQL only (SQLite has no ordered aggregate)")
+
+
+@compiles(middle_values, "postgresql")
+def _middle_values_pg(element, compiler, **kw):
+    value = compiler.process(element.clauses, **kw)
+    # Array subscripts count from 1: the (n + 1) // 2-th through the n // 2 + 1-th value.
+    return (f"(array_agg({value} ORDER BY {value}) FILTER (WHERE {value} IS NOT NULL))"
+            f"[(count({value}) + 1) / 2 : count({value}) / 2 + 1]")

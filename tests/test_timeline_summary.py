@@ -412,6 +412,31 @@ def test_the_summary_is_not_used_on_postgres_without_a_unique_index_on_campaign_
         assert schema.summary_usable(conn)
 
 
+@pytest.mark.parametrize("change", [
+    "ALTER TABLE send_log DISABLE TRIGGER timeline_hour_insert",
+    "COMMENT ON TRIGGER timeline_hour_update ON send_log IS 'edited by hand'",
+    "CREATE OR REPLACE FUNCTION timeline_hour_delete() RETURNS trigger LANGUAGE plpgsql "
+    "AS $$ BEGIN RETURN NULL; END $$",
+    "DROP TRIGGER timeline_hour_insert ON send_log",
+    "ALTER TABLE send_log DROP CONSTRAINT uq_send_log_campaign_lead_step",
+])
+@pytest.mark.skipif(not ON_POSTGRES, reason="PostgreSQL's triggers: function, source, enabled flag, comment")
+def test_the_postgres_summary_check_sees_every_change(bare, change):
+    # Any trigger change stale_triggers sees makes the summary unusable, and so does losing
+    # the unique key; a rollback of the change makes it usable again.
+    fill(bare, 10)
+    with bare.connect() as conn:
+        assert schema.summary_usable(conn)
+        if "uq_send_log_campaign_lead_step" in change:  # and the wider one, which does not count
+            conn.exec_driver_sql("ALTER TABLE send_log DROP CONSTRAINT "
+                                 "uq_send_log_campaign_lead_step_variant")
+        conn.exec_driver_sql(change)
+        assert not schema.summary_usable(conn)
+        assert bool(schema.stale_triggers(conn)) is ("CONSTRAINT" not in change)
+        conn.rollback()
+        assert schema.summary_usable(conn)
+
+
 def test_median_interval_takes_the_most_recent_sends_ties_broken_by_id(bare, monkeypatch):
     fill(bare, 120)
     with bare.begin() as conn:  # ties: several sends in the same microsecond
@@ -427,6 +452,27 @@ def test_median_interval_takes_the_most_recent_sends_ties_broken_by_id(bare, mon
         gaps = [(a - b).total_seconds() for times in per_campaign.values()
                 for a, b in itertools.pairwise(times)]
         assert timeline_sql.median_interval(conn, Scope()) == statistics.median(gaps)
+
+
+@pytest.mark.parametrize("sample", [1, 2, 3, 4, 5, 16, 17, 1000])
+def test_median_interval_is_the_median_of_the_gaps_for_any_count(bare, monkeypatch, sample):
+    # PostgreSQL finds the middle gap(s) in SQL, SQLite in Python: the float statistics.median
+    # gives either way, for none, one, an odd and an even number of gaps of days, hours and
+    # microseconds, two campaigns interleaved.
+    fill(bare, 90)
+    with bare.begin() as conn:
+        conn.execute(text(SPREAD))
+    monkeypatch.setattr(timeline_sql, "MEDIAN_SAMPLE", sample)
+    with bare.connect() as conn:
+        rows = conn.execute(text("SELECT campaign_id, claimed_at FROM send_log WHERE status IN "
+                                 "('sent', 'unknown') ORDER BY claimed_at DESC, id DESC LIMIT :n"),
+                            {"n": sample}).all()
+        per_campaign: dict[int, list[datetime]] = {}
+        for campaign_id, at in rows:
+            per_campaign.setdefault(campaign_id, []).append(as_datetime(at))
+        gaps = [(a - b).total_seconds() for times in per_campaign.values()
+                for a, b in itertools.pairwise(sorted(times, reverse=True))]
+        assert timeline_sql.median_interval(conn, Scope()) == (statistics.median(gaps) if gaps else None)
 
 
 # Sends spread over days, hours and minutes, with microseconds.

@@ -21,6 +21,10 @@ summary holds, and a few exact figures read from send_log through its indexes:
 - the first and last send: within the first and last non-empty hour (or minute);
 - minute bars (a span of six hours at most);
 - the median interval over the most recent sends (median_interval).
+
+The page's statements are built once per scope and kept (the lru_cache'd *_query functions):
+building a Core statement costs 80 µs and more, longer than most of the summary's queries
+take to run, and a statement built for a scope never changes (its values are bound parameters).
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ import operator
 import statistics
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 
-from sqlalchemy import String, and_, func, inspect, literal_column, select, type_coerce
+from sqlalchemy import Select, String, and_, func, inspect, literal_column, select, type_coerce
 from sqlalchemy.engine import Connection
 
-from models import Lead, SendLog, timeline_hour
+from models import Campaign, Lead, SendLog, timeline_hour
+from storage.database import is_postgres
 from storage.schema import HOUR_FORMAT, SENT, summary_usable
-from storage.sqlfunc import text_agg, time_label, unindexed
+from storage.sqlfunc import middle_values, text_agg, time_label, unindexed
 from timeline.analysis import Analysis, Bucket, SendEvent, Totals
 from timeline.analysis import analyse as analyse_events
 from timeline.analysis import bucket as bucket_events
@@ -140,29 +146,58 @@ def _event(row) -> SendEvent:
 def median_interval(conn: Connection, scope: Scope) -> float | None:
     """Median gap in seconds between consecutive sends of a campaign, over the most recent sends.
 
-    Ties in claimed_at are broken by id so the sample is the same every time. Each
-    campaign's times cross as one comma-joined text and are parsed and subtracted by
-    C-level map() calls: 10,000 SQLAlchemy rows and a Python loop over them cost more
-    than the query. The result is the float timedelta.total_seconds() and
-    statistics.median give (total_seconds preserves the order, so only the middle
-    one or two gaps need converting).
+    Ties in claimed_at are broken by id so the sample is the same every time. Only the
+    middle one or two gaps are converted: the result is the float timedelta.total_seconds()
+    and statistics.median give (total_seconds preserves the order). PostgreSQL finds them
+    itself; SQLite hands the times to Python (_middle_gaps_in_python).
     """
-    at_text = type_coerce(SendLog.claimed_at, String).label("at")
-    recent = select(SendLog.campaign_id, at_text).where(*scope.where(by_time=True)) \
-        .order_by(SendLog.claimed_at.desc(), SendLog.id.desc()).limit(MEDIAN_SAMPLE).subquery()
-    # Fed to text_agg in time order, so sorted() below only confirms it (neither database
-    # promises that order, hence the sort; it costs one pass when it holds).
-    in_order = select(recent).order_by(recent.c.campaign_id, recent.c.at).subquery()
-    per_campaign = select(text_agg(in_order.c.at, ",")).group_by(in_order.c.campaign_id)
+    if is_postgres(conn):
+        middle = conn.execute(_middle_gaps_query(scope, MEDIAN_SAMPLE)).scalar()
+    else:
+        middle = _middle_gaps_in_python(conn, scope)
+    return statistics.median([gap.total_seconds() for gap in middle]) if middle else None
+
+
+def _recent(scope: Scope, sample: int):
+    """The median's sample: the scope's `sample` most recent sends (campaign_id, at)."""
+    return select(SendLog.campaign_id, SendLog.claimed_at.label("at")).where(*scope.where(by_time=True)) \
+        .order_by(SendLog.claimed_at.desc(), SendLog.id.desc()).limit(sample).subquery()
+
+
+@lru_cache(maxsize=256)
+def _middle_gaps_query(scope: Scope, sample: int) -> Select:
+    """The middle gap(s) of the sample, found by the database (PostgreSQL): each send's gap to
+    the next one of its campaign (lag over the campaign's sends newest first, the order the
+    sample is read in), and the middle of them in order (storage.sqlfunc.middle_values).
+    10,000 times never cross to Python, where parsing and sorting them cost more than this query."""
+    recent = _recent(scope, sample)
+    later = func.lag(recent.c.at).over(partition_by=recent.c.campaign_id, order_by=recent.c.at.desc())
+    gaps = select((later - recent.c.at).label("gap")).subquery()
+    return select(middle_values(gaps.c.gap))
+
+
+@lru_cache(maxsize=256)
+def _times_query(scope: Scope, sample: int) -> Select:
+    """Each campaign's times in the sample as one comma-joined text."""
+    recent = _recent(scope, sample)
+    # Fed to text_agg newest first, the order the sample is read in. Neither database
+    # promises that order inside text_agg, hence sorted() below; it costs one pass when it holds.
+    in_order = select(recent.c.campaign_id, type_coerce(recent.c.at, String).label("at")) \
+        .order_by(recent.c.campaign_id, recent.c.at.desc()).subquery()
+    return select(text_agg(in_order.c.at, ",")).group_by(in_order.c.campaign_id)
+
+
+def _middle_gaps_in_python(conn: Connection, scope: Scope) -> list[timedelta]:
+    """The middle gap(s) of the sample, found in Python (SQLite: its window functions over text
+    times cost about three times this). Each campaign's times cross as one comma-joined text
+    and are parsed and subtracted by C-level map() calls: 10,000 SQLAlchemy rows and a Python
+    loop over them cost more than the query."""
     gaps: list[timedelta] = []
-    for text in conn.execute(per_campaign).scalars():
-        times = sorted(map(datetime.fromisoformat, text.split(",")))
-        gaps += map(operator.sub, times[1:], times)
-    if not gaps:
-        return None
+    for text in conn.execute(_times_query(scope, MEDIAN_SAMPLE)).scalars():
+        times = sorted(map(datetime.fromisoformat, text.split(",")), reverse=True)
+        gaps += map(operator.sub, times, times[1:])
     gaps.sort()
-    middle = gaps[(len(gaps) - 1) // 2:len(gaps) // 2 + 1]  # one gap, or the two middle ones
-    return statistics.median([gap.total_seconds() for gap in middle])
+    return gaps[(len(gaps) - 1) // 2:len(gaps) // 2 + 1]  # one gap, or the two middle ones
 
 
 def live_analyse(conn: Connection, scope: Scope) -> Analysis:
@@ -207,9 +242,14 @@ def bucket_minutes(first: datetime | None, last: datetime | None) -> int:
 
 def bucket_rows(conn: Connection, scope: Scope, minutes: int, by_time: bool = False):
     """(bucket label, trigger, sends) grouped in SQL over send_log, in label order."""
+    return conn.execute(_bucket_rows_query(scope, minutes, by_time)).all()
+
+
+@lru_cache(maxsize=256)
+def _bucket_rows_query(scope: Scope, minutes: int, by_time: bool) -> Select:
     label = time_label(SendLog.claimed_at, FORMATS[minutes])
-    return conn.execute(select(label, SendLog.trigger, func.count()).where(*scope.where(by_time))
-                        .group_by(label, SendLog.trigger).order_by(label)).all()
+    return select(label, SendLog.trigger, func.count()).where(*scope.where(by_time)) \
+        .group_by(label, SendLog.trigger).order_by(label)
 
 
 def to_buckets(rows, dup_buckets: dict[datetime, int] | None = None) -> list[Bucket]:
@@ -238,11 +278,17 @@ _EVENT_COLUMNS = (SendLog.claimed_at, SendLog.campaign_id, Lead.email, SendLog.v
 
 
 def events_page(conn: Connection, scope: Scope, page: int, size: int) -> list:
-    """One page of the event table, newest first, with each lead's address."""
-    return conn.execute(select(*_EVENT_COLUMNS).join(Lead, Lead.id == SendLog.lead_id)
-                        .where(*scope.where(by_time=True))
-                        .order_by(SendLog.claimed_at.desc(), SendLog.id.desc())
-                        .limit(size).offset((page - 1) * size)).all()
+    """One page of the event table, newest first, with each lead's address and its campaign's
+    name (`campaign_name`; None for a campaign deleted since)."""
+    return conn.execute(_events_page_query(scope, page, size)).all()
+
+
+@lru_cache(maxsize=256)
+def _events_page_query(scope: Scope, page: int, size: int) -> Select:
+    return select(*_EVENT_COLUMNS, Campaign.name.label("campaign_name")) \
+        .join(Lead, Lead.id == SendLog.lead_id).outerjoin(Campaign, Campaign.id == SendLog.campaign_id) \
+        .where(*scope.where(by_time=True)).order_by(SendLog.claimed_at.desc(), SendLog.id.desc()) \
+        .limit(size).offset((page - 1) * size)
 
 
 def all_events(conn: Connection, scope: Scope):
@@ -319,21 +365,27 @@ def _totals(conn: Connection, scope: Scope, split: _Split) -> tuple[int, _Cell |
     """Sends in the scope, and the slots holding its first and its last send."""
     parts = []
     if split.hours is not None:
-        h = timeline_hour.c
-        row = conn.execute(select(func.sum(h.sends), func.min(h.hour), func.max(h.hour))
-                           .where(*_summary_where(scope, split.hours))).one()
-        parts.append((row, HOUR))
-    minute = time_label(SendLog.claimed_at, FORMATS[1])
+        parts.append((conn.execute(_hours_total_query(scope, split.hours)).one(), HOUR))
     for edge in split.edges:
-        row = conn.execute(select(func.count(), func.min(minute), func.max(minute))
-                           .where(*edge.where(by_time=True))).one()
-        parts.append((row, MINUTE))
+        parts.append((conn.execute(_edge_total_query(edge)).one(), MINUTE))
     # The parts do not overlap, so the earliest slot holds the first send.
     cells = [cell for row, width in parts for cell in _span(*row, width)]
     if not cells:
         return 0, None, None
     total = sum(row[0] or 0 for row, _ in parts)
     return total, min(cells, key=lambda c: c.start), max(cells, key=lambda c: c.start)
+
+
+@lru_cache(maxsize=256)
+def _hours_total_query(scope: Scope, hours: tuple) -> Select:
+    h = timeline_hour.c
+    return select(func.sum(h.sends), func.min(h.hour), func.max(h.hour)).where(*_summary_where(scope, hours))
+
+
+@lru_cache(maxsize=256)
+def _edge_total_query(edge: Scope) -> Select:
+    minute = time_label(SendLog.claimed_at, FORMATS[1])
+    return select(func.count(), func.min(minute), func.max(minute)).where(*edge.where(by_time=True))
 
 
 def _narrowed(scope: Scope, first: _Cell, last: _Cell) -> Scope:
@@ -349,10 +401,15 @@ def _within(scope: Scope, cell: _Cell) -> list:
 
 def _first_and_last(conn: Connection, scope: Scope, first: _Cell, last: _Cell) -> tuple:
     """The exact claimed_at of the first and the last send, each looked up inside its slot."""
+    return tuple(conn.execute(_first_and_last_query(scope, first, last)).one())
+
+
+@lru_cache(maxsize=256)
+def _first_and_last_query(scope: Scope, first: _Cell, last: _Cell) -> Select:
     at = SendLog.claimed_at
     earliest = select(at).where(*_within(scope, first)).order_by(at).limit(1).scalar_subquery()
     latest = select(at).where(*_within(scope, last)).order_by(at.desc()).limit(1).scalar_subquery()
-    return tuple(conn.execute(select(earliest, latest)).one())
+    return select(earliest, latest)
 
 
 def summary_analyse(conn: Connection, scope: Scope) -> Analysis:
@@ -385,9 +442,14 @@ def summary_buckets(conn: Connection, scope: Scope, minutes: int) -> list[Bucket
         return to_buckets(bucket_rows(conn, _narrowed(scope, first, last), 1, by_time=True)) if first else []
     rows = []
     if split.hours is not None:
-        label, h = _summary_label(minutes), timeline_hour.c
-        rows += conn.execute(select(label, h.trigger, func.sum(h.sends))
-                             .where(*_summary_where(scope, split.hours)).group_by(label, h.trigger)).all()
+        rows += conn.execute(_summary_buckets_query(scope, split.hours, minutes)).all()
     for edge in split.edges:
         rows += bucket_rows(conn, edge, minutes, by_time=True)
     return to_buckets(rows)
+
+
+@lru_cache(maxsize=256)
+def _summary_buckets_query(scope: Scope, hours: tuple, minutes: int) -> Select:
+    label, h = _summary_label(minutes), timeline_hour.c
+    return select(label, h.trigger, func.sum(h.sends)).where(*_summary_where(scope, hours)) \
+        .group_by(label, h.trigger)
