@@ -8,8 +8,8 @@ import json
 import re
 import sqlite3
 import subprocess
-import threading
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
