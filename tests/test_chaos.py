@@ -90,16 +90,8 @@ def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, setting
     from sqlalchemy import text
 
     from chaos import reconcile, store
-    from delivery.transport import make_transport
-    from helpers import make_campaign
-    from models import Trigger
-    from sender import send_batch
 
-    cid = make_campaign(engine, 3)
-    transport = make_transport(app.config)
-    send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
-    transport.close()
-    reader = store.reader(app.config["SQLALCHEMY_DATABASE_URI"])  # the chaos run's own reads
+    reader = _two_sent(app, engine, settings)
     try:
         def check():
             with store.snapshot(reader) as conn:
@@ -114,6 +106,21 @@ def test_the_derived_counts_check_sees_a_count_that_drifted(app, engine, setting
         reader.dispose()
     assert any(v.startswith("campaign_state_count") and "kept 3, recounted 2" in v for v in found), found
     assert any(v.startswith("timeline_hour") and "kept 1, recounted 2" in v for v in found), found
+
+
+def _two_sent(app, engine, settings):
+    """A campaign of 3 leads, 2 of them sent; an engine for the chaos run's own reads of it."""
+    from chaos import store
+    from delivery.transport import make_transport
+    from helpers import make_campaign
+    from models import Trigger
+    from sender import send_batch
+
+    cid = make_campaign(engine, 3)
+    transport = make_transport(app.config)
+    send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
+    transport.close()
+    return store.reader(app.config["SQLALCHEMY_DATABASE_URI"])
 
 
 def _evidence(logs, enrollments=(), stops=(), events=()):
@@ -203,17 +210,9 @@ def test_check_7_is_integrity_check_on_sqlite_and_amcheck_on_postgresql(app, eng
     # B-tree index (send_log's unique keys among them) and finds nothing wrong.
     from types import SimpleNamespace
 
-    from chaos import reconcile, store
-    from delivery.transport import make_transport
-    from helpers import make_campaign
-    from models import Trigger
-    from sender import send_batch
+    from chaos import reconcile
 
-    cid = make_campaign(engine, 3)
-    transport = make_transport(app.config)
-    send_batch(engine, settings, transport, cid, Trigger.BUTTON, limit=2)
-    transport.close()
-    reader = store.reader(app.config["SQLALCHEMY_DATABASE_URI"])
+    reader = _two_sent(app, engine, settings)
     try:
         lines, (name, covered) = reconcile._integrity(reader)
     finally:
